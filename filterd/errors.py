@@ -1,0 +1,40 @@
+"""The errors filterd raises, with one root so callers can catch them all.
+
+Each subclass means something to an operator: a bad config value, a refused
+snapshot, a broker that cannot be reached. Foreign errors are wrapped with
+``raise ... from exc`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+
+class FilterdError(Exception):
+    """Root of every error filterd raises on purpose."""
+
+    #: Whether retrying the same operation later may succeed.
+    retriable: bool = False
+
+
+class ConfigError(FilterdError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config {key}: {message}")
+        self.key = key
+
+
+class InvalidNumber(FilterdError, ValueError):
+    """A phone number cannot be normalized to E.164 digits."""
+
+
+class SnapshotError(FilterdError):
+    """A consent snapshot cannot be built, read or validated.
+
+    A refused snapshot never replaces the one in force.
+    """
+
+
+class BrokerError(FilterdError):
+    """Kafka could not be reached or refused an operation."""
+
+    retriable = True

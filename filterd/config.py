@@ -1,0 +1,424 @@
+"""Configuration: one frozen object, loaded once at start-up.
+
+Values come from a TOML file (see ``config/filterd.toml`` for every key and its
+default) and may be overridden by environment variables named
+``FILTERD_<SECTION>_<KEY>`` (for example ``FILTERD_KAFKA_BOOTSTRAP_SERVERS``).
+Everything is validated here, before anything connects, and a bad value stops
+start-up with a :class:`~filterd.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from filterd.errors import ConfigError
+
+ENV_PREFIX = "FILTERD_"
+
+Rule = Literal["require-consent", "exempt"]
+RULES: tuple[str, ...] = ("require-consent", "exempt")
+DEFAULT_CATEGORY_RULES: Mapping[str, str] = types.MappingProxyType(
+    {"marketing": "require-consent", "transactional": "exempt", "verification": "exempt"}
+)
+
+
+@dataclass(slots=True, frozen=True)
+class KafkaConfig:
+    """Connection to the Kafka cluster; security settings go straight to aiokafka."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "filterd"
+    client_id: str = "filterd"
+    #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    security_protocol: str = "PLAINTEXT"
+    #: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol).
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    request_timeout_ms: int = 30_000
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+
+    def client_options(self) -> dict[str, object]:
+        """Keyword arguments shared by every aiokafka client filterd creates."""
+        options: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        if self.security_protocol.endswith("SSL"):
+            # Imported lazily: only TLS deployments pay for the ssl module setup.
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile or None,
+                certfile=self.ssl_certfile or None,
+                keyfile=self.ssl_keyfile or None,
+            )
+        return options
+
+
+@dataclass(slots=True, frozen=True)
+class TopicsConfig:
+    """The input topic and the three output topics every record ends in."""
+
+    input: str = "sms.outbound"
+    deliver: str = "sms.deliver"
+    block: str = "sms.blocked"
+    invalid: str = "sms.invalid"
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotConfig:
+    """Where consent snapshots live and how often the pointer is checked."""
+
+    root: Path = Path("/var/lib/filterd/snapshots")
+    poll_interval_s: float = 5.0
+    #: Versions kept by ``filterd snapshot build`` (the current one is never removed).
+    keep_versions: int = 5
+
+
+@dataclass(slots=True, frozen=True)
+class PolicyConfig:
+    """Which rule each message category follows, and how numbers are read."""
+
+    default_country_code: str = "86"
+    max_event_bytes: int = 65_536
+    #: Rule for categories not listed in ``categories`` (and for a missing one
+    #: when ``marketing`` is not listed). Fail closed: require consent.
+    default_rule: str = "require-consent"
+    categories: Mapping[str, str] = field(default_factory=lambda: DEFAULT_CATEGORY_RULES)
+
+
+@dataclass(slots=True, frozen=True)
+class BatchConfig:
+    """How much the consumer hands the hot loop at once."""
+
+    #: Upper bound of records per batch (``getmany(max_records=...)``).
+    max_records: int = 5_000
+    #: How long ``getmany`` waits for records when none are buffered.
+    max_wait_ms: int = 100
+    fetch_max_bytes: int = 52_428_800
+    max_partition_fetch_bytes: int = 1_048_576
+    fetch_max_wait_ms: int = 100
+
+
+@dataclass(slots=True, frozen=True)
+class ProducerConfig:
+    """Producer tuning for the output topics (see docs/tuning.md)."""
+
+    linger_ms: int = 5
+    max_batch_size: int = 1_048_576
+    #: none, gzip, snappy, lz4 or zstd.
+    compression_type: str = "none"
+    #: all, 1 or 0. ``all`` is required for the no-loss guarantee.
+    acks: str = "all"
+    max_request_size: int = 1_048_576
+    enable_idempotence: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class DeliveryConfig:
+    """Delivery guarantee: ``at-least-once`` or ``exactly-once`` (transactions)."""
+
+    mode: str = "at-least-once"
+    transaction_timeout_ms: int = 60_000
+    #: Prefix of the per-partition transactional ids (exactly-once only).
+    transactional_id_prefix: str = "filterd"
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceConfig:
+    """Process lifecycle."""
+
+    shutdown_timeout_s: float = 30.0
+    startup_timeout_s: float = 60.0
+    #: Delay between retries of a batch whose output could not be produced.
+    retry_backoff_s: float = 1.0
+
+
+@dataclass(slots=True, frozen=True)
+class MetricsConfig:
+    """The HTTP endpoint serving /metrics, /healthz and /readyz."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(slots=True, frozen=True)
+class LoggingConfig:
+    """Log format (``text`` or ``json``) and level."""
+
+    format: str = "text"
+    level: str = "INFO"
+
+
+@dataclass(slots=True, frozen=True)
+class Config:
+    """The whole configuration of one filterd process."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    producer: ProducerConfig = field(default_factory=ProducerConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def shutdown_timeout_s(self) -> float:
+        return self.service.shutdown_timeout_s
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+}
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file at ``path`` (defaults when None), apply environment
+    overrides from ``env`` (``os.environ`` when None), validate, and return the
+    frozen config. Raises :class:`ConfigError` naming the first bad key."""
+    raw: dict[str, object] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    merged = _apply_env(raw, os.environ if env is None else env)
+    config = _build(merged)
+    _validate(config)
+    return config
+
+
+def _apply_env(raw: dict[str, object], env: Mapping[str, str]) -> dict[str, object]:
+    merged: dict[str, object] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # FILTERD_KAFKA_HOME and friends belong to the tooling, not here.
+        key = rest[len(section) + 1 :]
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = _EnvValue(value)
+    return merged
+
+
+class _EnvValue(str):
+    """A string that came from the environment and must be coerced to the field type."""
+
+
+def _build(raw: Mapping[str, object]) -> Config:
+    for section in raw:
+        if section not in _SECTIONS:
+            raise ConfigError(section, f"unknown section [{section}]")
+    sections: dict[str, object] = {}
+    for name, cls in _SECTIONS.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(name, "must be a table")
+        sections[name] = _build_section(name, cls, values)
+    return Config(**sections)  # type: ignore[arg-type]
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, object]) -> object:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, object] = {}
+    for key, value in values.items():
+        full = f"{section}.{key}"
+        if key not in known:
+            raise ConfigError(full, "unknown key")
+        kwargs[key] = _coerce(full, hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint: object, value: object) -> object:
+    from_env = isinstance(value, _EnvValue)
+    if hint is bool:
+        if from_env:
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if hint is int:
+        if from_env:
+            try:
+                return int(str(value).strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if hint is float:
+        if from_env:
+            try:
+                return float(str(value).strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if hint is Path:
+        if isinstance(value, str) and value:
+            return Path(str(value))
+        raise ConfigError(key, f"expected a path, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return str(value)
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    # Mapping[str, str]: category -> rule.
+    if from_env:
+        # FILTERD_POLICY_CATEGORIES="marketing=require-consent,promo=exempt"
+        pairs: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in str(value).split(","))):
+            name, sep, rule = item.partition("=")
+            if not sep:
+                raise ConfigError(key, f"expected name=rule pairs, got {item!r}")
+            pairs[name.strip()] = rule.strip()
+        return types.MappingProxyType(pairs)
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return types.MappingProxyType(dict(value))
+    raise ConfigError(key, f"expected a table of strings, got {value!r}")
+
+
+_HOST_PORT = re.compile(r"^[^\s,:]+:\d{1,5}$")
+
+
+def _validate(config: Config) -> None:
+    k = config.kafka
+    servers = [s.strip() for s in k.bootstrap_servers.split(",")]
+    if not servers or not all(_HOST_PORT.match(s) for s in servers):
+        raise ConfigError(
+            "kafka.bootstrap_servers",
+            f"expected host:port[,host:port...], got {k.bootstrap_servers!r}",
+        )
+    if not k.group_id.strip():
+        raise ConfigError("kafka.group_id", "must not be empty")
+    _one_of(
+        "kafka.security_protocol",
+        k.security_protocol,
+        ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    if k.security_protocol.startswith("SASL"):
+        _one_of(
+            "kafka.sasl_mechanism", k.sasl_mechanism, ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        )
+        if not k.sasl_username:
+            raise ConfigError("kafka.sasl_username", "required with a SASL security_protocol")
+    for name in (
+        "request_timeout_ms",
+        "session_timeout_ms",
+        "heartbeat_interval_ms",
+        "max_poll_interval_ms",
+    ):
+        _positive(f"kafka.{name}", getattr(k, name))
+    if k.heartbeat_interval_ms >= k.session_timeout_ms:
+        raise ConfigError("kafka.heartbeat_interval_ms", "must be below kafka.session_timeout_ms")
+
+    t = config.topics
+    names = {"input": t.input, "deliver": t.deliver, "block": t.block, "invalid": t.invalid}
+    for name, topic in names.items():
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+            raise ConfigError(f"topics.{name}", f"not a valid Kafka topic name: {topic!r}")
+    if t.input in (t.deliver, t.block, t.invalid):
+        raise ConfigError("topics.input", "must differ from the output topics")
+    if len({t.deliver, t.block, t.invalid}) != 3:
+        raise ConfigError("topics.deliver", "deliver, block and invalid must be three topics")
+
+    s = config.snapshot
+    _positive("snapshot.poll_interval_s", s.poll_interval_s)
+    _positive("snapshot.keep_versions", s.keep_versions)
+
+    p = config.policy
+    if not re.fullmatch(r"[1-9][0-9]{0,2}", p.default_country_code):
+        raise ConfigError(
+            "policy.default_country_code", f"expected 1-3 digits, got {p.default_country_code!r}"
+        )
+    _positive("policy.max_event_bytes", p.max_event_bytes)
+    _one_of("policy.default_rule", p.default_rule, RULES)
+    for category, rule in p.categories.items():
+        _one_of(f"policy.categories.{category}", rule, RULES)
+
+    b = config.batch
+    for name in (
+        "max_records",
+        "max_wait_ms",
+        "fetch_max_bytes",
+        "max_partition_fetch_bytes",
+        "fetch_max_wait_ms",
+    ):
+        _positive(f"batch.{name}", getattr(b, name))
+
+    pr = config.producer
+    if pr.linger_ms < 0:
+        raise ConfigError("producer.linger_ms", f"must be >= 0, got {pr.linger_ms}")
+    _positive("producer.max_batch_size", pr.max_batch_size)
+    _positive("producer.max_request_size", pr.max_request_size)
+    _one_of(
+        "producer.compression_type", pr.compression_type, ("none", "gzip", "snappy", "lz4", "zstd")
+    )
+    _one_of("producer.acks", pr.acks, ("all", "1", "0", "-1"))
+
+    d = config.delivery
+    _one_of("delivery.mode", d.mode, ("at-least-once", "exactly-once"))
+    _positive("delivery.transaction_timeout_ms", d.transaction_timeout_ms)
+    if d.mode == "exactly-once" and pr.acks not in ("all", "-1"):
+        raise ConfigError("producer.acks", 'exactly-once mode requires acks = "all"')
+
+    sv = config.service
+    _positive("service.shutdown_timeout_s", sv.shutdown_timeout_s)
+    _positive("service.startup_timeout_s", sv.startup_timeout_s)
+    _positive("service.retry_backoff_s", sv.retry_backoff_s)
+
+    m = config.metrics
+    if not 0 <= m.port <= 65535:
+        raise ConfigError("metrics.port", f"expected 0-65535, got {m.port}")
+
+    lg = config.logging
+    _one_of("logging.format", lg.format, ("text", "json"))
+    _one_of("logging.level", lg.level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"expected one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value}")

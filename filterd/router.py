@@ -1,0 +1,247 @@
+"""The decision: one input value in, one (route, reason) out.
+
+This module is the pure core shared by the stream (``filterd run``), the
+offline ``filterd replay`` and the audit tools: no I/O, no asyncio. Parsing,
+validation and policy follow ../shared/DESIGN.md to the letter; the reason
+strings below are a public interface and are never renamed.
+
+The service calls :meth:`Decider.decide` once per record inside its batch
+loop, so the function is written for speed: outcomes are preallocated tuples,
+attribute lookups are bound once per :class:`Decider`, and the common case (a
+well-formed event) takes a single fast path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import orjson
+
+from filterd.config import PolicyConfig
+from filterd.errors import InvalidNumber
+from filterd.numbers import normalize
+
+log = logging.getLogger(__name__)
+
+DELIVER = "deliver"
+BLOCK = "block"
+INVALID = "invalid"
+ROUTES: tuple[str, ...] = (DELIVER, BLOCK, INVALID)
+
+
+class Outcome(NamedTuple):
+    """The decision for one record."""
+
+    #: ``deliver``, ``block`` or ``invalid``: which output topic it goes to.
+    route: str
+    #: Why, as one of the reason strings of DESIGN.md.
+    reason: str
+
+
+# Every outcome that exists, preallocated: the hot loop returns these objects
+# and the service keys its per-outcome header cache and counters by them.
+CONSENT = Outcome(DELIVER, "consent")
+EXEMPT_CATEGORY = Outcome(DELIVER, "exempt-category")
+OPTED_OUT = Outcome(BLOCK, "opted-out")
+UNKNOWN_SENDER = Outcome(BLOCK, "unknown-sender")
+RECIPIENT_DND = Outcome(BLOCK, "recipient-dnd")
+NO_CONSENT = Outcome(BLOCK, "no-consent")
+OVERSIZED = Outcome(INVALID, "oversized")
+MALFORMED_JSON = Outcome(INVALID, "malformed-json")
+MISSING_FIELD = Outcome(INVALID, "missing-field")
+BAD_FIELD_TYPE = Outcome(INVALID, "bad-field-type")
+BAD_RECIPIENT = Outcome(INVALID, "bad-recipient")
+INTERNAL_ERROR = Outcome(INVALID, "internal-error")
+
+OUTCOMES: tuple[Outcome, ...] = (
+    CONSENT, EXEMPT_CATEGORY, OPTED_OUT, UNKNOWN_SENDER, RECIPIENT_DND, NO_CONSENT,
+    OVERSIZED, MALFORMED_JSON, MISSING_FIELD, BAD_FIELD_TYPE, BAD_RECIPIENT, INTERNAL_ERROR,
+)  # fmt: skip
+#: reason -> route, for validating and reading output records.
+REASONS: Mapping[str, str] = {o.reason: o.route for o in OUTCOMES}
+
+REQUIRE_CONSENT = "require-consent"
+EXEMPT = "exempt"
+
+
+class SenderLookup(Protocol):
+    """One sender's consent and opt-out sets (roaring bitmaps in practice)."""
+
+    @property
+    def consents(self) -> Container[int]: ...
+
+    @property
+    def optouts(self) -> Container[int]: ...
+
+
+class SnapshotView(Protocol):
+    """What the decision needs of a consent snapshot (see filterd.snapshot)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def senders(self) -> Mapping[str, SenderLookup]: ...
+
+    @property
+    def dnd_numbers(self) -> Container[int]: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Policy:
+    """The category rules and input limits that decisions follow."""
+
+    country_code: str = "86"
+    max_event_bytes: int = 65_536
+    #: category -> ``require-consent`` or ``exempt``.
+    rules: Mapping[str, str] | None = None
+    default_rule: str = REQUIRE_CONSENT
+
+    @classmethod
+    def from_config(cls, config: PolicyConfig) -> Policy:
+        return cls(
+            country_code=config.default_country_code,
+            max_event_bytes=config.max_event_bytes,
+            rules=dict(config.categories),
+            default_rule=config.default_rule,
+        )
+
+    def rule_for(self, category: str) -> str:
+        rules = self.rules if self.rules is not None else _DEFAULT_RULES
+        return rules.get(category, self.default_rule)
+
+
+_DEFAULT_RULES: Mapping[str, str] = {
+    "marketing": REQUIRE_CONSENT,
+    "transactional": EXEMPT,
+    "verification": EXEMPT,
+}
+
+
+class Decider:
+    """Decides records against one snapshot and one policy.
+
+    A Decider is cheap to build; the service builds one per snapshot version,
+    so a batch is decided by exactly one version (``decider.version``).
+    """
+
+    __slots__ = ("_cc", "_dnd", "_exempt", "_max_bytes", "_senders_get", "snapshot", "version")
+
+    def __init__(self, snapshot: SnapshotView, policy: Policy) -> None:
+        self.snapshot = snapshot
+        self.version = snapshot.version
+        self._senders_get = snapshot.senders.get
+        self._dnd = snapshot.dnd_numbers
+        self._cc = policy.country_code
+        self._max_bytes = policy.max_event_bytes
+        self._exempt = _ExemptCategories(policy)
+
+    def decide(self, value: bytes | None) -> Outcome:
+        """Route one record value. Never raises: a bug becomes ``internal-error``."""
+        try:
+            if value is None:
+                return MALFORMED_JSON
+            if len(value) > self._max_bytes:
+                return OVERSIZED
+            try:
+                event = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return MALFORMED_JSON
+            if type(event) is not dict:
+                return MALFORMED_JSON
+            return self._decide_event(event)
+        except Exception:
+            # The stream must go on: the record is routed to the invalid topic
+            # and the traceback logged for the bug report.
+            log.exception("decision raised; routing the record as internal-error")
+            return INTERNAL_ERROR
+
+    def _decide_event(self, event: dict[str, object]) -> Outcome:
+        get = event.get
+        mid = get("id")
+        sender = get("sender")
+        recipient = get("recipient")
+        if type(mid) is str and type(sender) is str and type(recipient) is str:
+            # The common case: all three required fields are strings.
+            sender = sender.strip()
+            if not sender or not recipient.strip() or not mid.strip():
+                return MISSING_FIELD
+        else:
+            return _missing_or_bad_type(mid, sender, recipient)
+        category = get("category")
+        if category is None:
+            category = "marketing"
+        elif type(category) is not str:
+            return BAD_FIELD_TYPE
+        text = get("text")
+        if text is not None and type(text) is not str:
+            return BAD_FIELD_TYPE
+        ts = get("ts")
+        # type() rather than isinstance(): JSON true/false must not pass as an int.
+        if ts is not None and type(ts) is not int:
+            return BAD_FIELD_TYPE
+        try:
+            number = normalize(recipient, self._cc)
+        except InvalidNumber:
+            return BAD_RECIPIENT
+        if category in self._exempt:
+            return EXEMPT_CATEGORY
+        # require-consent, first match wins (DESIGN.md "Policy and reason codes").
+        entry = self._senders_get(sender)
+        if entry is None:
+            # Rules 1 and 2 cannot match a sender the snapshot does not know.
+            return UNKNOWN_SENDER
+        if number in entry.optouts:
+            return OPTED_OUT
+        if number in entry.consents:
+            return CONSENT
+        if number in self._dnd:
+            return RECIPIENT_DND
+        return NO_CONSENT
+
+
+class _ExemptCategories:
+    """``category in exempt``: a set test whichever way the default rule points."""
+
+    __slots__ = ("_default_exempt", "_listed")
+
+    def __init__(self, policy: Policy) -> None:
+        rules = policy.rules if policy.rules is not None else _DEFAULT_RULES
+        self._default_exempt = policy.default_rule == EXEMPT
+        # The categories whose rule differs from the default.
+        self._listed = frozenset(
+            c for c, r in rules.items() if (r == EXEMPT) != self._default_exempt
+        )
+
+    def __contains__(self, category: object) -> bool:
+        return (category in self._listed) != self._default_exempt
+
+
+def _missing_or_bad_type(mid: object, sender: object, recipient: object) -> Outcome:
+    for value in (mid, sender, recipient):
+        if value is None or (type(value) is str and not value.strip()):
+            return MISSING_FIELD
+    return BAD_FIELD_TYPE
+
+
+def decide_value(value: bytes | None, snapshot: SnapshotView, policy: Policy) -> Outcome:
+    """Decide one value; for tools that decide a single record (audit ``why``)."""
+    return Decider(snapshot, policy).decide(value)
+
+
+def event_id(value: bytes | None) -> str | None:
+    """The event's ``id`` when the value is a JSON object with a string id."""
+    if value is None:
+        return None
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(event) is dict:
+        mid = event.get("id")
+        if type(mid) is str:
+            return mid
+    return None

@@ -23,6 +23,8 @@ from typing import Literal
 from filterd.errors import ConfigError
 
 ENV_PREFIX = "FILTERD_"
+#: Variables of the local tooling (deploy/local/kafka.sh) that share the prefix.
+TOOLING_ENV = frozenset({"FILTERD_KAFKA_HOME", "FILTERD_KAFKA_STATE", "FILTERD_KAFKA_VERSION"})
 
 Rule = Literal["require-consent", "exempt"]
 RULES: tuple[str, ...] = ("require-consent", "exempt")
@@ -219,12 +221,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
 def _apply_env(raw: dict[str, object], env: Mapping[str, str]) -> dict[str, object]:
     merged: dict[str, object] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in TOOLING_ENV:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
-            continue  # FILTERD_KAFKA_HOME and friends belong to the tooling, not here.
+            continue  # Not a config section (e.g. FILTERD_WORKER_INDEX of the supervisor).
         key = rest[len(section) + 1 :]
         target = merged.setdefault(section, {})
         if isinstance(target, dict):

@@ -1,0 +1,113 @@
+"""Configuration: the sample file, environment overrides, and refusals naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from filterd.config import Config, load_config
+from filterd.errors import ConfigError
+
+SAMPLE = Path(__file__).resolve().parent.parent / "config" / "filterd.toml"
+
+
+def test_sample_file_equals_the_defaults() -> None:
+    # The annotated sample documents every key with its default: keep them in step.
+    assert load_config(SAMPLE, env={}) == load_config(None, env={})
+
+
+def test_sample_file_lists_every_key() -> None:
+    text = SAMPLE.read_text()
+    for section in dataclasses.fields(Config):
+        assert f"[{section.name}]" in text
+        for key in dataclasses.fields(getattr(Config(), section.name)):
+            assert f"\n{key.name} = " in text or f"[{section.name}.{key.name}]" in text, key.name
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text('[kafka]\nbootstrap_servers = "a:1"\n[batch]\nmax_records = 10\n')
+    cfg = load_config(
+        path,
+        env={
+            "FILTERD_KAFKA_BOOTSTRAP_SERVERS": "b:2,c:3",
+            "FILTERD_METRICS_ENABLED": "false",
+            "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.5",
+            "FILTERD_DELIVERY_MODE": "exactly-once",
+            "FILTERD_KAFKA_HOME": "/not/a/config/key",
+            "OTHER": "x",
+        },
+    )
+    assert cfg.kafka.bootstrap_servers == "b:2,c:3"
+    assert cfg.batch.max_records == 10
+    assert cfg.metrics.enabled is False
+    assert cfg.snapshot.poll_interval_s == 0.5
+    assert cfg.delivery.mode == "exactly-once"
+    assert cfg.shutdown_timeout_s == 30.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "key", "words"),
+    [
+        ('[kafka]\nbootstrap_servers = "nohost"\n', {}, "kafka.bootstrap_servers", "host:port"),
+        ("[batch]\nmax_records = 0\n", {}, "batch.max_records", "> 0"),
+        ('[batch]\nmax_records = "many"\n', {}, "batch.max_records", "integer"),
+        ("", {"FILTERD_BATCH_MAX_RECORDS": "12x"}, "batch.max_records", "'12x'"),
+        ('[delivery]\nmode = "twice"\n', {}, "delivery.mode", "exactly-once"),
+        ('[producer]\nacks = "1"\n[delivery]\nmode = "exactly-once"\n', {}, "producer.acks", "all"),
+        ('[topics]\ndeliver = "sms.blocked"\n', {}, "topics.deliver", "three"),
+        ('[topics]\ninput = "bad topic"\n', {}, "topics.input", "topic name"),
+        ('[policy.categories]\npromo = "maybe"\n', {}, "policy.categories.promo", "exempt"),
+        ('[policy]\ndefault_country_code = "086"\n', {}, "policy.default_country_code", "digits"),
+        ("[kafka]\nbogus = 1\n", {}, "kafka.bogus", "unknown key"),
+        ("[nope]\n", {}, "nope", "unknown section"),
+        ("", {"FILTERD_METRICS_ENABLED": "perhaps"}, "metrics.enabled", "true or false"),
+        ("", {"FILTERD_METRICS_PORT": "70000"}, "metrics.port", "65535"),
+        (
+            '[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "GSSAPI"\n',
+            {},
+            "kafka.sasl_mechanism",
+            "SCRAM",
+        ),
+        ('[logging]\nformat = "xml"\n', {}, "logging.format", "json"),
+    ],
+)
+def test_bad_values_name_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], key: str, words: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    assert info.value.key == key
+    assert key in str(info.value)
+    assert words in str(info.value)
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken, env={})
+
+
+def test_client_options_carry_sasl_settings() -> None:
+    cfg = load_config(
+        None,
+        env={
+            "FILTERD_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "FILTERD_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "FILTERD_KAFKA_SASL_USERNAME": "filterd",
+            "FILTERD_KAFKA_SASL_PASSWORD": "s3cret",
+        },
+    )
+    options = cfg.kafka.client_options()
+    assert options["security_protocol"] == "SASL_PLAINTEXT"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "filterd"
+    assert options["sasl_plain_password"] == "s3cret"
+    assert "ssl_context" not in options

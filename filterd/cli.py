@@ -18,7 +18,7 @@ from filterd import __version__
 from filterd.errors import FilterdError
 
 # One line per command group; each module provides ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("filterd.commands",)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -1,0 +1,282 @@
+"""Getting decided batches out: produce, acknowledge, commit.
+
+Two modes share one interface (:class:`Delivery`):
+
+* :class:`AtLeastOnce` — one producer; a partition's input offsets are
+  committed only after every output record of it is acknowledged. After a
+  crash a record may be produced again, always into the same topic with the
+  same decision.
+* :class:`ExactlyOnce` — one transactional producer per assigned input
+  partition, with a stable ``transactional_id`` derived from the group, topic
+  and partition. aiokafka has no KIP-447 (fencing by consumer group
+  generation), so fencing comes from the id itself, as in Kafka Streams before
+  KIP-447: whoever owns the partition next initialises the same id and fences
+  a zombie. Outputs and input offsets commit in one transaction.
+
+``deliver`` returns the partitions that did not make it; the service decides
+them again and retries, so nothing is skipped and no offset is committed past
+a record whose output was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFenced,
+)
+
+from filterd.config import Config
+from filterd.pipeline import Builder, PartitionOutput
+
+log = logging.getLogger(__name__)
+
+
+class Delivery(Protocol):
+    """How a decided batch reaches the output topics and its offsets commit."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def new_builder(self, tp: TopicPartition) -> Builder: ...
+
+    async def partitions_for(self, topic: str) -> int: ...
+
+    async def deliver(self, outputs: Sequence[PartitionOutput]) -> list[PartitionOutput]: ...
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+
+def producer_options(config: Config) -> dict[str, object]:
+    """aiokafka producer settings shared by both modes."""
+    p = config.producer
+    acks: int | str = "all" if p.acks in ("all", "-1") else int(p.acks)
+    return {
+        **config.kafka.client_options(),
+        "acks": acks,
+        "linger_ms": p.linger_ms,
+        "max_batch_size": p.max_batch_size,
+        "max_request_size": p.max_request_size,
+        "compression_type": None if p.compression_type == "none" else p.compression_type,
+        "enable_idempotence": p.enable_idempotence,
+    }
+
+
+async def _await_all(futures: list[asyncio.Future[object]]) -> BaseException | None:
+    """Wait for every acknowledgement; return the first failure, if any.
+
+    All futures are awaited (not only up to the first error) so none is left
+    with an exception nobody retrieved.
+    """
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    return next((r for r in results if isinstance(r, BaseException)), None)
+
+
+class AtLeastOnce:
+    """One shared producer; commit after acknowledgement."""
+
+    def __init__(self, config: Config, consumer: AIOKafkaConsumer) -> None:
+        self._config = config
+        self._consumer = consumer
+        self._producer = AIOKafkaProducer(**producer_options(config))
+        self.commits = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    def new_builder(self, tp: TopicPartition) -> Builder:
+        builder: Builder = self._producer.create_batch()
+        return builder
+
+    async def partitions_for(self, topic: str) -> int:
+        return len(await self._producer.partitions_for(topic))
+
+    async def deliver(self, outputs: Sequence[PartitionOutput]) -> list[PartitionOutput]:
+        # Submit every builder first, then wait for all acknowledgements
+        # together: one round trip per batch, not per message.
+        pending: list[tuple[PartitionOutput, list[asyncio.Future[object]]]] = []
+        failed: list[PartitionOutput] = []
+        for out in outputs:
+            futures: list[asyncio.Future[object]] = []
+            try:
+                for topic, partition, builder in out.batches:
+                    futures.append(
+                        await self._producer.send_batch(builder, topic, partition=partition)
+                    )
+            except KafkaError as exc:
+                log.warning("could not queue output of %s/%d: %r", out.topic, out.partition, exc)
+                await _await_all(futures)
+                failed.append(out)
+                continue
+            pending.append((out, futures))
+        offsets: dict[TopicPartition, int] = {}
+        for out, futures in pending:
+            error = await _await_all(futures)
+            if error is None:
+                offsets[TopicPartition(out.topic, out.partition)] = out.next_offset
+            else:
+                log.warning("output of %s/%d not acknowledged: %r", out.topic, out.partition, error)
+                failed.append(out)
+        if offsets:
+            await self._commit(offsets)
+        return failed
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+            self.commits += 1
+        except CommitFailedError as exc:
+            # The group rebalanced: the new owner starts from the last commit
+            # and produces these records again (at-least-once allows it).
+            log.warning("offset commit refused after a rebalance: %s", exc)
+        except KafkaError as exc:
+            # Outputs are acknowledged; a later commit covers these offsets.
+            log.warning("offset commit failed, the next one covers it: %r", exc)
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        return None
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        return None
+
+
+class ExactlyOnce:
+    """One transactional producer per input partition; offsets in the transaction."""
+
+    def __init__(self, config: Config, consumer: AIOKafkaConsumer) -> None:
+        self._config = config
+        self._consumer = consumer
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        # Builders need a producer; this one only creates them (never started).
+        self._factory = AIOKafkaProducer(**producer_options(config))
+        self._metadata = AIOKafkaProducer(**producer_options(config))
+        self.commits = 0
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        d = self._config.delivery
+        return (
+            f"{d.transactional_id_prefix}-{self._config.kafka.group_id}-{tp.topic}-{tp.partition}"
+        )
+
+    async def start(self) -> None:
+        await self._metadata.start()
+
+    async def stop(self) -> None:
+        await self._close(list(self._producers))
+        await self._metadata.stop()
+
+    def new_builder(self, tp: TopicPartition) -> Builder:
+        producer = self._producers.get(tp, self._factory)
+        builder: Builder = producer.create_batch()
+        return builder
+
+    async def partitions_for(self, topic: str) -> int:
+        return len(await self._metadata.partitions_for(topic))
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        new = [tp for tp in partitions if tp not in self._producers]
+        await asyncio.gather(*(self._open(tp) for tp in new))
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        await self._close([tp for tp in partitions if tp in self._producers])
+
+    async def _open(self, tp: TopicPartition) -> None:
+        producer = AIOKafkaProducer(
+            **producer_options(self._config),
+            transactional_id=self.transactional_id(tp),
+            transaction_timeout_ms=self._config.delivery.transaction_timeout_ms,
+        )
+        # start() initialises the transactional id: it aborts what a previous
+        # owner left open and fences that owner if it is still alive.
+        await producer.start()
+        self._producers[tp] = producer
+
+    async def _close(self, partitions: list[TopicPartition]) -> None:
+        producers = [self._producers.pop(tp) for tp in partitions]
+        results = await asyncio.gather(*(p.stop() for p in producers), return_exceptions=True)
+        for tp, result in zip(partitions, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("closing the producer of %s/%d: %r", tp.topic, tp.partition, result)
+
+    async def deliver(self, outputs: Sequence[PartitionOutput]) -> list[PartitionOutput]:
+        # One transaction per input partition, all running at once: a task per
+        # partition of the batch, never per message.
+        results = await asyncio.gather(*(self._transact(out) for out in outputs))
+        return [out for out, ok in zip(outputs, results, strict=True) if not ok]
+
+    async def _transact(self, out: PartitionOutput) -> bool:
+        tp = TopicPartition(out.topic, out.partition)
+        producer = self._producers.get(tp)
+        if producer is None:
+            # Lost in a failed recovery: open it again if the partition is
+            # still ours. The batch was built without it, so it is decided
+            # and built again on the retry.
+            if tp in self._consumer.assignment():
+                try:
+                    await self._open(tp)
+                except (KafkaError, OSError) as exc:
+                    log.warning("opening the producer of %s/%d: %r", tp.topic, tp.partition, exc)
+            return False
+        try:
+            await producer.begin_transaction()
+            futures = [
+                await producer.send_batch(builder, topic, partition=partition)
+                for topic, partition, builder in out.batches
+            ]
+            error = await _await_all(futures)
+            if error is not None:
+                raise error
+            await producer.send_offsets_to_transaction(
+                {tp: out.next_offset}, self._config.kafka.group_id
+            )
+            await producer.commit_transaction()
+            self.commits += 1
+            return True
+        except ProducerFenced:
+            # Another process owns this partition now. Rewind so that, should
+            # we somehow keep it, nothing past the last commit is skipped.
+            log.warning("producer of %s/%d fenced: partition moved", tp.topic, tp.partition)
+            await self._close([tp])
+            self._rewind(tp, out.first_offset)
+            return False
+        except (KafkaError, OSError) as exc:
+            log.warning("transaction for %s/%d failed, retrying: %r", tp.topic, tp.partition, exc)
+            await self._recover(tp, producer, exc)
+            return False
+
+    async def _recover(
+        self, tp: TopicPartition, producer: AIOKafkaProducer, exc: BaseException
+    ) -> None:
+        if not isinstance(exc, KafkaTimeoutError):
+            try:
+                await producer.abort_transaction()
+                return
+            except (KafkaError, OSError) as abort_exc:
+                log.warning("abort failed for %s/%d: %r", tp.topic, tp.partition, abort_exc)
+        # An indefinite outcome (timeout) or a failed abort: start over with a
+        # new producer on the same transactional id, which aborts what is open.
+        if self._producers.get(tp) is producer:
+            await self._close([tp])
+            try:
+                await self._open(tp)
+            except (KafkaError, OSError) as open_exc:
+                log.warning(
+                    "re-creating the producer of %s/%d: %r", tp.topic, tp.partition, open_exc
+                )
+
+    def _rewind(self, tp: TopicPartition, offset: int) -> None:
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)

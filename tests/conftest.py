@@ -1,0 +1,131 @@
+"""Fixtures shared by the whole suite: the real Kafka broker, fresh topics and consumer groups.
+
+Only tests that ask for ``kafka_bootstrap``, ``new_topic`` or ``new_group`` (directly or
+through another fixture) need a broker; they are marked ``kafka`` automatically, so
+``pytest -m "not kafka"`` runs the rest without one. The broker is the one
+``deploy/local/kafka.sh up`` starts on 127.0.0.1 (port ``KAFKA_PORT``, default 9092), or the
+one named by ``KAFKA_BOOTSTRAP=host:port``, in which case nothing is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, for_code
+from kafka_util import NewTopicFactory
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
+KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "new_topic", "new_group"})
+# Bounds a first-ever start: the jars are downloaded from Maven Central once.
+BROKER_START_TIMEOUT_S = 600
+TOPIC_READY_TIMEOUT_S = 30.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reaches the broker, however indirectly, with ``kafka``."""
+    for item in items:
+        if KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The bootstrap servers of the test broker, started once per session if needed."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP")
+    if configured:
+        return configured
+    # The script is idempotent and serialized by a lock: a broker already up costs ~0.2 s.
+    proc = subprocess.run(
+        [str(KAFKA_SH), "up"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BROKER_START_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{KAFKA_SH} up failed ({proc.returncode}):\n{proc.stderr}", pytrace=False)
+    return f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+
+
+def _unique(prefix: str, node: pytest.Item | pytest.Collector) -> str:
+    # The test's name makes leftovers traceable; the random suffix keeps parallel runs and
+    # reruns apart on a shared broker. Topic names allow [a-zA-Z0-9._-] and 249 chars.
+    readable = re.sub(r"[^a-zA-Z0-9._-]+", "-", node.name).strip("-")[:60]
+    return f"{prefix}-{readable}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def new_topic(
+    kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> AsyncIterator[NewTopicFactory]:
+    """Factory creating uniquely named topics (replication 1), deleted after the test.
+
+    Returns once the topic's partitions all have a leader in the broker's metadata, so a
+    producer or consumer started right after finds it.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    created: list[str] = []
+
+    async def factory(
+        partitions: int = 3,
+        name: str | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> str:
+        topic = name or _unique("test", request.node)
+        response = await admin.create_topics(
+            [NewTopic(topic, partitions, 1, topic_configs=dict(config or {}))]
+        )
+        for _name, code, *message in response.topic_errors:
+            if code:
+                raise for_code(code)(f"creating topic {topic!r}: {message}")
+        created.append(topic)
+        await _wait_for_leaders(admin, topic, partitions)
+        return topic
+
+    try:
+        yield factory
+    finally:
+        try:
+            if created:
+                await admin.delete_topics(created)
+        except KafkaError as exc:  # cleanup must not hide the test's own outcome
+            print(f"could not delete test topics {created}: {exc!r}")
+        finally:
+            await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
+    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+    while True:
+        (described,) = await admin.describe_topics([topic])
+        leaders = [p["leader"] for p in described["partitions"]]
+        if described["error_code"] == 0 and len(leaders) == partitions and min(leaders) >= 0:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"topic {topic!r} not ready after {TOPIC_READY_TIMEOUT_S}s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def new_group(request: pytest.FixtureRequest, kafka_bootstrap: str) -> Callable[[], str]:
+    """Factory returning a new, unique consumer group id on every call.
+
+    It depends on ``kafka_bootstrap`` so that a test asking only for groups still gets a broker.
+    """
+
+    def factory() -> str:
+        return _unique("group", request.node)
+
+    return factory

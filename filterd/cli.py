@@ -18,7 +18,10 @@ from filterd import __version__
 from filterd.errors import FilterdError
 
 # One line per command group; each module provides ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("filterd.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "filterd.commands",
+    "filterd.loadgen.commands",
+)
 
 Handler = Callable[[argparse.Namespace], int]
 

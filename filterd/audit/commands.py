@@ -1,0 +1,415 @@
+"""``filterd audit summary|export|why|report``: the auditors' command line.
+
+Thin glue: parse arguments, load the config, run one of the readers, print.
+Times are ISO 8601 or epoch milliseconds, ``--from`` inclusive and ``--to``
+exclusive, compared with the output record's Kafka timestamp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import getpass
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import orjson
+
+from filterd.audit.aggregate import Summary
+from filterd.audit.export import ExportFilter, RowWriter, export_rows
+from filterd.audit.mask import full_recipient, mask_recipient
+from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader, ReadProgress
+from filterd.audit.report import BurstRule, ReportMeta, render_report
+from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time, parse_tz
+from filterd.errors import ConfigError, FilterdError
+
+if TYPE_CHECKING:
+    from filterd.audit.why import Sighting
+    from filterd.config import Config
+
+logger = logging.getLogger(__name__)
+
+_TIME_HELP = (
+    "ISO 8601 (2026-11-11T00:00:00+08:00, 2026-11-11; without an offset read in --tz) "
+    "or epoch milliseconds"
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``filterd audit`` and its subcommands."""
+    audit = subparsers.add_parser(
+        "audit",
+        help="read the block topic: summaries, evidence files, single decisions, reports",
+        description="Read filterd's output topics for a time range, without joining a "
+        "consumer group or committing anything.",
+    )
+    sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+
+    summary = sub.add_parser("summary", help="counts by reason, sender, hour and snapshot")
+    _common(summary)
+    summary.add_argument("--invalid", action="store_true", help="also read the invalid topic")
+    summary.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    summary.add_argument("--top", type=int, default=20, help="senders listed (default 20)")
+    summary.set_defaults(func=_run_summary)
+
+    export = sub.add_parser("export", help="one row per blocked message: the evidence file")
+    _common(export)
+    export.add_argument("--out", required=True, help="file to write ('-' for stdout)")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--sender", action="append", default=[], help="only this sender (repeat)")
+    export.add_argument("--reason", action="append", default=[], help="only this reason (repeat)")
+    export.add_argument("--invalid", action="store_true", help="also read the invalid topic")
+    export.add_argument(
+        "--unmask", action="store_true", help="write full recipient numbers (logged)"
+    )
+    export.set_defaults(func=_run_export)
+
+    why = sub.add_parser("why", help="find one message by id and re-decide it")
+    why.add_argument("id", help="the message id")
+    _common(why)
+    why.add_argument("--snapshot-root", type=Path, help="default: [snapshot] root of the config")
+    why.add_argument("--format", choices=("text", "json"), default="text")
+    why.add_argument("--unmask", action="store_true", help="show the full recipient (logged)")
+    why.set_defaults(func=_run_why)
+
+    report = sub.add_parser("report", help="a self-contained HTML report with charts")
+    _common(report)
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--invalid", action="store_true", help="also read the invalid topic")
+    report.add_argument("--top", type=int, default=20, help="senders charted (default 20)")
+    report.add_argument("--burst-window", type=int, default=6, help="hours of baseline")
+    report.add_argument("--burst-min", type=int, default=50, help="blocks in the hour, at least")
+    report.add_argument("--burst-ratio", type=float, default=5.0, help="times the baseline")
+    report.set_defaults(func=_run_report)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="filterd TOML config (topics, broker, snapshots)")
+    parser.add_argument("--from", dest="start", metavar="T", help=f"inclusive; {_TIME_HELP}")
+    parser.add_argument("--to", dest="end", metavar="T", help=f"exclusive; {_TIME_HELP}")
+    parser.add_argument(
+        "--tz", default="UTC", help="zone for hours and times: UTC, +08:00, Asia/Shanghai"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress on stderr (default: when stderr is a terminal)",
+    )
+
+
+class _Context:
+    """What every subcommand derives from its common arguments."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from filterd.config import load_config
+        from filterd.logs import setup_logging
+
+        self.config: Config = load_config(args.config)
+        setup_logging(self.config.logging.format, self.config.logging.level)
+        try:
+            self.tz: tzinfo = parse_tz(args.tz)
+            start = parse_time(args.start, self.tz) if args.start else None
+            end = parse_time(args.end, self.tz) if args.end else None
+        except ValueError as exc:
+            raise ConfigError("--from/--to/--tz", str(exc)) from exc
+        if start is not None and end is not None and end <= start:
+            raise ConfigError("--to", "must be later than --from")
+        self.tz_label: str = args.tz
+        self.time_range = TimeRange(start, end)
+        self.params = kafka_params(self.config)
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        self.progress: ProgressCallback | None = _print_progress if show else None
+
+
+def kafka_params(config: Config) -> KafkaParams:
+    """The reader's broker parameters from a loaded config."""
+    options = dict(config.kafka.client_options())
+    bootstrap = str(options.pop("bootstrap_servers", config.kafka.bootstrap_servers))
+    # The audit names itself in broker logs, not as the service.
+    options.pop("client_id", None)
+    return KafkaParams(bootstrap, options)
+
+
+def _print_progress(p: ReadProgress) -> None:
+    share = 100 * p.done / p.total if p.total else 100.0
+    end = "\n" if p.done >= p.total else ""
+    print(
+        f"\rread {p.done}/{p.total} offsets ({share:.0f} %), {p.records} records",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _log_unmask(what: str) -> None:
+    # PIPL: full numbers leave the masked default only on purpose, and the
+    # log says who asked for them and when.
+    logger.warning(
+        "recipient numbers unmasked for %s by user %s at %s",
+        what,
+        getpass.getuser(),
+        format_ms(int(time.time() * 1000)),
+    )
+
+
+def _topics(config: Config, invalid: bool) -> list[str]:
+    return [config.topics.block, config.topics.invalid] if invalid else [config.topics.block]
+
+
+async def summarize(
+    params: KafkaParams,
+    topics: list[str],
+    time_range: TimeRange,
+    buckets: HourBuckets,
+    *,
+    sender_hours: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """Read ``topics`` over the range into a :class:`Summary`."""
+    summary = Summary(buckets, sender_hours=sender_hours)
+    async with RangeReader(params, topics, time_range, progress=progress) as reader:
+        async for batch in reader.batches():
+            summary.add_batch(batch)
+    if reader.skipped_out_of_range:
+        logger.info(
+            "%d records between the range's offsets had timestamps outside it (skipped)",
+            reader.skipped_out_of_range,
+        )
+    return summary
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    summary = asyncio.run(
+        summarize(
+            ctx.params,
+            _topics(ctx.config, args.invalid),
+            ctx.time_range,
+            HourBuckets(ctx.tz),
+            progress=ctx.progress,
+        )
+    )
+    out = sys.stdout
+    if args.format == "json":
+        out.write(orjson.dumps(summary.to_json(args.top), option=orjson.OPT_INDENT_2).decode())
+        out.write("\n")
+    elif args.format == "csv":
+        write_summary_csv(summary, args.top, out)
+    else:
+        write_summary_table(summary, args.top, out)
+    return 0
+
+
+def write_summary_csv(summary: Summary, top: int, out: TextIO) -> None:
+    """CSV form: ``section,key,reason,count`` rows, one section per count."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("section", "key", "reason", "count"))
+    writer.writerow(("total", "", "", summary.total))
+    data = summary.to_json(top)
+    for reason, count in summary.by_reason.most_common():
+        writer.writerow(("reason", reason, "", count))
+    for row in summary.top_senders(top):
+        writer.writerow(("sender", row.sender, "", row.total))
+        for reason, count in row.by_reason.items():
+            writer.writerow(("sender", row.sender, reason, count))
+    by_hour = data["by_hour"]
+    assert isinstance(by_hour, dict)
+    for label, count in by_hour.items():
+        writer.writerow(("hour", label, "", count))
+    for version, count in sorted(summary.by_snapshot.items()):
+        writer.writerow(("snapshot", version, "", count))
+
+
+def write_summary_table(summary: Summary, top: int, out: TextIO) -> None:
+    """Plain-text tables for a terminal."""
+
+    def table(title: str, rows: list[tuple[str, str]]) -> None:
+        out.write(f"\n{title}\n")
+        width = max((len(key) for key, _ in rows), default=0)
+        for key, value in rows:
+            out.write(f"  {key:<{width}}  {value:>10}\n")
+
+    out.write(f"total  {summary.total}\n")
+    table("by reason", [(r, str(c)) for r, c in summary.by_reason.most_common()])
+    rows = summary.top_senders(top)
+    table(
+        f"top {len(rows)} senders",
+        [
+            (row.sender, f"{row.total}  " + ", ".join(f"{r} {c}" for r, c in row.by_reason.items()))
+            for row in rows
+        ],
+    )
+    label = summary.buckets.label
+    table("by hour", [(label(h), str(summary.by_hour[h])) for h in sorted(summary.by_hour)])
+    table("by snapshot", [(v, str(c)) for v, c in sorted(summary.by_snapshot.items())])
+
+
+def _open_out(path: str) -> tuple[TextIO, Callable[[], None]]:
+    if path == "-":
+        return sys.stdout, lambda: None
+    handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    return handle, handle.close
+
+
+async def export(
+    params: KafkaParams,
+    topics: list[str],
+    time_range: TimeRange,
+    writer: RowWriter,
+    *,
+    selection: ExportFilter,
+    tz: tzinfo,
+    country_code: str,
+    unmask: bool = False,
+    progress: ProgressCallback | None = None,
+) -> int:
+    """Write the evidence rows of ``topics`` over the range; return the count."""
+    async with RangeReader(params, topics, time_range, progress=progress) as reader:
+        async for batch in reader.batches():
+            writer.write(
+                export_rows(
+                    batch, selection=selection, tz=tz, country_code=country_code, unmask=unmask
+                )
+            )
+    return writer.rows
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    if args.unmask:
+        _log_unmask(f"export to {args.out}")
+    out, close = _open_out(args.out)
+    try:
+        writer = RowWriter(out, args.format)
+        rows = asyncio.run(
+            export(
+                ctx.params,
+                _topics(ctx.config, args.invalid),
+                ctx.time_range,
+                writer,
+                selection=ExportFilter(frozenset(args.sender), frozenset(args.reason)),
+                tz=ctx.tz,
+                country_code=ctx.config.policy.default_country_code,
+                unmask=args.unmask,
+                progress=ctx.progress,
+            )
+        )
+    finally:
+        close()
+    logger.info("exported %d rows to %s", rows, args.out)
+    return 0
+
+
+def _run_why(args: argparse.Namespace) -> int:
+    from filterd.audit.why import Redecider, Sighting, find_message
+    from filterd.router import Policy
+
+    ctx = _Context(args)
+    cfg = ctx.config
+    if args.unmask:
+        _log_unmask(f"message {args.id}")
+    topics = [cfg.topics.block, cfg.topics.deliver, cfg.topics.invalid]
+    found = asyncio.run(
+        find_message(ctx.params, topics, args.id, ctx.time_range, progress=ctx.progress)
+    )
+    root = args.snapshot_root if args.snapshot_root is not None else cfg.snapshot.root
+    redecider = Redecider(root, Policy.from_config(cfg.policy))
+    country = cfg.policy.default_country_code
+    show = full_recipient if args.unmask else mask_recipient
+    sightings = [Sighting(record, redecider.redecide(record)) for record in found]
+    if args.format == "json":
+        from filterd.audit.records import event_fields
+
+        doc = {
+            "id": args.id,
+            "found": [
+                s.to_json(show(event_fields(s.record.value).recipient, country)) for s in sightings
+            ],
+        }
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(format_why(args.id, sightings, ctx.tz, show, country))
+    if not sightings:
+        return 1
+    return 0 if all(s.redecision.reproduces is not False for s in sightings) else 3
+
+
+def format_why(
+    message_id: str,
+    sightings: list[Sighting],
+    tz: tzinfo,
+    show: Callable[[str | None, str], str],
+    country: str,
+) -> str:
+    """The text form of ``why``."""
+    from filterd.audit.records import event_fields
+
+    if not sightings:
+        return f"message {message_id}: not found in the topics and time range read\n"
+    buf = io.StringIO()
+    for s in sightings:
+        r, again = s.record, s.redecision
+        fields = event_fields(r.value)
+        buf.write(
+            f"message {message_id}\n"
+            f"  found in   {r.location} at {format_ms(r.timestamp_ms, tz)}\n"
+            f"  sender     {fields.sender}\n"
+            f"  recipient  {show(fields.recipient, country)}\n"
+            f"  category   {fields.category or '(none: marketing)'}\n"
+            f"  route      {r.route}\n"
+            f"  reason     {r.reason}\n"
+            f"  snapshot   {r.snapshot}\n"
+            f"  source     {r.source}\n"
+        )
+        if again.available:
+            verdict = "REPRODUCES" if again.reproduces else "DOES NOT REPRODUCE"
+            buf.write(
+                f"  re-decided against snapshot {again.snapshot}: "
+                f"{again.route} {again.reason} - {verdict}\n"
+            )
+        else:
+            buf.write(f"  not re-decided: snapshot {again.snapshot} {again.error}\n")
+    return buf.getvalue()
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    topics = _topics(ctx.config, args.invalid)
+    summary = asyncio.run(
+        summarize(
+            ctx.params,
+            topics,
+            ctx.time_range,
+            HourBuckets(ctx.tz),
+            sender_hours=True,
+            progress=ctx.progress,
+        )
+    )
+    meta = ReportMeta(
+        topics=topics,
+        time_range=ctx.time_range,
+        tz=ctx.tz,
+        tz_label=ctx.tz_label,
+        generated_ms=int(time.time() * 1000),
+        top=args.top,
+        burst_rule=BurstRule(args.burst_window, args.burst_min, args.burst_ratio),
+    )
+    document = render_report(summary, meta)
+    tmp = f"{args.out}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(document)
+        os.replace(tmp, args.out)
+    except OSError as exc:
+        raise FilterdError(f"cannot write {args.out}: {exc}") from exc
+    logger.info("report of %d records written to %s", summary.total, args.out)
+    return 0

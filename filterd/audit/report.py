@@ -1,0 +1,367 @@
+"""``filterd audit report``: one self-contained HTML file for an auditor.
+
+The file has no external assets (a Content-Security-Policy forbids them), so
+it opens offline and archives with the case. Charts are inline SVG drawn
+here; print CSS keeps each chart on one page. A tiny inline script marks
+the document as rendered when no script error happened, which the tests
+check in a headless browser; the report reads the same without it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import tzinfo
+
+from filterd import __version__
+from filterd.audit.aggregate import Burst, Summary, find_bursts
+from filterd.audit.timeutil import TimeRange, format_ms
+
+# Reasons keep their colour across charts and reports; other (future)
+# reasons take the next free colour of the palette.
+_REASON_COLORS = {
+    "no-consent": "#c0392b",
+    "opted-out": "#8e44ad",
+    "unknown-sender": "#e67e22",
+    "recipient-dnd": "#795548",
+    "malformed-json": "#2c3e50",
+    "missing-field": "#34495e",
+    "bad-field-type": "#5d6d7e",
+    "bad-recipient": "#7f8c8d",
+    "oversized": "#95a5a6",
+    "internal-error": "#000000",
+}
+_PALETTE = ("#1f77b4", "#2ca02c", "#17becf", "#bcbd22", "#e377c2", "#aec7e8", "#98df8a")
+
+
+@dataclass(frozen=True, slots=True)
+class BurstRule:
+    """How a block-rate jump is detected (see :func:`find_bursts`)."""
+
+    window: int = 6
+    min_count: int = 50
+    min_ratio: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReportMeta:
+    """What the report says about how it was made."""
+
+    topics: Sequence[str]
+    time_range: TimeRange
+    tz: tzinfo
+    #: How the zone is named in the report (``+08:00``, ``Asia/Shanghai``).
+    tz_label: str
+    generated_ms: int
+    top: int = 20
+    burst_rule: BurstRule = BurstRule()
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _colors(reasons: Sequence[str]) -> dict[str, str]:
+    colors: dict[str, str] = {}
+    spare = iter(_PALETTE * (len(reasons) // len(_PALETTE) + 1))
+    for reason in reasons:
+        colors[reason] = _REASON_COLORS.get(reason) or next(spare)
+    return colors
+
+
+def _nice_max(value: int) -> int:
+    """The smallest 1/2/5 x 10^k at or above ``value`` (an axis top)."""
+    if value <= 0:
+        return 1
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * scale >= value:
+                return step * scale
+        scale *= 10
+
+
+def _short_hour(label: str) -> str:
+    # "2026-11-11T08:00+08:00" -> "11-11 08:00": the zone is in the header.
+    return f"{label[5:10]} {label[11:16]}"
+
+
+def _legend(colors: dict[str, str], x: float, y: float) -> list[str]:
+    parts: list[str] = []
+    for reason, color in colors.items():
+        parts.append(
+            f'<rect x="{x:.0f}" y="{y - 9:.0f}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{x + 14:.0f}" y="{y:.0f}">{_e(reason)}</text>'
+        )
+        x += 24 + 7 * len(reason)
+    return parts
+
+
+def reason_time_chart(summary: Summary, colors: dict[str, str]) -> str:
+    """Stacked bars: records per hour, split by reason."""
+    hours = summary.hours()
+    width, height = 960, 340
+    left, right, top, bottom = 60, 12, 34, 42
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max((summary.by_hour[h] for h in hours), default=0)
+    y_max = _nice_max(peak)
+    parts = [
+        f'<svg class="chart" id="chart-reasons-over-time" viewBox="0 0 {width} {height}" '
+        f'width="100%" role="img" aria-label="Blocks by reason per hour" '
+        f'xmlns="http://www.w3.org/2000/svg">'
+    ]
+    parts += _legend(colors, left, 16)
+    for i in range(5):
+        value = y_max * i // 4
+        y = top + plot_h - plot_h * value / y_max
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>'
+        )
+    if hours:
+        slot = plot_w / len(hours)
+        bar = max(slot * 0.8, 0.5)
+        label_every = max(1, round(len(hours) / 10))
+        for i, hour in enumerate(hours):
+            x = left + i * slot + (slot - bar) / 2
+            y = float(top + plot_h)
+            label = summary.buckets.label(hour)
+            for reason, count in sorted(summary.hour_reason.get(hour, Counter()).items()):
+                h = plot_h * count / y_max
+                y -= h
+                parts.append(
+                    f'<rect class="bar" x="{x:.2f}" y="{y:.2f}" width="{bar:.2f}" '
+                    f'height="{h:.2f}" fill="{colors[reason]}">'
+                    f"<title>{_e(label)} {_e(reason)}: {count}</title></rect>"
+                )
+            if i % label_every == 0:
+                parts.append(
+                    f'<text class="axis" x="{left + i * slot + slot / 2:.1f}" '
+                    f'y="{top + plot_h + 16}" text-anchor="middle">{_e(_short_hour(label))}</text>'
+                )
+    parts.append(
+        f'<line class="axisline" x1="{left}" x2="{width - right}" '
+        f'y1="{top + plot_h}" y2="{top + plot_h}"/></svg>'
+    )
+    return "".join(parts)
+
+
+def top_senders_chart(summary: Summary, colors: dict[str, str], top: int) -> str:
+    """Horizontal stacked bars: the senders with the most blocks."""
+    rows = summary.top_senders(top)
+    row_h, left, right, top_pad = 22, 190, 70, 30
+    width = 960
+    height = top_pad + row_h * max(len(rows), 1) + 10
+    plot_w = width - left - right
+    x_max = max((row.total for row in rows), default=1)
+    parts = [
+        f'<svg class="chart" id="chart-top-senders" viewBox="0 0 {width} {height}" '
+        f'width="100%" role="img" aria-label="Top senders by blocked messages" '
+        f'xmlns="http://www.w3.org/2000/svg">'
+    ]
+    parts += _legend(colors, left, 16)
+    for i, row in enumerate(rows):
+        y = top_pad + i * row_h
+        name = row.sender if len(row.sender) <= 26 else row.sender[:25] + "…"
+        parts.append(
+            f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{_e(name)}'
+            f"<title>{_e(row.sender)}</title></text>"
+        )
+        x = float(left)
+        for reason, count in row.by_reason.items():
+            w = plot_w * count / x_max
+            parts.append(
+                f'<rect class="bar" x="{x:.2f}" y="{y + 3}" width="{w:.2f}" height="{row_h - 6}" '
+                f'fill="{colors[reason]}"><title>{_e(row.sender)} {_e(reason)}: {count}</title>'
+                "</rect>"
+            )
+            x += w
+        parts.append(f'<text class="axis" x="{x + 6:.1f}" y="{y + 15}">{row.total}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def sparkline(counts: Counter[int], hours: Sequence[int], highlight: int) -> str:
+    """A small bar chart of one sender's blocks per hour, the burst in red."""
+    width, height = 240, 36
+    peak = max((counts.get(h, 0) for h in hours), default=0) or 1
+    slot = width / max(len(hours), 1)
+    parts = [
+        f'<svg class="chart spark" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="blocks per hour" '
+        f'xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for i, hour in enumerate(hours):
+        count = counts.get(hour, 0)
+        if not count:
+            continue
+        h = (height - 2) * count / peak
+        color = "#c0392b" if hour == highlight else "#7f8c8d"
+        parts.append(
+            f'<rect x="{i * slot:.2f}" y="{height - h:.2f}" width="{max(slot * 0.8, 0.5):.2f}" '
+            f'height="{h:.2f}" fill="{color}"/>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: set[int]) -> str:
+    head = "".join(
+        f"<th{' class=num' if i in numeric else ''}>{_e(h)}</th>" for i, h in enumerate(headers)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{' class=num' if i in numeric else ''}>{_e(cell)}</td>"
+            for i, cell in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+:root { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans CJK SC", sans-serif;
+  color: #222; }
+body { max-width: 1000px; margin: 1.5em auto; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: .2em; }
+h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+.meta { color: #555; font-size: .9em; }
+table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: middle; }
+th { background: #f3f3f3; }
+.num { text-align: right; font-variant-numeric: tabular-nums; }
+svg.chart { display: block; font-size: 11px; margin: .4em 0; }
+svg.chart text { fill: #333; }
+svg.chart .grid { stroke: #e4e4e4; }
+svg.chart .axisline { stroke: #888; }
+.note { font-size: .85em; color: #444; }
+section { break-inside: avoid; page-break-inside: avoid; }
+@media print {
+  body { max-width: none; margin: 0; }
+  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  h2 { break-after: avoid; }
+}
+"""
+
+# Marks the document when it rendered without a script error; tests read
+# the marker from the browser's DOM. The report works the same without it.
+_MARKER = """<script>
+(function () {
+  var failed = false;
+  window.addEventListener("error", function () { failed = true; });
+  window.addEventListener("load", function () {
+    document.body.setAttribute("data-charts", document.querySelectorAll("svg.chart").length);
+    document.body.setAttribute("data-rendered", failed ? "error" : "ok");
+  });
+})();
+</script>"""
+
+
+def render_report(summary: Summary, meta: ReportMeta) -> str:
+    """The HTML report for a summary made with ``sender_hours=True``."""
+    tz = meta.tz
+    rule = meta.burst_rule
+    reasons = list(summary.by_reason)
+    colors = _colors(sorted(reasons))
+    hours = summary.hours()
+    bursts: list[Burst] = []
+    if summary.sender_hours is not None and hours:
+        bursts = find_bursts(
+            summary.sender_hours,
+            first_hour=hours[0],
+            window=rule.window,
+            min_count=rule.min_count,
+            min_ratio=rule.min_ratio,
+        )
+    start = meta.time_range.start_ms
+    end = meta.time_range.end_ms
+    first = _e(format_ms(start, tz)) if start is not None else "the first retained record"
+    last = _e(format_ms(end, tz)) if end is not None else "the end offsets at the start of the read"
+    range_text = f"from {first} (inclusive) to {last} (exclusive)"
+    tz_name = _e(meta.tz_label)
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # No external asset may load: the report must read the same offline.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>filterd audit report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>filterd audit report</h1>",
+        f'<p class="meta">Topics: {_e(", ".join(meta.topics))}<br>'
+        f"Records {range_text}, by the output record's Kafka timestamp.<br>"
+        f"Hours are shown in {tz_name}. Generated {_e(format_ms(meta.generated_ms, tz))} "
+        f"by filterd {_e(__version__)}.</p>",
+        "<section><h2>Totals</h2>",
+        f"<p><strong>{summary.total}</strong> records.</p>",
+    ]
+    if summary.total:
+        out.append(
+            _table(
+                ("reason", "records", "share"),
+                [
+                    (reason, count, f"{100 * count / summary.total:.1f} %")
+                    for reason, count in summary.by_reason.most_common()
+                ],
+                {1, 2},
+            )
+        )
+    out.append("</section>")
+    out += [
+        "<section><h2>Blocks by reason over time</h2>",
+        reason_time_chart(summary, colors),
+        "</section>",
+        f"<section><h2>Top {meta.top} senders</h2>",
+        top_senders_chart(summary, colors, meta.top),
+        "</section>",
+        "<section><h2>Senders whose block rate jumped</h2>",
+        f'<p class="note">A sender is listed when, in some hour, it had at least '
+        f"{rule.min_count} blocked messages and at least {rule.min_ratio:g} times the median "
+        f"of its hourly blocked counts over the {rule.window} hours before (hours without "
+        "blocks count as 0, a median below 1 as 1; hours before the start of the report are "
+        "unknown and not counted). The hour with the highest ratio is shown; such jumps are "
+        "typical of bombing campaigns.</p>",
+    ]
+    if bursts and summary.sender_hours is not None:
+        rows = [
+            (
+                b.sender,
+                summary.buckets.label(b.hour),
+                b.blocks,
+                f"{b.baseline:g}",
+                f"{b.ratio:.1f}",
+                sparkline(summary.sender_hours[b.sender], hours, b.hour),
+            )
+            for b in bursts
+        ]
+        out.append(_table_with_svg(rows))
+    else:
+        out.append("<p>No sender's block rate jumped by this rule.</p>")
+    out.append("</section>")
+    out += [
+        "<section><h2>Snapshot versions</h2>",
+        _table(("snapshot version", "records"), sorted(summary.by_snapshot.items()), {1}),
+        "</section>",
+        _MARKER,
+        "</body></html>",
+    ]
+    return "\n".join(out)
+
+
+def _table_with_svg(rows: Sequence[tuple[str, str, int, str, str, str]]) -> str:
+    # The last cell is trusted SVG made above; every other cell is escaped.
+    head = (
+        "<tr><th>sender</th><th>hour</th><th class=num>blocks</th>"
+        "<th class=num>median before</th><th class=num>ratio</th><th>blocks per hour</th></tr>"
+    )
+    body = "".join(
+        f"<tr><td>{_e(s)}</td><td>{_e(h)}</td><td class=num>{c}</td><td class=num>{_e(m)}</td>"
+        f"<td class=num>{_e(r)}</td><td>{svg}</td></tr>"
+        for s, h, c, m, r, svg in rows
+    )
+    return f'<table class="bursts"><thead>{head}</thead><tbody>{body}</tbody></table>'

@@ -1,0 +1,146 @@
+"""``filterd audit why``: find one message and prove its decision.
+
+The message is looked up by id in the output topics (a message may appear
+more than once after an at-least-once restart, always with the same
+decision); each sighting shows its route, reason, snapshot version and
+source. When the deciding snapshot version is still on disk, the stored
+value is decided again against it with the service's own decision function,
+and the answer says whether the decision reproduces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader
+from filterd.audit.records import MISSING, AuditRecord, event_fields
+from filterd.audit.timeutil import TimeRange
+from filterd.errors import SnapshotError
+from filterd.router import Policy, SnapshotView, decide_value
+
+
+class Redecision(NamedTuple):
+    """The outcome of deciding a found message again."""
+
+    #: The snapshot version the message was decided with.
+    snapshot: str
+    #: Whether that version could be loaded from the snapshot root.
+    available: bool
+    route: str | None
+    reason: str | None
+    #: True when (route, reason) equal the recorded ones; None if not re-decided.
+    reproduces: bool | None
+    #: Why it could not be re-decided, if it could not.
+    error: str | None
+
+
+def matching(records: Iterable[AuditRecord], message_id: str) -> list[AuditRecord]:
+    """The records whose event id is ``message_id``."""
+    # A cheap byte test skips almost every record without parsing it. It is
+    # exact: a JSON string holding the id contains its UTF-8 bytes unless it
+    # uses escapes, and values with a backslash are always parsed.
+    needle = message_id.encode()
+    found: list[AuditRecord] = []
+    for record in records:
+        value = record.value
+        if not value or (needle not in value and b"\\" not in value):
+            continue
+        if event_fields(value).id == message_id:
+            found.append(record)
+    return found
+
+
+async def find_message(
+    params: KafkaParams,
+    topics: Sequence[str],
+    message_id: str,
+    time_range: TimeRange,
+    *,
+    progress: ProgressCallback | None = None,
+) -> list[AuditRecord]:
+    """Every output record of ``message_id`` in ``topics`` within the range."""
+    found: list[AuditRecord] = []
+    async with RangeReader(params, topics, time_range, progress=progress) as reader:
+        async for batch in reader.batches():
+            found.extend(matching(batch, message_id))
+    return found
+
+
+SnapshotLoader = Callable[[Path, str], SnapshotView]
+
+
+def _default_loader(root: Path, version: str) -> SnapshotView:
+    from filterd.snapshot import load_snapshot
+
+    snapshot: SnapshotView = load_snapshot(root, version)
+    return snapshot
+
+
+class Redecider:
+    """Re-decides records against the snapshot versions that decided them,
+    loading each version once."""
+
+    def __init__(
+        self, root: Path, policy: Policy, loader: SnapshotLoader = _default_loader
+    ) -> None:
+        self._root = root
+        self._policy = policy
+        self._loader = loader
+        self._cache: dict[str, SnapshotView | SnapshotError] = {}
+
+    def _snapshot(self, version: str) -> SnapshotView | SnapshotError:
+        cached = self._cache.get(version)
+        if cached is None:
+            try:
+                cached = self._loader(self._root, version)
+            except SnapshotError as exc:
+                cached = exc
+            self._cache[version] = cached
+        return cached
+
+    def redecide(self, record: AuditRecord) -> Redecision:
+        """Decide ``record.value`` again against its snapshot version."""
+        version = record.snapshot
+        if version == MISSING or not version:
+            return Redecision(version, False, None, None, None, "record has no snapshot version")
+        snapshot = self._snapshot(version)
+        if isinstance(snapshot, SnapshotError):
+            return Redecision(version, False, None, None, None, f"not available: {snapshot}")
+        route, reason = decide_value(record.value, snapshot, self._policy)
+        reproduces = (route, reason) == (record.route, record.reason)
+        return Redecision(version, True, route, reason, reproduces, None)
+
+
+class Sighting(NamedTuple):
+    """One found record of the message, with its re-decision."""
+
+    record: AuditRecord
+    redecision: Redecision
+
+    def to_json(self, recipient: str) -> dict[str, object]:
+        """JSON form for ``why --format json``."""
+        record, again = self.record, self.redecision
+        fields = event_fields(record.value)
+        return {
+            "id": fields.id,
+            "sender": fields.sender,
+            "recipient": recipient,
+            "category": fields.category,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp_ms,
+            "route": record.route,
+            "reason": record.reason,
+            "snapshot": record.snapshot,
+            "source": record.source,
+            "redecision": {
+                "available": again.available,
+                "route": again.route,
+                "reason": again.reason,
+                "reproduces": again.reproduces,
+                "error": again.error,
+            },
+        }

@@ -1,0 +1,555 @@
+"""Shared plumbing for the benchmarks: statistics, Kafka helpers, the load generator.
+
+Nothing here is part of filterd; it is the measuring instrument. It is kept small
+and dependency-light (aiokafka and orjson, which filterd already needs) so the
+smoke tests run with the ``dev`` extra only.
+
+Measurement conventions used by every benchmark (see ``benchmarks/README.md``):
+
+* Output topics are created with ``message.timestamp.type=LogAppendTime``: the
+  broker stamps each record with its own clock when it appends it, so arrival
+  times come from the broker and no consumer sits in the measured loop.
+* The load generator stamps the input record's ``CreateTime`` with its send time
+  and remembers it per event ``id``; latency is output ``LogAppendTime`` minus
+  that send time (same machine, same clock, millisecond resolution).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+if TYPE_CHECKING:
+    from filterd.config import Config
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+Event = tuple[bytes | None, bytes]
+"""One generated input record: (key, value)."""
+
+
+def bootstrap_from_env(explicit: str | None = None) -> str:
+    """The broker to use: ``--bootstrap``, else ``$KAFKA_BOOTSTRAP``, else the local one."""
+    return explicit or os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
+
+
+def unique_name(prefix: str) -> str:
+    """A topic or group name no other run (or engineer) will collide with."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, linear interpolation.
+
+    Same definition as numpy's default ("linear"), written out so the stats code has
+    no numpy dependency and can be tested on its own.
+    """
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile {q} outside 0..100")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    if lo == hi:
+        return float(sorted_values[lo])
+    frac = pos - lo
+    return float(sorted_values[lo] * (1.0 - frac) + sorted_values[hi] * frac)
+
+
+def latency_summary(latencies_ms: Iterable[float]) -> dict[str, float]:
+    """p50/p99/p99.9, mean and max of one run's per-record latencies, in ms."""
+    values = sorted(latencies_ms)
+    if not values:
+        return {}
+    return {
+        "p50_ms": round(percentile(values, 50.0), 3),
+        "p99_ms": round(percentile(values, 99.0), 3),
+        "p999_ms": round(percentile(values, 99.9), 3),
+        "mean_ms": round(statistics.fmean(values), 3),
+        "max_ms": round(values[-1], 3),
+        "samples": len(values),
+    }
+
+
+def spread(values: Sequence[float]) -> dict[str, float | list[float]]:
+    """Median, min and max over repetitions, plus the raw values (for the record)."""
+    if not values:
+        return {}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+        "values": [round(v, 3) for v in values],
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator`` rounded to 3 places; None when either is missing or 0."""
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def throughput(count: int, first_ms: float, last_ms: float) -> float:
+    """Messages per second from the first to the last output record.
+
+    ``count`` records arrived between the first and the last append time. A run
+    shorter than one broker clock tick cannot be timed; it is an error, not infinity.
+    """
+    span_ms = last_ms - first_ms
+    if count < 2 or span_ms <= 0:
+        raise ValueError(f"cannot time {count} records over {span_ms} ms; use more events")
+    return count * 1000.0 / span_ms
+
+
+# --------------------------------------------------------------------------- events
+
+
+def load_events(
+    dataset_dir: str, count: int, *, seed: int = 1, bad_rate: float | None = None
+) -> list[Event]:
+    """``count`` realistic events from filterd's own traffic generator, in memory.
+
+    Built up front so generating them costs nothing during a measured run.
+    """
+    from filterd.loadgen import iter_events, load_dataset
+
+    dataset = load_dataset(dataset_dir)
+    kwargs: dict[str, object] = {"seed": seed}
+    if bad_rate is not None:
+        kwargs["bad_rate"] = bad_rate
+    return list(iter_events(dataset, count, **kwargs))  # type: ignore[arg-type]
+
+
+def ensure_snapshot(workdir: Path, dataset: Path | None = None) -> tuple[Path, Path]:
+    """A data set (``dataset`` or a new one under ``workdir``) and its built snapshot root.
+
+    The data set is filterd's own loadgen population (the demo's defaults); the
+    snapshot is built by ``filterd snapshot build``, the command operators run.
+    """
+    from filterd.loadgen import write_dataset
+
+    if dataset is None:
+        dataset = workdir / "dataset"
+        if not (dataset / "population.json").exists():
+            write_dataset(dataset)
+    snapshot_root = workdir / "snapshots"
+    if not snapshot_root.exists() or not any(snapshot_root.iterdir()):
+        cmd = [sys.executable, "-m", "filterd", "snapshot", "build"]
+        cmd += ["--consents", str(dataset / "consents.csv.gz")]
+        cmd += ["--optouts", str(dataset / "optouts.csv.gz")]
+        cmd += ["--dnd", str(dataset / "dnd.csv.gz"), "--out", str(snapshot_root)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return dataset, snapshot_root
+
+
+def event_id(value: bytes | None) -> str | None:
+    """The ``id`` of an event value, or None when it has none (malformed on purpose)."""
+    if value is None:
+        return None
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(doc, dict):
+        found = doc.get("id")
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def partition_for(key: bytes | None, index: int, partitions: int) -> int:
+    """Keyed records stay on one partition (crc32, cheap); unkeyed ones go round robin."""
+    if key is None:
+        return index % partitions
+    return zlib.crc32(key) % partitions
+
+
+# --------------------------------------------------------------------------- kafka admin
+
+
+async def create_topics(
+    bootstrap: str,
+    names: Sequence[str],
+    partitions: int,
+    *,
+    log_append_time: bool = False,
+) -> None:
+    """Create fresh topics; ``log_append_time`` makes the broker stamp arrival times."""
+    configs = {"message.timestamp.type": "LogAppendTime"} if log_append_time else {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        new = [NewTopic(n, partitions, 1, topic_configs=configs) for n in names]
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+    await wait_topics_ready(bootstrap, names, partitions)
+
+
+async def wait_topics_ready(
+    bootstrap: str, names: Sequence[str], partitions: int, timeout_s: float = 30.0
+) -> None:
+    """Wait until the broker's metadata shows every partition with a leader."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            await consumer._client.force_metadata_update()
+            ready = all(
+                len(consumer._client.cluster.partitions_for_topic(n) or ()) == partitions
+                for n in names
+            )
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {list(names)} not ready after {timeout_s} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+
+async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+    """Delete topics, ignoring ones already gone (cleanup must not mask a real error)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(UnknownTopicOrPartitionError):
+            await admin.delete_topics(list(names))
+    finally:
+        await admin.close()
+
+
+# --------------------------------------------------------------------------- producing
+
+
+def _producer(bootstrap: str) -> AIOKafkaProducer:
+    # The generator's own batching: large batches, no compression, acks from the
+    # leader only. It is not what is measured; it only has to be cheap.
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        linger_ms=0,
+        max_batch_size=256 * 1024,
+        max_request_size=4 * 1024 * 1024,
+    )
+
+
+async def preload(bootstrap: str, topic: str, partitions: int, events: Sequence[Event]) -> None:
+    """Write ``events`` into ``topic`` as fast as possible and wait for every ack.
+
+    Built with ``BatchBuilder`` straight into per-partition batches: a few
+    microseconds per record, so loading 500k events takes seconds, not minutes.
+    """
+    producer = _producer(bootstrap)
+    await producer.start()
+    try:
+        futures: list[asyncio.Future[object]] = []
+        batches = [producer.create_batch() for _ in range(partitions)]
+        for i, (key, value) in enumerate(events):
+            p = partition_for(key, i, partitions)
+            if batches[p].append(key=key, value=value, timestamp=None) is None:
+                batches[p].close()
+                futures.append(await producer.send_batch(batches[p], topic, partition=p))
+                batches[p] = producer.create_batch()
+                batches[p].append(key=key, value=value, timestamp=None)
+        for p, batch in enumerate(batches):
+            if batch.record_count():
+                batch.close()
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@dataclass(slots=True)
+class PacedResult:
+    """What the paced generator did: send time (ms since epoch) per event id."""
+
+    sent_ms: dict[str, int]
+    offered: int
+    #: Ids sent more than once (a deliberately bad event with an empty id, say):
+    #: left out of the latency figures, since their arrivals cannot be told apart.
+    ambiguous_ids: int
+    elapsed_s: float
+
+
+async def produce_paced(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    events: Sequence[Event],
+    rate: float,
+    *,
+    tick_s: float = 0.002,
+) -> PacedResult:
+    """Offer ``events`` at ``rate`` msgs/s, stamping each record's CreateTime with its send time.
+
+    Every ``tick_s`` it sends the records that are due by then, so the offered load
+    is smooth at millisecond scale (no one-second bursts that would inflate p99).
+    The send time recorded is the moment the record is handed to the client: the
+    generator's own client latency is in every variant's figure alike.
+    """
+    producer = _producer(bootstrap)
+    await producer.start()
+    sent_ms: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    futures: list[asyncio.Future[object]] = []
+    try:
+        start = time.monotonic()
+        n = len(events)
+        i = 0
+        while i < n:
+            due = min(n, int((time.monotonic() - start) * rate) + 1)
+            if due > i:
+                # Whole milliseconds, like LogAppendTime: both ends truncate alike,
+                # so the difference is unbiased.
+                stamp = int(time.time() * 1000.0)
+                batches: dict[int, object] = {}
+                for j in range(i, due):
+                    key, value = events[j]
+                    p = partition_for(key, j, partitions)
+                    batch = batches.get(p)
+                    if batch is None:
+                        batch = batches[p] = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=stamp) is None:  # type: ignore[attr-defined]
+                        raise RuntimeError("one tick overflowed a 256 KiB batch; lower tick_s")
+                    eid = event_id(value)
+                    if eid is not None:
+                        if eid in sent_ms:
+                            ambiguous.add(eid)
+                        sent_ms[eid] = stamp
+                for p, batch in batches.items():
+                    batch.close()  # type: ignore[attr-defined]
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                i = due
+            await asyncio.sleep(tick_s)
+        elapsed = time.monotonic() - start
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    for eid in ambiguous:
+        del sent_ms[eid]
+    return PacedResult(sent_ms=sent_ms, offered=n, ambiguous_ids=len(ambiguous), elapsed_s=elapsed)
+
+
+# --------------------------------------------------------------------------- reading outputs
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
+    tps = []
+    for t in topics:
+        parts = consumer.partitions_for_topic(t)
+        if parts is None:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(t) or set()
+        tps.extend(TopicPartition(t, p) for p in sorted(parts))
+    return tps
+
+
+class OutputWatcher:
+    """Counts records in the output topics from their end offsets (topics start empty)."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._topics = list(topics)
+        self._tps: list[TopicPartition] = []
+
+    async def __aenter__(self) -> OutputWatcher:
+        await self._consumer.start()
+        self._tps = await _partitions(self._consumer, self._topics)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def counts(self) -> dict[str, int]:
+        """Records per output topic right now."""
+        ends = await self._consumer.end_offsets(self._tps)
+        out = dict.fromkeys(self._topics, 0)
+        for tp, end in ends.items():
+            out[tp.topic] += end
+        return out
+
+    async def wait_for(
+        self,
+        expected: int,
+        *,
+        stall_timeout_s: float = 60.0,
+        alive: object = None,
+        poll_s: float = 0.05,
+    ) -> int:
+        """Wait until ``expected`` output records exist; raise if progress stalls.
+
+        ``alive`` is an optional zero-argument callable; when it returns False (the
+        variant process died) waiting stops at once with an error.
+        """
+        last_total = -1
+        last_progress = time.monotonic()
+        while True:
+            total = sum((await self.counts()).values())
+            if total >= expected:
+                return total
+            now = time.monotonic()
+            if total != last_total:
+                last_total, last_progress = total, now
+            elif now - last_progress > stall_timeout_s:
+                raise TimeoutError(
+                    f"output stalled at {total}/{expected} records for {stall_timeout_s:.0f} s"
+                )
+            if callable(alive) and not alive():
+                raise RuntimeError(f"variant exited with {total}/{expected} records out")
+            await asyncio.sleep(poll_s)
+
+
+async def first_last_append_ms(
+    bootstrap: str, topics: Sequence[str]
+) -> tuple[float, float, int, dict[str, int]]:
+    """First and last LogAppendTime over the output topics, the record count, counts per topic.
+
+    Append times only grow within a partition, so the first record of each
+    partition and the last one suffice: two fetches per partition, no full read.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topics)
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        per_topic = dict.fromkeys(topics, 0)
+        first = math.inf
+        last = -math.inf
+        for tp in tps:
+            n = ends[tp] - begins[tp]
+            per_topic[tp.topic] += n
+            if n == 0:
+                continue
+            for offset in (begins[tp], ends[tp] - 1):
+                consumer.seek(tp, offset)
+                record = None
+                while record is None:
+                    got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+                    records = got.get(tp, [])
+                    record = records[0] if records else None
+                if record.timestamp_type != 1:
+                    raise RuntimeError(f"{tp.topic} is not a LogAppendTime topic")
+                first = min(first, record.timestamp)
+                last = max(last, record.timestamp)
+        return first, last, sum(per_topic.values()), per_topic
+    finally:
+        await consumer.stop()
+
+
+async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str | None, int]]:
+    """Every output record as (event id or None, LogAppendTime ms)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: list[tuple[str | None, int]] = []
+    try:
+        tps = await _partitions(consumer, topics)
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            got = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            for tp, records in got.items():
+                for r in records:
+                    out.append((event_id(r.value), r.timestamp))
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def latencies_ms(
+    arrivals: Iterable[tuple[str | None, int]], sent_ms: Mapping[str, int]
+) -> Iterator[float]:
+    """Per output record: arrival − send, for records the paced generator sent."""
+    for eid, arrived in arrivals:
+        if eid is None:
+            continue
+        sent = sent_ms.get(eid)
+        if sent is not None:
+            yield arrived - sent
+
+
+# --------------------------------------------------------------------------- client settings
+
+
+def consumer_kwargs(config: Config) -> dict[str, object]:
+    """aiokafka consumer settings taken from a filterd config: the same fetch behaviour.
+
+    The raw pipe and the naive filter use these so that they differ from
+    ``filterd run`` in their loop only, never in how they talk to the broker
+    (mirrors the consumer ``filterd.service`` builds).
+    """
+    b = config.batch
+    k = config.kafka
+    return {
+        **k.client_options(),
+        "group_id": k.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "fetch_max_bytes": b.fetch_max_bytes,
+        "max_partition_fetch_bytes": b.max_partition_fetch_bytes,
+        "fetch_max_wait_ms": b.fetch_max_wait_ms,
+        "session_timeout_ms": k.session_timeout_ms,
+        "heartbeat_interval_ms": k.heartbeat_interval_ms,
+        "max_poll_interval_ms": k.max_poll_interval_ms,
+    }
+
+
+def producer_kwargs(config: Config) -> dict[str, object]:
+    """aiokafka producer settings of a filterd config: filterd's own ``producer_options``."""
+    from filterd.delivery import producer_options
+
+    return producer_options(config)
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``: the loop finishes its batch, commits and exits."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def run_async(main: Callable[[], Coroutine[object, object, int]]) -> int:
+    """Run ``main`` on uvloop when installed (filterd does the same), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())

@@ -1,0 +1,120 @@
+"""Micro-benchmark of the pure decision path, beside ``orjson.loads`` alone.
+
+Per event, on the same realistic events (filterd's traffic generator, the
+demo's mix, 1 % deliberately bad): the time of
+
+* ``loop`` — iterating the events and doing nothing (the harness's own cost);
+* ``orjson.loads`` — parsing the value and nothing else: the floor for anything
+  that reads JSON;
+* ``decide`` — :meth:`filterd.router.Decider.decide`, what ``filterd run`` calls
+  per record: size check, parse, field checks, number normalization, policy,
+  bitmap lookups.
+
+``ratio`` is decide / orjson.loads (both including the same loop cost); the goal
+is ≤ 2.5. Each figure is the median of ``--repeat`` passes with the garbage
+collector paused, as ``timeit`` does.
+
+    python -m benchmarks.decide_bench [--events 200000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+
+from benchmarks._common import ensure_snapshot, load_events, ratio
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_RATIO = 2.5
+
+
+def time_per_event(func: Callable[[bytes], object], values: Sequence[bytes], repeat: int) -> float:
+    """Median ns per event of ``func`` over ``repeat`` passes of ``values``."""
+    passes = []
+    for _ in range(repeat):
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            for v in values:
+                func(v)
+            passes.append((time.perf_counter_ns() - start) / len(values))
+        finally:
+            gc.enable()
+    return statistics.median(passes)
+
+
+def _nothing(value: bytes) -> None:
+    return None
+
+
+def run(events: int, repeat: int, workdir: Path, dataset: Path | None) -> dict[str, object]:
+    """Measure and return the figures (see the module docstring)."""
+    from filterd.router import Decider, Policy
+    from filterd.snapshot import load_snapshot
+
+    dataset, snapshot_root = ensure_snapshot(workdir, dataset)
+    values = [v for _, v in load_events(str(dataset), events, seed=11)]
+    decider = Decider(load_snapshot(snapshot_root), Policy())
+    decide = decider.decide
+    loads = orjson.loads
+
+    def parse_only(value: bytes) -> object:
+        # orjson raises on the deliberately malformed events; the decision catches
+        # that too, so the floor pays for it the same way.
+        try:
+            return loads(value)
+        except orjson.JSONDecodeError:
+            return None
+
+    # One untimed pass each: warm caches and the interpreter's specializations.
+    for func in (parse_only, decide):
+        for v in values[:10_000]:
+            func(v)
+    loop_ns = time_per_event(_nothing, values, repeat)
+    loads_ns = time_per_event(parse_only, values, repeat)
+    decide_ns = time_per_event(decide, values, repeat)
+    r = ratio(decide_ns, loads_ns)
+    return {
+        "benchmark": "decide",
+        "events": len(values),
+        "repeat": repeat,
+        "avg_event_bytes": round(statistics.fmean(len(v) for v in values), 1),
+        "loop_ns_per_event": round(loop_ns, 1),
+        "orjson_loads_ns_per_event": round(loads_ns, 1),
+        "decide_ns_per_event": round(decide_ns, 1),
+        "decide_events_per_s": round(1e9 / decide_ns),
+        "ratio_decide_vs_loads": r,
+        "goal_ratio": GOAL_RATIO,
+        "goal_met": None if r is None else r <= GOAL_RATIO,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, print and write ``benchmarks/results/decide.json``."""
+    p = argparse.ArgumentParser(prog="benchmarks.decide_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--dataset", help="reuse a `filterd loadgen dataset` directory")
+    p.add_argument("--workdir", help="keep the data set and snapshot here")
+    p.add_argument("--out", default=str(RESULTS / "decide.json"))
+    args = p.parse_args(argv)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="filterd-decide-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = run(args.events, args.repeat, workdir, Path(args.dataset) if args.dataset else None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,885 @@
+"""End-to-end benchmark: filterd against the raw Kafka pipe, a naive filter and a peer.
+
+Through the real broker, with filterd's own traffic generator, one session runs
+every variant in turn (alternating, fresh topics and group per run, the same
+topic layout and event count):
+
+* ``raw_pipe`` — consume → produce copy, filterd's client settings, no work
+  (``benchmarks/raw_pipe.py``): the limit for this client on this broker;
+* ``filterd`` — ``filterd run`` as shipped, at-least-once, metrics on;
+* ``filterd_nometrics`` — the same with ``[metrics] enabled = false``;
+* ``naive`` — message-by-message aiokafka loop (``benchmarks/naive_filter.py``);
+* ``peer`` — the filter in Quix Streams (``benchmarks/peer_quix.py``);
+* and Kafka's own ``ProducerPerformance``/``ConsumerPerformance`` as the ceiling.
+
+Two figures per variant:
+
+throughput
+    N events are loaded into the input topic first (the generator is never the
+    bottleneck), then the variant starts; msgs/s = output records / (last − first
+    output LogAppendTime). Start-up and group join are outside the window.
+latency
+    the variant runs; the generator offers events at a fixed rate (default 50 %
+    of the raw pipe's median throughput of this session), stamping each send;
+    latency = output LogAppendTime − send time, p50/p99/p99.9.
+
+Usage: ``python -m benchmarks.e2e [--quick] [--events N] [--reps R] ...``
+(``make bench`` / ``make bench-quick``). Results: ``benchmarks/results/e2e.json``
+(quick: ``e2e-quick.json``), ``.md`` and ``-throughput.png``/``-latency.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks._common import (
+    Event,
+    OutputWatcher,
+    bootstrap_from_env,
+    create_topics,
+    delete_topics,
+    ensure_snapshot,
+    first_last_append_ms,
+    latencies_ms,
+    latency_summary,
+    load_events,
+    preload,
+    produce_paced,
+    ratio,
+    read_arrivals,
+    spread,
+    throughput,
+    unique_name,
+)
+
+log = logging.getLogger("benchmarks.e2e")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
+
+ROUTES = ("deliver", "block", "invalid")
+
+#: The goals the hot path is tuned against (see benchmarks/README.md).
+GOALS = {
+    "filterd_vs_raw_pipe": 0.85,
+    "filterd_vs_naive": 3.0,
+    "filterd_vs_peer": 2.0,
+    "p99_delta_ms_vs_raw_pipe": 5.0,
+    "metrics_overhead": 0.02,
+}
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One implementation under test: how to start it and which outputs it writes."""
+
+    name: str
+    argv: tuple[str, ...]
+    routes: tuple[str, ...] = ROUTES
+    #: Extra config sections merged into the run's TOML.
+    config: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    #: A module that must be importable for the variant to run (None: always).
+    requires: str | None = None
+    label: str = ""
+
+
+def make_variants(workers: int | None = None) -> dict[str, Variant]:
+    """Every variant of the session, by name."""
+    py = sys.executable
+    run = (py, "-m", "filterd", "run")
+    if workers:
+        run += ("--workers", str(workers))
+    return {
+        "raw_pipe": Variant("raw_pipe", (py, "-m", "benchmarks.raw_pipe"), routes=("deliver",)),
+        "filterd": Variant("filterd", run, config={"metrics": {"enabled": True}}),
+        "filterd_nometrics": Variant(
+            "filterd_nometrics", run, config={"metrics": {"enabled": False}}
+        ),
+        "naive": Variant("naive", (py, "-m", "benchmarks.naive_filter")),
+        "peer": Variant(
+            "peer", (py, "-m", "benchmarks.peer_quix"), requires="quixstreams", label="quixstreams"
+        ),
+    }
+
+
+DEFAULT_ORDER = ("raw_pipe", "filterd", "filterd_nometrics", "naive", "peer")
+
+
+def to_toml(sections: Mapping[str, Mapping[str, object]]) -> str:
+    """A TOML document for flat sections of strings, numbers and booleans."""
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = repr(value)
+            else:
+                text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def merge(*layers: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    """Section-wise merge; later layers win."""
+    out: dict[str, dict[str, object]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            out.setdefault(section, {}).update(values)
+    return out
+
+
+def free_port() -> int:
+    """A TCP port free right now on loopback (for a metrics endpoint per run)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- one process
+
+
+class VariantProcess:
+    """A variant running as its own process, its output in a log file."""
+
+    def __init__(self, argv: Sequence[str], config_path: Path, log_path: Path) -> None:
+        self.argv = [*argv, "--config", str(config_path)]
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # FILTERD_* variables of the caller would override the run's config.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FILTERD_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s; killing it", self.argv[2], timeout_s)
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait)
+        return self.proc.returncode
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- the session
+
+
+@dataclass(slots=True)
+class Workload:
+    """Everything prepared once per session: snapshot and the events, in memory."""
+
+    dataset: Path
+    snapshot_root: Path
+    throughput_events: list[Event]
+    warmup_events: list[Event]
+    latency_events: list[Event] = field(default_factory=list)
+    seed: int = 7
+
+    def size_latency_events(self, count: int) -> None:
+        """Generate the latency run's events (their number depends on the offered rate)."""
+        if len(self.latency_events) != count:
+            self.latency_events = load_events(str(self.dataset), count, seed=self.seed + 1)
+
+
+def prepare_workload(
+    workdir: Path, *, events: int, dataset: Path | None, seed: int = 7
+) -> Workload:
+    """Generate (or reuse) a data set, build its snapshot, generate the events."""
+    dataset, snapshot_root = ensure_snapshot(workdir, dataset)
+    # Distinct seeds: event ids are m-<seed>-<n>, so the three sets never share an id.
+    return Workload(
+        dataset=dataset,
+        snapshot_root=snapshot_root,
+        throughput_events=load_events(str(dataset), events, seed=seed),
+        warmup_events=load_events(str(dataset), 200, seed=seed + 2),
+        seed=seed,
+    )
+
+
+class Session:
+    """Runs variants one at a time against fresh topics and collects per-run results."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        workdir: Path,
+        workload: Workload,
+        *,
+        partitions: int,
+        knobs: Mapping[str, Mapping[str, object]] | None = None,
+        keep_topics: bool = False,
+        stall_timeout_s: float = 60.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.workload = workload
+        self.partitions = partitions
+        self.knobs = knobs or {}
+        self.keep_topics = keep_topics
+        self.stall_timeout_s = stall_timeout_s
+        self._runs = 0
+
+    def _config(
+        self, variant: Variant, topics: Mapping[str, str], group: str, extra: Mapping[str, object]
+    ) -> Path:
+        sections = merge(
+            {
+                "kafka": {"bootstrap_servers": self.bootstrap, "group_id": group},
+                "topics": dict(topics),
+                "snapshot": {"root": str(self.workload.snapshot_root)},
+                "metrics": {"port": free_port()},
+                "logging": {"level": "INFO"},
+            },
+            self.knobs,
+            variant.config,
+            extra,  # type: ignore[arg-type]
+        )
+        path = self.workdir / f"run-{self._runs:03d}-{variant.name}.toml"
+        path.write_text(to_toml(sections))
+        return path
+
+    async def _topics(self, variant: Variant, partitions: int) -> dict[str, str]:
+        base = unique_name(f"bench-{variant.name.replace('_', '-')}")
+        topics = {"input": f"{base}.in", **{r: f"{base}.{r}" for r in ROUTES}}
+        await create_topics(self.bootstrap, [topics["input"]], partitions)
+        await create_topics(
+            self.bootstrap, [topics[r] for r in ROUTES], partitions, log_append_time=True
+        )
+        return topics
+
+    async def _cleanup(self, topics: Mapping[str, str]) -> None:
+        if not self.keep_topics:
+            with contextlib.suppress(Exception):
+                await delete_topics(self.bootstrap, list(topics.values()))
+
+    async def throughput_run(
+        self, variant: Variant, *, partitions: int | None = None, workers_note: str = ""
+    ) -> dict[str, object]:
+        """Preload the events, start the variant, time first → last output record."""
+        self._runs += 1
+        parts = partitions or self.partitions
+        events = self.workload.throughput_events
+        topics = await self._topics(variant, parts)
+        outputs = [topics[r] for r in variant.routes]
+        group = unique_name("bench-group")
+        proc = VariantProcess(
+            variant.argv,
+            self._config(variant, topics, group, {}),
+            self.workdir / f"run-{self._runs:03d}-{variant.name}-throughput.log",
+        )
+        try:
+            await preload(self.bootstrap, topics["input"], parts, events)
+            started = time.time()
+            proc.start()
+            async with OutputWatcher(self.bootstrap, outputs) as watcher:
+                await watcher.wait_for(
+                    len(events), stall_timeout_s=self.stall_timeout_s, alive=proc.alive
+                )
+            await proc.stop()
+            first, last, count, per_topic = await first_last_append_ms(self.bootstrap, outputs)
+            return {
+                "msgs_per_s": round(throughput(count, first, last), 1),
+                "records_in": len(events),
+                "records_out": count,
+                "repeated": count - len(events),
+                "window_s": round((last - first) / 1000.0, 3),
+                "startup_s": round(first / 1000.0 - started, 3),
+                "per_topic": {r: per_topic[topics[r]] for r in variant.routes},
+                "partitions": parts,
+            }
+        except Exception as exc:
+            raise RunFailed(f"{variant.name}: {exc}\n{proc.tail()}") from exc
+        finally:
+            await proc.stop()
+            await self._cleanup(topics)
+
+    async def latency_run(
+        self, variant: Variant, rate: float, *, partitions: int | None = None
+    ) -> dict[str, object]:
+        """Start the variant, warm it up, offer events at ``rate``, measure send → output."""
+        self._runs += 1
+        parts = partitions or self.partitions
+        topics = await self._topics(variant, parts)
+        outputs = [topics[r] for r in variant.routes]
+        group = unique_name("bench-group")
+        proc = VariantProcess(
+            variant.argv,
+            self._config(variant, topics, group, {}),
+            self.workdir / f"run-{self._runs:03d}-{variant.name}-latency.log",
+        )
+        warm = self.workload.warmup_events
+        events = self.workload.latency_events
+        try:
+            proc.start()
+            # Warm-up: the variant has joined its group, loaded its snapshot and
+            # opened its producer connections before the measured traffic starts.
+            await preload(self.bootstrap, topics["input"], parts, warm)
+            async with OutputWatcher(self.bootstrap, outputs) as watcher:
+                await watcher.wait_for(len(warm), stall_timeout_s=120.0, alive=proc.alive)
+                paced = await produce_paced(
+                    self.bootstrap, topics["input"], parts, events, rate=rate
+                )
+                await watcher.wait_for(
+                    len(warm) + len(events),
+                    stall_timeout_s=self.stall_timeout_s,
+                    alive=proc.alive,
+                )
+            await proc.stop()
+            arrivals = await read_arrivals(self.bootstrap, outputs)
+            lat = list(latencies_ms(arrivals, paced.sent_ms))
+            summary: dict[str, object] = dict(latency_summary(lat))
+            summary.update(
+                offered_rate=round(rate, 1),
+                achieved_offer_rate=round(paced.offered / paced.elapsed_s, 1),
+                offered=paced.offered,
+                ambiguous_ids=paced.ambiguous_ids,
+                partitions=parts,
+            )
+            return summary
+        except Exception as exc:
+            raise RunFailed(f"{variant.name}: {exc}\n{proc.tail()}") from exc
+        finally:
+            await proc.stop()
+            await self._cleanup(topics)
+
+
+class RunFailed(Exception):
+    """One run of one variant failed; the session records it and goes on."""
+
+
+# --------------------------------------------------------------------------- kafka's own tools
+
+
+_PRODUCER_LINE = re.compile(
+    r"(?P<n>\d+) records sent, (?P<rate>[\d.]+) records/sec .*?(?P<avg>[\d.]+) ms avg latency.*?"
+    r"(?P<p50>\d+) ms 50th, (?P<p95>\d+) ms 95th, (?P<p99>\d+) ms 99th, (?P<p999>\d+) ms 99.9th"
+)
+
+
+def parse_producer_perf(text: str) -> dict[str, float] | None:
+    """The summary line of ProducerPerformance, or None."""
+    found = None
+    for match in _PRODUCER_LINE.finditer(text):
+        found = match
+    if found is None:
+        return None
+    return {
+        "msgs_per_s": float(found["rate"]),
+        "p50_ms": float(found["p50"]),
+        "p99_ms": float(found["p99"]),
+        "p999_ms": float(found["p999"]),
+    }
+
+
+def parse_consumer_perf(text: str) -> dict[str, float] | None:
+    """The CSV result line of ConsumerPerformance (the header names the columns), or None."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("start.time") and i + 1 < len(lines):
+            names = [c.strip() for c in line.split(",")]
+            values = [c.strip() for c in lines[i + 1].split(",")]
+            row = dict(zip(names, values, strict=False))
+            with contextlib.suppress(KeyError, ValueError):
+                return {
+                    "msgs_per_s": float(row["nMsg.sec"]),
+                    "mb_per_s": float(row["MB.sec"]),
+                    "fetch_msgs_per_s": float(row["fetch.nMsg.sec"]),
+                }
+    return None
+
+
+async def kafka_perf(
+    bootstrap: str, events: int, partitions: int, record_size: int
+) -> dict[str, object]:
+    """Kafka's own producer and consumer perf tools on the same broker: the ceiling."""
+    if not KAFKA_SH.exists():
+        return {"error": f"{KAFKA_SH} not found"}
+    topic = unique_name("bench-perf")
+    await create_topics(bootstrap, [topic], partitions)
+    out: dict[str, object] = {"record_size": record_size, "records": events}
+    try:
+        produce = [
+            str(KAFKA_SH), "run-class", "org.apache.kafka.tools.ProducerPerformance",
+            "--topic", topic, "--num-records", str(events), "--record-size", str(record_size),
+            "--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}",
+            "acks=all", "linger.ms=5", "batch.size=1048576",
+        ]  # fmt: skip
+        res = await asyncio.to_thread(
+            subprocess.run, produce, capture_output=True, text=True, timeout=600
+        )
+        out["producer"] = parse_producer_perf(res.stdout) or {
+            "error": (res.stderr or res.stdout)[-500:]
+        }
+        base = [
+            str(KAFKA_SH), "run-class", "org.apache.kafka.tools.ConsumerPerformance",
+            "--bootstrap-server", bootstrap, "--topic", topic,
+        ]  # fmt: skip
+        # Kafka 4.x renamed --messages to --num-records; try the new name first.
+        for flag in ("--num-records", "--messages"):
+            res = await asyncio.to_thread(
+                subprocess.run,
+                [*base, flag, str(events), "--timeout", "60000"],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            parsed = parse_consumer_perf(res.stdout)
+            if parsed is not None:
+                out["consumer"] = parsed
+                break
+        else:
+            out["consumer"] = {"error": (res.stderr or res.stdout)[-500:]}
+    except (OSError, subprocess.SubprocessError) as exc:
+        out["error"] = str(exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await delete_topics(bootstrap, [topic])
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, object]:
+    """Where the figures came from: CPU, cores, memory, versions, load before the run."""
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    for module in ("aiokafka", "orjson", "quixstreams", "confluent_kafka"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            info[module] = version(module.replace("_", "-"))
+    return info
+
+
+def summarize_variant(
+    name: str,
+    label: str,
+    throughput_runs: Sequence[Mapping[str, object]],
+    latency_runs: Sequence[Mapping[str, object]],
+    errors: Sequence[str],
+) -> dict[str, object]:
+    """Medians over repetitions for one variant, with the spread and every run kept."""
+    out: dict[str, object] = {}
+    if label:
+        out["name"] = label
+    rates = [float(r["msgs_per_s"]) for r in throughput_runs]  # type: ignore[arg-type]
+    if rates:
+        out["msgs_per_s"] = round(statistics.median(rates), 1)
+        out["msgs_per_s_spread"] = spread(rates)
+    for key in ("p50_ms", "p99_ms", "p999_ms"):
+        values = [float(r[key]) for r in latency_runs if key in r]  # type: ignore[arg-type]
+        if values:
+            out[key] = round(statistics.median(values), 3)
+            out[f"{key}_spread"] = spread(values)
+    out["throughput_runs"] = list(throughput_runs)
+    out["latency_runs"] = list(latency_runs)
+    if errors:
+        out["errors"] = list(errors)
+    return out
+
+
+def _num(section: object, key: str) -> float | None:
+    if isinstance(section, Mapping):
+        value = section.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def compute_ratios(results: Mapping[str, object]) -> dict[str, float | None]:
+    """The ratios the goals are stated in, from the variants' medians."""
+    f = _num(results.get("filterd"), "msgs_per_s")
+    p99_f = _num(results.get("filterd"), "p99_ms")
+    p99_raw = _num(results.get("raw_pipe"), "p99_ms")
+    return {
+        "filterd_vs_raw_pipe": ratio(f, _num(results.get("raw_pipe"), "msgs_per_s")),
+        "filterd_vs_naive": ratio(f, _num(results.get("naive"), "msgs_per_s")),
+        "filterd_vs_peer": ratio(f, _num(results.get("peer"), "msgs_per_s")),
+        "p99_delta_ms_vs_raw_pipe": (
+            round(p99_f - p99_raw, 3) if p99_f is not None and p99_raw is not None else None
+        ),
+    }
+
+
+def metrics_overhead(results: Mapping[str, object]) -> float | None:
+    """Share of throughput the metrics cost: 1 − filterd / filterd without metrics."""
+    on = _num(results.get("filterd"), "msgs_per_s")
+    off = _num(results.get("filterd_nometrics"), "msgs_per_s")
+    r = ratio(on, off)
+    return None if r is None else round(1.0 - r, 3)
+
+
+def goals(ratios: Mapping[str, float | None], overhead: float | None) -> dict[str, object]:
+    """Each goal with its target, the measured value and whether it is met."""
+    measured: dict[str, float | None] = {**ratios, "metrics_overhead": overhead}
+    out: dict[str, object] = {}
+    for name, target in GOALS.items():
+        value = measured.get(name)
+        lower_is_better = name in ("p99_delta_ms_vs_raw_pipe", "metrics_overhead")
+        met = None if value is None else (value <= target if lower_is_better else value >= target)
+        out[name] = {"target": target, "value": value, "met": met}
+    return out
+
+
+def _fmt(value: object, digits: int = 1) -> str:
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return "–"
+
+
+def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
+    """The human-readable table of one session."""
+    m = results.get("machine", {})
+    assert isinstance(m, Mapping)
+    lines = [
+        f"# End-to-end benchmark ({'quick' if results.get('quick') else 'full'})",
+        "",
+        f"{results['events']:,} events, {results['partitions']} partitions, "
+        f"{results['runs']} throughput repetition(s), {results.get('latency_runs', 0)} latency "
+        f"repetition(s) at {_fmt(results.get('offered_rate_msgs_per_s'), 0)} msgs/s offered "
+        f"({results.get('latency_events', 0):,} events each).",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+        f"{m.get('memory_gib', '?')} GiB, {m.get('platform', '')}; load average at start "
+        f"{m.get('loadavg')}, at end {results.get('loadavg_end')}. "
+        f"Started {results.get('started_at')}, took {_fmt(results.get('duration_s'), 0)} s.",
+        "",
+        "| variant | msgs/s (median) | min – max | vs raw pipe | p50 ms | p99 ms | p99.9 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    raw = _num(results.get("raw_pipe"), "msgs_per_s")
+    for name in order:
+        section = results.get(name)
+        if not isinstance(section, Mapping):
+            continue
+        rate = _num(section, "msgs_per_s")
+        sp = section.get("msgs_per_s_spread")
+        rng = f"{_fmt(sp['min'], 0)} – {_fmt(sp['max'], 0)}" if isinstance(sp, Mapping) else "–"
+        vs = ratio(rate, raw)
+        title = f"{name} ({section['name']})" if "name" in section else name
+        if rate is None and "errors" in section:
+            title += " — failed, see json"
+        lines.append(
+            f"| {title} | {_fmt(rate, 0)} | {rng} | {_fmt(vs, 2)} | "
+            f"{_fmt(section.get('p50_ms'))} | {_fmt(section.get('p99_ms'))} | "
+            f"{_fmt(section.get('p999_ms'))} |"
+        )
+    perf = results.get("kafka_perf")
+    if isinstance(perf, Mapping):
+        for side in ("producer", "consumer"):
+            row = perf.get(side)
+            if isinstance(row, Mapping) and "msgs_per_s" in row:
+                lines.append(
+                    f"| kafka-{side}-perf-test (ceiling) | {_fmt(row['msgs_per_s'], 0)} | – | "
+                    f"{_fmt(ratio(float(row['msgs_per_s']), raw), 2)} | "
+                    f"{_fmt(row.get('p50_ms'))} | {_fmt(row.get('p99_ms'))} | "
+                    f"{_fmt(row.get('p999_ms'))} |"
+                )
+    lines += ["", "| goal | target | measured | met |", "|---|---:|---:|:---:|"]
+    g = results.get("goals", {})
+    assert isinstance(g, Mapping)
+    for name, row in g.items():
+        met = {True: "yes", False: "**no**", None: "–"}[row["met"]]
+        lines.append(f"| {name} | {row['target']} | {_fmt(row['value'], 3)} | {met} |")
+    lines += [
+        "",
+        "Throughput: output records / (last − first output LogAppendTime), events preloaded. "
+        "Latency: output LogAppendTime − generator send time, at the offered rate above. "
+        "See benchmarks/README.md.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Path) -> list[Path]:
+    """Throughput bars (min–max whiskers) and latency percentile bars, as PNGs."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install -e '.[bench]'); no charts")
+        return []
+    names = [n for n in order if _num(results.get(n), "msgs_per_s") is not None]
+    written = []
+    if names:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        meds = [_num(results[n], "msgs_per_s") or 0.0 for n in names]
+        lo, hi = [], []
+        for n, med in zip(names, meds, strict=True):
+            sp = results[n].get("msgs_per_s_spread", {})  # type: ignore[union-attr]
+            lo.append(med - float(sp.get("min", med)))
+            hi.append(float(sp.get("max", med)) - med)
+        bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color="#4472c4")
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in meds], padding=3, fontsize=8)
+        ax.set_ylabel("msgs/s (median, min–max)")
+        ax.set_title(
+            f"Throughput, {results['events']:,} events, {results['partitions']} partitions"
+        )
+        fig.tight_layout()
+        path = stem.with_name(stem.name + "-throughput.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    lat_names = [n for n in order if _num(results.get(n), "p99_ms") is not None]
+    if lat_names:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        width = 0.8 / 3
+        for i, (key, label) in enumerate(
+            (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9"))
+        ):
+            xs = [j + (i - 1) * width for j in range(len(lat_names))]
+            ax.bar(xs, [_num(results[n], key) or 0.0 for n in lat_names], width, label=label)
+        ax.set_xticks(range(len(lat_names)), lat_names)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (log scale)")
+        ax.set_title(
+            f"End-to-end latency at {_fmt(results.get('offered_rate_msgs_per_s'), 0)} msgs/s"
+        )
+        ax.legend()
+        fig.tight_layout()
+        path = stem.with_name(stem.name + "-latency.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_outputs(results: dict[str, object], order: Sequence[str], stem: Path) -> list[Path]:
+    """``stem.json``, ``stem.md`` and the charts; the paths written."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path = stem.with_suffix(".md")
+    md_path.write_text(render_markdown(results, order))
+    return [json_path, md_path, *render_charts(results, order, stem)]
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def run_session(args: argparse.Namespace) -> dict[str, object]:
+    """The whole benchmark: throughput repetitions, latency repetitions, Kafka's tools."""
+    started_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    t0 = time.monotonic()
+    machine = machine_info()
+    variants = make_variants(args.workers)
+    order = [n for n in args.variants.split(",") if n]
+    for name in order:
+        if name not in variants:
+            raise SystemExit(f"unknown variant {name!r}; known: {', '.join(variants)}")
+    skipped: dict[str, str] = {}
+    for name in list(order):
+        req = variants[name].requires
+        if req and importlib.util.find_spec(req) is None:
+            skipped[name] = f"{req} is not installed (pip install -e '.[bench]')"
+            order.remove(name)
+    workdir: Path = args.workdir
+    workload = await asyncio.to_thread(
+        prepare_workload,
+        workdir,
+        events=args.events,
+        dataset=Path(args.dataset) if args.dataset else None,
+    )
+    session = Session(
+        args.bootstrap, workdir, workload, partitions=args.partitions, keep_topics=args.keep_topics
+    )
+    tput: dict[str, list[dict[str, object]]] = {n: [] for n in order}
+    lat: dict[str, list[dict[str, object]]] = {n: [] for n in order}
+    errors: dict[str, list[str]] = {n: [] for n in order}
+    for rep in range(args.reps):
+        # Rotate the order each repetition: no variant always runs first (cold) or last.
+        for name in order[rep % len(order) :] + order[: rep % len(order)]:
+            log.info("throughput rep %d/%d: %s", rep + 1, args.reps, name)
+            try:
+                result = await session.throughput_run(variants[name])
+                log.info("  %s: %.0f msgs/s", name, result["msgs_per_s"])
+                tput[name].append(result)
+            except RunFailed as exc:
+                log.error("  %s", exc)
+                errors[name].append(str(exc))
+    raw_rates = [float(r["msgs_per_s"]) for r in tput.get("raw_pipe", [])]  # type: ignore[arg-type]
+    rate = args.rate or (args.load * statistics.median(raw_rates) if raw_rates else None)
+    latency_events = int(rate * args.latency_seconds) if rate else 0
+    if rate:
+        await asyncio.to_thread(workload.size_latency_events, latency_events)
+        for rep in range(args.latency_reps):
+            for name in order[rep % len(order) :] + order[: rep % len(order)]:
+                log.info(
+                    "latency rep %d/%d at %.0f msgs/s: %s", rep + 1, args.latency_reps, rate, name
+                )
+                try:
+                    result = await session.latency_run(variants[name], rate)
+                    log.info(
+                        "  %s: p50 %.1f p99 %.1f ms",
+                        name,
+                        result.get("p50_ms", -1),
+                        result.get("p99_ms", -1),
+                    )
+                    lat[name].append(result)
+                except RunFailed as exc:
+                    log.error("  %s", exc)
+                    errors[name].append(str(exc))
+    else:
+        log.error("no raw pipe throughput and no --rate: latency runs skipped")
+
+    avg_size = statistics.fmean(len(v) for _, v in workload.throughput_events[:10_000])
+    results: dict[str, object] = {
+        "benchmark": "e2e",
+        "quick": args.quick,
+        "events": args.events,
+        "partitions": args.partitions,
+        "runs": args.reps,
+        "latency_runs": args.latency_reps if rate else 0,
+        "latency_events": latency_events,
+        "offered_rate_msgs_per_s": round(rate, 1) if rate else None,
+        "offered_load_of_raw_max": args.load if not args.rate else None,
+        "avg_event_bytes": round(avg_size, 1),
+        "started_at": started_at,
+        "machine": machine,
+        "workdir": str(workdir),
+    }
+    for name in order:
+        results[name] = summarize_variant(
+            name, variants[name].label, tput[name], lat[name], errors[name]
+        )
+    for name, reason in skipped.items():
+        results[name] = (
+            {"name": variants[name].label, "skipped": reason}
+            if variants[name].label
+            else {"skipped": reason}
+        )
+    if args.perf_test:
+        log.info("kafka perf tools (ceiling)")
+        results["kafka_perf"] = await kafka_perf(
+            args.bootstrap, args.events, args.partitions, round(avg_size)
+        )
+    ratios = compute_ratios(results)
+    overhead = metrics_overhead(results)
+    results["ratios"] = ratios
+    results["metrics_overhead"] = overhead
+    results["goals"] = goals(ratios, overhead)
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["duration_s"] = round(time.monotonic() - t0, 1)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of ``python -m benchmarks.e2e``."""
+    p = argparse.ArgumentParser(prog="benchmarks.e2e", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="100k events, 2 reps (under 5 minutes)")
+    p.add_argument("--events", type=int, help="events per throughput run (full: 500000)")
+    p.add_argument("--partitions", type=int, default=3, help="partitions of every topic")
+    p.add_argument("--reps", type=int, help="throughput repetitions per variant (full: 3)")
+    p.add_argument("--latency-reps", type=int, help="latency repetitions per variant (full: 2)")
+    p.add_argument(
+        "--latency-seconds", type=float, help="length of the offered load (full: 20, quick: 8)"
+    )
+    p.add_argument("--load", type=float, default=0.5, help="offered load, share of raw pipe max")
+    p.add_argument("--rate", type=float, help="offered load in msgs/s (overrides --load)")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_ORDER),
+        help=f"comma-separated, run in this order (default {','.join(DEFAULT_ORDER)})",
+    )
+    p.add_argument("--workers", type=int, help="filterd run --workers N")
+    p.add_argument("--no-perf-test", dest="perf_test", action="store_false")
+    p.add_argument("--bootstrap", help="broker (default $KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    p.add_argument("--dataset", help="reuse a `filterd loadgen dataset` directory")
+    p.add_argument("--workdir", help="keep configs, logs and the snapshot here")
+    p.add_argument("--keep-topics", action="store_true", help="do not delete the run topics")
+    p.add_argument("--out", help="output stem (default benchmarks/results/e2e[-quick])")
+    return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the quick/full defaults for flags not given."""
+    quick = args.quick
+    args.events = args.events or (100_000 if quick else 500_000)
+    args.reps = args.reps or (2 if quick else 3)
+    args.latency_reps = args.latency_reps or (1 if quick else 2)
+    args.latency_seconds = args.latency_seconds or (8.0 if quick else 20.0)
+    args.bootstrap = bootstrap_from_env(args.bootstrap)
+    args.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="filterd-bench-"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.out = Path(args.out) if args.out else RESULTS / ("e2e-quick" if quick else "e2e")
+    return args
+
+
+def main(
+    argv: Sequence[str] | None = None, *, after: Callable[[dict[str, object]], None] | None = None
+) -> int:
+    """Run the benchmark and write its results."""
+    args = resolve_defaults(build_parser().parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    results = asyncio.run(run_session(args))
+    order = [n for n in DEFAULT_ORDER if n in results]
+    for path in write_outputs(results, order, args.out):
+        print(path)
+    print(render_markdown(results, order))
+    if after is not None:
+        after(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

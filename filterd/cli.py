@@ -20,7 +20,9 @@ from filterd.errors import FilterdError
 # One line per command group; each module provides ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "filterd.commands",
+    "filterd.topics",
     "filterd.loadgen.commands",
+    "filterd.check",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+import filterd.check
+from filterd.errors import ConfigError
 from filterd.http import Health, HealthServer, check, worker_port
 from filterd.metrics import Metrics
 
@@ -224,3 +228,53 @@ def test_check_nothing_listening() -> None:
 
 def test_worker_port() -> None:
     assert [worker_port(9108, i) for i in range(3)] == [9108, 9109, 9110]
+
+
+async def adjacent_servers(a: Health, b: Health) -> tuple[HealthServer, HealthServer]:
+    """Two started servers on ports p and p + 1, as workers 0 and 1 would be."""
+    for _ in range(20):
+        first = HealthServer(a, host="127.0.0.1", port=0)
+        await first.start()
+        second = HealthServer(b, host="127.0.0.1", port=first.port + 1)
+        try:
+            await second.start()
+        except OSError:  # p + 1 is someone else's: try another pair
+            await first.stop()
+            continue
+        return first, second
+    raise AssertionError("no two adjacent free ports")
+
+
+def check_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="filterd")
+    filterd.check.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+async def test_check_command_reads_the_address_from_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = FakeClock()
+    first, second = await adjacent_servers(ready_health(clock), Health(clock=clock))
+    async with first, second:
+        config = tmp_path / "filterd.toml"
+        config.write_text(f'[metrics]\nhost = "127.0.0.1"\nport = {first.port}\n')
+        assert await asyncio.to_thread(check_command, ["check", "--config", str(config)]) == 0
+        assert json.loads(capsys.readouterr().out)["ready"] is True
+        # Two workers: the second (port + 1) has no snapshot yet, so not ready.
+        argv = ["check", "--config", str(config), "--workers", "2"]
+        assert await asyncio.to_thread(check_command, argv) == 1
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["address"] for line in lines] == [
+            f"127.0.0.1:{first.port}",
+            f"127.0.0.1:{second.port}",
+        ]
+        assert [line["ready"] for line in lines] == [True, False]
+
+
+def test_check_command_refuses_a_disabled_endpoint(tmp_path: Path) -> None:
+    config = tmp_path / "filterd.toml"
+    config.write_text("[metrics]\nenabled = false\n")
+    with pytest.raises(ConfigError, match=r"metrics\.enabled"):
+        check_command(["check", "--config", str(config)])

@@ -113,8 +113,18 @@ running_pid() {
 	return 1
 }
 
+# Whether the broker of this state directory answers a metadata request. The cluster id is
+# compared too: a broker from another state directory may hold the port.
 answers() {
-	"$PYTHON" "$HERE/kafka_ping.py" --quiet --timeout 2 "${1:-$KAFKA_HOST:$KAFKA_PORT}"
+	local cluster_id
+	cluster_id="$(cat "$STATE/cluster.id" 2>/dev/null || true)"
+	"$PYTHON" "$HERE/kafka_ping.py" --quiet --timeout 2 ${cluster_id:+--cluster-id "$cluster_id"} \
+		"$KAFKA_HOST:$KAFKA_PORT"
+}
+
+# Whether anything at all answers on the port.
+port_answers() {
+	"$PYTHON" "$HERE/kafka_ping.py" --quiet --timeout 2 "$KAFKA_HOST:$KAFKA_PORT"
 }
 
 show_log_tail() {
@@ -210,9 +220,8 @@ up() {
 		say "already up on $KAFKA_HOST:$KAFKA_PORT (pid $pid)"
 		return 0
 	fi
-	if answers; then
-		say "a broker not started from $STATE already answers on $KAFKA_HOST:$KAFKA_PORT; using it"
-		return 0
+	if port_answers; then
+		die "a broker not started from $STATE answers on $KAFKA_HOST:$KAFKA_PORT; stop it, pick another KAFKA_PORT, or set KAFKA_BOOTSTRAP to use it"
 	fi
 	write_config
 	format_once

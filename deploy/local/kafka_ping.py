@@ -5,7 +5,9 @@ Standard library only, so ``kafka.sh`` can wait for a broker before any virtuale
 It speaks just enough of the wire protocol: ApiVersions v0 (which every broker answers, to
 learn which Metadata versions it accepts), then one non-flexible Metadata request.
 
-    python3 kafka_ping.py 127.0.0.1:9092 [--timeout 2]
+    python3 kafka_ping.py 127.0.0.1:9092 [--timeout 2] [--cluster-id ID] [--quiet]
+
+Exit status: 0 answered, 1 no (valid) answer, 3 answered for another cluster id.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("address", help="HOST:PORT of one broker")
     parser.add_argument("--timeout", type=float, default=2.0, help="socket timeout, seconds")
+    parser.add_argument("--cluster-id", help="fail unless the broker reports this cluster id")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     args = parser.parse_args(argv)
     host, _, port = args.address.rpartition(":")
@@ -114,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"{args.address}: metadata lists no broker yet", file=sys.stderr)
         return 1
+    if args.cluster_id and cluster_id != args.cluster_id:
+        # Another broker holds the port: answering is not enough, it must be ours.
+        if not args.quiet:
+            print(f"{args.address}: cluster {cluster_id}, not {args.cluster_id}", file=sys.stderr)
+        return 3
     if not args.quiet:
         listed = ", ".join(f"{node}@{h}:{p}" for node, h, p in brokers)
         print(f"{args.address}: cluster {cluster_id}, brokers {listed}")

@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint typecheck test kafka-fetch kafka-up kafka-down kafka-logs
+.PHONY: help install lint typecheck test demo kafka-fetch kafka-up kafka-down kafka-logs
+.PHONY: bench bench-quick bench-sweep bench-decide bench-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -20,8 +21,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check filterd tests benchmarks
-	$(BIN)/ruff format --check filterd tests benchmarks
+	$(BIN)/ruff check filterd tests benchmarks deploy
+	$(BIN)/ruff format --check filterd tests benchmarks deploy
 
 typecheck: $(STAMP) ## mypy strict on filterd/
 	$(BIN)/mypy
@@ -47,3 +48,29 @@ test: $(STAMP) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=.
 	$(KAFKA_SH) up
 	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) ## the main job: local broker, sample snapshot, a traffic burst through filterd, a routing table
+	$(KAFKA_SH) up
+	$(BIN)/python deploy/local/demo.py $(DEMO_ARGS)
+
+# Benchmarks (benchmarks/README.md). They need the bench extra: Quix Streams (the peer),
+# matplotlib (charts), cramjam (lz4/zstd for the sweep). BENCH_ARGS=... passes options.
+BENCH_ARGS ?=
+
+bench-deps: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+
+bench: bench-deps ## end-to-end: filterd vs raw pipe, naive and Quix peer (full, ~20-30 min)
+	$(KAFKA_SH) up
+	$(BIN)/python -m benchmarks.e2e $(BENCH_ARGS)
+
+bench-quick: bench-deps ## end-to-end, quick (100k events, under 5 minutes)
+	$(KAFKA_SH) up
+	$(BIN)/python -m benchmarks.e2e --quick $(BENCH_ARGS)
+
+bench-sweep: bench-deps ## each tuning knob's effect on throughput and p99 (~15 min)
+	$(KAFKA_SH) up
+	$(BIN)/python -m benchmarks.sweep $(BENCH_ARGS)
+
+bench-decide: $(STAMP) ## micro-benchmark: decision path per event vs orjson.loads alone
+	$(BIN)/python -m benchmarks.decide_bench $(BENCH_ARGS)

@@ -81,8 +81,14 @@ class Service:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(self.serve())
 
-    async def serve(self) -> int:
-        self._install_signal_handlers()
+    async def serve(self, *, install_signals: bool = True) -> int:
+        """Start, route until asked to stop, shut down; return the exit code.
+
+        ``install_signals=False`` leaves signal handling to the caller (tests
+        and embedders stop the service by setting :attr:`should_exit`).
+        """
+        if install_signals:
+            self._install_signal_handlers()
         async with contextlib.AsyncExitStack() as stack:
             try:
                 await self.startup(stack)

@@ -81,13 +81,13 @@ async def end_offsets(consumer: AIOKafkaConsumer, topic: str) -> int:
     return sum((await consumer.end_offsets(parts)).values())
 
 
-async def watch(bootstrap: str, total: int, produced: asyncio.Task[object], timeout: float) -> None:
+async def watch(bootstrap: str, total: int, produced: asyncio.Task[object], limit_s: float) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
         start = time.monotonic()
         last = 0
-        while time.monotonic() - start < timeout:
+        while time.monotonic() - start < limit_s:
             routed = 0
             for role in ("deliver", "block", "invalid"):
                 routed += await end_offsets(consumer, TOPICS[role])
@@ -99,7 +99,7 @@ async def watch(bootstrap: str, total: int, produced: asyncio.Task[object], time
             if routed >= total and produced.done():
                 return
             await asyncio.sleep(1.0)
-        raise SystemExit(f"demo: only {last} of {total} routed after {timeout:.0f}s")
+        raise SystemExit(f"demo: only {last} of {total} routed after {limit_s:.0f}s")
     finally:
         await consumer.stop()
 
@@ -144,7 +144,29 @@ def table(counts: Counter[tuple[str, str]], rate: float) -> str:
     return "\n".join(rows)
 
 
-async def main() -> int:
+async def stream(
+    bootstrap: str, records: list[tuple[bytes | None, bytes]], rate: float | None
+) -> None:
+    producing = asyncio.create_task(
+        produce_events(bootstrap, TOPICS["input"], records, rate=rate,
+                       profile="double11" if rate else "flat", count=len(records))
+    )  # fmt: skip
+    await watch(bootstrap, len(records), producing, limit_s=300)
+    await producing
+
+
+def build_snapshot(dataset: Path, snapshots: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "filterd", "snapshot", "build",
+         "--consents", str(dataset / "consents.csv.gz"),
+         "--optouts", str(dataset / "optouts.csv.gz"),
+         "--dnd", str(dataset / "dnd.csv.gz"), "--out", str(snapshots)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument(
@@ -155,15 +177,14 @@ async def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or "127.0.0.1:" + os.environ.get(
-        "KAFKA_PORT", "9092"
-    )
+    port = os.environ.get("KAFKA_PORT", "9092")
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or f"127.0.0.1:{port}"
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
     say(f"topics on {bootstrap} ({PARTITIONS} partitions each)")
     try:
-        await recreate_topics(bootstrap)
+        asyncio.run(recreate_topics(bootstrap))
     except KafkaError as exc:
         raise SystemExit(f"demo: cannot reach Kafka at {bootstrap}: {exc!r}") from exc
 
@@ -172,36 +193,22 @@ async def main() -> int:
     if not (dataset / "population.json").exists():
         write_dataset(dataset, senders=200, recipients=400_000, consents=1_000_000, seed=11)
     snapshots = WORK / "snapshots"
-    build = subprocess.run(
-        [sys.executable, "-m", "filterd", "snapshot", "build",
-         "--consents", str(dataset / "consents.csv.gz"), "--optouts", str(dataset / "optouts.csv.gz"),
-         "--dnd", str(dataset / "dnd.csv.gz"), "--out", str(snapshots)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    say(f"snapshot {build.stdout.strip()} built under {snapshots}")
+    say(f"snapshot {build_snapshot(dataset, snapshots)} built under {snapshots}")
 
     config = WORK / "filterd.toml"
     write_config(bootstrap, config, snapshots)
     log_path = WORK / "filterd.log"
-    say(
-        f"filterd run --workers {args.workers}   (log: {log_path}, metrics: http://127.0.0.1:9108/metrics)"
-    )
+    say(f"filterd run --workers {args.workers}   (log: {log_path}, "
+        "metrics: http://127.0.0.1:9108/metrics)")  # fmt: skip
+    command = [sys.executable, "-m", "filterd", "run", "--config", str(config),
+               "--workers", str(args.workers)]  # fmt: skip
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "filterd", "run", "--config", str(config), "--workers", str(args.workers)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            say(
-                f"Double-11 burst: {args.events:,} SMS (marketing, transactional, verification, bad input)"
-            )
+            say(f"Double-11 burst: {args.events:,} SMS "
+                "(marketing, transactional, verification, bad input)")  # fmt: skip
             records = list(iter_events(load_dataset(dataset), args.events, seed=int(time.time())))
-            producing = asyncio.create_task(
-                produce_events(bootstrap, TOPICS["input"], records, rate=args.rate,
-                               profile="double11" if args.rate else "flat", count=len(records))
-            )  # fmt: skip
-            await watch(bootstrap, len(records), producing, timeout=300)
-            await producing
+            asyncio.run(stream(bootstrap, records, args.rate))
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
@@ -209,7 +216,7 @@ async def main() -> int:
         print(log_path.read_text()[-3000:], file=sys.stderr)
         raise SystemExit(f"demo: filterd exited with {code}")
 
-    counts, rate = await tally(bootstrap)
+    counts, rate = asyncio.run(tally(bootstrap))
     print(table(counts, rate))
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s. Inspect the outputs, e.g.:\n"
           f"  .venv/bin/filterd audit summary --config {config}\n"
@@ -218,4 +225,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""``filterd topics create``: create the input and output topics of a config.
+
+Idempotent: topics that already exist are reported and left alone. Output
+topics need at least as many partitions as the input topic for every output
+partition to be used (input partition p writes output partition p % n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from filterd.config import Config, load_config
+from filterd.errors import BrokerError, ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    topics = subparsers.add_parser("topics", help="manage the topics filterd reads and writes")
+    sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    create = sub.add_parser("create", help="create the input and output topics (idempotent)")
+    create.add_argument("--config", type=Path, help="TOML config file")
+    create.add_argument("--partitions", type=int, default=6, help="partitions per topic (6)")
+    create.add_argument("--replication", type=int, default=1, help="replication factor (1)")
+    create.add_argument(
+        "--retention-ms", type=int, default=None,
+        help="retention.ms of the block topic (audit evidence; default: broker's)",
+    )  # fmt: skip
+    create.set_defaults(func=cmd_create)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    if args.partitions < 1:
+        raise ConfigError("--partitions", f"must be >= 1, got {args.partitions}")
+    config = load_config(args.config)
+    created = asyncio.run(
+        create_topics(
+            config, args.partitions, args.replication, block_retention_ms=args.retention_ms
+        )
+    )
+    for name, was_created in created.items():
+        print(f"{name}: {'created' if was_created else 'exists'}")
+    return 0
+
+
+async def create_topics(
+    config: Config, partitions: int, replication: int = 1, *, block_retention_ms: int | None = None
+) -> dict[str, bool]:
+    """Create the four topics; return name -> True if created, False if it existed."""
+    t = config.topics
+    admin = AIOKafkaAdminClient(**config.kafka.client_options())
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach {config.kafka.bootstrap_servers}: {exc!r}") from exc
+    result: dict[str, bool] = {}
+    try:
+        for name in (t.input, t.deliver, t.block, t.invalid):
+            topic_config: dict[str, str] = {}
+            if name == t.block and block_retention_ms is not None:
+                topic_config["retention.ms"] = str(block_retention_ms)
+            response = await admin.create_topics(
+                [NewTopic(name, partitions, replication, topic_configs=topic_config)]
+            )
+            for _topic, code, *message in response.topic_errors:
+                if code == TopicAlreadyExistsError.errno:
+                    result[name] = False
+                elif code:
+                    raise BrokerError(
+                        f"creating topic {name!r}: {for_code(code).__name__} {message}"
+                    )
+                else:
+                    result[name] = True
+    finally:
+        await admin.close()
+    return result

@@ -1,0 +1,319 @@
+"""The stream service on the real broker: routing, restarts, group members, swaps, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka_util import drain
+from reference import Reference
+from stream_util import Stream, build_snapshot, running, verify
+
+from filterd.loadgen import iter_events, load_dataset, write_dataset
+from filterd.loadgen.produce import produce_events
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("dataset")
+    write_dataset(directory, senders=12, recipients=3_000, consents=6_000, seed=7)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def reference(dataset: Path) -> Reference:
+    return Reference.from_dataset(dataset)
+
+
+@pytest.fixture
+async def stream(
+    kafka_bootstrap: str, new_topic, new_group, dataset: Path, tmp_path: Path
+) -> Stream:  # type: ignore[no-untyped-def]
+    return Stream(
+        bootstrap=kafka_bootstrap,
+        input=await new_topic(partitions=3),
+        deliver=await new_topic(partitions=3),
+        block=await new_topic(partitions=3),
+        invalid=await new_topic(partitions=1),
+        group=new_group(),
+        root=tmp_path / "snapshots",
+        dataset=dataset,
+    )
+
+
+def events(
+    dataset: Path, count: int, seed: int, bad_rate: float = 0.05
+) -> list[tuple[bytes | None, bytes]]:
+    return list(iter_events(load_dataset(dataset), count, seed=seed, bad_rate=bad_rate))
+
+
+async def produce(stream: Stream, records: list[tuple[bytes | None, bytes]]) -> None:
+    await produce_events(stream.bootstrap, stream.input, records, rate=None)
+
+
+async def committed(stream: Stream, partitions: int = 3) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=stream.bootstrap, group_id=stream.group,
+                                enable_auto_commit=False)  # fmt: skip
+    await consumer.start()
+    try:
+        return {
+            p: await consumer.committed(TopicPartition(stream.input, p)) for p in range(partitions)
+        }
+    finally:
+        await consumer.stop()
+
+
+def expected_counts(
+    reference: Reference, records: list[tuple[bytes | None, bytes]]
+) -> Counter[str]:
+    return Counter(reference.decide(value)[0] for _, value in records)
+
+
+async def test_routes_every_reason_like_the_reference(stream: Stream, reference: Reference) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    records = events(stream.dataset, 4_000, seed=1)
+    expected = expected_counts(reference, records)
+    await produce(stream, records)
+    async with running(stream.config()):
+        outputs = await stream.outputs_by_route(expected)
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
+    verdict = verify(inputs, outputs, {version: reference})
+    assert verdict.clean, verdict
+    reasons = Counter(reference.decide(v)[1] for _, v in records)
+    # The generated mix must exercise every reason the contract names but internal-error.
+    assert set(reasons) >= {
+        "consent", "exempt-category", "opted-out", "unknown-sender", "recipient-dnd",
+        "no-consent", "oversized", "malformed-json", "missing-field", "bad-field-type",
+        "bad-recipient",
+    }  # fmt: skip
+    # Per input partition, outputs keep input order (source offsets increase).
+    for route_records in outputs.values():
+        last: dict[tuple[int, str], int] = {}
+        for rec in route_records:
+            _topic, part, offset = dict(rec.headers)["filterd-source"].decode().rsplit("/", 2)
+            key = (rec.partition, part)
+            assert last.get(key, -1) < int(offset)
+            last[key] = int(offset)
+    assert await committed(stream) == {
+        p: max((r.offset + 1 for r in inputs if r.partition == p), default=None) for p in range(3)
+    }
+
+
+async def test_hostile_input_goes_to_invalid_and_the_stream_goes_on(
+    stream: Stream, reference: Reference
+) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    good = orjson.dumps({"id": "ok-1", "sender": "X", "recipient": "+8613800000000",
+                         "category": "verification"})  # fmt: skip
+    hostile = [
+        b"not json at all",
+        b"[1, 2, 3]",
+        b'{"id": "a", "sender": "\xff\xfe", "recipient": "1"}',
+        b'{"sender": "S", "recipient": "+8613800000000"}',
+        b'{"id": "b", "sender": "S", "recipient": 8613800000000}',
+        b'{"id": "c", "sender": "S", "recipient": "+86138", "ts": 1}',
+        b'{"id": "d", "sender": "S", "recipient": "+8613800000000", "ts": "yesterday"}',
+        b'{"id": "e", "sender": "S", "recipient": "+8613800000000", "text": "'
+        + b"x" * 70_000
+        + b'"}',
+        b"",
+        good,
+    ]
+    await produce(stream, [(None, v) for v in hostile])
+    async with running(stream.config()):
+        outputs = await stream.outputs_by_route({"invalid": 9, "deliver": 1})
+    reasons = [dict(r.headers)["filterd-reason"].decode() for r in outputs["invalid"]]
+    assert sorted(reasons) == sorted([
+        "malformed-json", "malformed-json", "malformed-json", "missing-field",
+        "bad-field-type", "bad-recipient", "bad-field-type", "oversized", "malformed-json",
+    ])  # fmt: skip
+    assert [r.value for r in outputs["deliver"]] == [good]
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(hostile))
+    assert verify(inputs, outputs, {version: reference}).clean
+
+
+async def test_restart_resumes_from_committed_offsets(stream: Stream, reference: Reference) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    first = events(stream.dataset, 1_500, seed=2)
+    second = events(stream.dataset, 1_500, seed=3)
+    await produce(stream, first)
+    async with running(stream.config()):
+        await stream.outputs_by_route(expected_counts(reference, first))
+    await produce(stream, second)
+    async with running(stream.config()):
+        outputs = await stream.outputs_by_route(expected_counts(reference, first + second))
+    inputs = await drain(stream.bootstrap, stream.input, expected=3_000)
+    verdict = verify(inputs, outputs, {version: reference})
+    # A graceful stop commits everything it produced: nothing lost, nothing repeated.
+    assert verdict.clean, verdict
+
+
+async def test_no_snapshot_means_nothing_is_consumed(stream: Stream, reference: Reference) -> None:
+    records = events(stream.dataset, 300, seed=4)
+    await produce(stream, records)
+    async with running(stream.config()) as service:
+        await asyncio.sleep(3)
+        assert service.health.snapshot_version is None
+        assert await committed(stream) == {0: None, 1: None, 2: None}
+        for topic in stream.outputs.values():
+            assert await drain(stream.bootstrap, topic, timeout=2) == []
+        # Fail closed until a snapshot appears, then it starts on its own.
+        version = build_snapshot(stream.root, stream.dataset)
+        outputs = await stream.outputs_by_route(expected_counts(reference, records))
+    inputs = await drain(stream.bootstrap, stream.input, expected=300)
+    assert verify(inputs, outputs, {version: reference}).clean
+
+
+async def test_snapshot_swap_changes_decisions_from_the_swap_on(
+    stream: Stream, reference: Reference, tmp_path: Path
+) -> None:
+    v1 = build_snapshot(stream.root, stream.dataset)
+    # v2 grants consent for every (sender, recipient) pair blocked for no-consent so far.
+    before = events(stream.dataset, 1_000, seed=5, bad_rate=0)
+    after = events(stream.dataset, 1_000, seed=6, bad_rate=0)
+    grants = set()
+    for _, value in before + after:
+        if reference.decide(value) == ("block", "no-consent"):
+            event = orjson.loads(value)
+            from reference import ref_normalize
+
+            number = ref_normalize(event["recipient"])
+            assert number is not None
+            grants.add((event["sender"].strip(), number))
+    assert grants
+    extra = tmp_path / "v2"
+    extra.mkdir()
+    import gzip
+    import shutil
+
+    for name in ("optouts.csv.gz", "dnd.csv.gz"):
+        shutil.copy(stream.dataset / name, extra / name)
+    with (
+        gzip.open(stream.dataset / "consents.csv.gz", "rb") as src,
+        gzip.open(extra / "consents.csv.gz", "wb") as dst,
+    ):
+        shutil.copyfileobj(src, dst)
+        dst.write(b"".join(b"%s,+%d\n" % (s.encode(), n) for s, n in sorted(grants)))
+    ref2 = reference.with_consents(grants)
+    await produce(stream, before)
+    async with running(stream.config()) as service:
+        first = await stream.outputs_by_route(expected_counts(reference, before))
+        v2 = build_snapshot(stream.root, extra)
+        for _ in range(100):
+            if service.health.snapshot_version == v2:
+                break
+            await asyncio.sleep(0.1)
+        assert service.health.snapshot_version == v2
+        await produce(stream, after)
+        total = expected_counts(reference, before) + expected_counts(ref2, after)
+        outputs = await stream.outputs_by_route(total)
+    inputs = await drain(stream.bootstrap, stream.input, expected=2_000)
+    verdict = verify(inputs, outputs, {v1: reference, v2: ref2})
+    assert verdict.clean, verdict
+    assert verdict.versions[v1] == 1_000
+    assert verdict.versions[v2] == 1_000
+    assert sum(len(v) for v in first.values()) == 1_000
+
+
+def spawn(stream: Stream, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "filterd", "run", *args],
+        env=dict(os.environ, **stream.env()),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_two_processes_one_stopped_mid_stream(
+    stream: Stream, reference: Reference, tmp_path: Path
+) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    records = events(stream.dataset, 20_000, seed=8)
+    log = tmp_path / "workers.log"
+    a = spawn(stream, log)
+    b = spawn(stream, log)
+    try:
+        await produce(stream, records[:10_000])
+        await asyncio.sleep(1.0)
+        a.kill()  # no goodbye: its uncommitted work must be redone by b
+        a.wait(10)
+        await produce(stream, records[10_000:])
+        outputs = await stream.outputs_by_route(expected_counts(reference, records), timeout=90)
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        assert b.wait(60) == 0, log.read_text()[-3000:]
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
+    verdict = verify(inputs, outputs, {version: reference})
+    # At-least-once: after a kill -9, repeats are allowed, always in the same topic.
+    assert not verdict.missing, verdict.missing[:10]
+    assert not verdict.in_two_topics
+    assert not verdict.misrouted
+
+
+async def test_sigterm_under_load_stops_cleanly_without_loss(
+    stream: Stream, reference: Reference, tmp_path: Path
+) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    records = events(stream.dataset, 30_000, seed=9)
+    log = tmp_path / "worker.log"
+    await produce(stream, records)
+    proc = spawn(stream, log)
+    for _ in range(200):
+        if await drain(stream.bootstrap, stream.deliver, timeout=0.5):
+            break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "shutdown" in text
+    proc = spawn(stream, log)
+    try:
+        outputs = await stream.outputs_by_route(expected_counts(reference, records), timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
+    verdict = verify(inputs, outputs, {version: reference})
+    assert verdict.clean, verdict
+
+
+async def test_exactly_once_mode_routes_without_duplicates(
+    stream: Stream, reference: Reference
+) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    records = events(stream.dataset, 3_000, seed=10)
+    await produce(stream, records)
+    async with running(stream.config(FILTERD_DELIVERY_MODE="exactly-once")):
+        outputs = await stream.outputs_by_route(expected_counts(reference, records))
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
+    verdict = verify(inputs, outputs, {version: reference})
+    assert verdict.clean, verdict
+    assert await committed(stream) == {
+        p: max((r.offset + 1 for r in inputs if r.partition == p), default=None) for p in range(3)
+    }
+
+
+def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[batch]\nmax_records = -5\n")
+    done = subprocess.run([sys.executable, "-m", "filterd", "run", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "batch.max_records" in done.stderr
+    assert "-5" in done.stderr
+    env = dict(os.environ, FILTERD_DELIVERY_MODE="maybe")
+    done = subprocess.run([sys.executable, "-m", "filterd", "run"], capture_output=True,
+                          text=True, timeout=60, check=False, env=env)  # fmt: skip
+    assert done.returncode != 0
+    assert "delivery.mode" in done.stderr

@@ -1,0 +1,174 @@
+"""Helpers for the stream tests: set-up, running the service, checking outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import ConsumerRecord
+from kafka_util import drain
+from reference import Reference
+
+from filterd.config import Config, load_config
+from filterd.service import Service
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
+    """Run ``python -m filterd ARGS``; return stdout, fail with stderr shown."""
+    done = subprocess.run(
+        [sys.executable, "-m", "filterd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+        check=False,
+    )
+    assert done.returncode == 0, f"filterd {' '.join(args)} failed:\n{done.stderr}"
+    return done.stdout
+
+
+def build_snapshot(root: Path, dataset: Path, *extra: str) -> str:
+    """Build a snapshot from a loadgen data set with the contract's CLI; return its version."""
+    out = cli(
+        "snapshot", "build",
+        "--consents", str(dataset / "consents.csv.gz"),
+        "--optouts", str(dataset / "optouts.csv.gz"),
+        "--dnd", str(dataset / "dnd.csv.gz"),
+        "--out", str(root), *extra,
+    )  # fmt: skip
+    return out.strip().splitlines()[-1]
+
+
+@dataclass
+class Stream:
+    """Topics, group and snapshot root of one test's stream."""
+
+    bootstrap: str
+    input: str
+    deliver: str
+    block: str
+    invalid: str
+    group: str
+    root: Path
+    dataset: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {"deliver": self.deliver, "block": self.block, "invalid": self.invalid}
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """FILTERD_* variables configuring a service for this stream."""
+        env = {
+            "FILTERD_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "FILTERD_KAFKA_GROUP_ID": self.group,
+            "FILTERD_TOPICS_INPUT": self.input,
+            "FILTERD_TOPICS_DELIVER": self.deliver,
+            "FILTERD_TOPICS_BLOCK": self.block,
+            "FILTERD_TOPICS_INVALID": self.invalid,
+            "FILTERD_SNAPSHOT_ROOT": str(self.root),
+            "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.2",
+            "FILTERD_METRICS_ENABLED": "false",
+        }
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def config(self, **overrides: str) -> Config:
+        return load_config(None, env=self.env(**overrides))
+
+    async def outputs_by_route(
+        self,
+        expected: Mapping[str, int] | None = None,
+        timeout: float = 60,  # noqa: ASYNC109
+    ) -> dict[str, list[Record]]:
+        """Every record of the three output topics (read_committed)."""
+        result = {}
+        for route, topic in self.outputs.items():
+            want = None if expected is None else expected.get(route, 0)
+            result[route] = await drain(
+                self.bootstrap, topic, expected=want or None, timeout=timeout if want else 5
+            )
+        return result
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Service]:
+    """Run a Service on this loop for the duration of the block, then stop it gracefully."""
+    service = Service(config)
+    task = asyncio.create_task(service.serve(install_signals=False))
+    try:
+        yield service
+    finally:
+        service.should_exit = True
+        code = await asyncio.wait_for(task, 60)
+        assert code == 0
+
+
+def header(record: Record, name: str) -> str:
+    values = [v for k, v in record.headers if k == name]
+    assert len(values) == 1, (name, record.headers)
+    return values[0].decode()
+
+
+@dataclass
+class Verdict:
+    """What the outputs say about a set of inputs."""
+
+    missing: list[str]
+    duplicated: Counter[str]
+    in_two_topics: list[str]
+    misrouted: list[tuple[str, tuple[str, str], tuple[str, str]]]
+    versions: Counter[str]
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.duplicated or self.in_two_topics or self.misrouted)
+
+
+def verify(
+    inputs: Iterable[Record],
+    outputs: Mapping[str, list[Record]],
+    reference_for: Mapping[str, Reference],
+) -> Verdict:
+    """Check every output against its input and the reference of the version that decided it.
+
+    ``reference_for`` maps a snapshot version to the reference model of that version.
+    """
+    by_source = {f"{r.topic}/{r.partition}/{r.offset}": r for r in inputs}
+    seen: Counter[str] = Counter()
+    routes_of: dict[str, set[str]] = {}
+    misrouted = []
+    versions: Counter[str] = Counter()
+    for route, records in outputs.items():
+        for rec in records:
+            source = header(rec, "filterd-source")
+            seen[source] += 1
+            routes_of.setdefault(source, set()).add(route)
+            original = by_source.get(source)
+            assert original is not None, f"output names an unknown source {source}"
+            assert rec.value == original.value, source
+            assert rec.key == original.key, source
+            assert header(rec, "filterd-route") == route
+            version = header(rec, "filterd-snapshot")
+            versions[version] += 1
+            expected = reference_for[version].decide(original.value)
+            got = (route, header(rec, "filterd-reason"))
+            if got != expected:
+                misrouted.append((source, got, expected))
+    return Verdict(
+        missing=sorted(set(by_source) - set(seen)),
+        duplicated=Counter({s: n - 1 for s, n in seen.items() if n > 1}),
+        in_two_topics=sorted(s for s, r in routes_of.items() if len(r) > 1),
+        misrouted=misrouted,
+        versions=versions,
+    )

@@ -177,7 +177,7 @@ async def produce_events(
     # The explicit bootstrap wins over one inside client_options (the config's).
     options = {**PRODUCER_DEFAULTS, **(client_options or {}), "bootstrap_servers": bootstrap}
     producer = AIOKafkaProducer(**options)
-    sent = nbytes = 0
+    sent = nbytes = last_sent = 0
     pending: list[asyncio.Future[object]] = []
     try:
         await producer.start()
@@ -208,14 +208,16 @@ async def produce_events(
                 pending.append(await producer.send_batch(builder, topic, partition=p))
             builders.clear()
             pending = await _reap(pending)
-            if progress and time.monotonic() - last_report >= 1.0:
-                last_report = time.monotonic()
-                elapsed = last_report - start
+            now = time.monotonic()
+            if progress and now - last_report >= 1.0:
+                # The rate over the last interval, so a profile's shape shows.
+                rate_now = (sent - last_sent) / (now - last_report)
                 print(
-                    f"loadgen: sent {sent} msgs, {sent / elapsed:.0f} msgs/s, {elapsed:.1f} s",
+                    f"loadgen: {rate_now:.0f} msgs/s, sent {sent}, {now - start:.1f} s elapsed",
                     file=sys.stderr,
                     flush=True,
                 )
+                last_report, last_sent = now, sent
         await asyncio.gather(*pending)
         seconds = time.monotonic() - start
     except KafkaError as exc:

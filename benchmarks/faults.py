@@ -1,0 +1,866 @@
+"""Fault-injection suite: nothing lost, nothing in two topics, nothing repeated in EOS.
+
+For each delivery mode it seeds uniquely numbered events over several partitions of
+a fresh input topic on a *private* broker (never the shared one on 9092), runs two
+``filterd run`` workers in one group, and while they stream it
+
+- ``kill -9``s workers at random moments (and right after a broker restart, while
+  they work off the backlog; and, when the service has the hook, between produce
+  and commit);
+- restarts the broker hard (``kill -9`` of its JVM) and gracefully, and in the
+  full suite keeps it down for a minute;
+- storms the group with workers joining and leaving;
+- publishes a corrupt snapshot, then a good one that decides differently.
+
+Then it drains the three output topics with ``read_committed`` and compares every
+output with the input record its ``filterd-source`` header names and with an
+independent reference model (``faults_lib``), decided with the snapshot version
+named in ``filterd-snapshot``.
+
+    python benchmarks/faults.py --quick          # CI: both modes, ~20k events each
+    python benchmarks/faults.py                  # full: >= 200k events, 5+ kills, 2+ restarts
+
+Writes ``benchmarks/results/faults.json`` (``faults-quick.json``); exits 1 when a
+run fails. The work directory (worker and broker logs) is kept on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import faults_lib as fl
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
+CONFIG = REPO / "config" / "filterd.toml"
+RESULTS = REPO / "benchmarks" / "results"
+#: The service's test hook: exit(137) after producing a batch, before committing it.
+KILL_HOOK_ENV = "FILTERD_FAULT_KILL_AFTER_PRODUCE"
+
+T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[faults {time.monotonic() - T0:7.1f}s] {message}", flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How much of each fault one mode's run gets."""
+
+    name: str
+    events: int
+    #: Seeding pace, events per second: the stream stays busy while faults happen.
+    rate: int
+    partitions: int
+    #: ``kill -9`` of a worker at a random moment.
+    kills: int
+    #: ``kill -9`` a few seconds after a broker restart, while a backlog is worked off.
+    catchup_kills: int
+    #: Workers started with the kill-after-produce hook (when the service has it).
+    hook_kills: int
+    hard_restarts: int
+    graceful_restarts: int
+    #: One broker outage of this many seconds (0: none).
+    outage_s: float
+    storm_cycles: int
+    #: How long to wait for every input to show up in the outputs after seeding.
+    settle_timeout_s: float
+
+
+QUICK = Plan(
+    name="quick",
+    events=20_000,
+    rate=250,
+    partitions=6,
+    kills=2,
+    catchup_kills=1,
+    hook_kills=1,
+    hard_restarts=1,
+    graceful_restarts=1,
+    outage_s=0.0,
+    storm_cycles=1,
+    settle_timeout_s=180.0,
+)
+FULL = Plan(
+    name="full",
+    events=200_000,
+    rate=800,
+    partitions=8,
+    kills=4,
+    catchup_kills=2,
+    hook_kills=2,
+    hard_restarts=2,
+    graceful_restarts=1,
+    outage_s=60.0,
+    storm_cycles=3,
+    settle_timeout_s=420.0,
+)
+
+
+# ---------------------------------------------------------------------------
+# The private broker
+# ---------------------------------------------------------------------------
+
+
+class Broker:
+    """A broker of our own on ``port``, started by deploy/local/kafka.sh."""
+
+    def __init__(self, port: int, state: Path, log: IO[str]) -> None:
+        self.port = port
+        self.state = state
+        self.log = log
+        self.bootstrap = f"127.0.0.1:{port}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # KAFKA_BOOTSTRAP makes the script "use that broker": never for the one we kill.
+        env.pop("KAFKA_BOOTSTRAP", None)
+        env["KAFKA_PORT"] = str(self.port)
+        env["FILTERD_KAFKA_STATE"] = str(self.state)
+        env.setdefault("KAFKA_HEAP_OPTS", "-Xms256m -Xmx768m")
+        env["KAFKA_START_TIMEOUT"] = "120"
+        return env
+
+    async def _script(self, command: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "bash", str(KAFKA_SH), command, env=self._env(), stdout=self.log, stderr=self.log
+        )
+        if await proc.wait() != 0:
+            raise RuntimeError(
+                f"kafka.sh {command} failed on port {self.port}; see {self.log.name}"
+            )
+
+    async def up(self, attempts: int = 4) -> None:
+        started = time.monotonic()
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._script("up")
+                break
+            except RuntimeError:
+                # Seen once after a kill -9: the new JVM failed to bind its controller
+                # port. A second start a few seconds later binds fine.
+                if attempt == attempts:
+                    raise
+                say(f"broker start failed (attempt {attempt}); retrying in 5s")
+                await asyncio.sleep(5.0)
+        say(f"broker up on {self.bootstrap} in {time.monotonic() - started:.1f}s")
+
+    async def down(self) -> None:
+        await self._script("down")
+        say("broker stopped gracefully")
+
+    async def hard_kill(self) -> None:
+        pid = int((self.state / "kafka.pid").read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        # Not our child (kafka.sh detaches it with setsid): poll until it is gone.
+        while _alive(pid):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        say(f"broker killed (kill -9 {pid})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# The workers
+# ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Worker:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    hook: bool
+    started: float = field(default_factory=time.monotonic)
+
+
+class Fleet:
+    """``filterd run`` processes of one group, started and killed one by one."""
+
+    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+        self.env = env
+        self.logdir = logdir
+        self.workers: dict[str, Worker] = {}
+        self.count = 0
+        self.kills = 0
+        self.hook_kills = 0
+        self.membership_changes = 0
+        self.unexpected_exits: list[str] = []
+
+    def start(self, *, hook: bool = False, initial: bool = False) -> Worker:
+        self.count += 1
+        name = f"w{self.count}{'-hook' if hook else ''}"
+        log = self.logdir / f"{name}.log"
+        env = dict(self.env)
+        env["FILTERD_KAFKA_CLIENT_ID"] = f"faults-{name}"
+        if hook:
+            env[KILL_HOOK_ENV] = "1"
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "filterd", "run", "--config", str(CONFIG)],
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        worker = Worker(name, proc, log, hook)
+        self.workers[name] = worker
+        if not initial:
+            self.membership_changes += 1
+        say(f"worker {name} started (pid {proc.pid}{', kill-after-produce hook' if hook else ''})")
+        return worker
+
+    def base(self) -> list[Worker]:
+        return [w for w in self.workers.values() if not w.hook and w.proc.poll() is None]
+
+    def kill9(self, worker: Worker, why: str) -> None:
+        self.workers.pop(worker.name, None)
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait()
+        self.kills += 1
+        self.membership_changes += 1
+        say(f"worker {worker.name} killed -9 ({why})")
+
+    async def stop(self, worker: Worker, limit_s: float = 45.0) -> int | None:
+        """SIGTERM, then wait for the graceful shutdown; SIGKILL only past ``limit_s``."""
+        self.workers.pop(worker.name, None)
+        if worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + limit_s
+        # Popen has no awaitable wait; the exit is polled.
+        while worker.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        if worker.proc.poll() is None:
+            say(f"worker {worker.name} ignored SIGTERM for {limit_s:.0f}s: kill -9")
+            worker.proc.kill()
+            worker.proc.wait()
+            self.unexpected_exits.append(f"{worker.name}: did not stop within {limit_s:.0f}s")
+        self.membership_changes += 1
+        say(f"worker {worker.name} stopped (exit {worker.proc.returncode})")
+        return worker.proc.returncode
+
+    def reap(self) -> list[Worker]:
+        """Workers that exited on their own since the last call."""
+        gone = [w for w in self.workers.values() if w.proc.poll() is not None]
+        for worker in gone:
+            del self.workers[worker.name]
+            rc = worker.proc.returncode
+            self.membership_changes += 1
+            if worker.hook and rc == 137:
+                self.kills += 1
+                self.hook_kills += 1
+                say(f"worker {worker.name} exited 137 after produce, before commit (hook)")
+            else:
+                self.unexpected_exits.append(f"{worker.name}: exit {rc}")
+                say(f"worker {worker.name} exited on its own with {rc}; see {worker.log}")
+        return gone
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(w) for w in list(self.workers.values())))
+
+
+def service_has_kill_hook() -> bool:
+    return any(KILL_HOOK_ENV in p.read_text() for p in (REPO / "filterd").rglob("*.py"))
+
+
+# ---------------------------------------------------------------------------
+# Snapshots
+# ---------------------------------------------------------------------------
+
+
+class Snapshots:
+    """Publishes snapshot versions into the root the workers watch."""
+
+    def __init__(self, root: Path, workdir: Path, log: IO[str]) -> None:
+        self.root = root
+        self.workdir = workdir
+        self.log = log
+        self.versions: dict[str, fl.ConsentData] = {}
+        self.corrupt: set[str] = set()
+        self.count = 0
+
+    def _build(self, data: fl.ConsentData, out: Path) -> str:
+        self.count += 1
+        paths = fl.write_csvs(data, self.workdir / f"csv-{self.count}")
+        command = [sys.executable, "-m", "filterd", "snapshot", "build"]
+        command += ["--consents", str(paths["consents"]), "--optouts", str(paths["optouts"])]
+        command += ["--dnd", str(paths["dnd"]), "--out", str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        self.log.write(done.stdout + done.stderr)
+        self.log.flush()
+        if done.returncode != 0:
+            raise RuntimeError(f"snapshot build failed: {done.stderr.strip()}")
+        return done.stdout.strip().splitlines()[-1].strip()
+
+    def publish(self, data: fl.ConsentData) -> str:
+        version = self._build(data, self.root)
+        self.versions[version] = data
+        say(f"snapshot {version} published")
+        return version
+
+    def publish_corrupt(self, data: fl.ConsentData) -> str:
+        """A version whose bitmap bytes no longer match its manifest, made current."""
+        scratch = self.workdir / f"scratch-{self.count + 1}"
+        version = self._build(data, scratch)
+        from filterd.snapshot import store  # the layout is the snapshot package's
+
+        source = store.version_dir(scratch, version)
+        target = store.version_dir(self.root, version)
+        shutil.copytree(source, target)
+        bitmaps = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix != ".json")
+        victim = max(bitmaps, key=lambda p: p.stat().st_size)
+        raw = bytearray(victim.read_bytes())
+        for i in range(0, len(raw), max(1, len(raw) // 64)):
+            raw[i] ^= 0x5A
+        victim.write_bytes(bytes(raw))
+        store.set_current(self.root, version)
+        self.corrupt.add(version)
+        say(f"corrupt snapshot {version} made current ({victim.name} damaged)")
+        return version
+
+
+# ---------------------------------------------------------------------------
+# Seeding, ground truth, draining
+# ---------------------------------------------------------------------------
+
+
+async def seed(
+    bootstrap: str, topic: str, plan: Plan, data: fl.ConsentData, tag: str, rng_seed: int
+) -> int:
+    """Produce ``plan.events`` events at ``plan.rate``/s, retrying through broker faults.
+
+    A retried send may land twice; that is harmless because the ground truth is
+    read back from the topic afterwards, not taken from this loop.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        request_timeout_ms=15_000,
+        max_request_size=2_097_152,
+    )
+    await producer.start()
+    events = fl.iter_events(plan.events, tag, data, rng_seed)
+    chunk = max(1, plan.rate // 5)
+    started = time.monotonic()
+    sent = 0
+    try:
+        while True:
+            batch = [next(events, None) for _ in range(chunk)]
+            pending = [e for e in batch if e is not None]
+            if not pending:
+                break
+            while pending:
+                failed: list[tuple[int, bytes, bytes]] = []
+                futures = []
+                for event in pending:
+                    n, key, value = event
+                    try:
+                        fut = await producer.send(
+                            topic, value, key=key, partition=n % plan.partitions
+                        )
+                    except Exception:
+                        failed.append(event)
+                        continue
+                    futures.append((event, fut))
+                results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+                failed += [
+                    e
+                    for (e, _), r in zip(futures, results, strict=True)
+                    if isinstance(r, BaseException)
+                ]
+                if failed:
+                    await asyncio.sleep(1.0)
+                pending = failed
+            sent += len([e for e in batch if e is not None])
+            # Pace to the planned rate so that faults land while the stream is busy.
+            ahead = sent / plan.rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    for tp, offset in end.items():
+        if await consumer.position(tp) < offset:
+            return True
+    return False
+
+
+async def read_inputs(
+    bootstrap: str, topic: str, partitions: int
+) -> dict[fl.Source, fl.InputRecord]:
+    """Everything on the input topic: the set every output is checked against."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        inputs: dict[fl.Source, fl.InputRecord] = {}
+        while await _behind(consumer, end):
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for tp, records in batches.items():
+                for r in records:
+                    inputs[(tp.partition, r.offset)] = fl.InputRecord(r.key, r.value)
+        return inputs
+    finally:
+        await consumer.stop()
+
+
+class Drainer:
+    """Reads the three output topics with ``read_committed`` for the whole run."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, int]) -> None:
+        self.bootstrap = bootstrap
+        self.tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+        self.records: list[fl.OutputRecord] = []
+        self.sources: set[str] = set()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4_194_304,
+        )
+        await self.consumer.start()
+        self.consumer.assign(self.tps)
+        await self.consumer.seek_to_beginning(*self.tps)
+
+    async def poll(self) -> int:
+        assert self.consumer is not None
+        batches = await self.consumer.getmany(timeout_ms=500, max_records=20_000)
+        n = 0
+        for tp, records in batches.items():
+            for r in records:
+                headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+                self.records.append(
+                    fl.OutputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, headers)
+                )
+                self.sources.add(headers.get("filterd-source", ""))
+                n += 1
+        return n
+
+    async def run_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            try:
+                await self.poll()
+            except Exception as exc:  # the broker is restarted under us on purpose
+                say(f"drain: {type(exc).__name__}: {exc}; retrying")
+                await asyncio.sleep(1.0)
+
+    async def to_end(self, quiet_s: float = 3.0) -> None:
+        """Read up to the last stable offset of every partition, then a quiet period."""
+        assert self.consumer is not None
+        end = await self.consumer.end_offsets(self.tps)
+        while await _behind(self.consumer, end):
+            await self.poll()
+        deadline = time.monotonic() + quiet_s
+        while time.monotonic() < deadline:
+            if await self.poll():
+                deadline = time.monotonic() + quiet_s
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+async def wait_committed(
+    bootstrap: str, group: str, end: dict[TopicPartition, int], limit_s: float
+) -> bool:
+    """True once the group's committed offsets reach the end of the input."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+            except Exception as exc:
+                say(f"committed offsets: {type(exc).__name__}: {exc}")
+                offsets = {}
+            behind = {
+                tp: end[tp] - (offsets[tp].offset if tp in offsets else 0)
+                for tp in end
+                if (offsets[tp].offset if tp in offsets else 0) < end[tp]
+            }
+            if not behind:
+                return True
+            await asyncio.sleep(1.0)
+        say(f"committed offsets still behind after {limit_s:.0f}s: {behind}")
+        return False
+    finally:
+        await admin.close()
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()]
+        )
+    finally:
+        await admin.close()
+
+
+# ---------------------------------------------------------------------------
+# One mode's run
+# ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Tally:
+    hard_restarts: int = 0
+    graceful_restarts: int = 0
+    outages: int = 0
+    storm_joins: int = 0
+    snapshot_swaps: int = 0
+    actions: list[str] = field(default_factory=list)
+
+
+async def run_mode(
+    mode: str, plan: Plan, broker: Broker, workdir: Path, seed_value: int
+) -> dict[str, object]:
+    rng = random.Random(f"{seed_value}-{mode}")
+    tag = f"{mode[:2]}{seed_value}"
+    base = f"faults-{tag}-{int(time.time())}"
+    topics = {
+        "input": f"{base}.in",
+        "deliver": f"{base}.deliver",
+        "block": f"{base}.blocked",
+        "invalid": f"{base}.invalid",
+    }
+    group = f"{base}.group"
+    moddir = workdir / mode
+    logdir = moddir / "logs"
+    logdir.mkdir(parents=True)
+    log = (logdir / "harness.log").open("a")
+    say(f"=== {mode}: {plan.events} events over {plan.partitions} partitions, topics {base}.*")
+
+    outputs = {topics[r]: 3 for r in ("deliver", "block", "invalid")}
+    await create_topics(broker.bootstrap, {topics["input"]: plan.partitions, **outputs})
+
+    data_v1 = fl.make_dataset(rng)
+    snapshots = Snapshots(moddir / "snapshots", moddir, log)
+    snapshots.publish(data_v1)
+
+    env = dict(os.environ)
+    env.pop("KAFKA_BOOTSTRAP", None)
+    env.update(
+        {
+            "FILTERD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "FILTERD_KAFKA_GROUP_ID": group,
+            "FILTERD_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "FILTERD_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+            "FILTERD_TOPICS_INPUT": topics["input"],
+            "FILTERD_TOPICS_DELIVER": topics["deliver"],
+            "FILTERD_TOPICS_BLOCK": topics["block"],
+            "FILTERD_TOPICS_INVALID": topics["invalid"],
+            "FILTERD_SNAPSHOT_ROOT": str(snapshots.root),
+            "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.5",
+            "FILTERD_DELIVERY_MODE": mode,
+            "FILTERD_DELIVERY_TRANSACTIONAL_ID_PREFIX": base,
+            # Small batches: more batch boundaries for a kill to land between.
+            "FILTERD_BATCH_MAX_RECORDS": "500",
+            "FILTERD_METRICS_ENABLED": "false",
+            "FILTERD_LOGGING_LEVEL": "INFO",
+        }
+    )
+    fleet = Fleet(env, logdir)
+    for _ in range(2):
+        fleet.start(initial=True)
+
+    tally = Tally()
+    use_hook = plan.hook_kills > 0 and service_has_kill_hook()
+    if plan.hook_kills and not use_hook:
+        say(f"service has no {KILL_HOOK_ENV} hook: produce/commit kills only by chance")
+
+    started = time.monotonic()
+    seeding = asyncio.create_task(
+        seed(broker.bootstrap, topics["input"], plan, data_v1, tag, seed_value)
+    )
+    stop_supervising = asyncio.Event()
+
+    async def supervise() -> None:
+        # Like systemd or Kubernetes would: a base worker that died is started again.
+        while not stop_supervising.is_set():
+            for worker in fleet.reap():
+                if not worker.hook:
+                    fleet.start()
+            while len(fleet.base()) < 2 and not stop_supervising.is_set():
+                fleet.start()
+            await asyncio.sleep(0.5)
+
+    supervisor = asyncio.create_task(supervise())
+
+    async def kill_one(why: str) -> None:
+        candidates = fleet.base()
+        if not candidates:
+            return
+        victim = rng.choice(candidates)
+        await asyncio.sleep(rng.uniform(0.0, 1.0))
+        if victim.proc.poll() is None:
+            fleet.kill9(victim, why)
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+            fleet.start()
+
+    async def broker_restart(kind: str, catchup_kill: bool) -> None:
+        if kind == "hard":
+            await broker.hard_kill()
+            await asyncio.sleep(rng.uniform(1.0, 4.0))
+            tally.hard_restarts += 1
+        elif kind == "graceful":
+            await broker.down()
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+            tally.graceful_restarts += 1
+        else:
+            await broker.down()
+            say(f"broker down for {plan.outage_s:.0f}s")
+            await asyncio.sleep(plan.outage_s)
+            tally.outages += 1
+        await broker.up()
+        if catchup_kill:
+            await asyncio.sleep(rng.uniform(1.0, 4.0))
+            await kill_one("while catching up after the broker restart")
+
+    async def storm() -> None:
+        joined = [fleet.start(), fleet.start()]
+        tally.storm_joins += 2
+        await asyncio.sleep(rng.uniform(3.0, 6.0))
+        await fleet.stop(joined[0])
+        await asyncio.sleep(rng.uniform(2.0, 4.0))
+        await fleet.stop(joined[1])
+
+    async def hook_kill() -> None:
+        worker = fleet.start(hook=True)
+        deadline = time.monotonic() + 40.0
+        while worker.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        if worker.proc.poll() is None:
+            say(f"hook worker {worker.name} did not fire within 40s; stopping it")
+            await fleet.stop(worker)
+
+    async def snapshot_swap() -> None:
+        # Guards on both sides: no kill or broker restart near the swap, so that an
+        # at-least-once repeat is never decided by a different version than the first.
+        await asyncio.sleep(6.0)
+        snapshots.publish_corrupt(fl.extend_dataset(data_v1, random.Random(rng.random())))
+        await asyncio.sleep(5.0)
+        snapshots.publish(fl.extend_dataset(data_v1, rng))
+        tally.snapshot_swaps += 1
+        await asyncio.sleep(8.0)
+
+    actions: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    actions += [("kill", lambda: kill_one("at a random moment"))] * plan.kills
+    catchups = [True] * plan.catchup_kills
+    restarts = ["hard"] * plan.hard_restarts + ["graceful"] * plan.graceful_restarts
+    restarts += ["outage"] * (1 if plan.outage_s else 0)
+    catchups += [False] * max(0, len(restarts) - len(catchups))
+    rng.shuffle(catchups)
+    for kind, catchup in zip(restarts, catchups, strict=False):
+        actions.append((f"broker-{kind}", lambda k=kind, c=catchup: broker_restart(k, c)))
+    actions += [("storm", storm)] * plan.storm_cycles
+    if use_hook:
+        actions += [("hook-kill", hook_kill)] * plan.hook_kills
+    rng.shuffle(actions)
+    # The swap goes in the middle: old and new versions both decide a good share.
+    actions.insert(len(actions) // 2, ("snapshot", snapshot_swap))
+
+    seeding_s = plan.events / plan.rate
+    gap = max(2.0, seeding_s * 0.8 / (len(actions) + 1) - 8.0)
+    await asyncio.sleep(min(5.0, gap))
+    for name, action in actions:
+        await asyncio.sleep(rng.uniform(0.5, 1.5) * gap)
+        say(f"fault: {name}")
+        tally.actions.append(name)
+        await action()
+
+    sent = await seeding
+    say(f"seeding done: {sent} events in {time.monotonic() - started:.0f}s")
+    inputs = await read_inputs(broker.bootstrap, topics["input"], plan.partitions)
+    input_sources = {f"{topics['input']}/{p}/{o}" for p, o in inputs}
+    say(f"{len(inputs)} input records; waiting for their outputs")
+    drainer = Drainer(broker.bootstrap, outputs)
+    await drainer.start()
+    deadline = time.monotonic() + plan.settle_timeout_s
+    await drainer.run_until(lambda: input_sources <= drainer.sources or time.monotonic() > deadline)
+    end = {TopicPartition(topics["input"], p): 0 for p in range(plan.partitions)}
+    for p, o in inputs:
+        tp = TopicPartition(topics["input"], p)
+        end[tp] = max(end[tp], o + 1)
+    committed = await wait_committed(broker.bootstrap, group, end, limit_s=60.0)
+    stop_supervising.set()
+    await supervisor
+    fleet.reap()
+    await fleet.stop_all()
+    await drainer.to_end()
+    await drainer.stop()
+    elapsed = time.monotonic() - started
+
+    verdict = fl.verify(
+        inputs,
+        drainer.records,
+        input_topic=topics["input"],
+        topic_routes={topics[r]: r for r in ("deliver", "block", "invalid")},
+        versions=snapshots.versions,
+        corrupt_versions=snapshots.corrupt,
+    )
+    exactly_once = mode == "exactly-once"
+    problems: list[str] = []
+    if not committed:
+        problems.append("committed offsets did not reach the end of the input")
+    new_versions = [v for v in snapshots.versions if v not in snapshots.corrupt][1:]
+    if new_versions and not any(verdict.by_snapshot.get(v) for v in new_versions):
+        problems.append("the good snapshot published mid-stream never decided a record")
+    passed = verdict.ok(exactly_once) and not problems
+    say(
+        f"{mode}: inputs={verdict.inputs} outputs={verdict.outputs} lost={verdict.lost} "
+        f"misrouted={verdict.misrouted} in_two_topics={verdict.in_two_topics} "
+        f"duplicated={verdict.duplicated} kills={fleet.kills} "
+        f"broker_restarts={tally.hard_restarts + tally.graceful_restarts + tally.outages} "
+        f"passed={passed}"
+    )
+    for kind, examples in verdict.examples.items():
+        say(f"  {kind}: {examples}")
+    for problem in problems:
+        say(f"  problem: {problem}")
+    log.close()
+    return {
+        "mode": mode,
+        "inputs": verdict.inputs,
+        "kills": fleet.kills,
+        "broker_restarts": tally.hard_restarts + tally.graceful_restarts + tally.outages,
+        "rebalances": fleet.membership_changes,
+        "lost": verdict.lost,
+        "misrouted": verdict.misrouted,
+        "in_two_topics": verdict.in_two_topics,
+        "duplicated": verdict.duplicated,
+        "passed": passed,
+        "details": {
+            "outputs": verdict.outputs,
+            "hard_broker_restarts": tally.hard_restarts,
+            "graceful_broker_restarts": tally.graceful_restarts,
+            "broker_outages": tally.outages,
+            "broker_outage_s": plan.outage_s if tally.outages else 0,
+            "hook_kills": fleet.hook_kills,
+            "storm_joins": tally.storm_joins,
+            "snapshot_swaps": tally.snapshot_swaps,
+            "corrupt_snapshots_published": len(snapshots.corrupt),
+            "corrupt_snapshot_used": verdict.corrupt_snapshot_used,
+            "unknown_source": verdict.unknown_source,
+            "value_mismatch": verdict.value_mismatch,
+            "unexpected_worker_exits": fleet.unexpected_exits,
+            "by_reason": dict(sorted(verdict.by_reason.items())),
+            "by_snapshot": dict(sorted(verdict.by_snapshot.items())),
+            "actions": tally.actions,
+            "problems": problems,
+            "examples": verdict.examples,
+            "seconds": round(elapsed, 1),
+        },
+    }
+
+
+async def run_suite(args: argparse.Namespace, plan: Plan, workdir: Path, out: Path) -> int:
+    say(f"suite {plan.name}, seed {args.seed}, work directory {workdir}")
+    broker_log = (workdir / "broker-control.log").open("a")
+    broker = Broker(args.port, workdir / "broker", broker_log)
+    runs: list[dict[str, object]] = []
+    try:
+        await broker.up()
+        for mode in args.modes:
+            runs.append(await run_mode(mode, plan, broker, workdir, args.seed))
+    finally:
+        with contextlib.suppress(Exception):
+            await broker.down()
+        broker_log.close()
+    passed = bool(runs) and all(r["passed"] for r in runs)
+    report = {
+        "suite": plan.name,
+        "seed": args.seed,
+        "plan": asdict(plan),
+        "kill_hook": service_has_kill_hook(),
+        "runs": runs,
+    }
+    _write_report(out, report)
+    say(f"report written to {out}")
+    if passed and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"logs kept in {workdir}")
+    say("PASSED" if passed else "FAILED")
+    return 0 if passed else 1
+
+
+def _write_report(out: Path, report: dict[str, object]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="the CI-sized suite")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["exactly-once", "at-least-once"],
+        choices=["exactly-once", "at-least-once"],
+    )
+    parser.add_argument("--events", type=int, default=0, help="override the plan's event count")
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("FAULTS_SEED", "20261128")))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("FAULTS_KAFKA_PORT", "19092"))
+    )
+    parser.add_argument(
+        "--out", help="report path (default benchmarks/results/faults[-quick].json)"
+    )
+    parser.add_argument("--workdir", help="work directory (default: a new temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory on success")
+    args = parser.parse_args(argv)
+    if args.port == 9092:
+        parser.error("the fault suite restarts its broker: never the shared one on 9092")
+    plan = QUICK if args.quick else FULL
+    if args.events:
+        plan = Plan(**{**asdict(plan), "events": args.events})
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="filterd-faults-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or RESULTS / ("faults-quick.json" if args.quick else "faults.json"))
+    return asyncio.run(run_suite(args, plan, workdir, out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

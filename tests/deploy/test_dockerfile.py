@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import subprocess
 import sys
@@ -133,20 +134,26 @@ def test_volumes_signal_and_port_match_the_product() -> None:
 
 def _healthcheck_argv() -> list[str]:
     value = _only(_stages()[-1], "HEALTHCHECK")
-    assert "/readyz" in value
     _, _, exec_form = value.partition("CMD")
     argv: list[str] = json.loads(exec_form.strip())
-    assert argv[0] == "python", "the slim image has python, not curl"
+    assert argv[:2] == ["filterd", "check"], "the slim image has no curl: filterd check asks"
+    parse_cli(argv[1:])
     return argv
 
 
 class _Readyz(BaseHTTPRequestHandler):
-    status = 200
+    ready = True
 
     def do_GET(self) -> None:
-        code = self.status if self.path == "/readyz" else 404
-        self.send_response(code)
+        if self.path != "/readyz":
+            self.send_response(404)
+            self.end_headers()
+            return
+        body = json.dumps({"ready": self.ready, "reasons": [] if self.ready else ["no snapshot"]})
+        self.send_response(200 if self.ready else 503)
+        self.send_header("Content-Type", "application/json")
         self.end_headers()
+        self.wfile.write(body.encode())
 
     def log_message(self, format: str, *args: object) -> None:  # quiet test output
         pass
@@ -162,28 +169,41 @@ def readyz_server() -> Iterator[ThreadingHTTPServer]:
     server.server_close()
 
 
-@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
-def test_healthcheck_command_follows_readyz(
-    readyz_server: ThreadingHTTPServer, status: int, healthy: bool
+def _run_healthcheck(tmp_path: Path, port: int) -> subprocess.CompletedProcess[bytes]:
+    """The HEALTHCHECK command as the container runs it: image env, config at --config."""
+    argv = _healthcheck_argv()
+    config = tmp_path / "filterd.toml"
+    # The mounted config keeps the default host; the image's FILTERD_METRICS_HOST=0.0.0.0
+    # applies, as in the container. Only the port differs: the test server's.
+    config.write_text(f"[metrics]\nport = {port}\n")
+    argv[argv.index("--config") + 1] = str(config)
+    image_env = dict(
+        item.split("=", 1) for item in _only(_stages()[-1], "ENV").split() if "=" in item
+    )
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **image_env}
+    return subprocess.run(
+        [sys.executable, "-m", "filterd", *argv[1:]],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_healthcheck_follows_readyz(
+    readyz_server: ThreadingHTTPServer, tmp_path: Path, ready: bool
 ) -> None:
-    _Readyz.status = status
-    argv = [sys.executable, *_healthcheck_argv()[1:]]
-    port = str(readyz_server.server_address[1])
-    result = subprocess.run(
-        argv, env={"FILTERD_METRICS_PORT": port}, capture_output=True, timeout=30, check=False
-    )
-    assert (result.returncode == 0) is healthy, result.stderr
+    _Readyz.ready = ready
+    result = _run_healthcheck(tmp_path, readyz_server.server_address[1])
+    assert (result.returncode == 0) is ready, result.stdout + result.stderr
 
 
-def test_healthcheck_fails_when_nothing_listens() -> None:
+def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
-    port = str(server.server_address[1])
+    port = server.server_address[1]
     server.server_close()  # the port is now closed
-    argv = [sys.executable, *_healthcheck_argv()[1:]]
-    result = subprocess.run(
-        argv, env={"FILTERD_METRICS_PORT": port}, capture_output=True, timeout=30, check=False
-    )
-    assert result.returncode != 0
+    assert _run_healthcheck(tmp_path, port).returncode == 1
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:

@@ -44,8 +44,8 @@ async def filter_loop(config: Config, stop: asyncio.Event) -> int:
         "block": config.topics.block,
         "invalid": config.topics.invalid,
     }
-    consumer = AIOKafkaConsumer(config.topics.input, **consumer_kwargs(config))
     producer = AIOKafkaProducer(**producer_kwargs(config))
+    consumer = AIOKafkaConsumer(config.topics.input, **consumer_kwargs(config))
     await producer.start()
     await consumer.start()
     commit_every = config.batch.max_records

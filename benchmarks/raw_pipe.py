@@ -30,8 +30,8 @@ log = logging.getLogger("benchmarks.raw_pipe")
 
 async def copy_loop(config: Config, stop: asyncio.Event) -> int:
     """Copy ``topics.input`` to ``topics.deliver`` until ``stop`` is set; return the count."""
-    consumer = AIOKafkaConsumer(config.topics.input, **consumer_kwargs(config))
     producer = AIOKafkaProducer(**producer_kwargs(config))
+    consumer = AIOKafkaConsumer(config.topics.input, **consumer_kwargs(config))
     await producer.start()
     await consumer.start()
     copied = 0

@@ -1,0 +1,241 @@
+"""The benchmark harness must measure what it claims.
+
+Without a broker: the statistics, the ratios and goals, the report and the
+parsers of Kafka's perf tools, on synthetic numbers whose answers are known.
+With the broker (``kafka``): a tiny end-to-end run of every variant — a few
+thousand events — proving each one starts, routes every record and yields a
+throughput and latency figure. No wall-clock figure is asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common as common
+from benchmarks import e2e
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_percentile_matches_the_inclusive_quantile_definition() -> None:
+    values = sorted([7.0, 1.0, 3.0, 10.0, 4.0, 4.0, 8.0, 2.0, 9.0, 6.0, 5.0])
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    for q in (1, 25, 50, 90, 99):
+        assert common.percentile(values, q) == pytest.approx(cuts[q - 1])
+    assert common.percentile(values, 0) == 1.0
+    assert common.percentile(values, 100) == 10.0
+
+
+def test_percentile_rejects_nothing_and_out_of_range() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        common.percentile([], 50)
+    with pytest.raises(ValueError, match="outside"):
+        common.percentile([1.0], 101)
+
+
+def test_latency_summary_tail_is_the_tail() -> None:
+    # 1000 samples: 990 at 2 ms, 9 at 50 ms, one at 400 ms.
+    samples = [2.0] * 990 + [50.0] * 9 + [400.0]
+    s = common.latency_summary(reversed(samples))
+    assert s["p50_ms"] == 2.0
+    assert 2.0 < s["p99_ms"] <= 50.0
+    assert 50.0 <= s["p999_ms"] <= 400.0
+    assert s["max_ms"] == 400.0
+    assert s["samples"] == 1000
+    assert common.latency_summary([]) == {}
+
+
+def test_spread_ratio_and_throughput() -> None:
+    sp = common.spread([30.0, 10.0, 20.0])
+    assert (sp["median"], sp["min"], sp["max"]) == (20.0, 10.0, 30.0)
+    assert common.ratio(3.0, 2.0) == 1.5
+    assert common.ratio(None, 2.0) is None
+    assert common.ratio(1.0, 0.0) is None
+    # 10 000 records between append times 1 000 ms apart: 10 000 msgs/s.
+    assert common.throughput(10_000, 5_000.0, 6_000.0) == pytest.approx(10_000.0)
+    with pytest.raises(ValueError, match="cannot time"):
+        common.throughput(10, 5_000.0, 5_000.0)
+
+
+def test_latencies_join_by_event_id_and_skip_unknown_records() -> None:
+    sent = {"a": 1_000, "b": 1_005}
+    arrivals = [("a", 1_003), ("b", 1_020), (None, 1_010), ("warmup-1", 999)]
+    assert sorted(common.latencies_ms(arrivals, sent)) == [3.0, 15.0]
+
+
+def test_event_id_reads_only_string_ids() -> None:
+    assert common.event_id(b'{"id":"m-1-2","sender":"x"}') == "m-1-2"
+    assert common.event_id(b'{"id":5}') is None
+    assert common.event_id(b"not json") is None
+    assert common.event_id(b"[1,2]") is None
+    assert common.event_id(None) is None
+
+
+def test_partition_for_keeps_a_key_on_one_partition() -> None:
+    parts = {common.partition_for(b"8613800000001", i, 6) for i in range(20)}
+    assert len(parts) == 1
+    assert [common.partition_for(None, i, 3) for i in range(4)] == [0, 1, 2, 0]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _synthetic_results() -> dict[str, object]:
+    def variant(rate: float, p99: float | None = None) -> dict[str, object]:
+        out = e2e.summarize_variant(
+            "x",
+            "",
+            [{"msgs_per_s": rate * 0.9}, {"msgs_per_s": rate}, {"msgs_per_s": rate * 1.1}],
+            [] if p99 is None else [{"p50_ms": 2.0, "p99_ms": p99, "p999_ms": p99 * 2}],
+            [],
+        )
+        return out
+
+    results: dict[str, object] = {
+        "events": 1000,
+        "partitions": 3,
+        "runs": 3,
+        "quick": True,
+        "machine": {"cpu": "test", "cores": 2},
+        "raw_pipe": variant(100_000.0, p99=10.0),
+        "filterd": variant(90_000.0, p99=12.0),
+        "filterd_nometrics": variant(91_800.0),
+        "naive": variant(20_000.0),
+        "peer": {**variant(50_000.0), "name": "quixstreams"},
+    }
+    ratios = e2e.compute_ratios(results)
+    overhead = e2e.metrics_overhead(results)
+    results.update(ratios=ratios, metrics_overhead=overhead, goals=e2e.goals(ratios, overhead))
+    return results
+
+
+def test_summary_takes_the_median_and_keeps_the_spread() -> None:
+    out = e2e.summarize_variant(
+        "raw_pipe", "", [{"msgs_per_s": 3.0}, {"msgs_per_s": 1.0}, {"msgs_per_s": 2.0}], [], []
+    )
+    assert out["msgs_per_s"] == 2.0
+    assert out["msgs_per_s_spread"]["min"] == 1.0  # type: ignore[index]
+    assert "p99_ms" not in out
+
+
+def test_ratios_goals_and_metrics_overhead() -> None:
+    results = _synthetic_results()
+    ratios = results["ratios"]
+    assert ratios == {
+        "filterd_vs_raw_pipe": 0.9,
+        "filterd_vs_naive": 4.5,
+        "filterd_vs_peer": 1.8,
+        "p99_delta_ms_vs_raw_pipe": 2.0,
+    }
+    assert results["metrics_overhead"] == pytest.approx(0.02, abs=0.001)
+    goals = results["goals"]
+    assert goals["filterd_vs_raw_pipe"]["met"] is True  # type: ignore[index]
+    assert goals["filterd_vs_peer"]["met"] is False  # type: ignore[index]
+    assert goals["p99_delta_ms_vs_raw_pipe"]["met"] is True  # type: ignore[index]
+
+
+def test_missing_variant_gives_no_ratio_not_zero() -> None:
+    results = _synthetic_results()
+    results["peer"] = {"skipped": "quixstreams is not installed"}
+    ratios = e2e.compute_ratios(results)
+    assert ratios["filterd_vs_peer"] is None
+    assert e2e.goals(ratios, None)["filterd_vs_peer"]["met"] is None
+
+
+def test_markdown_report_lists_every_variant_and_goal(tmp_path: Path) -> None:
+    results = _synthetic_results()
+    md = e2e.render_markdown(results, e2e.DEFAULT_ORDER)
+    for name in ("raw_pipe", "filterd", "naive", "peer (quixstreams)", "filterd_vs_peer"):
+        assert name in md
+    assert "90,000" in md
+    written = e2e.write_outputs(results, e2e.DEFAULT_ORDER, tmp_path / "e2e-test")
+    assert (tmp_path / "e2e-test.json").exists()
+    assert (tmp_path / "e2e-test.md").read_text() == md
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert any(p.suffix == ".png" for p in written)
+
+
+def test_run_config_is_valid_toml_and_a_valid_filterd_config(tmp_path: Path) -> None:
+    from filterd.config import load_config
+
+    text = e2e.to_toml(
+        e2e.merge(
+            {"topics": {"input": "a.in", "deliver": "a.d", "block": "a.b", "invalid": "a.i"}},
+            {"producer": {"linger_ms": 20, "acks": "1"}, "metrics": {"enabled": False}},
+        )
+    )
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    assert tomllib.loads(text)["producer"]["linger_ms"] == 20
+    cfg = load_config(path, env={})
+    assert (cfg.producer.linger_ms, cfg.producer.acks, cfg.metrics.enabled) == (20, "1", False)
+    assert cfg.topics.block == "a.b"
+
+
+def test_kafka_perf_output_parsers() -> None:
+    producer = (
+        "500000 records sent, 99980.0 records/sec (19.07 MB/sec), 120.5 ms avg latency, "
+        "800.0 ms max latency.\n"
+        "500000 records sent, 101234.5 records/sec (19.31 MB/sec), 150.2 ms avg latency, "
+        "900.0 ms max latency, 140 ms 50th, 300 ms 95th, 700 ms 99th, 880 ms 99.9th.\n"
+    )
+    assert e2e.parse_producer_perf(producer) == {
+        "msgs_per_s": 101234.5,
+        "p50_ms": 140.0,
+        "p99_ms": 700.0,
+        "p999_ms": 880.0,
+    }
+    consumer = (
+        "start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, "
+        "rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec\n"
+        "2026-01-01 00:00:00:000, 2026-01-01 00:00:02:000, 95.3, 47.6, 500000, 250000.0, "
+        "300, 1700, 56.0, 294117.6\n"
+    )
+    assert e2e.parse_consumer_perf(consumer) == {
+        "msgs_per_s": 250000.0,
+        "mb_per_s": 47.6,
+        "fetch_msgs_per_s": 294117.6,
+    }
+    assert e2e.parse_producer_perf("Exception in thread main") is None
+    assert e2e.parse_consumer_perf("") is None
+
+
+# --------------------------------------------------------------------------- through the broker
+
+SMOKE_EVENTS = 3_000
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory: pytest.TempPathFactory) -> e2e.Workload:
+    workdir = tmp_path_factory.mktemp("bench-smoke")
+    w = e2e.prepare_workload(workdir, events=SMOKE_EVENTS, dataset=None)
+    w.size_latency_events(1_000)
+    return w
+
+
+@pytest.mark.parametrize("name", ["raw_pipe", "filterd", "naive", "peer"])
+async def test_each_variant_routes_every_record_and_is_measured(
+    name: str, kafka_bootstrap: str, workload: e2e.Workload, tmp_path: Path
+) -> None:
+    variant = e2e.make_variants()[name]
+    if variant.requires and importlib.util.find_spec(variant.requires) is None:
+        pytest.skip(f"{variant.requires} is not installed: pip install -e '.[bench]'")
+    session = e2e.Session(kafka_bootstrap, tmp_path, workload, partitions=2, stall_timeout_s=30)
+    t = await session.throughput_run(variant)
+    assert t["records_out"] >= SMOKE_EVENTS
+    assert t["msgs_per_s"] > 0  # type: ignore[operator]
+    if name != "raw_pipe":
+        # Every route of the demo mix is exercised (deliver, block and invalid).
+        assert all(n > 0 for n in t["per_topic"].values())  # type: ignore[union-attr]
+    lat = await session.latency_run(variant, rate=1_000.0)
+    # Nearly every event of the paced run was matched to its output record.
+    assert lat["samples"] >= 0.95 * 1_000  # type: ignore[operator]
+    assert 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["p999_ms"]  # type: ignore[operator]

@@ -89,9 +89,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 #: Default systematic sampling rate of the end-to-end latency histogram: one
 #: record in this many is observed.
-LATENCY_SAMPLE_EVERY = 16
+LATENCY_SAMPLE_EVERY = 64
 #: Hard cap on latency observations per batch, whatever the batch size.
-LATENCY_MAX_PER_BATCH = 64
+LATENCY_MAX_PER_BATCH = 16
 
 
 class _SnapshotAgeCollector:

@@ -176,20 +176,41 @@ def test_topic_creation_follows_the_environment(tmp_path: Path) -> None:
     assert int(load({"FILTERD_REPLICAS": "12"})["services"]["filterd"]["deploy"]["replicas"]) == 12
 
 
+def _filterd_commands(service: dict[str, Any]) -> list[list[str]]:
+    """The ``filterd ...`` command lines of a one-shot's shell script ($VARS as a number)."""
+    script = re.sub(r'"?\$(\w+)"?', "1", service["command"][0].replace("\\\n", " "))
+    return [
+        shlex.split(line) for line in script.splitlines() if line.strip().startswith("filterd ")
+    ]
+
+
 def test_snapshot_init_builds_into_the_shared_volume(stack: dict[str, Any]) -> None:
     service = stack["services"]["snapshot-init"]
     assert "snapshots:/var/lib/filterd/snapshots" in service["volumes"]  # read-write here
-    script = service["command"][0]
-    commands = [
-        shlex.split(line)
-        for line in script.replace("\\\n", " ").splitlines()
-        if line.strip().startswith("filterd ")
-    ]
+    commands = _filterd_commands(service)
     build = [c for c in commands if c[1:3] == ["snapshot", "build"]]
     assert build, "snapshot-init must run `filterd snapshot build`"
     assert build[0][build[0].index("--out") + 1] == "/var/lib/filterd/snapshots"
     for command in commands:
         parse_cli(command[1:])
+
+
+def test_loadgen_uses_the_snapshots_data_set(stack: dict[str, Any]) -> None:
+    loadgen = stack["services"]["loadgen"]
+    assert loadgen["profiles"] == ["load"]
+    commands = _filterd_commands(loadgen)
+    for command in commands:
+        parse_cli(command[1:])
+    datasets = [c for c in commands if c[1:3] == ["loadgen", "dataset"]]
+    initial = [
+        c
+        for c in _filterd_commands(stack["services"]["snapshot-init"])
+        if (c[1:3] == ["loadgen", "dataset"])
+    ]
+    # Same generator arguments (seed included): the same senders and recipients.
+    assert datasets == initial
+    produce = next(c for c in commands if c[1:3] == ["loadgen", "produce"])
+    assert produce[produce.index("--topic") + 1] == "sms.outbound"
 
 
 def test_prometheus_scrapes_filterd_and_loads_the_alert_rules(stack: dict[str, Any]) -> None:

@@ -179,15 +179,19 @@ def ref_decide(
         v = event.get(name)
         if v is None or v == "" or (isinstance(v, str) and not v.strip()):
             return "invalid", "missing-field"
+    # An optional field given as JSON null counts as not given.
     for name in ("id", "sender", "recipient", "category", "text"):
-        if name in event and not isinstance(event[name], str):
+        if event.get(name) is not None and not isinstance(event[name], str):
             return "invalid", "bad-field-type"
-    if "ts" in event and (not isinstance(event["ts"], int) or isinstance(event["ts"], bool)):
+    ts = event.get("ts")
+    if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool)):
         return "invalid", "bad-field-type"
     recipient = ref_normalize(event["recipient"], country_code)
     if recipient is None:
         return "invalid", "bad-recipient"
-    category = event.get("category", "marketing")
+    category = event.get("category")
+    if category is None:
+        category = "marketing"
     if category in EXEMPT_CATEGORIES:
         return "deliver", "exempt-category"
     sender = event["sender"].strip()
@@ -200,6 +204,38 @@ def ref_decide(
     if recipient in data.dnd:
         return "block", "recipient-dnd"
     return "block", "no-consent"
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSets:
+    """One sender's rows, as the router's ``SenderLookup`` protocol wants them."""
+
+    consents: frozenset[int]
+    optouts: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class SetSnapshot:
+    """The router's ``SnapshotView`` protocol over plain sets, for pure fuzzing.
+
+    Lets the decision path run without the snapshot package; the reference
+    model above never uses it.
+    """
+
+    version: str
+    senders: Mapping[str, SenderSets]
+    dnd_numbers: frozenset[int]
+
+    @classmethod
+    def of(cls, data: ConsentData, version: str = "sets-1") -> SetSnapshot:
+        senders = {
+            s: SenderSets(
+                frozenset(r for t, r in data.consents if t == s),
+                frozenset(r for t, r in data.optouts if t == s),
+            )
+            for s in data.senders
+        }
+        return cls(version, senders, data.dnd)
 
 
 # ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ output with the input record its ``filterd-source`` header names and with an
 independent reference model (``faults_lib``), decided with the snapshot version
 named in ``filterd-snapshot``.
 
-    python benchmarks/faults.py --quick          # CI: both modes, ~20k events each
-    python benchmarks/faults.py                  # full: >= 200k events, 5+ kills, 2+ restarts
+    python -m benchmarks.faults --quick         # CI: both modes, ~20k events each
+    python -m benchmarks.faults                  # full: >= 200k events, 5+ kills, 2+ restarts
 
 Writes ``benchmarks/results/faults.json`` (``faults-quick.json``); exits 1 when a
 run fails. The work directory (worker and broker logs) is kept on failure.
@@ -46,9 +46,10 @@ from typing import IO
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Runs as ``python -m benchmarks.X`` from the repository root, or as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import faults_lib as fl
+from benchmarks import faults_lib as fl
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"

@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import faults_lib as fl
+from benchmarks import faults_lib as fl
 
 DATA = fl.ConsentData(
     consents=frozenset({("1069001", 8613800000001), ("1069001", 8613800000002)}),

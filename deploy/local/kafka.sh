@@ -78,8 +78,10 @@ fetch() {
 	if [[ ! -f "$MARKER" ]]; then
 		say "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS"
 		rm -rf "$LIBS.partial"
-		mvn -B -q -Dstyle.color=never -f "$HERE/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
-			dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.partial" >&2 ||
+		# Maven 3.8 prints stray colour resets even in quiet batch mode: strip them.
+		mvn -B -q -f "$HERE/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+			dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.partial" 2>&1 |
+			sed -e 's/\x1b\[[0-9;]*m//g' -e '/^$/d' >&2 ||
 			die "mvn could not resolve Kafka $KAFKA_VERSION"
 		ls "$LIBS.partial"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null || die "kafka_2.13 jar missing"
 		rm -rf "$LIBS"

@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .PHONY: help install lint typecheck test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: bench bench-quick bench-sweep bench-decide bench-deps
+.PHONY: faults faults-quick fuzz
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -74,3 +75,20 @@ bench-sweep: bench-deps ## each tuning knob's effect on throughput and p99 (~15 
 
 bench-decide: $(STAMP) ## micro-benchmark: decision path per event vs orjson.loads alone
 	$(BIN)/python -m benchmarks.decide_bench $(BENCH_ARGS)
+
+# Fault injection (docs/reliability.md): a private broker on FAULTS_KAFKA_PORT (default 19392)
+# that the suite kills and restarts; the shared broker is never touched. FAULTS_ARGS=... passes
+# options (--modes, --events, --seed, --keep).
+FAULTS_ARGS ?=
+FUZZ_SECONDS ?= 300
+FUZZ_ARGS ?=
+
+faults: $(STAMP) ## fault injection, full: >=200k events, 5+ kills, 2+ broker restarts per mode (~20 min)
+	$(BIN)/python -m benchmarks.faults $(FAULTS_ARGS)
+
+faults-quick: $(STAMP) ## fault injection, quick (the CI size, ~5 min): benchmarks/results/faults-quick.json
+	$(BIN)/python -m benchmarks.faults --quick $(FAULTS_ARGS)
+
+fuzz: $(STAMP) ## mutation fuzzing of the decision path for FUZZ_SECONDS (atheris when it installs)
+	$(BIN)/pip install --quiet -e '.[dev,fuzz]' || echo "atheris does not install here: builtin mutator"
+	$(BIN)/python -m benchmarks.fuzz_mutation --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)

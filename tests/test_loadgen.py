@@ -30,7 +30,7 @@ from filterd.loadgen import (
 from filterd.loadgen.commands import register
 from filterd.loadgen.dataset import FORM_TABLE, render_number
 from filterd.loadgen.events import MISSING_CATEGORY_SHARE
-from filterd.loadgen.produce import RateProfile
+from filterd.loadgen.produce import RateProfile, murmur2
 
 FILES = ("consents.csv.gz", "optouts.csv.gz", "dnd.csv.gz", "population.json")
 REASONS = {
@@ -287,3 +287,10 @@ def test_gzip_members_are_plain_csv(dataset_dir: Path) -> None:
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == ["recipient"]
     assert all(len(row) == 1 for row in rows)
+
+
+@given(key=st.binary(max_size=300))
+def test_murmur2_matches_the_kafka_client(key: bytes) -> None:
+    from aiokafka.partitioner import murmur2 as client_murmur2
+
+    assert murmur2(key) == client_murmur2(key)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
@@ -115,7 +115,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def throughput(count: int, first_ms: float, last_ms: float) -> float:
     """Messages per second from the first to the last output record.
 
-    ``count`` records arrived between the first and the last append time. A run
+    ``count`` records completed after the first and up to the last append time. A run
     shorter than one broker clock tick cannot be timed; it is an error, not infinity.
     """
     span_ms = last_ms - first_ms
@@ -426,13 +426,33 @@ class OutputWatcher:
             await asyncio.sleep(poll_s)
 
 
-async def first_last_append_ms(
-    bootstrap: str, topics: Sequence[str]
-) -> tuple[float, float, int, dict[str, int]]:
-    """First and last LogAppendTime over the output topics, the record count, counts per topic.
+@dataclass(slots=True)
+class OutputSpan:
+    """When a run's output records landed, from their LogAppendTime."""
 
-    Append times only grow within a partition, so the first record of each
-    partition and the last one suffice: two fetches per partition, no full read.
+    first_ms: int
+    last_ms: int
+    #: All output records.
+    count: int
+    #: Records stamped with ``first_ms`` itself: the batches that opened the window.
+    at_first: int
+    per_topic: dict[str, int]
+
+    def msgs_per_s(self) -> float:
+        """Records completed inside (first, last], per second.
+
+        The records of the batches appended at ``first_ms`` were produced before the
+        window opened; counting them would overstate short runs by one batch.
+        """
+        return throughput(self.count - self.at_first, self.first_ms, self.last_ms)
+
+
+async def output_span(bootstrap: str, topics: Sequence[str]) -> OutputSpan:
+    """First and last LogAppendTime over the output topics and the record counts.
+
+    Append times only grow within a partition, so the first and last record of each
+    partition suffice, plus a short read of the partitions whose first batch opened
+    the window: no full read of the output.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -442,27 +462,49 @@ async def first_last_append_ms(
         begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
         per_topic = dict.fromkeys(topics, 0)
-        first = math.inf
-        last = -math.inf
+        firsts: dict[TopicPartition, int] = {}
+        last = -1
         for tp in tps:
             n = ends[tp] - begins[tp]
             per_topic[tp.topic] += n
             if n == 0:
                 continue
-            for offset in (begins[tp], ends[tp] - 1):
-                consumer.seek(tp, offset)
-                record = None
-                while record is None:
-                    got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
-                    records = got.get(tp, [])
-                    record = records[0] if records else None
-                if record.timestamp_type != 1:
-                    raise RuntimeError(f"{tp.topic} is not a LogAppendTime topic")
-                first = min(first, record.timestamp)
-                last = max(last, record.timestamp)
-        return first, last, sum(per_topic.values()), per_topic
+            head = await _record_at(consumer, tp, begins[tp])
+            tail = await _record_at(consumer, tp, ends[tp] - 1)
+            firsts[tp] = head.timestamp
+            last = max(last, tail.timestamp)
+        if not firsts:
+            raise RuntimeError(f"no output records in {list(topics)}")
+        first = min(firsts.values())
+        at_first = 0
+        for tp, ts in firsts.items():
+            if ts != first:
+                continue
+            consumer.seek(tp, begins[tp])
+            done = False
+            while not done:
+                got = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+                for r in got.get(tp, []):
+                    if r.timestamp != first or r.offset >= ends[tp]:
+                        done = True
+                        break
+                    at_first += 1
+                    done = r.offset + 1 >= ends[tp]
+        return OutputSpan(first, last, sum(per_topic.values()), at_first, per_topic)
     finally:
         await consumer.stop()
+
+
+async def _record_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> ConsumerRecord:
+    consumer.seek(tp, offset)
+    while True:
+        got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+        records = got.get(tp, [])
+        if records:
+            record = records[0]
+            if record.timestamp_type != 1:
+                raise RuntimeError(f"{tp.topic} is not a LogAppendTime topic")
+            return record
 
 
 async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str | None, int]]:

@@ -200,9 +200,9 @@ def test_kafka_perf_output_parsers() -> None:
         "300, 1700, 56.0, 294117.6\n"
     )
     assert e2e.parse_consumer_perf(consumer) == {
-        "msgs_per_s": 250000.0,
-        "mb_per_s": 47.6,
-        "fetch_msgs_per_s": 294117.6,
+        "msgs_per_s": 294117.6,
+        "mb_per_s": 56.0,
+        "msgs_per_s_with_join": 250000.0,
     }
     assert e2e.parse_producer_perf("Exception in thread main") is None
     assert e2e.parse_consumer_perf("") is None

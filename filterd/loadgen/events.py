@@ -213,9 +213,11 @@ def iter_labelled_events(
     rng = random.Random(seed)
     rand = rng.random
     categories = [name for name, share in mix.items() if share > 0]
+    if not categories and bad_rate < 1.0:
+        raise ValueError("mix has no category with a positive share")
     cat_pick = _Picker(list(range(len(categories))), [mix[c] for c in categories])
     pools = [_text_pool(c, rng) for c in categories]
-    cat_fields = [b'"category":"%b",' % c.encode() for c in categories]
+    cat_fields = [b'"category":%b,' % orjson.dumps(c) for c in categories]
     outcome_pick = _Picker(list(range(len(OUTCOMES))), [w for _, w in OUTCOMES])
     bad_kinds = list(BAD_KINDS)
     senders = dataset.senders

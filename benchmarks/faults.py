@@ -45,6 +45,7 @@ from typing import IO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 # Runs as ``python -m benchmarks.X`` from the repository root, or as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -528,15 +529,47 @@ async def wait_committed(
         await admin.close()
 
 
-async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+async def create_topics(
+    bootstrap: str, topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics(
-            [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()]
+            [
+                NewTopic(
+                    t, num_partitions=n, replication_factor=1, topic_configs=(configs or {}).get(t)
+                )
+                for t, n in topics.items()
+            ]
         )
     finally:
         await admin.close()
+
+
+async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in offsets.items()}
+    finally:
+        await admin.close()
+
+
+#: While the produce of oversized records is made to fail, the invalid topic takes
+#: records up to this size; afterwards it takes them all again.
+STUCK_MAX_MESSAGE_BYTES = "16384"
+NORMAL_MAX_MESSAGE_BYTES = "2097152"
 
 
 # ---------------------------------------------------------------------------
@@ -574,7 +607,13 @@ async def run_mode(
     say(f"=== {mode}: {plan.events} events over {plan.partitions} partitions, topics {base}.*")
 
     outputs = {topics[r]: 3 for r in ("deliver", "block", "invalid")}
-    await create_topics(broker.bootstrap, {topics["input"]: plan.partitions, **outputs})
+    # The invalid topic starts out refusing the oversized events' ~65 KB records: the
+    # produce of those keeps failing until "stuck-produce" lifts the limit.
+    await create_topics(
+        broker.bootstrap,
+        {topics["input"]: plan.partitions, **outputs},
+        {topics["invalid"]: {"max.message.bytes": STUCK_MAX_MESSAGE_BYTES}},
+    )
 
     data_v1 = fl.make_dataset(rng)
     snapshots = Snapshots(moddir / "snapshots", moddir, log)
@@ -607,6 +646,7 @@ async def run_mode(
         fleet.start(initial=True)
 
     tally = Tally()
+    stuck: dict[str, object] = {}
     use_hook = plan.hook_kills > 0 and service_has_kill_hook()
     if plan.hook_kills and not use_hook:
         say(f"service has no {KILL_HOOK_ENV} hook: produce/commit kills only by chance")
@@ -686,6 +726,39 @@ async def run_mode(
         tally.snapshot_swaps += 1
         await asyncio.sleep(8.0)
 
+    async def stuck_produce() -> None:
+        # Until now every oversized record was refused by the invalid topic. The
+        # service must not have committed any input partition past its first one.
+        await asyncio.sleep(max(0.0, 15.0 - (time.monotonic() - started)))
+        seen = await read_inputs(broker.bootstrap, topics["input"], plan.partitions)
+        committed = await committed_offsets(broker.bootstrap, group)
+        first_big: dict[int, int] = {}
+        ends: dict[int, int] = {}
+        for (p, o), record in seen.items():
+            ends[p] = max(ends.get(p, 0), o + 1)
+            if record.value is not None and len(record.value) > fl.MAX_EVENT_BYTES:
+                first_big[p] = min(first_big.get(p, o), o)
+        past = {}
+        blocked = []
+        for p, offset in sorted(first_big.items()):
+            done = committed.get(TopicPartition(topics["input"], p), 0)
+            if done > offset:
+                past[p] = {"first_failing_offset": offset, "committed": done}
+            elif ends[p] > offset + 1:
+                blocked.append(p)
+        stuck.update(
+            {
+                "partitions_with_failing_record": len(first_big),
+                "partitions_held_back": len(blocked),
+                "commits_past_failing_record": len(past),
+                "violations": past,
+            }
+        )
+        say(f"stuck produce: {stuck}; lifting the size limit")
+        await set_topic_config(
+            broker.bootstrap, topics["invalid"], {"max.message.bytes": NORMAL_MAX_MESSAGE_BYTES}
+        )
+
     actions: list[tuple[str, Callable[[], Awaitable[None]]]] = []
     actions += [("kill", lambda: kill_one("at a random moment"))] * plan.kills
     catchups = [True] * plan.catchup_kills
@@ -701,6 +774,8 @@ async def run_mode(
     rng.shuffle(actions)
     # The swap goes in the middle: old and new versions both decide a good share.
     actions.insert(len(actions) // 2, ("snapshot", snapshot_swap))
+    # First, so that the partitions it holds back are released long before the swap.
+    actions.insert(0, ("stuck-produce", stuck_produce))
 
     seeding_s = plan.events / plan.rate
     gap = max(2.0, seeding_s * 0.8 / (len(actions) + 1) - 8.0)
@@ -748,6 +823,10 @@ async def run_mode(
     new_versions = [v for v in snapshots.versions if v not in snapshots.corrupt][1:]
     if new_versions and not any(verdict.by_snapshot.get(v) for v in new_versions):
         problems.append("the good snapshot published mid-stream never decided a record")
+    if stuck.get("commits_past_failing_record"):
+        problems.append(f"offsets committed past a record whose produce failed: {stuck}")
+    elif not stuck.get("partitions_held_back"):
+        problems.append(f"no partition was held back by a failing produce: {stuck}")
     passed = verdict.ok(exactly_once) and not problems
     say(
         f"{mode}: inputs={verdict.inputs} outputs={verdict.outputs} lost={verdict.lost} "
@@ -781,6 +860,7 @@ async def run_mode(
             "hook_kills": fleet.hook_kills,
             "storm_joins": tally.storm_joins,
             "snapshot_swaps": tally.snapshot_swaps,
+            "stuck_produce": stuck,
             "corrupt_snapshots_published": len(snapshots.corrupt),
             "corrupt_snapshot_used": verdict.corrupt_snapshot_used,
             "unknown_source": verdict.unknown_source,
@@ -844,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=0, help="override the plan's event count")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("FAULTS_SEED", "20261128")))
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("FAULTS_KAFKA_PORT", "19092"))
+        "--port", type=int, default=int(os.environ.get("FAULTS_KAFKA_PORT", "19392"))
     )
     parser.add_argument(
         "--out", help="report path (default benchmarks/results/faults[-quick].json)"

@@ -43,6 +43,7 @@ __all__ = [
     "DatasetError",
     "SenderSpec",
     "load_dataset",
+    "plan_population",
     "render_number",
     "write_dataset",
 ]
@@ -280,7 +281,10 @@ def plan_population(senders: int, recipients: int, consents: int, seed: int) -> 
     if not 1 <= senders <= 100_000:
         raise DatasetError(f"senders must be between 1 and 100000, got {senders}")
     if not 100 <= recipients <= len(MOBILE_PREFIXES) * _SUBSCRIBERS:
-        raise DatasetError(f"recipients must be at least 100, got {recipients}")
+        raise DatasetError(
+            f"recipients must be between 100 and {len(MOBILE_PREFIXES) * _SUBSCRIBERS}, "
+            f"got {recipients}"
+        )
     rng = random.Random(seed)
     n_optout_only = int(senders * _OPTOUT_ONLY_SHARE) if senders >= 3 else 0
     n_consenting = senders - n_optout_only

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
-from kafka_util import NewTopicFactory
+from kafka_util import NewTopicFactory, end_offsets
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
@@ -71,8 +71,8 @@ async def new_topic(
 ) -> AsyncIterator[NewTopicFactory]:
     """Factory creating uniquely named topics (replication 1), deleted after the test.
 
-    Returns once the topic's partitions all have a leader in the broker's metadata, so a
-    producer or consumer started right after finds it.
+    Returns once every partition has a leader that answers, so a producer or consumer
+    started right after finds the topic and writes or reads it at once.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
@@ -92,6 +92,10 @@ async def new_topic(
                 raise for_code(code)(f"creating topic {topic!r}: {message}")
         created.append(topic)
         await _wait_for_leaders(admin, topic, partitions)
+        # The metadata can name a leader a moment before that leader serves the partition;
+        # aiokafka retries ListOffsets until it does, so producers start without
+        # NotLeaderForPartition retries.
+        await end_offsets(kafka_bootstrap, topic)
         return topic
 
     try:

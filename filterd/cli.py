@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "filterd.topics",
     "filterd.loadgen.commands",
     "filterd.check",
+    "filterd.audit.commands",
 )
 
 Handler = Callable[[argparse.Namespace], int]

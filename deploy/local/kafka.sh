@@ -83,7 +83,7 @@ fetch() {
 			dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.partial" 2>&1 |
 			sed -e 's/\x1b\[[0-9;]*m//g' -e '/^$/d' >&2 ||
 			die "mvn could not resolve Kafka $KAFKA_VERSION"
-		ls "$LIBS.partial"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null || die "kafka_2.13 jar missing"
+		[[ -f "$LIBS.partial/kafka_2.13-$KAFKA_VERSION.jar" ]] || die "kafka_2.13 jar missing after mvn"
 		rm -rf "$LIBS"
 		mv "$LIBS.partial" "$LIBS"
 		# The marker is written last: a cache without it is incomplete and fetched again.

@@ -10,6 +10,7 @@ one named by ``KAFKA_BOOTSTRAP=host:port``, in which case nothing is started.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import subprocess
@@ -31,11 +32,47 @@ BROKER_START_TIMEOUT_S = 600
 TOPIC_READY_TIMEOUT_S = 30.0
 
 
+def _uses_kafka(item: pytest.Item) -> bool:
+    return bool(KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that reaches the broker, however indirectly, with ``kafka``."""
     for item in items:
-        if KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if _uses_kafka(item):
             item.add_marker(pytest.mark.kafka)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the broker before the first test when a selected test needs it.
+
+    Here rather than in the fixture: a first-ever start downloads the jars, which must not
+    count against the per-test timeout of whichever test happens to run first.
+    """
+    if session.config.option.collectonly or os.environ.get("KAFKA_BOOTSTRAP"):
+        return
+    if any(_uses_kafka(item) for item in session.items):
+        _start_local_broker()
+
+
+@functools.cache
+def _start_local_broker() -> str | None:
+    """Run ``kafka.sh up`` once per session; return its error output if it failed."""
+    # The script is idempotent and serialized by a lock: a broker already up costs ~0.2 s.
+    try:
+        proc = subprocess.run(
+            [str(KAFKA_SH), "up"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=BROKER_START_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"{KAFKA_SH} up did not finish within {BROKER_START_TIMEOUT_S}s"
+    if proc.returncode != 0:
+        return f"{KAFKA_SH} up failed ({proc.returncode}):\n{proc.stderr}"
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -44,17 +81,9 @@ def kafka_bootstrap() -> str:
     configured = os.environ.get("KAFKA_BOOTSTRAP")
     if configured:
         return configured
-    # The script is idempotent and serialized by a lock: a broker already up costs ~0.2 s.
-    proc = subprocess.run(
-        [str(KAFKA_SH), "up"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=BROKER_START_TIMEOUT_S,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"{KAFKA_SH} up failed ({proc.returncode}):\n{proc.stderr}", pytrace=False)
+    error = _start_local_broker()
+    if error:
+        pytest.fail(error, pytrace=False)
     return f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
 
 

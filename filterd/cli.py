@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "filterd.loadgen.commands",
     "filterd.check",
     "filterd.audit.commands",
+    "filterd.snapshot.commands",
 )
 
 Handler = Callable[[argparse.Namespace], int]

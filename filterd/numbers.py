@@ -1,0 +1,60 @@
+"""Phone number normalization: every recipient becomes the integer of its E.164 digits.
+
+One function, :func:`normalize`, is used by the snapshot builder, the event path
+and the offline replay, so a number means the same thing everywhere (DESIGN.md,
+"Numbers"). It runs once per event, so it is written for speed: one
+``str.translate`` drops the separators and the checks are C-level string
+methods. ``str.isdigit`` alone would accept non-ASCII digits ('²', Arabic-Indic
+digits, fullwidth digits) that ``int()`` then happily converts, so every string
+is checked with ``isascii`` first.
+"""
+
+from __future__ import annotations
+
+from filterd.errors import InvalidNumber
+
+__all__ = ["MAX_DIGITS", "MIN_DIGITS", "normalize"]
+
+#: E.164 allows at most 15 digits; fewer than 8 is no routable mobile number.
+MIN_DIGITS = 8
+MAX_DIGITS = 15
+
+# Separators people type between digit groups; removed before any check.
+_DROP_SEPARATORS = str.maketrans("", "", " -.()")
+
+
+def normalize(raw: str, country_code: str = "86") -> int:
+    """Return the E.164 digits of ``raw`` as an integer, or raise :class:`InvalidNumber`.
+
+    Rules (DESIGN.md): remove spaces, ``-``, ``.``, ``(`` and ``)``; ``+DIGITS``
+    and ``00DIGITS`` are international; any other all-digit string is national:
+    ``country_code`` + the digits, with one leading trunk ``0`` removed. The
+    result must be 8 to 15 ASCII digits, not starting with 0.
+
+    ``country_code`` is the operator's default country calling code (config
+    ``policy.default_country_code``), digits only, validated by the config.
+    """
+    s = raw.translate(_DROP_SEPARATORS)
+    if not s.isascii():
+        # Non-ASCII digits would pass isdigit() and int(); never accept them.
+        raise InvalidNumber("not ASCII digits")
+    if s[:1] == "+":
+        digits = s[1:]
+    elif s[:2] == "00":
+        digits = s[2:]
+    elif s.isdigit():
+        digits = country_code + (s[1:] if s[0] == "0" else s)
+    elif not s:
+        raise InvalidNumber("empty")
+    else:
+        raise InvalidNumber("not digits")
+    if not digits.isdigit():
+        raise InvalidNumber("not digits" if digits else "no digits after prefix")
+    n = len(digits)
+    if n < MIN_DIGITS:
+        raise InvalidNumber("too short")
+    if n > MAX_DIGITS:
+        raise InvalidNumber("too long")
+    if digits[0] == "0":
+        raise InvalidNumber("leading zero")
+    return int(digits)

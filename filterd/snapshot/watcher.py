@@ -1,0 +1,161 @@
+"""Hot swap: watch the ``current`` pointer and swap to each new good version.
+
+The stream reads :attr:`SnapshotWatcher.current` once per batch, so a swap
+lands between batches and every event is decided by exactly one version. A
+version that fails validation is refused: the old one stays in force, and the
+refused version is not retried until the pointer changes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from filterd.errors import SnapshotError
+from filterd.snapshot.format import current_version
+from filterd.snapshot.store import ConsentSnapshot, load_snapshot_async
+
+__all__ = ["SnapshotWatcher"]
+
+log = logging.getLogger(__name__)
+
+OnSwap = Callable[[ConsentSnapshot, float], None]
+OnRefused = Callable[[str, BaseException], None]
+
+
+class SnapshotWatcher:
+    """Keeps the newest valid snapshot of ``root`` in :attr:`current`.
+
+    ``poll_interval_s`` is how often the pointer file is read (config
+    ``snapshot.poll_interval_s``). ``on_swap(snapshot, load_seconds)`` is called
+    after each swap, ``on_refused(version, error)`` after each refusal (e.g. to
+    count them in metrics); exceptions they raise are logged and ignored.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        poll_interval_s: float,
+        *,
+        on_swap: OnSwap | None = None,
+        on_refused: OnRefused | None = None,
+    ) -> None:
+        if poll_interval_s <= 0:
+            raise ValueError("poll_interval_s must be positive")
+        self.root = Path(root)
+        self.poll_interval_s = poll_interval_s
+        self._on_swap = on_swap
+        self._on_refused = on_refused
+        self._current: ConsentSnapshot | None = None
+        self._seen: str | None = None  # pointer text last acted on (loaded or refused)
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def current(self) -> ConsentSnapshot | None:
+        """The snapshot in force, or None while none has loaded (not ready)."""
+        return self._current
+
+    async def start(self) -> None:
+        """Try the initial load, then poll in the background. A failure is not fatal."""
+        if self._task is not None:
+            return
+        await self.check()
+        self._task = asyncio.create_task(self._poll(), name=f"snapshot-watcher:{self.root}")
+
+    # The timeout argument is the interface the service was written against.
+    async def wait_ready(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until a snapshot is in force; False if ``timeout`` seconds pass first."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop polling; the snapshot in force stays readable. Safe to call twice."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def __aenter__(self) -> SnapshotWatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def check(self) -> None:
+        """Read the pointer once and load the version it names if it changed."""
+        try:
+            version = current_version(self.root)
+        except SnapshotError as exc:
+            self._refuse(f"pointer:{exc}", "(pointer)", exc)
+            return
+        if version is None or version == self._seen:
+            return
+        self._seen = version
+        started = time.perf_counter()
+        try:
+            snapshot = await load_snapshot_async(self.root, version)
+        except SnapshotError as exc:
+            self._refuse(version, version, exc)
+            return
+        elapsed = time.perf_counter() - started
+        previous = self._current
+        self._current = snapshot
+        self._ready.set()
+        log.info(
+            "snapshot %s in force: %d senders, %d consents, %d opt-outs, %d dnd; "
+            "loaded in %.2fs (was %s)",
+            snapshot.version,
+            snapshot.counts.senders,
+            snapshot.counts.consents,
+            snapshot.counts.optouts,
+            snapshot.counts.dnd,
+            elapsed,
+            previous.version if previous else "none",
+        )
+        if self._on_swap is not None:
+            try:
+                self._on_swap(snapshot, elapsed)
+            except Exception:
+                log.exception("on_swap callback failed")
+
+    def _refuse(self, seen: str, version: str, exc: BaseException) -> None:
+        if seen == self._seen:
+            return  # the same broken pointer as last poll: logged once already
+        self._seen = seen
+        log.warning(
+            "snapshot %s refused, keeping %s: %s",
+            version,
+            self._current.version if self._current else "none (not ready)",
+            exc,
+        )
+        if self._on_refused is not None:
+            try:
+                self._on_refused(version, exc)
+            except Exception:
+                log.exception("on_refused callback failed")
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self.check()
+            except Exception:
+                # A bug or an OS error must not end the watching; the old snapshot stays.
+                log.exception("snapshot check failed")

@@ -29,27 +29,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from filterd import __version__
+from filterd.router import OUTCOMES
 
 logger = logging.getLogger(__name__)
 
-#: Every (route, reason) pair the policy can produce (docs: DESIGN.md, "Policy
-#: and reason codes"). They are created at zero when :class:`Metrics` starts so
-#: that ``rate()`` and the alert rules see a series before the first event of
-#: that kind; a pair not listed here still counts, it is bound on first use.
-KNOWN_DECISIONS: tuple[tuple[str, str], ...] = (
-    ("deliver", "consent"),
-    ("deliver", "exempt-category"),
-    ("block", "opted-out"),
-    ("block", "unknown-sender"),
-    ("block", "recipient-dnd"),
-    ("block", "no-consent"),
-    ("invalid", "oversized"),
-    ("invalid", "malformed-json"),
-    ("invalid", "missing-field"),
-    ("invalid", "bad-field-type"),
-    ("invalid", "bad-recipient"),
-    ("invalid", "internal-error"),
-)
+#: Every (route, reason) pair the policy can produce, from the router itself.
+#: They are created at zero when :class:`Metrics` starts so that ``rate()`` and
+#: the alert rules see a series before the first event of that kind; a pair not
+#: listed here (a newer reason) still counts, it is bound on first use.
+KNOWN_DECISIONS: tuple[tuple[str, str], ...] = tuple((o.route, o.reason) for o in OUTCOMES)
 
 # Buckets sized for what an operator asks: batches of one record up to a full
 # fetch (max_poll_records), decide+route times from sub-millisecond to the

@@ -28,6 +28,10 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 
 
 def test_known_decisions_start_at_zero() -> None:
+    # The contract's reasons, as the router knows them.
+    assert len(KNOWN_DECISIONS) == 12
+    assert ("block", "no-consent") in KNOWN_DECISIONS
+    assert ("invalid", "internal-error") in KNOWN_DECISIONS
     m = Metrics()
     for route, reason in KNOWN_DECISIONS:
         assert value(m.registry, "filterd_events_total", route=route, reason=reason) == 0.0

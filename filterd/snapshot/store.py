@@ -17,10 +17,11 @@ import asyncio
 import bisect
 import time
 from array import array
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple, Protocol, cast
+from typing import NamedTuple, TypeAlias, cast
 
 import orjson
 from pyroaring import BitMap64, FrozenBitMap64
@@ -51,12 +52,9 @@ SPARSE_VALUES_PER_CONTAINER = 4
 ASYNC_SLICE_S = 0.002
 
 
-class NumberSet(Protocol):
-    """What the hot path needs from a set of numbers: ``number in s`` and ``len``."""
-
-    def __contains__(self, number: int, /) -> bool: ...
-
-    def __len__(self) -> int: ...
+#: What the hot path needs of a set of numbers: ``number in s`` (and ``len``). In
+#: practice a pyroaring ``BitMap64`` or a :class:`SortedNumbers`.
+NumberSet: TypeAlias = Collection[int]
 
 
 class SortedNumbers:
@@ -77,6 +75,9 @@ class SortedNumbers:
     def __len__(self) -> int:
         return len(self._values)
 
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._values)
+
     def __repr__(self) -> str:
         return f"SortedNumbers(<{len(self._values)} numbers>)"
 
@@ -86,7 +87,8 @@ class SortedNumbers:
         return self._values.itemsize * len(self._values)
 
 
-_EMPTY: NumberSet = FrozenBitMap64()
+# pyroaring's stubs declare __contains__(int), narrower than Collection's (object).
+_EMPTY = cast(NumberSet, FrozenBitMap64())
 
 
 class SenderConsent(NamedTuple):
@@ -117,7 +119,8 @@ class ConsentSnapshot:
     """
 
     version: str
-    created_at: str
+    created_at: datetime
+    """When the version was built (UTC)."""
     senders: dict[str, SenderConsent]
     dnd_numbers: NumberSet
     counts: Counts
@@ -162,7 +165,7 @@ class ConsentSnapshot:
         """The JSON summary ``filterd snapshot inspect`` prints."""
         return {
             "version": self.version,
-            "created_at": self.created_at,
+            "created_at": fmt.utc_timestamp(self.created_at),
             "senders": self.counts.senders,
             "consents": self.counts.consents,
             "optouts": self.counts.optouts,
@@ -200,6 +203,16 @@ def _read_manifest(vdir: Path, version: str) -> dict[str, object]:
     return manifest
 
 
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -224,8 +237,8 @@ def _manifest_problems(manifest: object, version: str) -> list[str]:
     problems = []
     if manifest.get("version") != version:
         problems.append(f"{m}: version {manifest.get('version')!r} != directory {version!r}")
-    if not isinstance(manifest.get("created_at"), str):
-        problems.append(f"{m}: created_at missing")
+    if _parse_time(manifest.get("created_at")) is None:
+        problems.append(f"{m}: created_at missing or not an RFC 3339 UTC time")
     counts = manifest.get("counts")
     if not isinstance(counts, dict) or not all(
         _is_int(counts.get(k)) for k in ("senders", "consents", "optouts", "dnd")
@@ -289,7 +302,7 @@ def _compact(bitmap: BitMap64) -> NumberSet:
     if len(bitmap) < SPARSE_VALUES_PER_CONTAINER * containers:
         return SortedNumbers(bitmap.to_array())
     bitmap.shrink_to_fit()
-    return bitmap
+    return cast(NumberSet, bitmap)
 
 
 # A loading step yields None after each bounded piece of work and returns the snapshot.
@@ -405,8 +418,8 @@ def _load_steps(
         raise SnapshotCorrupt(version, problems)
     files = manifest["files"]
     assert isinstance(files, dict)
-    created_at = manifest["created_at"]
-    assert isinstance(created_at, str)
+    created_at = _parse_time(manifest["created_at"])
+    assert created_at is not None
     return ConsentSnapshot(
         version=version,
         created_at=created_at,

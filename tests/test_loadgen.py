@@ -294,3 +294,26 @@ def test_murmur2_matches_the_kafka_client(key: bytes) -> None:
     from aiokafka.partitioner import murmur2 as client_murmur2
 
     assert murmur2(key) == client_murmur2(key)
+
+
+def test_filterd_replay_decides_what_the_labels_say(
+    tmp_path: Path, dataset_dir: Path, dataset: Dataset
+) -> None:
+    # Through the contract's commands only (DESIGN.md): snapshot build, then replay.
+    from filterd.cli import main
+
+    inputs = {name: str(dataset_dir / f"{name}.csv.gz") for name in ("consents", "optouts", "dnd")}
+    snap, events_file, out = tmp_path / "snap", tmp_path / "events.jsonl", tmp_path / "out"
+    build = ["snapshot", "build", "--out", str(snap)]
+    for name, path in inputs.items():
+        build += [f"--{name}", path]
+    assert main(build) == 0
+    events = list(iter_labelled_events(dataset, 5000, seed=12, bad_rate=0.05))
+    events_file.write_bytes(b"".join(e.value + b"\n" for e in events))
+    replay = ["replay", "--snapshot", str(snap), "--input", str(events_file), "--out", str(out)]
+    assert main(replay) == 0
+    decisions = (out / "decisions.jsonl").read_bytes().splitlines()
+    assert len(decisions) == len(events)
+    for event, line in zip(events, decisions, strict=True):
+        decision = orjson.loads(line)
+        assert (decision["route"], decision["reason"]) == (event.route, event.reason), event

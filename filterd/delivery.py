@@ -160,8 +160,9 @@ class ExactlyOnce:
         self._config = config
         self._consumer = consumer
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
-        # Builders need a producer; this one only creates them (never started).
-        self._factory = AIOKafkaProducer(**producer_options(config))
+        # A plain producer for topic metadata, and for builders of a partition
+        # whose transactional producer is gone (such a batch is never sent:
+        # the retry builds it again once the producer is back).
         self._metadata = AIOKafkaProducer(**producer_options(config))
         self.commits = 0
 
@@ -179,7 +180,7 @@ class ExactlyOnce:
         await self._metadata.stop()
 
     def new_builder(self, tp: TopicPartition) -> Builder:
-        producer = self._producers.get(tp, self._factory)
+        producer = self._producers.get(tp, self._metadata)
         builder: Builder = producer.create_batch()
         return builder
 

@@ -134,12 +134,13 @@ def decide_partition(
         outcome = decide(record.value)
         add_outcome(outcome)
         route_h, reason_h, snapshot_h = by_outcome[outcome]
-        hdrs = (
+        # A list, not a tuple: aiokafka's C record builder accepts only lists.
+        hdrs = [
             route_h,
             reason_h,
             snapshot_h,
             (HEADER_SOURCE, f"{source_prefix}{record.offset}".encode()),
-        )
+        ]
         builder = builders.get(outcome.route)
         if (
             builder is None

@@ -95,10 +95,18 @@ class Service:
             except BrokerError as exc:
                 log.error("start-up failed: %s", exc)
                 return 1
+            code = 0
             if not self.should_exit:
-                await self.main_loop()
+                try:
+                    await self.main_loop()
+                except Exception:
+                    # A bug, not bad input (that is routed as invalid): stop
+                    # without committing what is in flight, exit non-zero so the
+                    # supervisor or orchestrator restarts the process.
+                    log.exception("stream stopped by an unexpected error")
+                    code = 1
             await self.shutdown()
-        return 0
+        return code
 
     async def startup(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config

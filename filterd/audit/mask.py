@@ -9,6 +9,7 @@ national digits (the operator prefix in China) and the last four.
 from __future__ import annotations
 
 from filterd.errors import InvalidNumber
+from filterd.numbers import normalize
 
 #: Shown for a recipient that cannot be normalized.
 FULLY_MASKED = "****"
@@ -56,8 +57,6 @@ def mask_digits(digits: str) -> str:
 def mask_recipient(raw: str | None, country_code: str = "86") -> str:
     """Normalize a recipient as the decision does, then mask it; a recipient
     that cannot be normalized is masked completely."""
-    from filterd.numbers import normalize
-
     if raw is None:
         return FULLY_MASKED
     try:
@@ -70,8 +69,6 @@ def mask_recipient(raw: str | None, country_code: str = "86") -> str:
 def full_recipient(raw: str | None, country_code: str = "86") -> str:
     """The recipient in E.164 (``--unmask``); the raw text if it cannot be
     normalized, so the evidence shows what was sent."""
-    from filterd.numbers import normalize
-
     if raw is None:
         return ""
     try:

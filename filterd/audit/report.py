@@ -95,7 +95,7 @@ def _legend(colors: dict[str, str], x: float, y: float) -> list[str]:
             f'<rect x="{x:.0f}" y="{y - 9:.0f}" width="10" height="10" fill="{color}"/>'
             f'<text x="{x + 14:.0f}" y="{y:.0f}">{_e(reason)}</text>'
         )
-        x += 24 + 7 * len(reason)
+        x += 26 + 6.2 * len(reason)
     return parts
 
 
@@ -170,7 +170,11 @@ def top_senders_chart(summary: Summary, colors: dict[str, str], top: int) -> str
             f"<title>{_e(row.sender)}</title></text>"
         )
         x = float(left)
-        for reason, count in row.by_reason.items():
+        # The legend's order in every bar, so colours line up row to row.
+        for reason in colors:
+            count = row.by_reason.get(reason, 0)
+            if not count:
+                continue
             w = plot_w * count / x_max
             parts.append(
                 f'<rect class="bar" x="{x:.2f}" y="{y + 3}" width="{w:.2f}" height="{row_h - 6}" '

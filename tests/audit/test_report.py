@@ -1,0 +1,166 @@
+"""The HTML report: self-contained, escaped, and rendered by a real headless browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from filterd.audit.aggregate import Summary
+from filterd.audit.report import ReportMeta, render_report
+from filterd.audit.timeutil import HourBuckets, TimeRange
+
+from .clihelp import run_cli, write_config
+from .streams import BASE_MS, HOUR_MS, Routed, generate, produce
+from .test_aggregate import as_audit
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BOMBER = "<b>bomber</b>"
+
+
+def with_bomber(seed: int) -> list[Routed]:
+    """Six hours of steady traffic, then one sender (with an id that needs escaping)
+    sends 600 blocked messages within one hour."""
+    steady = generate(6000, seed=seed, step_ms=4_000)
+    burst = generate(
+        600,
+        seed=seed + 1,
+        step_ms=5_000,
+        senders=1,
+        prefix="b",
+        start_ms=BASE_MS + 5 * HOUR_MS + 1000,
+    )
+    renamed = [
+        Routed(
+            r.route,
+            r.reason,
+            r.snapshot,
+            r.source,
+            r.ts_ms,
+            r.key,
+            r.value.replace(b'"sender":"106900000"', f'"sender":"{BOMBER}"'.encode()).replace(
+                b'"sender":" 106900000 "', f'"sender":"{BOMBER}"'.encode()
+            ),
+            r.id,
+            BOMBER,
+            r.recipient,
+            r.category,
+        )
+        for r in burst
+    ]
+    return sorted(steady + renamed, key=lambda r: r.ts_ms)
+
+
+class _Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.refs += [v or "" for k, v in attrs if k in ("src", "href", "xlink:href", "srcset")]
+
+
+def test_report_is_self_contained_and_escaped() -> None:
+    summary = Summary(HourBuckets(), sender_hours=True)
+    summary.add_batch(as_audit(with_bomber(41)))
+    meta = ReportMeta(["sms.blocked"], TimeRange(None, None), HourBuckets().tz, "UTC", BASE_MS)
+    page = render_report(summary, meta)
+    parser = _Refs()
+    parser.feed(page)
+    assert parser.refs == []
+    assert "url(" not in page
+    assert "@import" not in page
+    assert "default-src 'none'" in page
+    assert BOMBER not in page  # escaped everywhere
+    assert page.count("&lt;b&gt;bomber&lt;/b&gt;") >= 2  # top senders and the burst table
+    bursts = page.split("Senders whose block rate jumped")[1].split("Snapshot versions")[0]
+    assert "&lt;b&gt;bomber&lt;/b&gt;" in bursts
+    assert "106900001" not in bursts  # steady senders are not flagged
+    assert parser.tags.count("svg") == 3
+
+
+def test_empty_report_renders() -> None:
+    meta = ReportMeta(["sms.blocked"], TimeRange(0, 1), HourBuckets().tz, "UTC", BASE_MS)
+    page = render_report(Summary(HourBuckets(), sender_hours=True), meta)
+    assert "<strong>0</strong> records" in page
+    assert "No sender's block rate jumped" in page
+
+
+def headless(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def console_lines(stderr: str) -> list[str]:
+    # Page console messages and uncaught errors, incl. CSP violations, are logged as
+    # ...:INFO:CONSOLE(...)] or ...:INFO:CONSOLE:NN] lines with --enable-logging.
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it)")
+async def test_report_renders_in_a_headless_browser(
+    kafka_bootstrap: str, new_topic, tmp_path: Path
+) -> None:
+    topic = await new_topic(partitions=3)
+    await produce(kafka_bootstrap, topic, with_bomber(42))
+    config = str(write_config(tmp_path / "f.toml", kafka_bootstrap, block=topic))
+    report = tmp_path / "report.html"
+    assert (
+        await run_cli("audit", "report", "--config", config, "--out", str(report), "--tz", "+08:00")
+        == 0
+    )
+
+    dom = headless(report.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body is not None
+    assert 'data-rendered="ok"' in body.group(0)
+    assert 'data-charts="3"' in body.group(0)  # reasons over time, top senders, one sparkline
+    assert dom.stdout.count('class="bar"') > 50
+    assert console_lines(dom.stderr) == []
+
+    shot = tmp_path / "report.png"
+    run = headless(
+        report.as_uri(),
+        tmp_path / "profile",
+        f"--screenshot={shot}",
+        "--window-size=1100,2000",
+        "--hide-scrollbars",
+    )
+    assert run.returncode == 0
+    assert shot.stat().st_size > 20_000  # a blank page is a few kB
+
+    # The checks can fail: a page with a script error is caught by both.
+    broken = tmp_path / "broken.html"
+    broken.write_text(report.read_text().replace("</body>", "<script>nope()</script></body>"))
+    dom = headless(broken.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert 'data-rendered="error"' in dom.stdout
+    assert any("nope" in line for line in console_lines(dom.stderr))

@@ -226,12 +226,13 @@ async def test_snapshot_swap_changes_decisions_from_the_swap_on(
 
 
 def spawn(stream: Stream, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "filterd", "run", *args],
-        env=dict(os.environ, **stream.env()),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "filterd", "run", *args],
+            env=dict(os.environ, **stream.env()),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def test_two_processes_one_stopped_mid_stream(

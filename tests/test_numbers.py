@@ -19,9 +19,7 @@ country_codes = st.from_regex(r"\A[1-9][0-9]{0,2}\Z")
 def _reference(raw: str, cc: str) -> int | None:
     """An independent, regex-based reading of the same rules; None means invalid."""
     s = re.sub(r"[ \-.()]", "", raw)
-    if m := re.fullmatch(r"\+([0-9]*)", s):
-        digits = m.group(1)
-    elif m := re.fullmatch(r"00([0-9]*)", s):
+    if (m := re.fullmatch(r"\+([0-9]*)", s)) or (m := re.fullmatch(r"00([0-9]*)", s)):
         digits = m.group(1)
     elif re.fullmatch(r"[0-9]+", s):
         digits = cc + re.sub(r"^0", "", s)
@@ -118,7 +116,7 @@ def test_too_short_rejected(raw: str) -> None:
 @given(
     st.text(
         alphabet=st.sampled_from(
-            list("0123456789+ -.()") + ["a", "Z", "\t", "²", "٣", "１", "\u00a0", "#"]
+            [*list("0123456789+ -.()"), "a", "Z", "\t", "²", "٣", "１", "\xa0", "#"]
         ),
         max_size=20,
     ),

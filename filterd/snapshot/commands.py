@@ -84,7 +84,7 @@ def _build(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     # load_snapshot validates everything; a corrupt version raises, no summary is printed.
     snapshot = load_snapshot(args.root, args.snapshot_version)
-    sys.stdout.buffer.write(orjson.dumps(snapshot.summary(), option=orjson.OPT_INDENT_2) + b"\n")
+    print(orjson.dumps(snapshot.summary(), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 

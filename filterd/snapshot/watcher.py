@@ -103,7 +103,10 @@ class SnapshotWatcher:
         try:
             version = current_version(self.root)
         except SnapshotError as exc:
-            self._refuse(f"pointer:{exc}", "(pointer)", exc)
+            seen = f"pointer: {exc}"
+            if seen != self._seen:  # the same broken pointer is reported once
+                self._seen = seen
+                self._refuse("(pointer)", exc)
             return
         if version is None or version == self._seen:
             return
@@ -112,7 +115,7 @@ class SnapshotWatcher:
         try:
             snapshot = await load_snapshot_async(self.root, version)
         except SnapshotError as exc:
-            self._refuse(version, version, exc)
+            self._refuse(version, exc)
             return
         elapsed = time.perf_counter() - started
         previous = self._current
@@ -135,10 +138,7 @@ class SnapshotWatcher:
             except Exception:
                 log.exception("on_swap callback failed")
 
-    def _refuse(self, seen: str, version: str, exc: BaseException) -> None:
-        if seen == self._seen:
-            return  # the same broken pointer as last poll: logged once already
-        self._seen = seen
+    def _refuse(self, version: str, exc: BaseException) -> None:
         log.warning(
             "snapshot %s refused, keeping %s: %s",
             version,

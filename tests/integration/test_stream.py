@@ -318,3 +318,81 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
                           text=True, timeout=60, check=False, env=env)  # fmt: skip
     assert done.returncode != 0
     assert "delivery.mode" in done.stderr
+
+
+async def test_stream_and_replay_agree(
+    stream: Stream, reference: Reference, tmp_path: Path
+) -> None:
+    build_snapshot(stream.root, stream.dataset)
+    records = [(k, v) for k, v in events(stream.dataset, 3_000, seed=11) if b"\n" not in v]
+    await produce(stream, records)
+    async with running(stream.config()):
+        outputs = await stream.outputs_by_route(expected_counts(reference, records))
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
+    ordered = sorted(inputs, key=lambda r: (r.partition, r.offset))
+    lines = tmp_path / "events.jsonl"
+    lines.write_bytes(b"".join((r.value or b"") + b"\n" for r in ordered))
+    from stream_util import cli
+
+    cli(
+        "replay",
+        "--snapshot",
+        str(stream.root),
+        "--input",
+        str(lines),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    replayed = [
+        orjson.loads(x) for x in (tmp_path / "r" / "decisions.jsonl").read_bytes().splitlines()
+    ]
+    streamed = {}
+    for route, recs in outputs.items():
+        for rec in recs:
+            h = {k: v.decode() for k, v in rec.headers}
+            streamed[h["filterd-source"]] = (route, h["filterd-reason"])
+    assert len(replayed) == len(ordered) == len(streamed)
+    for rec, decision in zip(ordered, replayed, strict=True):
+        source = f"{rec.topic}/{rec.partition}/{rec.offset}"
+        assert streamed[source] == (decision["route"], decision["reason"]), source
+
+
+def children_of(pid: int) -> list[str]:
+    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return done.stdout.split()
+
+
+async def test_workers_supervisor_restarts_a_killed_worker(
+    stream: Stream, reference: Reference, tmp_path: Path
+) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    records = events(stream.dataset, 6_000, seed=12)
+    log = tmp_path / "supervisor.log"
+    supervisor = spawn(stream, log, "--workers", "2")
+    try:
+        await produce(stream, records[:3_000])
+        await stream.outputs_by_route(expected_counts(reference, records[:3_000]))
+        children = children_of(supervisor.pid)
+        assert len(children) == 2, children
+        os.kill(int(children[0]), signal.SIGKILL)
+        for _ in range(100):
+            now = children_of(supervisor.pid)
+            if len(now) == 2 and children[0] not in now:
+                break
+            await asyncio.sleep(0.2)
+        assert len(now) == 2, log.read_text()[-2000:]
+        assert children[0] not in now
+        await produce(stream, records[3_000:])
+        outputs = await stream.outputs_by_route(expected_counts(reference, records), timeout=90)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        code = supervisor.wait(60)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "restarting" in text
+    assert text.count("shutdown ◆") == 2  # both live workers shut down gracefully
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
+    verdict = verify(inputs, outputs, {version: reference})
+    assert not verdict.missing
+    assert not verdict.in_two_topics
+    assert not verdict.misrouted

@@ -99,6 +99,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--tz", default="UTC", help="zone for hours and times: UTC, +08:00, Asia/Shanghai"
     )
     parser.add_argument(
+        "--late-ms",
+        type=int,
+        default=300_000,
+        metavar="MS",
+        help="read this far past --to for records stamped out of order (default 300000)",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -125,6 +132,9 @@ class _Context:
             raise ConfigError("--to", "must be later than --from")
         self.tz_label: str = args.tz
         self.time_range = TimeRange(start, end)
+        if args.late_ms < 0:
+            raise ConfigError("--late-ms", "must be >= 0")
+        self.late_ms: int = args.late_ms
         self.params = kafka_params(self.config)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         self.progress: ProgressCallback | None = _print_progress if show else None
@@ -173,10 +183,13 @@ async def summarize(
     *,
     sender_hours: bool = False,
     progress: ProgressCallback | None = None,
+    late_ms: int = 0,
 ) -> Summary:
     """Read ``topics`` over the range into a :class:`Summary`."""
     summary = Summary(buckets, sender_hours=sender_hours)
-    async with RangeReader(params, topics, time_range, progress=progress) as reader:
+    async with RangeReader(
+        params, topics, time_range, progress=progress, late_ms=late_ms
+    ) as reader:
         async for batch in reader.batches():
             summary.add_batch(batch)
     if reader.skipped_out_of_range:
@@ -196,6 +209,7 @@ def _run_summary(args: argparse.Namespace) -> int:
             ctx.time_range,
             HourBuckets(ctx.tz),
             progress=ctx.progress,
+            late_ms=ctx.late_ms,
         )
     )
     out = sys.stdout
@@ -271,9 +285,12 @@ async def export(
     country_code: str,
     unmask: bool = False,
     progress: ProgressCallback | None = None,
+    late_ms: int = 0,
 ) -> int:
     """Write the evidence rows of ``topics`` over the range; return the count."""
-    async with RangeReader(params, topics, time_range, progress=progress) as reader:
+    async with RangeReader(
+        params, topics, time_range, progress=progress, late_ms=late_ms
+    ) as reader:
         async for batch in reader.batches():
             writer.write(
                 export_rows(
@@ -301,6 +318,7 @@ def _run_export(args: argparse.Namespace) -> int:
                 country_code=ctx.config.policy.default_country_code,
                 unmask=args.unmask,
                 progress=ctx.progress,
+                late_ms=ctx.late_ms,
             )
         )
     finally:
@@ -319,7 +337,9 @@ def _run_why(args: argparse.Namespace) -> int:
         _log_unmask(f"message {args.id}")
     topics = [cfg.topics.block, cfg.topics.deliver, cfg.topics.invalid]
     found = asyncio.run(
-        find_message(ctx.params, topics, args.id, ctx.time_range, progress=ctx.progress)
+        find_message(
+            ctx.params, topics, args.id, ctx.time_range, progress=ctx.progress, late_ms=ctx.late_ms
+        )
     )
     root = args.snapshot_root if args.snapshot_root is not None else cfg.snapshot.root
     redecider = Redecider(root, Policy.from_config(cfg.policy))
@@ -392,6 +412,7 @@ def _run_report(args: argparse.Namespace) -> int:
             HourBuckets(ctx.tz),
             sender_hours=True,
             progress=ctx.progress,
+            late_ms=ctx.late_ms,
         )
     )
     meta = ReportMeta(

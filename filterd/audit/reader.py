@@ -68,10 +68,16 @@ class RangeReader:
     Use as ``async with RangeReader(...) as reader: async for batch in
     reader.batches(): ...``. Per partition it starts at the first offset
     whose timestamp is ``>= start`` and stops before the first offset whose
-    timestamp is ``>= end`` (or the end offset read at start-up); records
-    between whose timestamp is outside the range (out-of-order producer
-    timestamps) are skipped, so the range is exact at its edges for every
-    record inside the offset window.
+    timestamp is ``>= end + late_ms`` (or the end offset read at start-up);
+    records between whose timestamp is outside the range are skipped.
+
+    The start is exact: no record before the start offset has a timestamp
+    ``>= start``. Timestamps within a partition need not increase (the
+    service copies each input record's timestamp, and one output partition
+    merges several input partitions), so a record stamped before ``end`` may
+    sit after the first one stamped ``>= end``; ``late_ms`` reads that much
+    further to catch such records. With ``late_ms`` at least the worst
+    disorder (the lag between input partitions), the end is exact too.
     """
 
     def __init__(
@@ -83,8 +89,10 @@ class RangeReader:
         progress: ProgressCallback | None = None,
         progress_interval_s: float = 1.0,
         max_records: int = 5000,
+        late_ms: int = 0,
     ) -> None:
         self._params = params
+        self._late_ms = late_ms
         self._topics = tuple(topics)
         self._range = time_range
         self._progress = progress
@@ -171,7 +179,10 @@ class RangeReader:
                 starts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
             else:
                 starts = await self._offsets_at(consumer, tps, self._range.start_ms, ends)
-            stops = await self._offsets_at(consumer, tps, self._range.end_ms, ends)
+            end_ms = self._range.end_ms
+            if end_ms is not None:
+                end_ms += self._late_ms
+            stops = await self._offsets_at(consumer, tps, end_ms, ends)
         except KafkaError as exc:
             raise BrokerError(f"cannot look up offsets: {exc}") from exc
         plan = [
@@ -268,19 +279,3 @@ class RangeReader:
                     for tp in stops:
                         done += max(0, await consumer.position(tp) - starts[tp])
                     self._progress(ReadProgress(done, total, self.records))
-
-
-async def read_all(
-    params: KafkaParams,
-    topics: Sequence[str],
-    time_range: TimeRange,
-    sink: Callable[[list[AuditRecord]], None],
-    *,
-    progress: ProgressCallback | None = None,
-) -> RangeReader:
-    """Read every record in range and hand each batch to ``sink``; return the
-    (closed) reader, whose counters say what was read."""
-    async with RangeReader(params, topics, time_range, progress=progress) as reader:
-        async for batch in reader.batches():
-            sink(batch)
-    return reader

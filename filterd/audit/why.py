@@ -59,10 +59,13 @@ async def find_message(
     time_range: TimeRange,
     *,
     progress: ProgressCallback | None = None,
+    late_ms: int = 0,
 ) -> list[AuditRecord]:
     """Every output record of ``message_id`` in ``topics`` within the range."""
     found: list[AuditRecord] = []
-    async with RangeReader(params, topics, time_range, progress=progress) as reader:
+    async with RangeReader(
+        params, topics, time_range, progress=progress, late_ms=late_ms
+    ) as reader:
         async for batch in reader.batches():
             found.extend(matching(batch, message_id))
     return found

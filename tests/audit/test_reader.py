@@ -175,3 +175,20 @@ async def test_a_live_topic_read_terminates_at_the_start_end_offsets(
         await writer
     assert summary.total == planned >= 400
     assert 400 + written > planned
+
+
+async def test_late_records_after_the_end_edge_are_caught_with_late_ms(
+    kafka_bootstrap: str, new_topic
+) -> None:
+    topic = await new_topic(partitions=1)
+    b = BASE_MS
+    # b+30 was stamped before the end (b+40) but written after a record stamped b+45, as
+    # when one input partition lags behind another.
+    await produce(kafka_bootstrap, topic, stamped([b + 10, b + 20, b + 45, b + 30, b + 90], "l"),
+                  partitions=1)  # fmt: skip
+    window = TimeRange(b + 10, b + 40)
+    assert await read_ids(kafka_bootstrap, [topic], window) == ["l10", "l20"]
+    async with RangeReader(KafkaParams(kafka_bootstrap), [topic], window, late_ms=10) as r:
+        ids = [orjson.loads(rec.value)["id"] async for batch in r.batches() for rec in batch]
+        assert [(p.start, p.stop) for p in r.ranges] == [(0, 4)]
+    assert ids == ["l10", "l20", "l30"]

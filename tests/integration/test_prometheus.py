@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from reference import Reference
+from stream_util import Stream, build_snapshot
 
 from filterd.http import Health, HealthServer
+from filterd.loadgen import iter_events, load_dataset, write_dataset
+from filterd.loadgen.produce import produce_events
 from filterd.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +99,10 @@ class Prometheus:
             if accept(result):
                 return result
             if time.monotonic() > deadline:
-                raise AssertionError(f"{expr} never satisfied the test; last result {result}")
+                targets = await asyncio.to_thread(self.api, "/api/v1/targets")
+                raise AssertionError(
+                    f"{expr} never satisfied the test; last result {result}; targets {targets}"
+                )
             await asyncio.sleep(0.5)
 
 
@@ -205,3 +216,90 @@ async def test_prometheus_scrapes_the_endpoint_and_runs_rules_and_dashboard(
     # Every dashboard query is valid PromQL for this server.
     for expr in dashboard_queries():
         await asyncio.to_thread(prometheus.query, expr)
+
+
+def start_filterd(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``filterd run`` in a child process, its output in ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "filterd", "run"], env=env, stdout=log, stderr=log
+        )
+
+
+@pytest.mark.kafka
+async def test_prometheus_reads_back_a_running_filterd(
+    prometheus: Prometheus, kafka_bootstrap: str, new_topic, new_group, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    dataset = tmp_path / "dataset"
+    write_dataset(dataset, senders=6, recipients=600, consents=1_200, seed=11)
+    stream = Stream(
+        bootstrap=kafka_bootstrap,
+        input=await new_topic(partitions=2),
+        deliver=await new_topic(partitions=1),
+        block=await new_topic(partitions=1),
+        invalid=await new_topic(partitions=1),
+        group=new_group(),
+        root=tmp_path / "snapshots",
+        dataset=dataset,
+    )
+    version = await asyncio.to_thread(build_snapshot, stream.root, dataset)
+    records = list(iter_events(load_dataset(dataset), 400, seed=5, bad_rate=0.1))
+    reference = Reference.from_dataset(dataset)
+    expected = Counter(reference.decide(value) for _, value in records)
+
+    port = free_port()
+    env = dict(
+        os.environ,
+        **stream.env(
+            FILTERD_METRICS_ENABLED="true",
+            FILTERD_METRICS_PORT=str(port),
+            FILTERD_LOGGING_FORMAT="json",
+        ),
+    )
+    log_path = tmp_path / "filterd.log"
+    process = start_filterd(env, log_path)
+    try:
+        prometheus.set_targets(f"127.0.0.1:{port}")
+        await produce_events(stream.bootstrap, stream.input, records, rate=None)
+
+        # Every event, counted by route and reason, read back through Prometheus's API.
+        result = await prometheus.wait_for(
+            "filterd_events_total", lambda r: sum(r.values()) == len(records), timeout=120
+        )
+        got = Counter({(dict(k)["route"], dict(k)["reason"]): int(v) for k, v in result.items()})
+        assert +got == expected
+        assert await asyncio.to_thread(prometheus.query, "filterd_snapshot_info") == {
+            (("version", version),): 1.0
+        }
+        await prometheus.wait_for("filterd_ready", lambda r: r == {(): 1.0})
+        lag = await asyncio.to_thread(prometheus.query, "sum(filterd_consumer_lag_records)")
+        assert set(lag) == {()}
+        # `filterd check` finds the same process through the same configuration.
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "filterd", "check"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["snapshot"] == version
+    except AssertionError as exc:
+        tail = log_path.read_text()[-6000:]
+        raise AssertionError(f"{exc}\n--- filterd log (tail) ---\n{tail}") from None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(process.wait, 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, log_path.read_text()
+    # JSON logs: the start line and the shutdown summary are JSON objects.
+    entries = [
+        json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
+    ]
+    messages = [e["msg"] for e in entries if e["logger"] == "filterd.service"]
+    assert any("started" in m for m in messages), messages
+    assert any(m.startswith("shutdown") for m in messages), messages

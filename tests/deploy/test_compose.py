@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_util import DEPLOY, config_from, parse_cli, seconds
+from deploy_util import DEPLOY, config_from, parse_cli, require_tool, seconds
 
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
@@ -226,6 +226,21 @@ def test_prometheus_scrapes_filterd_and_loads_the_alert_rules(stack: dict[str, A
     rule_targets = [t for t, s in mounts.items() if s.endswith("alerts.yml")]
     assert rule_targets, "alerts.yml is not mounted"
     assert any(Path(rule_targets[0]).match(glob) for glob in config["rule_files"])
+
+
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    broken = tmp_path / "prometheus.yml"
+    broken.write_text((COMPOSE_DIR / "prometheus.yml").read_text().replace("type: A", "type: AAA"))
+    for path, valid in ((COMPOSE_DIR / "prometheus.yml", True), (broken, False)):
+        result = subprocess.run(
+            [promtool, "check", "config", "--syntax-only", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (result.returncode == 0) is valid, result.stdout + result.stderr
 
 
 def test_grafana_provisions_the_dashboard(stack: dict[str, Any]) -> None:

@@ -218,18 +218,37 @@ async def test_prometheus_scrapes_the_endpoint_and_runs_rules_and_dashboard(
         await asyncio.to_thread(prometheus.query, expr)
 
 
-def start_filterd(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``filterd run`` in a child process, its output in ``log_path``."""
+def start_filterd(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``filterd run ARGS`` in a child process, its output in ``log_path``."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "filterd", "run"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "filterd", "run", *args], env=env, stdout=log, stderr=log
         )
 
 
+def free_port_pair() -> int:
+    """A port p with p + 1 also free: the ports of workers 0 and 1."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
 @pytest.mark.kafka
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_prometheus_reads_back_a_running_filterd(
-    prometheus: Prometheus, kafka_bootstrap: str, new_topic, new_group, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    prometheus: Prometheus,
+    kafka_bootstrap: str,
+    new_topic,  # type: ignore[no-untyped-def]
+    new_group,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    workers: int,
+) -> None:
     dataset = tmp_path / "dataset"
     write_dataset(dataset, senders=6, recipients=600, consents=1_200, seed=11)
     stream = Stream(
@@ -247,7 +266,7 @@ async def test_prometheus_reads_back_a_running_filterd(
     reference = Reference.from_dataset(dataset)
     expected = Counter(reference.decide(value) for _, value in records)
 
-    port = free_port()
+    port = free_port_pair()
     env = dict(
         os.environ,
         **stream.env(
@@ -257,34 +276,40 @@ async def test_prometheus_reads_back_a_running_filterd(
         ),
     )
     log_path = tmp_path / "filterd.log"
-    process = start_filterd(env, log_path)
+    process = start_filterd(env, log_path, "--workers", str(workers))
     try:
-        prometheus.set_targets(f"127.0.0.1:{port}")
+        # One target per worker: worker i serves on [metrics] port + i.
+        prometheus.set_targets(*(f"127.0.0.1:{port + i}" for i in range(workers)))
         await produce_events(stream.bootstrap, stream.input, records, rate=None)
 
-        # Every event, counted by route and reason, read back through Prometheus's API.
+        # Every event, counted by route and reason over all workers, read back through
+        # Prometheus's API.
         result = await prometheus.wait_for(
-            "filterd_events_total", lambda r: sum(r.values()) == len(records), timeout=120
+            "sum by (route, reason) (filterd_events_total)",
+            lambda r: sum(r.values()) == len(records),
+            timeout=120,
         )
         got = Counter({(dict(k)["route"], dict(k)["reason"]): int(v) for k, v in result.items()})
         assert +got == expected
-        assert await asyncio.to_thread(prometheus.query, "filterd_snapshot_info") == {
-            (("version", version),): 1.0
-        }
-        await prometheus.wait_for("filterd_ready", lambda r: r == {(): 1.0})
+        info = await asyncio.to_thread(
+            prometheus.query, "count by (version) (filterd_snapshot_info)"
+        )
+        assert info == {(("version", version),): workers}
+        await prometheus.wait_for("count(filterd_ready == 1)", lambda r: r == {(): float(workers)})
         lag = await asyncio.to_thread(prometheus.query, "sum(filterd_consumer_lag_records)")
         assert set(lag) == {()}
         # `filterd check` finds the same process through the same configuration.
         done = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "filterd", "check"],
+            [sys.executable, "-m", "filterd", "check", "--workers", str(workers)],
             env=env,
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        assert json.loads(done.stdout)["snapshot"] == version
+        answers = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [a["snapshot"] for a in answers] == [version] * workers
     except AssertionError as exc:
         tail = log_path.read_text()[-6000:]
         raise AssertionError(f"{exc}\n--- filterd log (tail) ---\n{tail}") from None

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     summary.add_argument("--invalid", action="store_true", help="also read the invalid topic")
     summary.add_argument("--format", choices=("table", "json", "csv"), default="table")
     summary.add_argument("--top", type=int, default=20, help="senders listed (default 20)")
-    summary.set_defaults(func=_run_summary)
+    summary.set_defaults(func=_pipe_safe(_run_summary))
 
     export = sub.add_parser("export", help="one row per blocked message: the evidence file")
     _common(export)
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument(
         "--unmask", action="store_true", help="write full recipient numbers (logged)"
     )
-    export.set_defaults(func=_run_export)
+    export.set_defaults(func=_pipe_safe(_run_export))
 
     why = sub.add_parser("why", help="find one message by id and re-decide it")
     why.add_argument("id", help="the message id")
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     why.add_argument("--snapshot-root", type=Path, help="default: [snapshot] root of the config")
     why.add_argument("--format", choices=("text", "json"), default="text")
     why.add_argument("--unmask", action="store_true", help="show the full recipient (logged)")
-    why.set_defaults(func=_run_why)
+    why.set_defaults(func=_pipe_safe(_run_why))
 
     report = sub.add_parser("report", help="a self-contained HTML report with charts")
     _common(report)
@@ -88,7 +88,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--burst-window", type=int, default=6, help="hours of baseline")
     report.add_argument("--burst-min", type=int, default=50, help="blocks in the hour, at least")
     report.add_argument("--burst-ratio", type=float, default=5.0, help="times the baseline")
-    report.set_defaults(func=_run_report)
+    report.set_defaults(func=_pipe_safe(_run_report))
+
+
+def _pipe_safe(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Exit quietly when stdout is closed early (``filterd audit export --out - | head``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except BrokenPipeError:
+            # Python would report the error again when flushing stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141  # as a shell reports a process ended by SIGPIPE
+
+    return run
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +137,8 @@ class _Context:
 
         self.config: Config = load_config(args.config)
         setup_logging(self.config.logging.format, self.config.logging.level)
+        # aiokafka logs every manual assignment at INFO: noise on an auditor's terminal.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
         try:
             self.tz: tzinfo = parse_tz(args.tz)
             start = parse_time(args.start, self.tz) if args.start else None

@@ -341,9 +341,16 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
                 f"{b.ratio:.1f}",
                 sparkline(summary.sender_hours[b.sender], hours, b.hour),
             )
-            for b in bursts
+            # Each row carries a chart over every hour: cap the list so a long
+            # report of a noisy month stays a file a browser opens at once.
+            for b in bursts[: meta.top]
         ]
         out.append(_table_with_svg(rows))
+        if len(bursts) > meta.top:
+            out.append(
+                f'<p class="note">{len(bursts) - meta.top} more senders jumped by this rule; '
+                "raise --top to list them.</p>"
+            )
     else:
         out.append("<p>No sender's block rate jumped by this rule.</p>")
     out.append("</section>")

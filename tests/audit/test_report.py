@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -164,3 +165,17 @@ async def test_report_renders_in_a_headless_browser(
     dom = headless(broken.as_uri(), tmp_path / "profile", "--dump-dom")
     assert 'data-rendered="error"' in dom.stdout
     assert any("nope" in line for line in console_lines(dom.stderr))
+
+
+def test_burst_list_is_capped_at_top() -> None:
+    summary = Summary(HourBuckets(), sender_hours=True)
+    assert summary.sender_hours is not None
+    for n in range(5):
+        sender = f"bomber-{n}"
+        summary.sender_hours[sender] = Counter({10: 1, 11: 100 + n})
+        summary.by_hour.update({10: 1, 11: 100 + n})
+    meta = ReportMeta(["b"], TimeRange(None, None), HourBuckets().tz, "UTC", BASE_MS, top=3)
+    page = render_report(summary, meta)
+    bursts = page.split("Senders whose block rate jumped")[1]
+    assert [f"bomber-{n}" in bursts for n in range(5)] == [False, False, True, True, True]
+    assert "2 more senders jumped" in bursts

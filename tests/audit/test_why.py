@@ -3,13 +3,16 @@ snapshot version that decided it."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from filterd.audit.records import AuditRecord
+from filterd.audit.records import AuditRecord, event_fields
 from filterd.audit.why import Redecider, matching
 from filterd.router import Policy, decide_value
 from filterd.snapshot import build_snapshot, load_snapshot
@@ -207,3 +210,20 @@ def test_redecider_loads_each_version_once(snapshots) -> None:
     assert redecider.redecide(record._replace(reason="no-consent")).reproduces is False
     assert loads == [v1]
     assert redecider.redecide(record._replace(snapshot="../../etc")).available is False
+
+
+@given(mid=st.text(min_size=1, max_size=20), ascii_only=st.booleans())
+def test_matching_finds_any_id_however_it_is_encoded(mid: str, ascii_only: bool) -> None:
+    # The byte pre-filter must never hide a match: ids with quotes, backslashes, control
+    # or non-ASCII characters, encoded raw (orjson) or fully escaped (json, ensure_ascii).
+    encoded = json.dumps({"id": mid, "sender": "s"}, ensure_ascii=ascii_only).encode()
+    other = orjson.dumps({"id": mid + "x", "sender": "s"})
+    records = [AuditRecord("t", 0, i, 0, None, v, "block", "r", "v", "s")
+               for i, v in enumerate((other, encoded, orjson.dumps({"id": mid})))]  # fmt: skip
+    assert [r.offset for r in matching(records, mid)] == [1, 2]
+
+
+@given(st.binary(max_size=200))
+def test_event_parsing_never_raises(value: bytes) -> None:
+    fields = event_fields(value)
+    assert fields.id is None or isinstance(fields.id, str)

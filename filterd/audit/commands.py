@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import getpass
-import io
 import logging
 import os
 import sys
@@ -26,13 +24,16 @@ import orjson
 from filterd.audit.aggregate import Summary
 from filterd.audit.export import ExportFilter, RowWriter, export_rows
 from filterd.audit.mask import full_recipient, mask_recipient
+from filterd.audit.output import format_why, write_summary_csv, write_summary_table
 from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader, ReadProgress
+from filterd.audit.records import event_fields
 from filterd.audit.report import BurstRule, ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time, parse_tz
+from filterd.audit.why import Redecider, Sighting, find_message
 from filterd.errors import ConfigError, FilterdError
+from filterd.router import Policy
 
 if TYPE_CHECKING:
-    from filterd.audit.why import Sighting
     from filterd.config import Config
 
 logger = logging.getLogger(__name__)
@@ -240,50 +241,6 @@ def _run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_summary_csv(summary: Summary, top: int, out: TextIO) -> None:
-    """CSV form: ``section,key,reason,count`` rows, one section per count."""
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(("section", "key", "reason", "count"))
-    writer.writerow(("total", "", "", summary.total))
-    data = summary.to_json(top)
-    for reason, count in summary.by_reason.most_common():
-        writer.writerow(("reason", reason, "", count))
-    for row in summary.top_senders(top):
-        writer.writerow(("sender", row.sender, "", row.total))
-        for reason, count in row.by_reason.items():
-            writer.writerow(("sender", row.sender, reason, count))
-    by_hour = data["by_hour"]
-    assert isinstance(by_hour, dict)
-    for label, count in by_hour.items():
-        writer.writerow(("hour", label, "", count))
-    for version, count in sorted(summary.by_snapshot.items()):
-        writer.writerow(("snapshot", version, "", count))
-
-
-def write_summary_table(summary: Summary, top: int, out: TextIO) -> None:
-    """Plain-text tables for a terminal."""
-
-    def table(title: str, rows: list[tuple[str, str]]) -> None:
-        out.write(f"\n{title}\n")
-        width = max((len(key) for key, _ in rows), default=0)
-        for key, value in rows:
-            out.write(f"  {key:<{width}}  {value:>10}\n")
-
-    out.write(f"total  {summary.total}\n")
-    table("by reason", [(r, str(c)) for r, c in summary.by_reason.most_common()])
-    rows = summary.top_senders(top)
-    table(
-        f"top {len(rows)} senders",
-        [
-            (row.sender, f"{row.total}  " + ", ".join(f"{r} {c}" for r, c in row.by_reason.items()))
-            for row in rows
-        ],
-    )
-    label = summary.buckets.label
-    table("by hour", [(label(h), str(summary.by_hour[h])) for h in sorted(summary.by_hour)])
-    table("by snapshot", [(v, str(c)) for v, c in sorted(summary.by_snapshot.items())])
-
-
 def _open_out(path: str) -> tuple[TextIO, Callable[[], None]]:
     if path == "-":
         return sys.stdout, lambda: None
@@ -345,9 +302,6 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_why(args: argparse.Namespace) -> int:
-    from filterd.audit.why import Redecider, Sighting, find_message
-    from filterd.router import Policy
-
     ctx = _Context(args)
     cfg = ctx.config
     if args.unmask:
@@ -364,8 +318,6 @@ def _run_why(args: argparse.Namespace) -> int:
     show = full_recipient if args.unmask else mask_recipient
     sightings = [Sighting(record, redecider.redecide(record)) for record in found]
     if args.format == "json":
-        from filterd.audit.records import event_fields
-
         doc = {
             "id": args.id,
             "found": [
@@ -378,44 +330,6 @@ def _run_why(args: argparse.Namespace) -> int:
     if not sightings:
         return 1
     return 0 if all(s.redecision.reproduces is not False for s in sightings) else 3
-
-
-def format_why(
-    message_id: str,
-    sightings: list[Sighting],
-    tz: tzinfo,
-    show: Callable[[str | None, str], str],
-    country: str,
-) -> str:
-    """The text form of ``why``."""
-    from filterd.audit.records import event_fields
-
-    if not sightings:
-        return f"message {message_id}: not found in the topics and time range read\n"
-    buf = io.StringIO()
-    for s in sightings:
-        r, again = s.record, s.redecision
-        fields = event_fields(r.value)
-        buf.write(
-            f"message {message_id}\n"
-            f"  found in   {r.location} at {format_ms(r.timestamp_ms, tz)}\n"
-            f"  sender     {fields.sender}\n"
-            f"  recipient  {show(fields.recipient, country)}\n"
-            f"  category   {fields.category or '(none: marketing)'}\n"
-            f"  route      {r.route}\n"
-            f"  reason     {r.reason}\n"
-            f"  snapshot   {r.snapshot}\n"
-            f"  source     {r.source}\n"
-        )
-        if again.available:
-            verdict = "REPRODUCES" if again.reproduces else "DOES NOT REPRODUCE"
-            buf.write(
-                f"  re-decided against snapshot {again.snapshot}: "
-                f"{again.route} {again.reason} - {verdict}\n"
-            )
-        else:
-            buf.write(f"  not re-decided: snapshot {again.snapshot} {again.error}\n")
-    return buf.getvalue()
 
 
 def _run_report(args: argparse.Namespace) -> int:

@@ -75,6 +75,7 @@ SnapshotLoader = Callable[[Path, str], SnapshotView]
 
 
 def _default_loader(root: Path, version: str) -> SnapshotView:
+    # Imported on first use: only a re-decision needs the snapshot reader.
     from filterd.snapshot import load_snapshot
 
     snapshot: SnapshotView = load_snapshot(root, version)

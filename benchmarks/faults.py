@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -172,8 +173,24 @@ class Broker:
         await self._script("down")
         say("broker stopped gracefully")
 
+    def pid(self) -> int | None:
+        """The broker JVM started from our state directory (the check kafka.sh makes)."""
+        needle = f"kafka.Kafka {self.state}/server.properties"
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmdline:
+                return int(entry.name)
+        return None
+
     async def hard_kill(self) -> None:
-        pid = int((self.state / "kafka.pid").read_text().strip())
+        pid = self.pid()
+        if pid is None:
+            raise RuntimeError(f"no broker of {self.state} is running")
         os.kill(pid, signal.SIGKILL)
         # Not our child (kafka.sh detaches it with setsid): poll until it is gone.
         while _alive(pid):  # noqa: ASYNC110
@@ -285,8 +302,20 @@ class Fleet:
                 say(f"worker {worker.name} exited on its own with {rc}; see {worker.log}")
         return gone
 
+    def kill_all(self) -> None:
+        """On the way out after an error: nothing of ours is left running."""
+        for worker in list(self.workers.values()):
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
+        self.workers.clear()
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(w) for w in list(self.workers.values())))
+
+
+#: Every fleet of the run, so that an error or a signal leaves no worker behind.
+FLEETS: list[Fleet] = []
 
 
 def service_has_kill_hook() -> bool:
@@ -332,18 +361,17 @@ class Snapshots:
         """A version whose bitmap bytes no longer match its manifest, made current."""
         scratch = self.workdir / f"scratch-{self.count + 1}"
         version = self._build(data, scratch)
-        from filterd.snapshot import store  # the layout is the snapshot package's
+        from filterd.snapshot import format as snapshot_format  # the layout is the package's
 
-        source = store.version_dir(scratch, version)
-        target = store.version_dir(self.root, version)
-        shutil.copytree(source, target)
-        bitmaps = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix != ".json")
+        target = self.root / version
+        shutil.copytree(scratch / version, target)
+        bitmaps = sorted(p for p in target.iterdir() if p.suffix == ".roar")
         victim = max(bitmaps, key=lambda p: p.stat().st_size)
         raw = bytearray(victim.read_bytes())
         for i in range(0, len(raw), max(1, len(raw) // 64)):
             raw[i] ^= 0x5A
         victim.write_bytes(bytes(raw))
-        store.set_current(self.root, version)
+        snapshot_format.publish_pointer(self.root, version)
         self.corrupt.add(version)
         say(f"corrupt snapshot {version} made current ({victim.name} damaged)")
         return version
@@ -642,6 +670,7 @@ async def run_mode(
         }
     )
     fleet = Fleet(env, logdir)
+    FLEETS.append(fleet)
     for _ in range(2):
         fleet.start(initial=True)
 
@@ -658,13 +687,13 @@ async def run_mode(
     stop_supervising = asyncio.Event()
 
     async def supervise() -> None:
-        # Like systemd or Kubernetes would: a base worker that died is started again.
+        # Like systemd or Kubernetes would: a worker that died on its own is started
+        # again. (Workers the suite kills are replaced by the fault itself.)
         while not stop_supervising.is_set():
             for worker in fleet.reap():
                 if not worker.hook:
+                    await asyncio.sleep(1.0)
                     fleet.start()
-            while len(fleet.base()) < 2 and not stop_supervising.is_set():
-                fleet.start()
             await asyncio.sleep(0.5)
 
     supervisor = asyncio.create_task(supervise())
@@ -877,16 +906,30 @@ async def run_mode(
 
 
 async def run_suite(args: argparse.Namespace, plan: Plan, workdir: Path, out: Path) -> int:
+    # The suite's own clients complain loudly while the broker is down on purpose;
+    # their log goes to the work directory, not the console.
+    clients_log = logging.FileHandler(workdir / "clients.log")
+    clients_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("aiokafka").addHandler(clients_log)
+    logging.getLogger("aiokafka").propagate = False
     say(f"suite {plan.name}, seed {args.seed}, work directory {workdir}")
     broker_log = (workdir / "broker-control.log").open("a")
     broker = Broker(args.port, workdir / "broker", broker_log)
     runs: list[dict[str, object]] = []
+    # SIGTERM (a CI timeout, a Ctrl+C'd make) unwinds through the finally below.
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
     try:
         await broker.up()
         for mode in args.modes:
             runs.append(await run_mode(mode, plan, broker, workdir, args.seed))
     finally:
-        with contextlib.suppress(Exception):
+        for fleet in FLEETS:
+            fleet.kill_all()
+        with contextlib.suppress(BaseException):
             await broker.down()
         broker_log.close()
     passed = bool(runs) and all(r["passed"] for r in runs)

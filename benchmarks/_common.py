@@ -458,7 +458,6 @@ async def output_span(bootstrap: str, topics: Sequence[str]) -> OutputSpan:
     await consumer.start()
     try:
         tps = await _partitions(consumer, topics)
-        consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
         per_topic = dict.fromkeys(topics, 0)
@@ -480,6 +479,7 @@ async def output_span(bootstrap: str, topics: Sequence[str]) -> OutputSpan:
         for tp, ts in firsts.items():
             if ts != first:
                 continue
+            consumer.assign([tp])
             consumer.seek(tp, begins[tp])
             done = False
             while not done:
@@ -496,6 +496,10 @@ async def output_span(bootstrap: str, topics: Sequence[str]) -> OutputSpan:
 
 
 async def _record_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> ConsumerRecord:
+    # One partition assigned at a time: aiokafka does not fetch again from a broker
+    # while records of another assigned partition sit unread in its buffer, so a
+    # partition-filtered getmany() could wait forever.
+    consumer.assign([tp])
     consumer.seek(tp, offset)
     while True:
         got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
@@ -524,12 +528,15 @@ async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str
         await consumer.seek_to_beginning(*tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
-            got = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            # Unfiltered getmany(): a partition-filtered one can stall while another
+            # partition's records sit in the fetch buffer (see _record_at).
+            got = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             for tp, records in got.items():
                 for r in records:
                     out.append((event_id(r.value), r.timestamp))
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
+                    consumer.pause(tp)
         return out
     finally:
         await consumer.stop()

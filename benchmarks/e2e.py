@@ -77,6 +77,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
 
 ROUTES = ("deliver", "block", "invalid")
+#: Bound on reading a run's output back; a hang here is a harness bug, not a result.
+READ_TIMEOUT_S = 300.0
 
 #: The goals the hot path is tuned against (see benchmarks/README.md).
 GOALS = {
@@ -320,7 +322,7 @@ class Session:
                     len(events), stall_timeout_s=self.stall_timeout_s, alive=proc.alive
                 )
             await proc.stop()
-            span = await output_span(self.bootstrap, outputs)
+            span = await asyncio.wait_for(output_span(self.bootstrap, outputs), READ_TIMEOUT_S)
             return {
                 "msgs_per_s": round(span.msgs_per_s(), 1),
                 "records_in": len(events),
@@ -370,7 +372,9 @@ class Session:
                     alive=proc.alive,
                 )
             await proc.stop()
-            arrivals = await read_arrivals(self.bootstrap, outputs)
+            arrivals = await asyncio.wait_for(
+                read_arrivals(self.bootstrap, outputs), READ_TIMEOUT_S
+            )
             lat = list(latencies_ms(arrivals, paced.sent_ms))
             summary: dict[str, object] = dict(latency_summary(lat))
             summary.update(

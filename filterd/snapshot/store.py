@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple, TypeAlias, cast
+from typing import NamedTuple, TypeAlias, TypeVar, cast
 
 import orjson
 from pyroaring import BitMap64, FrozenBitMap64
@@ -47,6 +47,8 @@ __all__ = [
 #: the 7e9-wide Chinese mobile range reach 4 per container only above ~400k
 #: numbers, so this applies to the long tail of small senders.
 SPARSE_VALUES_PER_CONTAINER = 4
+
+_T = TypeVar("_T")
 
 #: Longest stretch of loading work between two yields to the event loop.
 ASYNC_SLICE_S = 0.002
@@ -294,52 +296,107 @@ def _hash_files(vdir: Path, manifest: dict[str, object]) -> tuple[dict[str, byte
     return contents, problems
 
 
-def _compact(bitmap: BitMap64) -> NumberSet:
-    """The cheaper in-memory form of a loaded bitmap (see SPARSE_VALUES_PER_CONTAINER)."""
-    if not bitmap:
-        return _EMPTY
-    containers = bitmap.get_statistics()["n_containers"]
-    if len(bitmap) < SPARSE_VALUES_PER_CONTAINER * containers:
-        return SortedNumbers(bitmap.to_array())
-    bitmap.shrink_to_fit()
-    return cast(NumberSet, bitmap)
-
-
 # A loading step yields None after each bounded piece of work and returns the snapshot.
 _Steps = Generator[None, None, ConsentSnapshot]
 
 
 def _load_bitmap(
     data: bytes, name: str, chunks: list[list[int]], what: str, problems: list[str]
-) -> Generator[None, None, NumberSet]:
-    """Deserialize range-partitioned chunks one by one, merging them; yields between chunks."""
+) -> Generator[None, None, tuple[NumberSet, int]]:
+    """Deserialize range-partitioned chunks one by one into the cheaper in-memory form.
+
+    Yields after every chunk-sized piece of work. Nothing here touches the whole
+    bitmap in one call (``len``, statistics, ``to_array`` or freeing a big
+    bitmap each walk all its containers with the GIL held): counts come from
+    the chunks, and the sparse-or-dense choice from the chunks' statistics.
+    Returns (numbers, how many).
+    """
     view = memoryview(data)
-    acc: BitMap64 | None = None
+    pieces: list[BitMap64] = []
     last_max = -1
+    containers = total = 0
     for offset, length, cardinality in chunks:
         if offset + length > len(data):
             problems.append(f"{name}: chunk of {what} at {offset}+{length} beyond end of file")
-            return _EMPTY
+            return _EMPTY, 0
         try:
             # A memoryview slice avoids copying the chunk; pyroaring reads any buffer.
             piece = BitMap64.deserialize(cast(bytes, view[offset : offset + length]))
         except (ValueError, IndexError, OverflowError, MemoryError) as exc:
             problems.append(f"{name}: chunk of {what} at {offset} does not deserialize: {exc}")
-            return _EMPTY
+            return _EMPTY, 0
         if len(piece) != cardinality or not piece:
             problems.append(f"{name}: chunk of {what} at {offset} has {len(piece)} values")
-            return _EMPTY
+            return _EMPTY, 0
         if piece.min() <= last_max:
             problems.append(f"{name}: chunks of {what} overlap or are out of order")
-            return _EMPTY
+            return _EMPTY, 0
         last_max = piece.max()
-        if acc is None:
-            acc = piece
-        else:
-            yield
-            acc |= piece
+        containers += piece.get_statistics()["n_containers"]
+        total += cardinality
+        pieces.append(piece)
         yield
-    return _EMPTY if acc is None else _compact(acc)
+    if not pieces:
+        return _EMPTY, 0
+    if total < SPARSE_VALUES_PER_CONTAINER * containers:
+        values: array[int] = array("Q")
+        for piece in pieces:
+            values.extend(piece.to_array())
+            yield
+        pieces.clear()
+        return SortedNumbers(values), total
+    # Dense enough for roaring: merge the pieces (disjoint ranges) into one bitmap.
+    # No shrink_to_fit(): deserialized containers are exact-sized already.
+    acc = pieces[0]
+    for piece in pieces[1:]:
+        acc |= piece
+        yield
+    pieces.clear()
+    return cast(NumberSet, acc), total
+
+
+def release_steps(snapshot: ConsentSnapshot) -> Generator[None, None, None]:
+    """Empty a snapshot nobody uses any more in bounded pieces; yields between pieces.
+
+    Freeing a big sparse bitmap walks all its containers with the GIL held
+    (~20 ms for 3 M numbers), so big bitmaps are emptied range by range first.
+    Only for a snapshot no reader can reach: it is left empty.
+    """
+    senders = snapshot.senders
+    while senders:
+        _sender, entry = senders.popitem()
+        for numbers in entry:
+            yield from _empty_bitmap(numbers)
+        del entry
+        yield
+    yield from _empty_bitmap(snapshot.dnd_numbers)
+
+
+def _empty_bitmap(numbers: NumberSet) -> Generator[None, None, None]:
+    if not isinstance(numbers, BitMap64) or not numbers:
+        return
+    # 2**26 values span 1024 containers: one chunk's worth of work per step.
+    step = 1 << 26
+    low, high = numbers.min(), numbers.max() + 1
+    while low < high:
+        numbers.remove_range(low, min(high, low + step))
+        low += step
+        yield
+
+
+async def run_sliced(steps: Generator[None, None, _T]) -> _T:
+    """Drive a step generator on the running loop, yielding to it every ASYNC_SLICE_S."""
+    clock = time.perf_counter
+    deadline = clock() + ASYNC_SLICE_S
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+        if clock() >= deadline:
+            await asyncio.sleep(0)
+            deadline = clock() + ASYNC_SLICE_S
 
 
 def _load_steps(
@@ -368,34 +425,36 @@ def _load_steps(
             problems.append(f"{fmt.SENDERS}:{lineno}: duplicate sender {sender!r}")
             break
         members: list[NumberSet] = []
+        sizes: list[int] = []
         for key, name in (("consents", fmt.CONSENTS), ("optouts", fmt.OPTOUTS)):
             chunks = entry.get(key)
             if not _chunk_list_ok(chunks):
                 problems.append(f"{fmt.SENDERS}:{lineno}: {key} is not a chunk list")
                 break
             spans[name].extend((c[0], c[1]) for c in chunks)
-            members.append(
-                (
-                    yield from _load_bitmap(
-                        contents[name], name, chunks, f"sender {sender!r}", problems
-                    )
-                )
+            numbers, size = yield from _load_bitmap(
+                contents[name], name, chunks, f"sender {sender!r}", problems
             )
+            members.append(numbers)
+            sizes.append(size)
         if problems:
             break
-        if not members[0] and not members[1]:
+        if not sizes[0] and not sizes[1]:
             problems.append(f"{fmt.SENDERS}:{lineno}: sender {sender!r} has no numbers")
             break
         senders[sender] = SenderConsent(members[0], members[1])
-        n_consents += len(members[0])
-        n_optouts += len(members[1])
+        n_consents += sizes[0]
+        n_optouts += sizes[1]
         yield
     dnd_chunks = manifest["dnd_chunks"]
     assert isinstance(dnd_chunks, list)
     dnd: NumberSet = _EMPTY
+    n_dnd = 0
     if not problems:
         spans[fmt.DND] = [(c[0], c[1]) for c in dnd_chunks]
-        dnd = yield from _load_bitmap(contents[fmt.DND], fmt.DND, dnd_chunks, "dnd", problems)
+        dnd, n_dnd = yield from _load_bitmap(
+            contents[fmt.DND], fmt.DND, dnd_chunks, "dnd", problems
+        )
     if not problems:
         # Chunks must tile each data file exactly: no gaps, no overlap, nothing extra.
         for name, file_spans in spans.items():
@@ -408,7 +467,7 @@ def _load_steps(
             else:
                 if position != len(contents[name]):
                     problems.append(f"{name}: {len(contents[name]) - position} bytes not indexed")
-        found = Counts(len(senders), n_consents, n_optouts, len(dnd))
+        found = Counts(len(senders), n_consents, n_optouts, n_dnd)
         expected = Counts(*(counts_m[k] for k in Counts._fields))
         if found != expected:
             problems.append(
@@ -425,7 +484,7 @@ def _load_steps(
         created_at=created_at,
         senders=senders,
         dnd_numbers=dnd,
-        counts=Counts(len(senders), n_consents, n_optouts, len(dnd)),
+        counts=Counts(len(senders), n_consents, n_optouts, n_dnd),
         bytes=sum(int(files[n]["bytes"]) for n in fmt.DATA_FILES)
         + (vdir / fmt.MANIFEST).stat().st_size,
         manifest=manifest,
@@ -468,18 +527,7 @@ async def load_snapshot_async(root: Path, version: str | None = None) -> Consent
     contents, problems = await asyncio.to_thread(_hash_files, vdir, manifest)
     if problems:
         raise SnapshotCorrupt(version, problems)
-    steps = _load_steps(vdir, version, manifest, contents)
-    clock = time.perf_counter
-    deadline = clock() + ASYNC_SLICE_S
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            snapshot: ConsentSnapshot = done.value
-            return snapshot
-        if clock() >= deadline:
-            await asyncio.sleep(0)
-            deadline = clock() + ASYNC_SLICE_S
+    return await run_sliced(_load_steps(vdir, version, manifest, contents))
 
 
 def verify_snapshot(root: Path, version: str | None = None) -> list[str]:

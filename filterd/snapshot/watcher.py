@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,12 @@ from types import TracebackType
 
 from filterd.errors import SnapshotError
 from filterd.snapshot.format import current_version
-from filterd.snapshot.store import ConsentSnapshot, load_snapshot_async
+from filterd.snapshot.store import (
+    ConsentSnapshot,
+    load_snapshot_async,
+    release_steps,
+    run_sliced,
+)
 
 __all__ = ["SnapshotWatcher"]
 
@@ -55,6 +61,8 @@ class SnapshotWatcher:
         self._seen: str | None = None  # pointer text last acted on (loaded or refused)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Old snapshots, kept until no reader holds them, then freed in small pieces.
+        self._retired: list[ConsentSnapshot] = []
 
     @property
     def current(self) -> ConsentSnapshot | None:
@@ -121,6 +129,8 @@ class SnapshotWatcher:
         previous = self._current
         self._current = snapshot
         self._ready.set()
+        if previous is not None:
+            self._retired.append(previous)
         log.info(
             "snapshot %s in force: %d senders, %d consents, %d opt-outs, %d dnd; "
             "loaded in %.2fs (was %s)",
@@ -151,11 +161,39 @@ class SnapshotWatcher:
             except Exception:
                 log.exception("on_refused callback failed")
 
+    async def release_retired(self) -> int:
+        """Free old snapshots that no reader holds any more; return how many.
+
+        Dropping the last reference to a big snapshot would free all its bitmaps
+        in one GIL-holding stretch (tens of ms at 10 M consents) wherever that
+        happens, e.g. in the stream. So the watcher keeps old versions and frees
+        them here, in slices, once nothing else refers to them (readers that
+        still decide a batch with one, or hold its sender table, keep it alive).
+        """
+        released = 0
+        kept: list[ConsentSnapshot] = []
+        while self._retired:
+            snapshot = self._retired.pop()
+            # References: the local name and getrefcount's argument; the tables
+            # are held by the snapshot's attribute and the argument.
+            if (
+                sys.getrefcount(snapshot) > 2
+                or sys.getrefcount(snapshot.senders) > 2
+                or (snapshot.counts.dnd > 0 and sys.getrefcount(snapshot.dnd_numbers) > 2)
+            ):
+                kept.append(snapshot)
+                continue
+            await run_sliced(release_steps(snapshot))
+            released += 1
+        self._retired = kept
+        return released
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval_s)
             try:
                 await self.check()
+                await self.release_retired()
             except Exception:
                 # A bug or an OS error must not end the watching; the old snapshot stays.
                 log.exception("snapshot check failed")

@@ -137,9 +137,9 @@ def test_bad_row_in_dnd_file_reported(tmp_path: Path) -> None:
 
 
 def test_line_numbers_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from filterd.snapshot import build
+    from filterd.snapshot import inputs
 
-    monkeypatch.setattr(build, "_BLOCK", 64)  # many blocks, lines cut at block edges
+    monkeypatch.setattr(inputs, "_BLOCK", 64)  # many blocks, lines cut at block edges
     rows = [("s", f"138{i:08d}") for i in range(500)] + [("s", "oops")]
     with pytest.raises(SnapshotInputError) as info:
         build_snapshot(

@@ -129,7 +129,7 @@ async def test_each_batch_is_decided_by_exactly_one_version(tmp_path: Path) -> N
     versions = {_build(tmp_path, root, 0): 0}
     async with SnapshotWatcher(root, 0.005) as watcher:
         stop = asyncio.Event()
-        batches: list[list[tuple[str, bool, bool]]] = []
+        batches: list[list[tuple[str, tuple[bool, ...]]]] = []
 
         async def stream() -> None:
             while not stop.is_set():
@@ -137,15 +137,9 @@ async def test_each_batch_is_decided_by_exactly_one_version(tmp_path: Path) -> N
                 assert snapshot is not None
                 batch = []
                 for _ in range(20):
-                    k = versions[snapshot.version]
-                    # One event per version number; only "its" number is consented.
-                    batch.append(
-                        (
-                            snapshot.version,
-                            snapshot.consented("s", BASE + k),
-                            snapshot.consented("s", BASE + k + 1),
-                        )
-                    )
+                    # An "event" per candidate number; version k consents BASE + k only.
+                    decisions = tuple(snapshot.consented("s", BASE + k) for k in range(6))
+                    batch.append((snapshot.version, decisions))
                     await asyncio.sleep(0)  # other tasks (the watcher) run mid-batch
                 batches.append(batch)
 
@@ -161,8 +155,10 @@ async def test_each_batch_is_decided_by_exactly_one_version(tmp_path: Path) -> N
         await asyncio.gather(stream(), publisher())
     seen = set()
     for batch in batches:
-        assert len({version for version, _, _ in batch}) == 1
-        assert all(hit and not miss for _, hit, miss in batch)
+        assert len({version for version, _ in batch}) == 1
+        for version, decisions in batch:
+            k = versions[version]
+            assert decisions == tuple(j == k for j in range(6))
         seen.add(batch[0][0])
     assert len(seen) >= 2  # swaps happened while batches ran
 
@@ -170,3 +166,50 @@ async def test_each_batch_is_decided_by_exactly_one_version(tmp_path: Path) -> N
 def test_poll_interval_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         SnapshotWatcher(tmp_path, 0)
+
+
+async def test_old_snapshot_is_released_only_when_no_reader_holds_it(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    _build(tmp_path, root, 1)
+    watcher = SnapshotWatcher(root, 3600)  # no polls: the test drives check() itself
+    await watcher.start()
+    try:
+        held = watcher.current  # a reader still deciding a batch with version 1
+        assert held is not None
+        await asyncio.to_thread(_build, tmp_path, root, 2)
+        await watcher.check()
+        assert watcher.current is not None
+        assert watcher.current is not held
+        assert await watcher.release_retired() == 0  # still in use: kept intact
+        assert held.consented("s", BASE + 1)
+        assert len(held.senders) == 1
+        del held
+        assert await watcher.release_retired() == 1
+        assert await watcher.release_retired() == 0
+        assert watcher.current.consented("s", BASE + 2)  # the one in force is untouched
+    finally:
+        await watcher.stop()
+
+
+def test_release_steps_empty_a_big_bitmap_in_pieces() -> None:
+    from datetime import UTC, datetime
+
+    from pyroaring import BitMap64
+
+    from filterd.snapshot import Counts, SenderConsent
+    from filterd.snapshot.store import release_steps
+
+    big = BitMap64(range(BASE, BASE + (1 << 28), 997))
+    snap = ConsentSnapshot(
+        version="v",
+        created_at=datetime.now(UTC),
+        senders={"s": SenderConsent(big, BitMap64())},
+        dnd_numbers=BitMap64([BASE]),
+        counts=Counts(1, len(big), 0, 1),
+        bytes=0,
+        manifest={},
+    )
+    steps = sum(1 for _ in release_steps(snap))
+    assert steps >= 4  # 2**28 values span 4 steps of 2**26
+    assert not big
+    assert snap.senders == {}

@@ -296,8 +296,12 @@ async def test_prometheus_reads_back_a_running_filterd(
         )
         assert info == {(("version", version),): workers}
         await prometheus.wait_for("count(filterd_ready == 1)", lambda r: r == {(): float(workers)})
-        lag = await asyncio.to_thread(prometheus.query, "sum(filterd_consumer_lag_records)")
-        assert set(lag) == {()}
+        if workers == 1:
+            # With two workers a partition may change hands after its records were routed;
+            # its new owner has nothing to fetch, so no lag to report, and the old owner
+            # dropped the series at revocation. One worker keeps its partitions.
+            lag = await asyncio.to_thread(prometheus.query, "sum(filterd_consumer_lag_records)")
+            assert lag == {(): 0.0}
         # `filterd check` finds the same process through the same configuration.
         done = await asyncio.to_thread(
             subprocess.run,

@@ -157,6 +157,9 @@ def split_chunks(bitmap: BitMap64) -> Iterator[BitMap64]:
     """
     if not bitmap:
         return  # an empty bitmap has no chunks
+    if len(bitmap) <= CHUNK_MAX_CONTAINERS:
+        yield bitmap  # cannot span more containers than it has values
+        return
     total = bitmap.get_statistics()["n_containers"]
     if total <= CHUNK_MAX_CONTAINERS:
         yield bitmap

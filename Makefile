@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint typecheck test demo kafka-fetch kafka-up kafka-down kafka-logs
-.PHONY: bench bench-quick bench-sweep bench-decide bench-deps
+.PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot
 .PHONY: faults faults-quick fuzz
 
 help: ## list the targets
@@ -75,6 +75,9 @@ bench-sweep: bench-deps ## each tuning knob's effect on throughput and p99 (~15 
 
 bench-decide: $(STAMP) ## micro-benchmark: decision path per event vs orjson.loads alone
 	$(BIN)/python -m benchmarks.decide_bench $(BENCH_ARGS)
+
+bench-snapshot: $(STAMP) ## consent store: build rate, memory, load, loop stall, lookups at 1e6/1e7 (~10 min)
+	$(BIN)/python -m benchmarks.snapshot_bench $(BENCH_ARGS)
 
 # Fault injection (docs/reliability.md): a private broker on FAULTS_KAFKA_PORT (default 19392)
 # that the suite kills and restarts; the shared broker is never touched. FAULTS_ARGS=... passes

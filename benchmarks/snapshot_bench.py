@@ -376,7 +376,7 @@ def child_layouts(root: str, layout: str) -> dict[str, object]:
             bm = self._b.get(n >> 32)
             return bm is not None and (n & 0xFFFFFFFF) in bm
 
-    from filterd.snapshot.store import _compact
+    from filterd.snapshot.store import compact
 
     tracemalloc.start()
     _settle()
@@ -389,7 +389,7 @@ def child_layouts(root: str, layout: str) -> dict[str, object]:
         elif layout == "roaring64":
             store[s] = BitMap64.deserialize(blob)
         else:
-            store[s] = _compact(BitMap64.deserialize(blob))
+            store[s] = compact(BitMap64.deserialize(blob))
     load_s = time.perf_counter() - t
     _settle()
     heap1, py1 = _heap(), tracemalloc.get_traced_memory()[0]

@@ -355,6 +355,18 @@ def _load_bitmap(
     return cast(NumberSet, acc), total
 
 
+def compact(bitmap: BitMap64) -> NumberSet:
+    """The in-memory form the loader chooses for ``bitmap`` (SPARSE_VALUES_PER_CONTAINER).
+
+    Uses whole-bitmap calls: for tools and benchmarks, not for the event loop.
+    """
+    if not bitmap:
+        return _EMPTY
+    if len(bitmap) < SPARSE_VALUES_PER_CONTAINER * bitmap.get_statistics()["n_containers"]:
+        return SortedNumbers(bitmap.to_array())
+    return cast(NumberSet, bitmap)
+
+
 def release_steps(snapshot: ConsentSnapshot) -> Generator[None, None, None]:
     """Empty a snapshot nobody uses any more in bounded pieces; yields between pieces.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -37,6 +38,27 @@ from filterd.config import Config
 from filterd.pipeline import Builder, PartitionOutput
 
 log = logging.getLogger(__name__)
+
+
+#: Test hook for the fault suite: with ``FILTERD_FAULT_KILL_AFTER_PRODUCE=N`` the
+#: process dies (exit 137, as after ``kill -9``) once its N-th batch is produced
+#: and acknowledged but not yet committed: the worst moment for a crash.
+KILL_HOOK_ENV = "FILTERD_FAULT_KILL_AFTER_PRODUCE"
+
+
+class _KillHook:
+    __slots__ = ("remaining",)
+
+    def __init__(self) -> None:
+        value = os.environ.get(KILL_HOOK_ENV, "")
+        self.remaining = int(value) if value.isdigit() else 0
+
+    def __call__(self) -> None:
+        if self.remaining:
+            self.remaining -= 1
+            if not self.remaining:
+                log.warning("%s: exiting between produce and commit", KILL_HOOK_ENV)
+                os._exit(137)
 
 
 class Delivery(Protocol):
@@ -89,6 +111,7 @@ class AtLeastOnce:
         self._config = config
         self._consumer = consumer
         self._producer = AIOKafkaProducer(**producer_options(config))
+        self._kill_hook = _KillHook()
         self.commits = 0
 
     async def start(self) -> None:
@@ -131,6 +154,7 @@ class AtLeastOnce:
                 log.warning("output of %s/%d not acknowledged: %r", out.topic, out.partition, error)
                 failed.append(out)
         if offsets:
+            self._kill_hook()
             await self._commit(offsets)
         return failed
 
@@ -160,10 +184,12 @@ class ExactlyOnce:
         self._config = config
         self._consumer = consumer
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._opening: dict[TopicPartition, asyncio.Future[None]] = {}
         # A plain producer for topic metadata, and for builders of a partition
         # whose transactional producer is gone (such a batch is never sent:
         # the retry builds it again once the producer is back).
         self._metadata = AIOKafkaProducer(**producer_options(config))
+        self._kill_hook = _KillHook()
         self.commits = 0
 
     def transactional_id(self, tp: TopicPartition) -> str:
@@ -176,6 +202,10 @@ class ExactlyOnce:
         await self._metadata.start()
 
     async def stop(self) -> None:
+        opening = list(self._opening.values())
+        for future in opening:
+            future.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
         await self._close(list(self._producers))
         await self._metadata.stop()
 
@@ -189,9 +219,39 @@ class ExactlyOnce:
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         new = [tp for tp in partitions if tp not in self._producers]
-        await asyncio.gather(*(self._open(tp) for tp in new))
+        results = await asyncio.gather(
+            *(self._producer_for(tp) for tp in new), return_exceptions=True
+        )
+        for tp, result in zip(new, results, strict=True):
+            if isinstance(result, BaseException):
+                # Opened again on the partition's first batch (see _transact).
+                log.warning("opening the producer of %s/%d: %r", tp.topic, tp.partition, result)
+
+    async def _producer_for(self, tp: TopicPartition) -> AIOKafkaProducer:
+        """The partition's producer, opening it once even when asked concurrently.
+
+        Initialising a transactional id can take a while (the broker first
+        aborts what a crashed owner left open); a batch of the partition may
+        arrive meanwhile and must wait for this producer rather than open a
+        second one with the same id, which would fence the first.
+        """
+        producer = self._producers.get(tp)
+        if producer is not None:
+            return producer
+        opening = self._opening.get(tp)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(tp))
+            self._opening[tp] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(tp, None))
+        await asyncio.shield(opening)
+        return self._producers[tp]
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        partitions = list(partitions)
+        opening = [self._opening[tp] for tp in partitions if tp in self._opening]
+        for future in opening:
+            future.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
         await self._close([tp for tp in partitions if tp in self._producers])
 
     async def _open(self, tp: TopicPartition) -> None:
@@ -202,7 +262,11 @@ class ExactlyOnce:
         )
         # start() initialises the transactional id: it aborts what a previous
         # owner left open and fences that owner if it is still alive.
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
         self._producers[tp] = producer
 
     async def _close(self, partitions: list[TopicPartition]) -> None:
@@ -222,12 +286,12 @@ class ExactlyOnce:
         tp = TopicPartition(out.topic, out.partition)
         producer = self._producers.get(tp)
         if producer is None:
-            # Lost in a failed recovery: open it again if the partition is
-            # still ours. The batch was built without it, so it is decided
-            # and built again on the retry.
+            # Still opening, or lost in a failed recovery: wait for it (open
+            # it again) if the partition is still ours. The batch was built
+            # without it, so it is decided and built again on the retry.
             if tp in self._consumer.assignment():
                 try:
-                    await self._open(tp)
+                    await self._producer_for(tp)
                 except (KafkaError, OSError) as exc:
                     log.warning("opening the producer of %s/%d: %r", tp.topic, tp.partition, exc)
             return False
@@ -240,6 +304,7 @@ class ExactlyOnce:
             error = await _await_all(futures)
             if error is not None:
                 raise error
+            self._kill_hook()
             await producer.send_offsets_to_transaction(
                 {tp: out.next_offset}, self._config.kafka.group_id
             )
@@ -272,7 +337,7 @@ class ExactlyOnce:
         if self._producers.get(tp) is producer:
             await self._close([tp])
             try:
-                await self._open(tp)
+                await self._producer_for(tp)
             except (KafkaError, OSError) as open_exc:
                 log.warning(
                     "re-creating the producer of %s/%d: %r", tp.topic, tp.partition, open_exc

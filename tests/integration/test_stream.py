@@ -225,11 +225,13 @@ async def test_snapshot_swap_changes_decisions_from_the_swap_on(
     assert sum(len(v) for v in first.values()) == 1_000
 
 
-def spawn(stream: Stream, log: Path, *args: str) -> subprocess.Popen[bytes]:
+def spawn(
+    stream: Stream, log: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "filterd", "run", *args],
-            env=dict(os.environ, **stream.env()),
+            env=dict(os.environ, **stream.env(**(env or {}))),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -396,3 +398,37 @@ async def test_workers_supervisor_restarts_a_killed_worker(
     assert not verdict.missing
     assert not verdict.in_two_topics
     assert not verdict.misrouted
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+async def test_crash_between_produce_and_commit(
+    stream: Stream, reference: Reference, tmp_path: Path, mode: str
+) -> None:
+    version = build_snapshot(stream.root, stream.dataset)
+    records = events(stream.dataset, 2_000, seed=13)
+    await produce(stream, records)
+    log = tmp_path / "worker.log"
+    hook = {"FILTERD_DELIVERY_MODE": mode, "FILTERD_FAULT_KILL_AFTER_PRODUCE": "1"}
+    crashing = spawn(stream, log, env=hook)
+    assert crashing.wait(60) == 137, log.read_text()[-2000:]
+    assert await committed(stream) == {0: None, 1: None, 2: None}
+    crashed = await stream.outputs_by_route()
+    seen = Counter({route: len(recs) for route, recs in crashed.items()})
+    if mode == "exactly-once":
+        # The open transaction died with the process: read_committed readers see nothing.
+        assert sum(seen.values()) == 0
+    else:
+        assert sum(seen.values()) > 0  # produced and acknowledged, never committed
+    # The restarted process redoes everything not committed.
+    async with running(stream.config(FILTERD_DELIVERY_MODE=mode)):
+        outputs = await stream.outputs_by_route(seen + expected_counts(reference, records))
+    inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
+    verdict = verify(inputs, outputs, {version: reference})
+    assert not verdict.missing
+    assert not verdict.in_two_topics
+    assert not verdict.misrouted
+    if mode == "exactly-once":
+        assert not verdict.duplicated
+    else:
+        # Written again, each into the same topic with the same reason (checked above).
+        assert sum(verdict.duplicated.values()) == sum(seen.values())

@@ -128,7 +128,10 @@ class Decider:
     so a batch is decided by exactly one version (``decider.version``).
     """
 
-    __slots__ = ("_cc", "_dnd", "_exempt", "_max_bytes", "_senders_get", "snapshot", "version")
+    __slots__ = (
+        "_cc", "_default_exempt", "_dnd", "_exempt_get", "_max_bytes", "_senders_get",
+        "snapshot", "version",
+    )  # fmt: skip
 
     def __init__(self, snapshot: SnapshotView, policy: Policy) -> None:
         self.snapshot = snapshot
@@ -137,7 +140,10 @@ class Decider:
         self._dnd = snapshot.dnd_numbers
         self._cc = policy.country_code
         self._max_bytes = policy.max_event_bytes
-        self._exempt = _ExemptCategories(policy)
+        # category -> exempt?, looked up with one C-level dict.get per event.
+        rules = policy.rules if policy.rules is not None else _DEFAULT_RULES
+        self._exempt_get = {c: r == EXEMPT for c, r in rules.items()}.get
+        self._default_exempt = policy.default_rule == EXEMPT
 
     def decide(self, value: bytes | None) -> Outcome:
         """Route one record value. Never raises: a bug becomes ``internal-error``."""
@@ -187,7 +193,7 @@ class Decider:
             number = normalize(recipient, self._cc)
         except InvalidNumber:
             return BAD_RECIPIENT
-        if category in self._exempt:
+        if self._exempt_get(category, self._default_exempt):
             return EXEMPT_CATEGORY
         # require-consent, first match wins (DESIGN.md "Policy and reason codes").
         entry = self._senders_get(sender)
@@ -201,23 +207,6 @@ class Decider:
         if number in self._dnd:
             return RECIPIENT_DND
         return NO_CONSENT
-
-
-class _ExemptCategories:
-    """``category in exempt``: a set test whichever way the default rule points."""
-
-    __slots__ = ("_default_exempt", "_listed")
-
-    def __init__(self, policy: Policy) -> None:
-        rules = policy.rules if policy.rules is not None else _DEFAULT_RULES
-        self._default_exempt = policy.default_rule == EXEMPT
-        # The categories whose rule differs from the default.
-        self._listed = frozenset(
-            c for c, r in rules.items() if (r == EXEMPT) != self._default_exempt
-        )
-
-    def __contains__(self, category: object) -> bool:
-        return (category in self._listed) != self._default_exempt
 
 
 def _missing_or_bad_type(mid: object, sender: object, recipient: object) -> Outcome:

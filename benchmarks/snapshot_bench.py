@@ -141,7 +141,9 @@ def _child(mode: str, *args: str) -> dict[str, object]:
     return result
 
 
-def _sample_pairs(snap: object, k: int, seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+def _sample_pairs(
+    snap: object, k: int, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """k (sender, number) hits drawn like traffic (by sender size), and k misses."""
     from filterd.snapshot import SortedNumbers
 
@@ -181,12 +183,14 @@ def child_load(root: str) -> dict[str, object]:
     """Memory, load time and lookup cost of the chosen store, in a fresh process."""
     from filterd.snapshot import SortedNumbers, load_snapshot
 
+    t = time.perf_counter()
+    snap = load_snapshot(Path(root))  # timed without tracemalloc, which slows allocation
+    load_s = time.perf_counter() - t
+    del snap
     tracemalloc.start()
     _settle()
     heap0, rss0, py0 = _heap(), _rss(), tracemalloc.get_traced_memory()[0]
-    t = time.perf_counter()
     snap = load_snapshot(Path(root))
-    load_s = time.perf_counter() - t
     _settle()
     py1 = tracemalloc.get_traced_memory()[0]
     heap1, rss1 = _heap(), _rss()
@@ -273,10 +277,31 @@ def child_baseline(root: str) -> dict[str, object]:
 
 
 async def _stall(root: Path, second: str) -> dict[str, object]:
-    from filterd.snapshot import SnapshotWatcher, format as fmt
+    from filterd.snapshot import SnapshotWatcher, format as fmt, store, watcher as watcher_mod
 
     lateness: list[float] = []
     running = True
+    step_cpu: list[float] = []
+    sliced = store.run_sliced
+
+    async def run_sliced(steps):  # type: ignore[no-untyped-def]
+        # The library's driver, with each step's CPU time recorded: a wall-clock stall
+        # longer than the longest step is the machine (other processes), not filterd.
+        def timed():  # type: ignore[no-untyped-def]
+            while True:
+                t = time.thread_time()
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    step_cpu.append(time.thread_time() - t)
+                    return done.value
+                step_cpu.append(time.thread_time() - t)
+                yield
+
+        return await sliced(timed())
+
+    store.run_sliced = run_sliced  # type: ignore[assignment]
+    watcher_mod.run_sliced = run_sliced  # type: ignore[assignment]
 
     async def ticker() -> None:
         # Wakes every millisecond; how late it wakes is the loop's stall.
@@ -317,6 +342,8 @@ async def _stall(root: Path, second: str) -> dict[str, object]:
         "stall_p99_ms": q(during, 0.99),
         "stall_p999_ms": q(during, 0.999),
         "ticks_during": len(during),
+        "longest_step_cpu_ms": max(step_cpu) * 1e3,
+        "steps": len(step_cpu),
         "idle_noise_max_ms": max(noise) * 1e3,
         "idle_noise_p99_ms": q(noise, 0.99),
     }
@@ -480,7 +507,9 @@ def run_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, objec
         result["baseline"] = _child("baseline", str(root))
         result["baseline"]["measured"] = True  # type: ignore[index]
     if args.layouts and n <= args.layouts_max:
-        result["layouts"] = [_child("layouts", str(root), lay) for lay in ("roaring64", "bucket32", "hybrid")]
+        result["layouts"] = [
+            _child("layouts", str(root), lay) for lay in ("roaring64", "bucket32", "hybrid")
+        ]
     shutil.rmtree(root)
     return result
 
@@ -491,7 +520,9 @@ def _fmt(x: object, spec: str = ",.0f") -> str:
 
 def table(results: list[dict[str, object]], base_1m: dict[str, object] | None) -> str:
     rows = [
-        "| measure | " + " | ".join(f"{r['consents_target']:,} consents" for r in results) + " | set-of-tuples baseline |",
+        "| measure | "
+        + " | ".join(f"{r['consents_target']:,} consents" for r in results)
+        + " | set-of-tuples baseline |",
         "|---|" + "---|" * (len(results) + 1),
     ]
 
@@ -502,32 +533,69 @@ def table(results: list[dict[str, object]], base_1m: dict[str, object] | None) -
     L = [r["load"] for r in results]
     S = [r["stall"] for r in results]
     line("build from CSV (rows/s)", [_fmt(r["build_rows_per_s"]) for r in results])
-    line("memory (bytes/consent)", [_fmt(x["bytes_per_consent"], ".1f") for x in L], _fmt(b.get("bytes_per_consent"), ".0f"))  # type: ignore[index]
-    line("memory (bytes/stored number, incl. opt-outs, dnd)", [_fmt(x["bytes_per_stored_number"], ".1f") for x in L])  # type: ignore[index]
-    line("RSS growth (bytes/consent)", [_fmt(x["rss_bytes_per_consent"], ".1f") for x in L], _fmt(b.get("rss_bytes_per_consent"), ".0f"))  # type: ignore[index]
+    line(
+        "memory (bytes/consent)",
+        [_fmt(x["bytes_per_consent"], ".1f") for x in L],
+        _fmt(b.get("bytes_per_consent"), ".0f"),
+    )  # type: ignore[index]
+    line(
+        "memory (bytes/stored number, incl. opt-outs, dnd)",
+        [_fmt(x["bytes_per_stored_number"], ".1f") for x in L],
+    )  # type: ignore[index]
+    line(
+        "RSS growth (bytes/consent)",
+        [_fmt(x["rss_bytes_per_consent"], ".1f") for x in L],
+        _fmt(b.get("rss_bytes_per_consent"), ".0f"),
+    )  # type: ignore[index]
     line("disk (bytes/consent)", [_fmt(r["disk_bytes_per_consent"], ".1f") for r in results])
     line("load, sync (s)", [_fmt(x["load_s"], ".2f") for x in L])  # type: ignore[index]
     line("load under a running loop (s)", [_fmt(x["initial_load_s"], ".2f") for x in S])  # type: ignore[index]
     line("longest loop stall, load + swap (ms)", [_fmt(x["stall_max_ms"], ".1f") for x in S])  # type: ignore[index]
     line("loop stall p99.9 (ms)", [_fmt(x["stall_p999_ms"], ".2f") for x in S])  # type: ignore[index]
+    line("longest loading step, CPU (ms)", [_fmt(x["longest_step_cpu_ms"], ".2f") for x in S])  # type: ignore[index]
     line("idle loop noise, max (ms)", [_fmt(x["idle_noise_max_ms"], ".1f") for x in S])  # type: ignore[index]
-    line("biggest sender in one deserialize (ms)", [_fmt(r["one_piece"]["deserialize_ms"], ".1f") for r in results])  # type: ignore[index]
-    line("lookup cold, mixed hit/miss (ns)", [_fmt(x["lookup_ns_cold_mixed"]) for x in L], _fmt(b.get("lookup_ns_cold_mixed")))  # type: ignore[index]
+    line(
+        "biggest sender in one deserialize (ms)",
+        [_fmt(r["one_piece"]["deserialize_ms"], ".1f") for r in results],
+    )  # type: ignore[index]
+    line(
+        "lookup cold, mixed hit/miss (ns)",
+        [_fmt(x["lookup_ns_cold_mixed"]) for x in L],
+        _fmt(b.get("lookup_ns_cold_mixed")),
+    )  # type: ignore[index]
     line("lookup cold, big senders (ns)", [_fmt(x["lookup_ns_cold_big_senders"]) for x in L])  # type: ignore[index]
     line("lookup cold, small senders (ns)", [_fmt(x["lookup_ns_cold_small_senders"]) for x in L])  # type: ignore[index]
     line("lookup warm (ns)", [_fmt(x["lookup_ns_warm"]) for x in L], _fmt(b.get("lookup_ns_warm")))  # type: ignore[index]
-    line("senders: bitmap / sorted array", [f"{x['senders_bitmap']:,} / {x['senders_sorted']:,}" for x in L])  # type: ignore[index]
+    line(
+        "senders: bitmap / sorted array",
+        [f"{x['senders_bitmap']:,} / {x['senders_sorted']:,}" for x in L],
+    )  # type: ignore[index]
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--consents", default="1e6,1e7", help="sizes, comma separated (default 1e6,1e7)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--consents", default="1e6,1e7", help="sizes, comma separated (default 1e6,1e7)"
+    )
     parser.add_argument("--huge", action="store_true", help="also 1e8 consents")
-    parser.add_argument("--baseline-max", type=float, default=1e6, help="largest size to measure the set baseline at")
-    parser.add_argument("--layouts", action="store_true", help="compare key layouts (roaring64, 32-bit buckets, hybrid)")
+    parser.add_argument(
+        "--baseline-max",
+        type=float,
+        default=1e6,
+        help="largest size to measure the set baseline at",
+    )
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="compare key layouts (roaring64, 32-bit buckets, hybrid)",
+    )
     parser.add_argument("--layouts-max", type=float, default=1e7)
-    parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "snapshot.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -554,10 +622,16 @@ def main(argv: list[str] | None = None) -> int:
     base = next((r.get("baseline") for r in results if r.get("baseline")), None)
     report = {
         "benchmark": "snapshot",
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.snapshot_bench", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            [Path(sys.executable).name, "-m", "benchmarks.snapshot_bench", *(argv or sys.argv[1:])]
+        ),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_at_end": os.getloadavg()},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_at_end": os.getloadavg(),
+        },  # fmt: skip
         "normalize_ns": _normalize_ns(),
         "sizes": results,
         "baseline_note": "set of (sender, number) tuples, measured at the sizes up to --baseline-max, "
@@ -573,7 +647,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {x['layout']} | {x['bytes_per_consent']:.1f} | {x['deserialize_s']:.2f} | {_fmt(x['lookup_ns_cold_mixed'])} | {_fmt(x['lookup_ns_small_senders'])} |"
             for x in layouts
         )
-    md += "\n\nnormalize(): " + ", ".join(f"`{k}` {v:.0f} ns" for k, v in report["normalize_ns"].items())  # type: ignore[union-attr]
+    md += "\n\nnormalize(): " + ", ".join(
+        f"`{k}` {v:.0f} ns" for k, v in report["normalize_ns"].items()
+    )  # type: ignore[union-attr]
     header = f"# Snapshot benchmark\n\n`{report['command']}` — {report['when']}, {os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f}\n\n"
     (args.out.with_suffix(".md")).write_text(header + md + "\n")
     print(md)

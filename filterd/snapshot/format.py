@@ -44,10 +44,11 @@ OPTOUTS = "optouts.roar"
 DND = "dnd.roar"
 DATA_FILES = (SENDERS, CONSENTS, OPTOUTS, DND)
 
-#: Upper bound of 16-bit containers per chunk. Deserializing costs ~0.4 µs per
-#: sparse container with the GIL held and merging a chunk into the bitmap
-#: ~1.2 µs, so 1024 keeps one piece near 2 ms (docs/snapshot-format.md).
-CHUNK_MAX_CONTAINERS = 1024
+#: Upper bound of 16-bit containers per chunk. Deserializing a sparse container
+#: costs ~0.5-5 µs with the GIL held (more while the heap grows), merging one into
+#: a bitmap ~1-3 µs, so 256 keeps one piece of loading work near 1 ms
+#: (docs/snapshot-format.md).
+CHUNK_MAX_CONTAINERS = 256
 
 #: Version names: UTC time to the second, then 6 random hex digits.
 VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")

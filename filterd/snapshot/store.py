@@ -301,7 +301,12 @@ _Steps = Generator[None, None, ConsentSnapshot]
 
 
 def _load_bitmap(
-    data: bytes, name: str, chunks: list[list[int]], what: str, problems: list[str]
+    data: bytes,
+    name: str,
+    chunks: list[list[int]],
+    what: str,
+    problems: list[str],
+    positions: dict[str, int],
 ) -> Generator[None, None, tuple[NumberSet, int]]:
     """Deserialize range-partitioned chunks one by one into the cheaper in-memory form.
 
@@ -316,6 +321,11 @@ def _load_bitmap(
     last_max = -1
     containers = total = 0
     for offset, length, cardinality in chunks:
+        # Chunks must tile each file in index order: no gaps, no overlap, nothing extra.
+        if offset != positions.get(name, 0):
+            problems.append(f"{name}: chunk index does not tile the file at byte {offset}")
+            return _EMPTY, 0
+        positions[name] = offset + length
         if offset + length > len(data):
             problems.append(f"{name}: chunk of {what} at {offset}+{length} beyond end of file")
             return _EMPTY, 0
@@ -338,20 +348,21 @@ def _load_bitmap(
         yield
     if not pieces:
         return _EMPTY, 0
+    # Pieces are consumed one by one (pop), so each is freed in its own step:
+    # freeing them all at once would be a long GIL-holding stretch again.
+    pieces.reverse()
     if total < SPARSE_VALUES_PER_CONTAINER * containers:
         values: array[int] = array("Q")
-        for piece in pieces:
-            values.extend(piece.to_array())
+        while pieces:
+            values.extend(pieces.pop().to_array())
             yield
-        pieces.clear()
         return SortedNumbers(values), total
     # Dense enough for roaring: merge the pieces (disjoint ranges) into one bitmap.
     # No shrink_to_fit(): deserialized containers are exact-sized already.
-    acc = pieces[0]
-    for piece in pieces[1:]:
-        acc |= piece
+    acc = pieces.pop()
+    while pieces:
+        acc |= pieces.pop()
         yield
-    pieces.clear()
     return cast(NumberSet, acc), total
 
 
@@ -387,8 +398,8 @@ def release_steps(snapshot: ConsentSnapshot) -> Generator[None, None, None]:
 def _empty_bitmap(numbers: NumberSet) -> Generator[None, None, None]:
     if not isinstance(numbers, BitMap64) or not numbers:
         return
-    # 2**26 values span 1024 containers: one chunk's worth of work per step.
-    step = 1 << 26
+    # 2**24 values span 256 containers: one chunk's worth of work per step.
+    step = 1 << 24
     low, high = numbers.min(), numbers.max() + 1
     while low < high:
         numbers.remove_range(low, min(high, low + step))
@@ -419,7 +430,7 @@ def _load_steps(
     assert isinstance(counts_m, dict)
     senders: dict[str, SenderConsent] = {}
     n_consents = n_optouts = 0
-    spans: dict[str, list[tuple[int, int]]] = {fmt.CONSENTS: [], fmt.OPTOUTS: []}
+    positions: dict[str, int] = {}  # where the next chunk of each file must start
     lines = contents[fmt.SENDERS].split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -443,9 +454,8 @@ def _load_steps(
             if not _chunk_list_ok(chunks):
                 problems.append(f"{fmt.SENDERS}:{lineno}: {key} is not a chunk list")
                 break
-            spans[name].extend((c[0], c[1]) for c in chunks)
             numbers, size = yield from _load_bitmap(
-                contents[name], name, chunks, f"sender {sender!r}", problems
+                contents[name], name, chunks, f"sender {sender!r}", problems, positions
             )
             members.append(numbers)
             sizes.append(size)
@@ -463,22 +473,14 @@ def _load_steps(
     dnd: NumberSet = _EMPTY
     n_dnd = 0
     if not problems:
-        spans[fmt.DND] = [(c[0], c[1]) for c in dnd_chunks]
         dnd, n_dnd = yield from _load_bitmap(
-            contents[fmt.DND], fmt.DND, dnd_chunks, "dnd", problems
+            contents[fmt.DND], fmt.DND, dnd_chunks, "dnd", problems, positions
         )
     if not problems:
-        # Chunks must tile each data file exactly: no gaps, no overlap, nothing extra.
-        for name, file_spans in spans.items():
-            position = 0
-            for offset, length in file_spans:
-                if offset != position:
-                    problems.append(f"{name}: chunk index does not tile the file at byte {offset}")
-                    break
-                position += length
-            else:
-                if position != len(contents[name]):
-                    problems.append(f"{name}: {len(contents[name]) - position} bytes not indexed")
+        for name in (fmt.CONSENTS, fmt.OPTOUTS, fmt.DND):
+            unindexed = len(contents[name]) - positions.get(name, 0)
+            if unindexed:
+                problems.append(f"{name}: {unindexed} bytes not indexed")
         found = Counts(len(senders), n_consents, n_optouts, n_dnd)
         expected = Counts(*(counts_m[k] for k in Counts._fields))
         if found != expected:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,7 +156,22 @@ class Broker:
                 f"kafka.sh {command} failed on port {self.port}; see {self.log.name}"
             )
 
+    def _seed_cluster_id(self) -> None:
+        # kafka.sh draws a random cluster id when the state directory has none; one that
+        # starts with "-" is then read as an option by the storage tool and the format
+        # fails. Writing our own (same encoding, a letter first) sidesteps that.
+        path = self.state / "cluster.id"
+        if path.exists():
+            return
+        while True:
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            if cid[0].isalpha():
+                break
+        self.state.mkdir(parents=True, exist_ok=True)
+        path.write_text(cid + "\n")
+
     async def up(self, attempts: int = 4) -> None:
+        self._seed_cluster_id()
         started = time.monotonic()
         for attempt in range(1, attempts + 1):
             try:
@@ -383,12 +400,21 @@ class Snapshots:
 
 
 async def seed(
-    bootstrap: str, topic: str, plan: Plan, data: fl.ConsentData, tag: str, rng_seed: int
-) -> int:
-    """Produce ``plan.events`` events at ``plan.rate``/s, retrying through broker faults.
+    bootstrap: str,
+    topic: str,
+    plan: Plan,
+    data: fl.ConsentData,
+    tag: str,
+    rng_seed: int,
+    rate: float,
+    gate: asyncio.Event,
+) -> tuple[int, float]:
+    """Produce ``plan.events`` events at ``rate``/s, retrying through broker faults.
 
-    A retried send may land twice; that is harmless because the ground truth is
-    read back from the topic afterwards, not taken from this loop.
+    The last tenth waits for ``gate``: every fault then happens while input is
+    still arriving, however long the faults took. A retried send may land twice;
+    that is harmless because the ground truth is read back from the topic
+    afterwards, not taken from this loop. Returns (events, seconds).
     """
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -400,11 +426,18 @@ async def seed(
     )
     await producer.start()
     events = fl.iter_events(plan.events, tag, data, rng_seed)
-    chunk = max(1, plan.rate // 5)
+    chunk = max(1, int(rate) // 5)
+    gate_at = plan.events * 9 // 10
     started = time.monotonic()
+    paused = 0.0
     sent = 0
     try:
         while True:
+            if sent >= gate_at and not gate.is_set():
+                say(f"seeding: {sent} events sent; the rest waits for the faults to end")
+                pause_started = time.monotonic()
+                await gate.wait()
+                paused += time.monotonic() - pause_started
             batch = [next(events, None) for _ in range(chunk)]
             pending = [e for e in batch if e is not None]
             if not pending:
@@ -433,12 +466,12 @@ async def seed(
                 pending = failed
             sent += len([e for e in batch if e is not None])
             # Pace to the planned rate so that faults land while the stream is busy.
-            ahead = sent / plan.rate - (time.monotonic() - started)
+            ahead = sent / rate - (time.monotonic() - started - paused)
             if ahead > 0:
                 await asyncio.sleep(ahead)
     finally:
         await producer.stop()
-    return sent
+    return sent, time.monotonic() - started
 
 
 async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
@@ -604,6 +637,21 @@ NORMAL_MAX_MESSAGE_BYTES = "2097152"
 # One mode's run
 # ---------------------------------------------------------------------------
 
+#: Mean pause between two faults.
+ACTION_GAP_S = 2.0
+
+
+def estimate_fault_seconds(plan: Plan) -> float:
+    """Roughly how long the fault schedule takes on a small machine (broker starts
+    dominate), so that the input can be paced to span it."""
+    restarts = plan.hard_restarts + plan.graceful_restarts
+    seconds = 13.0  # the stuck-produce window
+    seconds += 3.0 * plan.kills + 4.0 * plan.catchup_kills + 5.0 * plan.hook_kills
+    seconds += 25.0 * restarts + (plan.outage_s + 20.0 if plan.outage_s else 0.0)
+    seconds += 11.0 * plan.storm_cycles + 19.0  # storms, the snapshot swap
+    actions = plan.kills + plan.hook_kills + restarts + plan.storm_cycles + 3
+    return seconds + ACTION_GAP_S * actions
+
 
 @dataclass(slots=True)
 class Tally:
@@ -681,8 +729,12 @@ async def run_mode(
         say(f"service has no {KILL_HOOK_ENV} hook: produce/commit kills only by chance")
 
     started = time.monotonic()
+    gate = asyncio.Event()
+    # Pace the input to span the faults: about 90% of it while they happen.
+    rate = min(float(plan.rate), plan.events * 0.9 / estimate_fault_seconds(plan))
+    say(f"seeding at {rate:.0f} events/s")
     seeding = asyncio.create_task(
-        seed(broker.bootstrap, topics["input"], plan, data_v1, tag, seed_value)
+        seed(broker.bootstrap, topics["input"], plan, data_v1, tag, seed_value, rate, gate)
     )
     stop_supervising = asyncio.Event()
 
@@ -806,17 +858,16 @@ async def run_mode(
     # First, so that the partitions it holds back are released long before the swap.
     actions.insert(0, ("stuck-produce", stuck_produce))
 
-    seeding_s = plan.events / plan.rate
-    gap = max(2.0, seeding_s * 0.8 / (len(actions) + 1) - 8.0)
-    await asyncio.sleep(min(5.0, gap))
+    await asyncio.sleep(2.0)
     for name, action in actions:
-        await asyncio.sleep(rng.uniform(0.5, 1.5) * gap)
+        await asyncio.sleep(rng.uniform(0.5, 1.5) * ACTION_GAP_S)
         say(f"fault: {name}")
         tally.actions.append(name)
         await action()
+    gate.set()
 
-    sent = await seeding
-    say(f"seeding done: {sent} events in {time.monotonic() - started:.0f}s")
+    sent, seeded_s = await seeding
+    say(f"seeding done: {sent} events in {seeded_s:.0f}s")
     inputs = await read_inputs(broker.bootstrap, topics["input"], plan.partitions)
     input_sources = {f"{topics['input']}/{p}/{o}" for p, o in inputs}
     say(f"{len(inputs)} input records; waiting for their outputs")

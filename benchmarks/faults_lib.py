@@ -425,6 +425,8 @@ def verify(
     corrupt = set(corrupt_versions)
     any_version = next(iter(versions.values()))
     seen: dict[Source, list[str]] = {}
+    # Where each copy landed, for the failure examples: topic[partition]@offset (version).
+    where_seen: dict[Source, list[str]] = {}
     cache: dict[tuple[Source, str], tuple[str, str]] = {}
     for out in outputs:
         verdict.outputs += 1
@@ -435,6 +437,9 @@ def verify(
             verdict.note("unknown_source", f"{where} source={out.headers.get('filterd-source')}")
             continue
         seen.setdefault(source, []).append(out.topic)
+        where_seen.setdefault(source, []).append(
+            f"{where} ({out.headers.get('filterd-snapshot', '')})"
+        )
         record = inputs[source]
         if out.value != record.value or out.key != record.key:
             verdict.value_mismatch += 1
@@ -472,10 +477,14 @@ def verify(
             continue
         if len(set(topics)) > 1:
             verdict.in_two_topics += 1
-            verdict.note("in_two_topics", f"{input_topic}/{source[0]}/{source[1]} -> {topics}")
+            verdict.note(
+                "in_two_topics", f"{input_topic}/{source[0]}/{source[1]} -> {where_seen[source]}"
+            )
         if len(topics) > 1:
             verdict.duplicated += len(topics) - 1
-            verdict.note("duplicated", f"{input_topic}/{source[0]}/{source[1]} x{len(topics)}")
+            verdict.note(
+                "duplicated", f"{input_topic}/{source[0]}/{source[1]} -> {where_seen[source]}"
+            )
     return verdict
 
 

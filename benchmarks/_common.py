@@ -299,6 +299,8 @@ class PacedResult:
     #: Most records sent in one tick; far above ``rate × tick_s`` means the
     #: generator fell behind and caught up in a burst.
     max_tick_records: int
+    #: The Kafka client the generator used.
+    client: str = "aiokafka"
 
 
 async def produce_paced(
@@ -531,31 +533,36 @@ async def _record_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int
 
 
 async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str | None, int]]:
-    """Every output record as (event id or None, LogAppendTime ms)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=16 * 1024 * 1024,
-    )
+    """Every output record as (event id or None, LogAppendTime ms).
+
+    One partition at a time (see ``_record_at``): reading them all at once with
+    aiokafka occasionally stalled for good on a finished partition's buffer.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     out: list[tuple[str | None, int]] = []
     try:
         tps = await _partitions(consumer, topics)
-        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            # Unfiltered getmany(): a partition-filtered one can stall while another
-            # partition's records sit in the fetch buffer (see _record_at).
-            got = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-            for tp, records in got.items():
-                for r in records:
-                    out.append((event_id(r.value), r.timestamp))
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-                    consumer.pause(tp)
+        for tp in tps:
+            if ends[tp] <= begins[tp]:
+                continue
+            consumer.assign([tp])
+            consumer.seek(tp, begins[tp])
+            empty = 0
+            while True:
+                got = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+                records = got.get(tp, [])
+                if not records:
+                    empty += 1
+                    if empty >= 30:
+                        raise TimeoutError(f"{tp}: no records for 30 s short of {ends[tp]}")
+                    continue
+                empty = 0
+                out.extend((event_id(r.value), r.timestamp) for r in records)
+                if records[-1].offset + 1 >= ends[tp]:
+                    break
         return out
     finally:
         await consumer.stop()

@@ -383,6 +383,7 @@ class Session:
                 offered=paced.offered,
                 ambiguous_ids=paced.ambiguous_ids,
                 max_tick_records=paced.max_tick_records,
+                generator=paced.client,
                 expected_tick_records=round(rate * 0.002, 1),
                 partitions=parts,
             )
@@ -838,8 +839,9 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         )
     if args.perf_test:
         log.info("kafka perf tools (ceiling)")
+        # At least 200k records: fewer mostly time the JVM warming up.
         results["kafka_perf"] = await kafka_perf(
-            args.bootstrap, args.events, args.partitions, round(avg_size)
+            args.bootstrap, max(args.events, 200_000), args.partitions, round(avg_size)
         )
     ratios = compute_ratios(results)
     overhead = metrics_overhead(results)

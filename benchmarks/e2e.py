@@ -711,11 +711,17 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
         ):
             xs = [j + (i - 1) * width for j in range(len(lat_names))]
             ax.bar(xs, [_num(results[n], key) or 0.0 for n in lat_names], width, label=label)
-        ax.set_xticks(range(len(lat_names)), lat_names)
+        # † marks a variant offered more than its throughput: its bars are a backlog.
+        ticks = [
+            n + (" †" if results[n].get("saturated_at_offered_load") else "")  # type: ignore[union-attr]
+            for n in lat_names
+        ]
+        ax.set_xticks(range(len(lat_names)), ticks)
         ax.set_yscale("log")
         ax.set_ylabel("ms (log scale)")
         ax.set_title(
             f"End-to-end latency at {_fmt(results.get('offered_rate_msgs_per_s'), 0)} msgs/s"
+            " († saturated: offered > its throughput)"
         )
         ax.legend()
         fig.tight_layout()

@@ -34,7 +34,6 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,7 +99,18 @@ def generate(workdir: Path, n: int, seed: int = 1) -> dict[str, Path]:
 class _MallInfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        for name in [
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        ]
     ]
 
 
@@ -277,7 +287,9 @@ def child_baseline(root: str) -> dict[str, object]:
 
 
 async def _stall(root: Path, second: str) -> dict[str, object]:
-    from filterd.snapshot import SnapshotWatcher, format as fmt, store, watcher as watcher_mod
+    from filterd.snapshot import SnapshotWatcher, store
+    from filterd.snapshot import format as fmt
+    from filterd.snapshot import watcher as watcher_mod
 
     lateness: list[float] = []
     running = True
@@ -325,7 +337,7 @@ async def _stall(root: Path, second: str) -> dict[str, object]:
     initial_s = time.perf_counter() - t
     # The pointer is switched from a thread: its fsync would stall this loop itself.
     await asyncio.to_thread(fmt.publish_pointer, root, second)
-    while len(swaps) < 2:
+    while len(swaps) < 2:  # noqa: ASYNC110 - on_swap is a plain callback; poll for it
         await asyncio.sleep(0.01)
     during = lateness[start:]
     await watcher.stop()
@@ -631,26 +643,35 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "loadavg_at_end": os.getloadavg(),
-        },  # fmt: skip
+        },
         "normalize_ns": _normalize_ns(),
         "sizes": results,
-        "baseline_note": "set of (sender, number) tuples, measured at the sizes up to --baseline-max, "
-        "linear beyond (its cost per consent does not fall with size)",
+        "baseline_note": "set of (sender, number) tuples, measured at the sizes up to "
+        "--baseline-max, linear beyond (its cost per consent does not fall with size)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     md = table(results, base)
     layouts = [lay for r in results for lay in r.get("layouts", [])]  # type: ignore[attr-defined]
     if layouts:
-        md += "\n\nKey layouts over the same consents (fresh process each):\n\n| layout | bytes/consent | deserialize (s) | lookup cold (ns) | lookup small senders (ns) |\n|---|---|---|---|---|\n"
+        md += (
+            "\n\nKey layouts over the same consents (fresh process each):\n\n"
+            "| layout | bytes/consent | deserialize (s) | lookup cold (ns) |"
+            " lookup small senders (ns) |\n|---|---|---|---|---|\n"
+        )
         md += "\n".join(
-            f"| {x['layout']} | {x['bytes_per_consent']:.1f} | {x['deserialize_s']:.2f} | {_fmt(x['lookup_ns_cold_mixed'])} | {_fmt(x['lookup_ns_small_senders'])} |"
+            f"| {x['layout']} | {x['bytes_per_consent']:.1f} | {x['deserialize_s']:.2f}"
+            f" | {_fmt(x['lookup_ns_cold_mixed'])} | {_fmt(x['lookup_ns_small_senders'])} |"
             for x in layouts
         )
     md += "\n\nnormalize(): " + ", ".join(
         f"`{k}` {v:.0f} ns" for k, v in report["normalize_ns"].items()
     )  # type: ignore[union-attr]
-    header = f"# Snapshot benchmark\n\n`{report['command']}` — {report['when']}, {os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f}\n\n"
+    header = (
+        f"# Snapshot benchmark\n\n`{report['command']}` — {report['when']}, "
+        f"{os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f} "
+        "(a shared machine: wall-clock figures include other processes' CPU use)\n\n"
+    )
     (args.out.with_suffix(".md")).write_text(header + md + "\n")
     print(md)
     return 0

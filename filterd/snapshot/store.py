@@ -41,12 +41,12 @@ __all__ = [
 ]
 
 #: A bitmap averaging fewer values than this per 16-bit container costs more
-#: than ~25 bytes per number in CRoaring (each container is ~60-120 bytes of
-#: structures), so it is kept as a sorted uint64 array instead: 8 bytes per
-#: number, at the price of a slower (bisect) lookup. Random numbers spread over
-#: the 7e9-wide Chinese mobile range reach 4 per container only above ~400k
-#: numbers, so this applies to the long tail of small senders.
-SPARSE_VALUES_PER_CONTAINER = 4
+#: than ~10 bytes per number in CRoaring (2 bytes per value plus ~60-80 bytes of
+#: structures per container), so it is kept as a sorted uint64 array instead:
+#: 8 bytes per number, at the price of a slower (bisect) lookup. Random numbers
+#: spread over the 7e9-wide Chinese mobile range reach 8 per container only
+#: above ~850k numbers, so big senders stay bitmaps and the tail goes to arrays.
+SPARSE_VALUES_PER_CONTAINER = 8
 
 _T = TypeVar("_T")
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._common import bootstrap_from_env
+from benchmarks._common import bootstrap_from_env, spread
 from benchmarks.e2e import (
     RESULTS,
     RunFailed,
@@ -62,6 +62,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("partitions", (1, 3, 6), 3, kind="partitions"),
     Knob("workers", (1, 2), 1, kind="workers"),
 )
+
+
+_SHOWN = ("msgs_per_s", "p50_ms", "p99_ms")
 
 
 def knob_variant(knob: Knob, value: object, variants: Mapping[str, Variant]) -> Variant:
@@ -110,29 +113,39 @@ async def sweep(args: argparse.Namespace) -> dict[str, object]:
     for knob in KNOBS:
         if wanted is not None and knob.name not in wanted:
             continue
-        rows = []
-        for value in knob.values:
-            variant = knob_variant(knob, value, variants)
-            parts = int(value) if knob.kind == "partitions" else None  # type: ignore[call-overload]
-            row: dict[str, object] = {"value": value, "default": value == knob.default}
-            rates, p99s, p50s = [], [], []
-            for rep in range(args.reps):
+        rates: dict[int, list[float]] = {i: [] for i in range(len(knob.values))}
+        p50s: dict[int, list[float]] = {i: [] for i in range(len(knob.values))}
+        p99s: dict[int, list[float]] = {i: [] for i in range(len(knob.values))}
+        errors: dict[int, list[str]] = {i: [] for i in range(len(knob.values))}
+        # Values interleaved within each repetition (a, b, c, a, b, c): a burst of
+        # load from elsewhere hits every value alike instead of one value's runs.
+        for rep in range(args.reps):
+            for i, value in enumerate(knob.values):
+                variant = knob_variant(knob, value, variants)
+                parts = int(value) if knob.kind == "partitions" else None  # type: ignore[call-overload]
                 log.info("%s = %s (rep %d/%d)", knob.name, value, rep + 1, args.reps)
                 try:
                     t = await session.throughput_run(variant, partitions=parts)
-                    rates.append(float(t["msgs_per_s"]))  # type: ignore[arg-type]
+                    rates[i].append(float(t["msgs_per_s"]))  # type: ignore[arg-type]
                     lat = await session.latency_run(variant, rate, partitions=parts)
-                    p50s.append(float(lat["p50_ms"]))  # type: ignore[arg-type]
-                    p99s.append(float(lat["p99_ms"]))  # type: ignore[arg-type]
+                    p50s[i].append(float(lat["p50_ms"]))  # type: ignore[arg-type]
+                    p99s[i].append(float(lat["p99_ms"]))  # type: ignore[arg-type]
                 except RunFailed as exc:
                     log.error("  %s", exc)
-                    row.setdefault("errors", []).append(str(exc))  # type: ignore[attr-defined]
-            if rates:
-                row["msgs_per_s"] = round(statistics.median(rates), 1)
-            if p99s:
-                row["p50_ms"] = round(statistics.median(p50s), 2)
-                row["p99_ms"] = round(statistics.median(p99s), 2)
-            log.info("  -> %s", {k: v for k, v in row.items() if k != "errors"})
+                    errors[i].append(str(exc))
+        rows = []
+        for i, value in enumerate(knob.values):
+            row: dict[str, object] = {"value": value, "default": value == knob.default}
+            if rates[i]:
+                row["msgs_per_s"] = round(statistics.median(rates[i]), 1)
+                row["msgs_per_s_spread"] = spread(rates[i])
+            if p99s[i]:
+                row["p50_ms"] = round(statistics.median(p50s[i]), 2)
+                row["p99_ms"] = round(statistics.median(p99s[i]), 2)
+                row["p99_ms_spread"] = spread(p99s[i])
+            if errors[i]:
+                row["errors"] = errors[i]
+            log.info("%s = %s -> %s", knob.name, value, {k: row.get(k) for k in _SHOWN})
             rows.append(row)
         knobs_out[knob.name] = rows
     raw_after = (await session.throughput_run(raw))["msgs_per_s"]
@@ -145,6 +158,7 @@ async def sweep(args: argparse.Namespace) -> dict[str, object]:
         "reps": args.reps,
         "offered_rate_msgs_per_s": round(rate, 1),
         "filterd_default_msgs_per_s": baseline,
+        "offered_basis": "--rate" if args.rate else f"{args.load:g} × filterd's default throughput",
         "raw_pipe_msgs_per_s": {"before": raw_before, "after": raw_after},
         "raw_pipe_drift": round(drift, 3),
         "noisy": drift > 0.15,
@@ -167,8 +181,9 @@ def render_markdown(results: Mapping[str, object]) -> str:
         "",
         f"{results['events']:,} events per throughput run, {results['partitions']} partitions "
         f"unless swept, {results['reps']} repetition(s); latency at "
-        f"{results['offered_rate_msgs_per_s']:,.0f} msgs/s offered (half of filterd's "
-        f"{results['filterd_default_msgs_per_s']:,.0f} msgs/s with the defaults). Raw pipe "
+        f"{results['offered_rate_msgs_per_s']:,.0f} msgs/s offered ({results['offered_basis']}; "
+        f"filterd with the defaults: {results['filterd_default_msgs_per_s']:,.0f} msgs/s). "
+        f"Raw pipe "
         f"{raw['before']:,.0f} msgs/s before, {raw['after']:,.0f} after"
         + (" — **the machine was busy: read with care**." if results.get("noisy") else "."),
         f"Machine: {m.get('cpu', '?')}, {m.get('cores')} cores; load average "
@@ -178,10 +193,22 @@ def render_markdown(results: Mapping[str, object]) -> str:
     knobs = results["knobs"]
     assert isinstance(knobs, Mapping)
     for name, rows in knobs.items():
-        lines += [f"## {name}", "", "| value | msgs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+        lines += [
+            f"## {name}",
+            "",
+            "| value | msgs/s (median) | min – max | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for row in rows:
             value = f"{row['value']} (default)" if row.get("default") else str(row["value"])
-            cells = [_cell(row, "msgs_per_s", 0), _cell(row, "p50_ms", 1), _cell(row, "p99_ms", 1)]
+            sp = row.get("msgs_per_s_spread")
+            rng = f"{sp['min']:,.0f} – {sp['max']:,.0f}" if isinstance(sp, Mapping) and sp else "–"
+            cells = [
+                _cell(row, "msgs_per_s", 0),
+                rng,
+                _cell(row, "p50_ms", 1),
+                _cell(row, "p99_ms", 1),
+            ]
             lines.append(f"| {value} | {' | '.join(cells)} |")
         lines.append("")
     return "\n".join(lines)

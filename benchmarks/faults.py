@@ -416,15 +416,7 @@ async def seed(
     that is harmless because the ground truth is read back from the topic
     afterwards, not taken from this loop. Returns (events, seconds).
     """
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,
-        request_timeout_ms=15_000,
-        max_request_size=2_097_152,
-    )
-    await producer.start()
+    producer = await _seed_producer(bootstrap)
     events = fl.iter_events(plan.events, tag, data, rng_seed)
     chunk = max(1, int(rate) // 5)
     gate_at = plan.events * 9 // 10
@@ -438,40 +430,82 @@ async def seed(
                 pause_started = time.monotonic()
                 await gate.wait()
                 paused += time.monotonic() - pause_started
-            batch = [next(events, None) for _ in range(chunk)]
-            pending = [e for e in batch if e is not None]
-            if not pending:
+            batch = [e for e in (next(events, None) for _ in range(chunk)) if e is not None]
+            if not batch:
                 break
+            pending = batch
             while pending:
-                failed: list[tuple[int, bytes, bytes]] = []
-                futures = []
-                for event in pending:
-                    n, key, value = event
-                    try:
-                        fut = await producer.send(
-                            topic, value, key=key, partition=n % plan.partitions
-                        )
-                    except Exception:
-                        failed.append(event)
-                        continue
-                    futures.append((event, fut))
-                results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
-                failed += [
-                    e
-                    for (e, _), r in zip(futures, results, strict=True)
-                    if isinstance(r, BaseException)
-                ]
-                if failed:
+                try:
+                    pending = await asyncio.wait_for(
+                        _send_chunk(producer, topic, pending, plan.partitions), SEND_DEADLINE_S
+                    )
+                except TimeoutError:
+                    # Seen after broker restarts: a producer whose sends never complete.
+                    # A new one re-sends the chunk (records that did land are then
+                    # twice on the input topic, which the read-back accounts for).
+                    say(f"seeding: a send stalled for {SEND_DEADLINE_S:.0f}s; new producer")
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.stop(), 10.0)
+                    producer = await _seed_producer(bootstrap)
+                    continue
+                if pending:
                     await asyncio.sleep(1.0)
-                pending = failed
-            sent += len([e for e in batch if e is not None])
+            sent += len(batch)
             # Pace to the planned rate so that faults land while the stream is busy.
             ahead = sent / rate - (time.monotonic() - started - paused)
             if ahead > 0:
                 await asyncio.sleep(ahead)
     finally:
-        await producer.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 10.0)
     return sent, time.monotonic() - started
+
+
+#: A chunk of seeded events that is not acknowledged within this is sent again.
+SEND_DEADLINE_S = 45.0
+
+Event = tuple[int, bytes, bytes]
+
+
+async def _seed_producer(bootstrap: str) -> AIOKafkaProducer:
+    """acks=all, no idempotence: a resend may duplicate an input, which is harmless here."""
+    while True:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=5,
+            request_timeout_ms=15_000,
+            max_request_size=2_097_152,
+        )
+        try:
+            await producer.start()
+            return producer
+        except Exception as exc:  # the broker may be down right now, on purpose
+            say(f"seeding: producer start failed ({type(exc).__name__}); retrying")
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await asyncio.sleep(2.0)
+
+
+async def _send_chunk(
+    producer: AIOKafkaProducer, topic: str, events: list[Event], partitions: int
+) -> list[Event]:
+    """Send and await a chunk; returns the events that failed."""
+    failed: list[Event] = []
+    futures = []
+    for event in events:
+        n, key, value = event
+        try:
+            fut = await producer.send(topic, value, key=key, partition=n % partitions)
+        except Exception:
+            failed.append(event)
+            continue
+        futures.append((event, fut))
+    results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+    failed += [
+        e for (e, _), r in zip(futures, results, strict=True) if isinstance(r, BaseException)
+    ]
+    return failed
 
 
 async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
@@ -866,8 +900,14 @@ async def run_mode(
         await action()
     gate.set()
 
-    sent, seeded_s = await seeding
-    say(f"seeding done: {sent} events in {seeded_s:.0f}s")
+    problems: list[str] = []
+    try:
+        sent, seeded_s = await asyncio.wait_for(seeding, plan.settle_timeout_s)
+        say(f"seeding done: {sent} events in {seeded_s:.0f}s")
+    except TimeoutError:
+        # Checked with whatever made it to the input topic; the run fails below.
+        problems.append(f"seeding did not finish within {plan.settle_timeout_s:.0f}s")
+        say(problems[-1])
     inputs = await read_inputs(broker.bootstrap, topics["input"], plan.partitions)
     input_sources = {f"{topics['input']}/{p}/{o}" for p, o in inputs}
     say(f"{len(inputs)} input records; waiting for their outputs")
@@ -897,7 +937,6 @@ async def run_mode(
         corrupt_versions=snapshots.corrupt,
     )
     exactly_once = mode == "exactly-once"
-    problems: list[str] = []
     if not committed:
         problems.append("committed offsets did not reach the end of the input")
     new_versions = [v for v in snapshots.versions if v not in snapshots.corrupt][1:]

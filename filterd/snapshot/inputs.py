@@ -104,12 +104,15 @@ def _blocks(record: InputFile) -> Iterator[tuple[int, list[str]]]:
         cut = data.rfind(b"\n") + 1
         tail = data[cut:]
         if cut:
-            lines = _decode(record.path, data[:cut], lineno).split("\n")
+            text = _decode(record.path, data[:cut], lineno)
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")  # CRLF files take the fast path too
+            lines = text.split("\n")
             lines.pop()  # the empty string after the last '\n'
             yield lineno, lines
             lineno += len(lines)
     if tail:
-        yield lineno, [_decode(record.path, tail, lineno)]
+        yield lineno, [_decode(record.path, tail, lineno).rstrip("\r")]
 
 
 def _decode(path: Path, data: bytes, lineno: int) -> str:

@@ -47,9 +47,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, TypeVar
 
 from benchmarks._common import (
     Event,
@@ -71,6 +72,8 @@ from benchmarks._common import (
 )
 
 log = logging.getLogger("benchmarks.e2e")
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -168,6 +171,9 @@ def free_port() -> int:
 class VariantProcess:
     """A variant running as its own process, its output in a log file."""
 
+    #: Every process started and not yet stopped, for :func:`stop_leftovers`.
+    live: ClassVar[set[VariantProcess]] = set()
+
     def __init__(self, argv: Sequence[str], config_path: Path, log_path: Path) -> None:
         self.argv = [*argv, "--config", str(config_path)]
         self.log_path = log_path
@@ -181,6 +187,7 @@ class VariantProcess:
             self.proc = subprocess.Popen(
                 self.argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
+        VariantProcess.live.add(self)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -189,6 +196,7 @@ class VariantProcess:
         """SIGTERM, wait, then SIGKILL; the exit code."""
         if self.proc is None:
             return None
+        VariantProcess.live.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -205,6 +213,29 @@ class VariantProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_leftovers() -> None:
+    """Stop variant processes a crashed or interrupted session left running."""
+    for vp in list(VariantProcess.live):
+        if vp.proc is not None and vp.proc.poll() is None:
+            vp.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                vp.proc.wait(30)
+            if vp.proc.poll() is None:
+                vp.proc.kill()
+    VariantProcess.live.clear()
+
+
+def run_guarded(coro: Coroutine[object, object, T]) -> T:
+    """``asyncio.run`` that never leaves a variant process behind, even on SIGTERM."""
+    # SIGTERM becomes SystemExit, so the finally below runs (Python's default
+    # would end the harness at once and orphan the variant under test).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return asyncio.run(coro)
+    finally:
+        stop_leftovers()
 
 
 # --------------------------------------------------------------------------- the session
@@ -907,7 +938,7 @@ def main(
     """Run the benchmark and write its results."""
     args = resolve_defaults(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    results = asyncio.run(run_session(args))
+    results = run_guarded(run_session(args))
     order = [n for n in DEFAULT_ORDER if n in results]
     for path in write_outputs(results, order, args.out):
         print(path)

@@ -29,9 +29,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from filterd import __version__
+from filterd.logs import RateLimitedLogger
 from filterd.router import OUTCOMES
 
 logger = logging.getLogger(__name__)
+#: Where warnings about bad input go: operators can silence or route them by name.
+input_logger = logging.getLogger("filterd.input")
 
 #: Every (route, reason) pair the policy can produce, from the router itself.
 #: They are created at zero when :class:`Metrics` starts so that ``rate()`` and
@@ -125,6 +128,7 @@ class Metrics:
         *,
         latency_sample_every: int = LATENCY_SAMPLE_EVERY,
         latency_max_per_batch: int = LATENCY_MAX_PER_BATCH,
+        bad_input_log_interval: float | None = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if latency_sample_every < 1 or latency_max_per_batch < 1:
@@ -137,6 +141,12 @@ class Metrics:
         # across batches makes the sample "every k-th record of the stream",
         # which is unbiased whatever the batch sizes are.
         self._sample_phase = 0
+        #: Rate-limited warnings for bursts of bad input (``None``: no warnings).
+        self.bad_input_log: RateLimitedLogger | None = (
+            None
+            if bad_input_log_interval is None
+            else RateLimitedLogger(input_logger, bad_input_log_interval)
+        )
         reg = self.registry
 
         self.events = Counter(
@@ -244,7 +254,9 @@ class Metrics:
 
         ``counts`` maps (route, reason) to how many of the batch's records got
         that decision; ``records`` is the batch size and ``seconds`` the time
-        it took to decide and route it.
+        it took to decide and route it. Invalid records also produce a warning
+        on the ``filterd.input`` logger, at most one per reason every
+        ``bad_input_log_interval`` seconds, with the count of the ones held back.
         """
         children = self._event_children
         for key, n in counts.items():
@@ -253,6 +265,14 @@ class Metrics:
                 if child is None:
                     child = self._event_child(*key)
                 child.inc(n)
+                if key[0] == "invalid" and self.bad_input_log is not None:
+                    self.bad_input_log.log(
+                        key[1],
+                        "%d input records routed to the invalid topic as %s",
+                        n,
+                        key[1],
+                        events=n,
+                    )
         self.batch_records.observe(records)
         self.batch_seconds.observe(seconds)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from filterd.logs import RateLimitedLogger
 from filterd.metrics import KNOWN_DECISIONS, LoopLagMonitor, Metrics
 
 
@@ -204,3 +206,32 @@ async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
     count = len(ticks)
     await asyncio.sleep(0.05)
     assert len(ticks) == count  # stopped for real
+
+
+def test_bad_input_bursts_are_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics()
+    clock = FakeClock(0.0)
+    m.bad_input_log = RateLimitedLogger(logging.getLogger("filterd.input"), 10.0, clock=clock)
+    caplog.set_level(logging.WARNING, logger="filterd.input")
+    m.record_batch({("invalid", "malformed-json"): 3, ("deliver", "consent"): 9}, 12, 0.001)
+    for _ in range(4):
+        clock.now += 1
+        m.record_batch({("invalid", "malformed-json"): 100}, 100, 0.001)
+    m.record_batch({("invalid", "bad-recipient"): 1}, 1, 0.001)
+    clock.now += 10
+    m.record_batch({("invalid", "malformed-json"): 2}, 2, 0.001)
+    assert [r.getMessage() for r in caplog.records] == [
+        "3 input records routed to the invalid topic as malformed-json",
+        "1 input records routed to the invalid topic as bad-recipient",
+        "2 input records routed to the invalid topic as malformed-json"
+        " (400 more suppressed in the last 10s)",
+    ]
+    assert all(r.name == "filterd.input" for r in caplog.records)
+
+
+def test_bad_input_warnings_can_be_turned_off(caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics(bad_input_log_interval=None)
+    caplog.set_level(logging.WARNING, logger="filterd.input")
+    m.record_batch({("invalid", "oversized"): 5}, 5, 0.001)
+    assert caplog.records == []
+    assert value(m.registry, "filterd_events_total", route="invalid", reason="oversized") == 5

@@ -155,7 +155,6 @@ def _sample_pairs(
     snap: object, k: int, seed: int
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """k (sender, number) hits drawn like traffic (by sender size), and k misses."""
-    from filterd.snapshot import SortedNumbers
 
     rng = random.Random(seed)
     senders = snap.senders  # type: ignore[attr-defined]
@@ -165,7 +164,7 @@ def _sample_pairs(
     for name in rng.choices(names, weights=weights, k=k):
         numbers = senders[name].consents
         i = rng.randrange(len(numbers))
-        value = numbers._values[i] if isinstance(numbers, SortedNumbers) else numbers[i]
+        value = numbers[i]
         hits.append((name, value))
     misses = [(name, LO + rng.randrange(SPAN)) for name, _ in hits]
     return hits, misses

@@ -17,7 +17,7 @@ import asyncio
 import bisect
 import time
 from array import array
-from collections.abc import Callable, Collection, Generator, Iterator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,34 +59,30 @@ ASYNC_SLICE_S = 0.002
 NumberSet: TypeAlias = Collection[int]
 
 
-class SortedNumbers:
-    """An immutable sorted set of numbers in a uint64 array (8 bytes per number)."""
+class SortedNumbers(array):  # type: ignore[type-arg]
+    """A sorted set of numbers in a uint64 array (8 bytes per number); read-only by contract.
 
-    __slots__ = ("_values",)
+    A subclass of ``array('Q')`` with no slots of its own, so its instances are
+    not tracked by the cyclic garbage collector: a snapshot of 20k senders adds
+    no work to every full collection (which would otherwise stall the loop).
+    Build it with ``SortedNumbers("Q", values)``.
+    """
 
-    def __init__(self, values: array[int]) -> None:
-        self._values = values
+    __slots__ = ()
 
     def __contains__(
         self, number: object, _bisect: Callable[..., int] = bisect.bisect_left
     ) -> bool:
-        values = self._values
-        i = _bisect(values, number)
-        return i < len(values) and values[i] == number
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._values)
+        i = _bisect(self, number)
+        return i < len(self) and self[i] == number
 
     def __repr__(self) -> str:
-        return f"SortedNumbers(<{len(self._values)} numbers>)"
+        return f"SortedNumbers(<{len(self)} numbers>)"
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the values."""
-        return self._values.itemsize * len(self._values)
+        return self.itemsize * len(self)
 
 
 # pyroaring's stubs declare __contains__(int), narrower than Collection's (object).
@@ -352,11 +348,13 @@ def _load_bitmap(
     # freeing them all at once would be a long GIL-holding stretch again.
     pieces.reverse()
     if total < SPARSE_VALUES_PER_CONTAINER * containers:
-        values: array[int] = array("Q")
+        # Grown piece by piece: big arrays are realloc'd in place (mremap), and
+        # preallocating would touch every page in one step.
+        values = SortedNumbers("Q")
         while pieces:
             values.extend(pieces.pop().to_array())
             yield
-        return SortedNumbers(values), total
+        return cast(NumberSet, values), total
     # Dense enough for roaring: merge the pieces (disjoint ranges) into one bitmap.
     # No shrink_to_fit(): deserialized containers are exact-sized already.
     acc = pieces.pop()
@@ -374,7 +372,7 @@ def compact(bitmap: BitMap64) -> NumberSet:
     if not bitmap:
         return _EMPTY
     if len(bitmap) < SPARSE_VALUES_PER_CONTAINER * bitmap.get_statistics()["n_containers"]:
-        return SortedNumbers(bitmap.to_array())
+        return cast(NumberSet, SortedNumbers("Q", bitmap.to_array()))
     return cast(NumberSet, bitmap)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -41,6 +42,11 @@ class SnapshotWatcher:
     ``snapshot.poll_interval_s``). ``on_swap(snapshot, load_seconds)`` is called
     after each swap, ``on_refused(version, error)`` after each refusal (e.g. to
     count them in metrics); exceptions they raise are logged and ignored.
+    ``freeze_gc`` pauses the cyclic garbage collector while a version loads and
+    then calls :func:`gc.freeze`, so that it stops re-walking the snapshot's
+    objects (and everything else alive at that moment) on every full
+    collection; refcounting still frees them, the old snapshot included. Cyclic
+    garbage created during a load waits until the load ends.
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class SnapshotWatcher:
         *,
         on_swap: OnSwap | None = None,
         on_refused: OnRefused | None = None,
+        freeze_gc: bool = True,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
@@ -57,6 +64,7 @@ class SnapshotWatcher:
         self.poll_interval_s = poll_interval_s
         self._on_swap = on_swap
         self._on_refused = on_refused
+        self.freeze_gc = freeze_gc
         self._current: ConsentSnapshot | None = None
         self._seen: str | None = None  # pointer text last acted on (loaded or refused)
         self._ready = asyncio.Event()
@@ -120,11 +128,22 @@ class SnapshotWatcher:
             return
         self._seen = version
         started = time.perf_counter()
+        # While loading, the cyclic collector would re-walk the growing snapshot
+        # again and again (full collections of 30-60 ms at 20k senders, measured);
+        # it is paused for the load (refcounting frees garbage as usual) and the
+        # snapshot is frozen out of its sight before it runs again.
+        pause_gc = self.freeze_gc and gc.isenabled()
+        if pause_gc:
+            gc.disable()
         try:
             snapshot = await load_snapshot_async(self.root, version)
         except SnapshotError as exc:
             self._refuse(version, exc)
             return
+        finally:
+            if pause_gc:
+                gc.freeze()  # harmless after a failure: the partial load is already freed
+                gc.enable()
         elapsed = time.perf_counter() - started
         previous = self._current
         self._current = snapshot

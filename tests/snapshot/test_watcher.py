@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,14 @@ from filterd.snapshot import format as fmt
 from .data import write_csv
 
 BASE = 8613800000000
+
+
+@pytest.fixture(autouse=True)
+def _gc_restored() -> Iterator[None]:
+    """Watchers freeze the collector's view after loads; give other tests a normal GC."""
+    yield
+    assert gc.isenabled(), "a watcher left the garbage collector disabled"
+    gc.unfreeze()
 
 
 def _build(tmp: Path, root: Path, k: int) -> str:
@@ -213,3 +222,17 @@ def test_release_steps_empty_a_big_bitmap_in_pieces() -> None:
     assert steps >= 16  # 2**28 values span 16 steps of 2**24
     assert not big
     assert snap.senders == {}
+
+
+async def test_gc_paused_during_load_and_snapshot_frozen_after(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    _build(tmp_path, root, 1)
+    gc.unfreeze()
+    async with SnapshotWatcher(root, 3600) as watcher:
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0  # the loaded snapshot is out of the collector's sight
+        await asyncio.to_thread(_publish_corrupt, tmp_path, root, 2)
+        await watcher.check()  # a refused load re-enables the collector too
+        assert gc.isenabled()
+    async with SnapshotWatcher(root, 3600, freeze_gc=False):
+        pass

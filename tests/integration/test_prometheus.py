@@ -291,10 +291,12 @@ async def test_prometheus_reads_back_a_running_filterd(
         )
         got = Counter({(dict(k)["route"], dict(k)["reason"]): int(v) for k, v in result.items()})
         assert +got == expected
-        info = await asyncio.to_thread(
-            prometheus.query, "count by (version) (filterd_snapshot_info)"
+        # Every worker (the second may start after the first routed everything) reports
+        # the snapshot version in force.
+        await prometheus.wait_for(
+            "count by (version) (filterd_snapshot_info)",
+            lambda r: r == {(("version", version),): float(workers)},
         )
-        assert info == {(("version", version),): workers}
         await prometheus.wait_for("count(filterd_ready == 1)", lambda r: r == {(): float(workers)})
         if workers == 1:
             # With two workers a partition may change hands after its records were routed;
@@ -332,3 +334,7 @@ async def test_prometheus_reads_back_a_running_filterd(
     messages = [e["msg"] for e in entries if e["logger"] == "filterd.service"]
     assert any("started" in m for m in messages), messages
     assert any(m.startswith("shutdown") for m in messages), messages
+    # 10 % bad input: rate-limited warnings, with their counts as JSON fields.
+    warnings = [e for e in entries if e["logger"] == "filterd.input"]
+    assert warnings
+    assert all(e["level"] == "WARNING" and e["events"] >= 0 for e in warnings)

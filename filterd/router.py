@@ -14,6 +14,7 @@ well-formed event) takes a single fast path.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -22,9 +23,24 @@ import orjson
 
 from filterd.config import PolicyConfig
 from filterd.errors import InvalidNumber
+from filterd.logs import RateLimitedLogger
 from filterd.numbers import normalize
 
 log = logging.getLogger(__name__)
+_internal_errors = RateLimitedLogger(log, 10.0, level=logging.ERROR)
+
+
+class _Traceback:
+    """Formats an exception's traceback only if the line is actually logged."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __str__(self) -> str:
+        return "".join(traceback.format_exception(self.exc)).rstrip()
+
 
 DELIVER = "deliver"
 BLOCK = "block"
@@ -159,10 +175,13 @@ class Decider:
             if type(event) is not dict:
                 return MALFORMED_JSON
             return self._decide_event(event)
-        except Exception:
+        except Exception as exc:
             # The stream must go on: the record is routed to the invalid topic
-            # and the traceback logged for the bug report.
-            log.exception("decision raised; routing the record as internal-error")
+            # and the traceback logged for the bug report, at most every 10 s so
+            # a bug that hits every record does not flood the log.
+            _internal_errors.log(
+                "internal-error", "decision raised; routing as internal-error: %s", _Traceback(exc)
+            )
             return INTERNAL_ERROR
 
     def _decide_event(self, event: dict[str, object]) -> Outcome:

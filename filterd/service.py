@@ -17,9 +17,9 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -234,9 +234,9 @@ class Service:
         if self.metrics is not None:
             seconds = time.perf_counter() - started
             records = sum(len(r) for r in batch.values())
-            self.metrics.record_batch(
-                {(o.route, o.reason): n for o, n in counts.items()}, records, seconds
-            )
+            # An Outcome is a (route, reason) tuple: the counter is the mapping it takes.
+            by_reason = cast("Mapping[tuple[str, str], int]", counts)
+            self.metrics.record_batch(by_reason, records, seconds)
             for tp, recs in batch.items():
                 if recs:
                     self.metrics.observe_end_to_end(Timestamps(recs))

@@ -330,7 +330,7 @@ class Session:
                 await delete_topics(self.bootstrap, list(topics.values()))
 
     async def throughput_run(
-        self, variant: Variant, *, partitions: int | None = None, workers_note: str = ""
+        self, variant: Variant, *, partitions: int | None = None
     ) -> dict[str, object]:
         """Preload the events, start the variant, time first → last output record."""
         self._runs += 1

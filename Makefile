@@ -86,7 +86,7 @@ FAULTS_ARGS ?=
 FUZZ_SECONDS ?= 300
 FUZZ_ARGS ?=
 
-faults: $(STAMP) ## fault injection, full: >=200k events, 5+ kills, 2+ broker restarts per mode (~20 min)
+faults: $(STAMP) ## fault injection, full: >=200k events, 5+ kills, 2+ broker restarts per mode (~12 min)
 	$(BIN)/python -m benchmarks.faults $(FAULTS_ARGS)
 
 faults-quick: $(STAMP) ## fault injection, quick (the CI size, ~5 min): benchmarks/results/faults-quick.json

@@ -198,6 +198,21 @@ def render_markdown(results: Mapping[str, object]) -> str:
     ]
     knobs = results["knobs"]
     assert isinstance(knobs, Mapping)
+    # Every knob measures the defaults too: how far those runs disagree is how much
+    # the machine drifted over the session. Compare values within a knob only.
+    defaults = [
+        float(row["msgs_per_s"])
+        for rows in knobs.values()
+        for row in rows
+        if row.get("default") and isinstance(row.get("msgs_per_s"), int | float)
+    ]
+    if len(defaults) > 1:
+        lines += [
+            f"The defaults, measured within each knob, ranged {min(defaults):,.0f} – "
+            f"{max(defaults):,.0f} msgs/s over the session: compare values within a knob, "
+            "not across knobs.",
+            "",
+        ]
     for name, rows in knobs.items():
         lines += [
             f"## {name}",

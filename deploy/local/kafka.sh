@@ -176,9 +176,12 @@ EOF
 format_once() {
 	[[ -f "$STATE/data/meta.properties" ]] && return 0
 	if [[ ! -s "$STATE/cluster.id" ]]; then
-		# A Kafka Uuid: 16 random bytes, URL-safe base64 without padding.
-		"$PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
-			>"$STATE/cluster.id"
+		# A Kafka Uuid: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
+		# Uuid.randomUuid(), draw again when it starts with "-": the storage tool would read
+		# such an id as an option.
+		"$PYTHON" -c 'import base64, uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(i)' >"$STATE/cluster.id"
 	fi
 	say "formatting $STATE/data (cluster $(cat "$STATE/cluster.id"))"
 	java -Xmx256m -cp "$LIBS/*" -Dlog4j2.configurationFile="$HERE/tools-log4j2.properties" \

@@ -21,6 +21,7 @@ a record whose output was not acknowledged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -30,7 +31,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
     KafkaError,
-    KafkaTimeoutError,
     ProducerFenced,
 )
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 #: process dies (exit 137, as after ``kill -9``) once its N-th batch is produced
 #: and acknowledged but not yet committed: the worst moment for a crash.
 KILL_HOOK_ENV = "FILTERD_FAULT_KILL_AFTER_PRODUCE"
+#: How long a rebalance waits for new partitions to be ready (exactly-once).
+PREPARE_WAIT_S = 20.0
 
 
 class _KillHook:
@@ -92,6 +94,14 @@ def producer_options(config: Config) -> dict[str, object]:
         "compression_type": None if p.compression_type == "none" else p.compression_type,
         "enable_idempotence": p.enable_idempotence,
     }
+
+
+def _forget(
+    tasks: dict[TopicPartition, asyncio.Future[None]], tp: TopicPartition, done: object
+) -> None:
+    """Done-callback: drop a finished per-partition task from its registry."""
+    if tasks.get(tp) is done:
+        del tasks[tp]
 
 
 async def _await_all(futures: list[asyncio.Future[object]]) -> BaseException | None:
@@ -185,6 +195,7 @@ class ExactlyOnce:
         self._consumer = consumer
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._opening: dict[TopicPartition, asyncio.Future[None]] = {}
+        self._preparing: dict[TopicPartition, asyncio.Future[None]] = {}
         # A plain producer for topic metadata, and for builders of a partition
         # whose transactional producer is gone (such a batch is never sent:
         # the retry builds it again once the producer is back).
@@ -202,7 +213,7 @@ class ExactlyOnce:
         await self._metadata.start()
 
     async def stop(self) -> None:
-        opening = list(self._opening.values())
+        opening = [*self._opening.values(), *self._preparing.values()]
         for future in opening:
             future.cancel()
         await asyncio.gather(*opening, return_exceptions=True)
@@ -218,14 +229,46 @@ class ExactlyOnce:
         return len(await self._metadata.partitions_for(topic))
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        new = [tp for tp in partitions if tp not in self._producers]
-        results = await asyncio.gather(
-            *(self._producer_for(tp) for tp in new), return_exceptions=True
-        )
-        for tp, result in zip(new, results, strict=True):
-            if isinstance(result, BaseException):
-                # Opened again on the partition's first batch (see _transact).
-                log.warning("opening the producer of %s/%d: %r", tp.topic, tp.partition, result)
+        """Make each new partition safe to consume before any of its records is read.
+
+        aiokafka has no KIP-447 "stable" offset fetch: right after a rebalance,
+        the committed offset it reads can predate the previous owner's last
+        transaction, whose offset commit the broker is still writing. So the
+        partitions stay paused until their transactional producer is
+        initialised (the broker completes the previous owner's transaction on
+        the same id first); only then is the committed offset read again and
+        the partition resumed from it.
+        """
+        partitions = [tp for tp in partitions if tp not in self._preparing]
+        self._consumer.pause(*partitions)
+        for tp in partitions:
+            task = asyncio.ensure_future(self._prepare(tp))
+            self._preparing[tp] = task
+            task.add_done_callback(functools.partial(_forget, self._preparing, tp))
+        pending = [self._preparing[tp] for tp in partitions if tp in self._preparing]
+        if pending:
+            # Hold the rebalance a little so the common case starts at once; a
+            # slow partition keeps preparing in the background, still paused.
+            await asyncio.wait(pending, timeout=PREPARE_WAIT_S)
+
+    async def _prepare(self, tp: TopicPartition) -> None:
+        consumer = self._consumer
+        backoff = self._config.service.retry_backoff_s
+        while tp in consumer.assignment():
+            try:
+                await self._producer_for(tp)
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+            except (KafkaError, OSError) as exc:
+                log.warning("preparing %s/%d, retrying: %r", tp.topic, tp.partition, exc)
+                await asyncio.sleep(backoff)
+                continue
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+            return
 
     async def _producer_for(self, tp: TopicPartition) -> AIOKafkaProducer:
         """The partition's producer, opening it once even when asked concurrently.
@@ -242,13 +285,14 @@ class ExactlyOnce:
         if opening is None:
             opening = asyncio.ensure_future(self._open(tp))
             self._opening[tp] = opening
-            opening.add_done_callback(lambda _: self._opening.pop(tp, None))
+            opening.add_done_callback(functools.partial(_forget, self._opening, tp))
         await asyncio.shield(opening)
         return self._producers[tp]
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         partitions = list(partitions)
         opening = [self._opening[tp] for tp in partitions if tp in self._opening]
+        opening += [self._preparing[tp] for tp in partitions if tp in self._preparing]
         for future in opening:
             future.cancel()
         await asyncio.gather(*opening, return_exceptions=True)
@@ -320,28 +364,20 @@ class ExactlyOnce:
             return False
         except (KafkaError, OSError) as exc:
             log.warning("transaction for %s/%d failed, retrying: %r", tp.topic, tp.partition, exc)
-            await self._recover(tp, producer, exc)
+            await self._recover(tp, producer)
             return False
 
-    async def _recover(
-        self, tp: TopicPartition, producer: AIOKafkaProducer, exc: BaseException
-    ) -> None:
-        if not isinstance(exc, KafkaTimeoutError):
-            try:
-                await producer.abort_transaction()
-                return
-            except (KafkaError, OSError) as abort_exc:
-                log.warning("abort failed for %s/%d: %r", tp.topic, tp.partition, abort_exc)
-        # An indefinite outcome (timeout) or a failed abort: start over with a
-        # new producer on the same transactional id, which aborts what is open.
+    async def _recover(self, tp: TopicPartition, producer: AIOKafkaProducer) -> None:
+        # Replace the producer rather than abort and reuse it: after some
+        # errors (a refused record, a timeout) its sequence state is unusable
+        # and every later transaction would fail. Initialising the same
+        # transactional id again aborts whatever the old one left open.
         if self._producers.get(tp) is producer:
             await self._close([tp])
             try:
                 await self._producer_for(tp)
-            except (KafkaError, OSError) as open_exc:
-                log.warning(
-                    "re-creating the producer of %s/%d: %r", tp.topic, tp.partition, open_exc
-                )
+            except (KafkaError, OSError) as exc:
+                log.warning("re-creating the producer of %s/%d: %r", tp.topic, tp.partition, exc)
 
     def _rewind(self, tp: TopicPartition, offset: int) -> None:
         if tp in self._consumer.assignment():

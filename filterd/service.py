@@ -59,6 +59,8 @@ class Service:
         self.force_exit = False
         self.counts: Counter[Outcome] = Counter()
         self.batches = 0
+        #: Counts partition assignments; a batch retried across one is dropped.
+        self.generation = 0
         self.started_at = time.monotonic()
         self.watcher = SnapshotWatcher(
             config.snapshot.root,
@@ -193,6 +195,7 @@ class Service:
         assert delivery is not None
         assert outputs is not None
         decider, headers = self._current_decider()
+        generation = self.generation
         started = time.perf_counter()
         todo = [(tp, records) for tp, records in batch.items() if records]
         counts: Counter[Outcome] = Counter()
@@ -221,6 +224,11 @@ class Service:
                 )
                 break
             await asyncio.sleep(self.config.service.retry_backoff_s)
+            if self.generation != generation:
+                # The group rebalanced meanwhile: positions were reset to the
+                # committed offsets, so these records are fetched again.
+                log.warning("rebalanced while retrying: %d partitions left to refetch", len(failed))
+                break
             # Retry only partitions still ours, with the same snapshot version,
             # so a retried record gets the same decision.
             assignment = consumer.assignment()
@@ -355,6 +363,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         service = self.service
+        service.generation += 1
         if service._delivery is not None:
             await service._delivery.assigned(assigned)
         service.health.assigned = bool(assigned)

@@ -208,6 +208,18 @@ def test_kafka_perf_output_parsers() -> None:
     assert e2e.parse_consumer_perf("") is None
 
 
+def test_decide_bench_times_every_function_on_every_pass() -> None:
+    from benchmarks import decide_bench
+
+    calls: list[bytes] = []
+    passes = decide_bench.time_passes(
+        {"a": calls.append, "b": len}, [b"x", b"yy", b"zzz"], repeat=4
+    )
+    assert set(passes) == {"a", "b"}
+    assert all(len(p) == 4 and all(v > 0 for v in p) for p in passes.values())
+    assert len(calls) == 12  # 4 passes over 3 values
+
+
 # --------------------------------------------------------------------------- through the broker
 
 SMOKE_EVENTS = 3_000

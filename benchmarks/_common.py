@@ -382,7 +382,7 @@ async def produce_paced(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
-    tps = []
+    tps: list[TopicPartition] = []
     for t in topics:
         parts = consumer.partitions_for_topic(t)
         if parts is None:

@@ -113,7 +113,7 @@ class Variant:
 def make_variants(workers: int | None = None) -> dict[str, Variant]:
     """Every variant of the session, by name."""
     py = sys.executable
-    run = (py, "-m", "filterd", "run")
+    run: tuple[str, ...] = (py, "-m", "filterd", "run")
     if workers:
         run += ("--workers", str(workers))
     return {
@@ -580,6 +580,11 @@ def summarize_variant(
     return out
 
 
+def _section(results: Mapping[str, object], name: str) -> Mapping[str, object]:
+    section = results.get(name)
+    return section if isinstance(section, Mapping) else {}
+
+
 def _num(section: object, key: str) -> float | None:
     if isinstance(section, Mapping):
         value = section.get(key)
@@ -719,7 +724,8 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
         meds = [_num(results[n], "msgs_per_s") or 0.0 for n in names]
         lo, hi = [], []
         for n, med in zip(names, meds, strict=True):
-            sp = results[n].get("msgs_per_s_spread", {})  # type: ignore[union-attr]
+            sp = _section(results, n).get("msgs_per_s_spread", {})
+            assert isinstance(sp, Mapping)
             lo.append(med - float(sp.get("min", med)))
             hi.append(float(sp.get("max", med)) - med)
         bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color="#4472c4")
@@ -744,7 +750,7 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
             ax.bar(xs, [_num(results[n], key) or 0.0 for n in lat_names], width, label=label)
         # † marks a variant offered more than its throughput: its bars are a backlog.
         ticks = [
-            n + (" †" if results[n].get("saturated_at_offered_load") else "")  # type: ignore[union-attr]
+            n + (" †" if _section(results, n).get("saturated_at_offered_load") else "")
             for n in lat_names
         ]
         ax.set_xticks(range(len(lat_names)), ticks)

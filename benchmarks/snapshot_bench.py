@@ -286,7 +286,7 @@ def child_baseline(root: str) -> dict[str, object]:
 
 
 async def _stall(root: Path, second: str) -> dict[str, object]:
-    from filterd.snapshot import SnapshotWatcher, store
+    from filterd.snapshot import SnapshotWatcher, load, store
     from filterd.snapshot import format as fmt
     from filterd.snapshot import watcher as watcher_mod
 
@@ -312,6 +312,7 @@ async def _stall(root: Path, second: str) -> dict[str, object]:
         return await sliced(timed())
 
     store.run_sliced = run_sliced  # type: ignore[assignment]
+    load.run_sliced = run_sliced  # type: ignore[assignment]
     watcher_mod.run_sliced = run_sliced  # type: ignore[assignment]
 
     async def ticker() -> None:

@@ -8,16 +8,8 @@ from __future__ import annotations
 from filterd.snapshot.build import build_snapshot, prune_versions
 from filterd.snapshot.errors import SnapshotCorrupt, SnapshotInputError, SnapshotNotFound
 from filterd.snapshot.format import current_version
-from filterd.snapshot.store import (
-    ConsentSnapshot,
-    Counts,
-    NumberSet,
-    SenderConsent,
-    SortedNumbers,
-    load_snapshot,
-    load_snapshot_async,
-    verify_snapshot,
-)
+from filterd.snapshot.load import load_snapshot, load_snapshot_async, verify_snapshot
+from filterd.snapshot.store import ConsentSnapshot, Counts, NumberSet, SenderConsent, SortedNumbers
 from filterd.snapshot.watcher import SnapshotWatcher
 
 __all__ = [

@@ -11,7 +11,7 @@ import orjson
 from filterd.errors import SnapshotError
 from filterd.snapshot.build import build_snapshot, stderr_progress
 from filterd.snapshot.format import resolve_version
-from filterd.snapshot.store import load_snapshot, verify_snapshot
+from filterd.snapshot.load import load_snapshot, verify_snapshot
 
 __all__ = ["register"]
 

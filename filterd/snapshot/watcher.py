@@ -20,12 +20,8 @@ from types import TracebackType
 
 from filterd.errors import SnapshotError
 from filterd.snapshot.format import current_version
-from filterd.snapshot.store import (
-    ConsentSnapshot,
-    load_snapshot_async,
-    release_steps,
-    run_sliced,
-)
+from filterd.snapshot.load import load_snapshot_async
+from filterd.snapshot.store import ConsentSnapshot, release_steps, run_sliced
 
 __all__ = ["SnapshotWatcher"]
 

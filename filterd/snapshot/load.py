@@ -1,0 +1,363 @@
+"""Loading a snapshot version from disk, with full validation, in bounded pieces.
+
+Loading is written once, as a generator that yields after every bounded piece
+of work (one sender-table line, one bitmap chunk). :func:`load_snapshot` runs
+it straight through; :func:`load_snapshot_async` runs it in time slices on the
+event loop, so a big snapshot never stalls the stream for long: pyroaring
+holds the GIL while it deserializes, so a worker thread would not help, but
+small pieces do. Hashing the files (hashlib drops the GIL) happens in a thread.
+
+A snapshot either loads completely and passes every check, or raises
+:class:`SnapshotError`; nothing is ever half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Generator
+from datetime import datetime
+from pathlib import Path
+from typing import cast
+
+import orjson
+from pyroaring import BitMap64
+
+from filterd.snapshot import format as fmt
+from filterd.snapshot.errors import SnapshotCorrupt, SnapshotNotFound
+from filterd.snapshot.store import (
+    _EMPTY,
+    SPARSE_VALUES_PER_CONTAINER,
+    ConsentSnapshot,
+    Counts,
+    NumberSet,
+    SenderConsent,
+    SortedNumbers,
+    run_sliced,
+)
+
+__all__ = ["load_snapshot", "load_snapshot_async", "verify_snapshot"]
+
+
+# ----------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _read_manifest(vdir: Path, version: str) -> dict[str, object]:
+    """Read and schema-check ``manifest.json``; raises SnapshotCorrupt."""
+    path = vdir / fmt.MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotCorrupt(
+            version, [f"{fmt.MANIFEST}: missing (half-written or not a snapshot)"]
+        ) from None
+    except OSError as exc:
+        raise SnapshotCorrupt(version, [f"{fmt.MANIFEST}: unreadable: {exc}"]) from exc
+    try:
+        manifest = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotCorrupt(version, [f"{fmt.MANIFEST}: not valid JSON: {exc}"]) from exc
+    problems = _manifest_problems(manifest, version)
+    if problems:
+        raise SnapshotCorrupt(version, problems)
+    assert isinstance(manifest, dict)
+    return manifest
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _chunk_list_ok(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(c, list) and len(c) == 3 and all(_is_int(x) for x in c) for c in value
+    )
+
+
+def _manifest_problems(manifest: object, version: str) -> list[str]:
+    m = fmt.MANIFEST
+    if not isinstance(manifest, dict):
+        return [f"{m}: not a JSON object"]
+    if manifest.get("format") != fmt.FORMAT_NAME:
+        return [f"{m}: format is {manifest.get('format')!r}, expected {fmt.FORMAT_NAME!r}"]
+    if manifest.get("format_version") != fmt.FORMAT_VERSION:
+        return [
+            f"{m}: format_version {manifest.get('format_version')!r} is not supported "
+            f"(this filterd reads {fmt.FORMAT_VERSION})"
+        ]
+    problems = []
+    if manifest.get("version") != version:
+        problems.append(f"{m}: version {manifest.get('version')!r} != directory {version!r}")
+    if _parse_time(manifest.get("created_at")) is None:
+        problems.append(f"{m}: created_at missing or not an RFC 3339 UTC time")
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict) or not all(
+        _is_int(counts.get(k)) for k in ("senders", "consents", "optouts", "dnd")
+    ):
+        problems.append(f"{m}: counts must hold senders, consents, optouts, dnd")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        problems.append(f"{m}: files missing")
+    else:
+        for name in fmt.DATA_FILES:
+            entry = files.get(name)
+            if not (
+                isinstance(entry, dict)
+                and _is_int(entry.get("bytes"))
+                and isinstance(entry.get("sha256"), str)
+            ):
+                problems.append(f"{m}: no size and sha256 for {name}")
+    if not _chunk_list_ok(manifest.get("dnd_chunks")):
+        problems.append(f"{m}: dnd_chunks must be a list of [offset, length, cardinality]")
+    return problems
+
+
+def _hash_files(vdir: Path, manifest: dict[str, object]) -> tuple[dict[str, bytes], list[str]]:
+    """Read every data file, check size and sha256; (contents, problems).
+
+    The bytes checked are the bytes then deserialized, so a file changed under
+    the loader cannot slip through. Runs in a worker thread for the async load.
+    """
+    files = manifest["files"]
+    assert isinstance(files, dict)
+    contents: dict[str, bytes] = {}
+    problems: list[str] = []
+    for name in fmt.DATA_FILES:
+        expected = files[name]
+        try:
+            data = (vdir / name).read_bytes()
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+            continue
+        except OSError as exc:
+            problems.append(f"{name}: unreadable: {exc.strerror}")
+            continue
+        if len(data) != expected["bytes"]:
+            problems.append(
+                f"{name}: size {len(data)} != {expected['bytes']} in manifest"
+                " (truncated or altered)"
+            )
+        elif hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            problems.append(f"{name}: sha256 mismatch (altered)")
+        contents[name] = data
+    return contents, problems
+
+
+# A loading step yields None after each bounded piece of work and returns the snapshot.
+_Steps = Generator[None, None, ConsentSnapshot]
+
+
+def _load_bitmap(
+    data: bytes,
+    name: str,
+    chunks: list[list[int]],
+    what: str,
+    problems: list[str],
+    positions: dict[str, int],
+) -> Generator[None, None, tuple[NumberSet, int]]:
+    """Deserialize range-partitioned chunks one by one into the cheaper in-memory form.
+
+    Yields after every chunk-sized piece of work. Nothing here touches the whole
+    bitmap in one call (``len``, statistics, ``to_array`` or freeing a big
+    bitmap each walk all its containers with the GIL held): counts come from
+    the chunks, and the sparse-or-dense choice from the chunks' statistics.
+    Returns (numbers, how many).
+    """
+    view = memoryview(data)
+    pieces: list[BitMap64] = []
+    last_max = -1
+    containers = total = 0
+    for offset, length, cardinality in chunks:
+        # Chunks must tile each file in index order: no gaps, no overlap, nothing extra.
+        if offset != positions.get(name, 0):
+            problems.append(f"{name}: chunk index does not tile the file at byte {offset}")
+            return _EMPTY, 0
+        positions[name] = offset + length
+        if offset + length > len(data):
+            problems.append(f"{name}: chunk of {what} at {offset}+{length} beyond end of file")
+            return _EMPTY, 0
+        try:
+            # A memoryview slice avoids copying the chunk; pyroaring reads any buffer.
+            piece = BitMap64.deserialize(cast(bytes, view[offset : offset + length]))
+        except (ValueError, IndexError, OverflowError, MemoryError) as exc:
+            problems.append(f"{name}: chunk of {what} at {offset} does not deserialize: {exc}")
+            return _EMPTY, 0
+        if len(piece) != cardinality or not piece:
+            problems.append(f"{name}: chunk of {what} at {offset} has {len(piece)} values")
+            return _EMPTY, 0
+        if piece.min() <= last_max:
+            problems.append(f"{name}: chunks of {what} overlap or are out of order")
+            return _EMPTY, 0
+        last_max = piece.max()
+        containers += piece.get_statistics()["n_containers"]
+        total += cardinality
+        pieces.append(piece)
+        yield
+    if not pieces:
+        return _EMPTY, 0
+    # Pieces are consumed one by one (pop), so each is freed in its own step:
+    # freeing them all at once would be a long GIL-holding stretch again.
+    pieces.reverse()
+    if total < SPARSE_VALUES_PER_CONTAINER * containers:
+        # Grown piece by piece: big arrays are realloc'd in place (mremap), and
+        # preallocating would touch every page in one step.
+        values = SortedNumbers("Q")
+        while pieces:
+            values.extend(pieces.pop().to_array())
+            yield
+        return cast(NumberSet, values), total
+    # Dense enough for roaring: merge the pieces (disjoint ranges) into one bitmap.
+    # No shrink_to_fit(): deserialized containers are exact-sized already.
+    acc = pieces.pop()
+    while pieces:
+        acc |= pieces.pop()
+        yield
+    return cast(NumberSet, acc), total
+
+
+def _load_steps(
+    vdir: Path, version: str, manifest: dict[str, object], contents: dict[str, bytes]
+) -> _Steps:
+    problems: list[str] = []
+    counts_m = manifest["counts"]
+    assert isinstance(counts_m, dict)
+    senders: dict[str, SenderConsent] = {}
+    n_consents = n_optouts = 0
+    positions: dict[str, int] = {}  # where the next chunk of each file must start
+    lines = contents[fmt.SENDERS].split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            problems.append(f"{fmt.SENDERS}:{lineno}: not valid JSON")
+            break
+        sender = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(sender, str) or not sender or sender != sender.strip():
+            problems.append(f"{fmt.SENDERS}:{lineno}: bad sender id")
+            break
+        if sender in senders:
+            problems.append(f"{fmt.SENDERS}:{lineno}: duplicate sender {sender!r}")
+            break
+        members: list[NumberSet] = []
+        sizes: list[int] = []
+        for key, name in (("consents", fmt.CONSENTS), ("optouts", fmt.OPTOUTS)):
+            chunks = entry.get(key)
+            if not _chunk_list_ok(chunks):
+                problems.append(f"{fmt.SENDERS}:{lineno}: {key} is not a chunk list")
+                break
+            numbers, size = yield from _load_bitmap(
+                contents[name], name, chunks, f"sender {sender!r}", problems, positions
+            )
+            members.append(numbers)
+            sizes.append(size)
+        if problems:
+            break
+        if not sizes[0] and not sizes[1]:
+            problems.append(f"{fmt.SENDERS}:{lineno}: sender {sender!r} has no numbers")
+            break
+        senders[sender] = SenderConsent(members[0], members[1])
+        n_consents += sizes[0]
+        n_optouts += sizes[1]
+        yield
+    dnd_chunks = manifest["dnd_chunks"]
+    assert isinstance(dnd_chunks, list)
+    dnd: NumberSet = _EMPTY
+    n_dnd = 0
+    if not problems:
+        dnd, n_dnd = yield from _load_bitmap(
+            contents[fmt.DND], fmt.DND, dnd_chunks, "dnd", problems, positions
+        )
+    if not problems:
+        for name in (fmt.CONSENTS, fmt.OPTOUTS, fmt.DND):
+            unindexed = len(contents[name]) - positions.get(name, 0)
+            if unindexed:
+                problems.append(f"{name}: {unindexed} bytes not indexed")
+        found = Counts(len(senders), n_consents, n_optouts, n_dnd)
+        expected = Counts(*(counts_m[k] for k in Counts._fields))
+        if found != expected:
+            problems.append(
+                f"{fmt.MANIFEST}: counts {expected._asdict()} but files hold {found._asdict()}"
+            )
+    if problems:
+        raise SnapshotCorrupt(version, problems)
+    files = manifest["files"]
+    assert isinstance(files, dict)
+    created_at = _parse_time(manifest["created_at"])
+    assert created_at is not None
+    return ConsentSnapshot(
+        version=version,
+        created_at=created_at,
+        senders=senders,
+        dnd_numbers=dnd,
+        counts=Counts(len(senders), n_consents, n_optouts, n_dnd),
+        bytes=sum(int(files[n]["bytes"]) for n in fmt.DATA_FILES)
+        + (vdir / fmt.MANIFEST).stat().st_size,
+        manifest=manifest,
+    )
+
+
+def load_snapshot(root: Path, version: str | None = None) -> ConsentSnapshot:
+    """Load and fully validate a snapshot version (default: the current one).
+
+    Raises :class:`SnapshotNotFound` when there is none, :class:`SnapshotCorrupt`
+    (with every problem found) when any check fails. Blocking: use
+    :func:`load_snapshot_async` on a running event loop.
+    """
+    root = Path(root)
+    version = fmt.resolve_version(root, version)
+    vdir = root / version
+    manifest = _read_manifest(vdir, version)
+    contents, problems = _hash_files(vdir, manifest)
+    if problems:
+        raise SnapshotCorrupt(version, problems)
+    steps = _load_steps(vdir, version, manifest, contents)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            snapshot: ConsentSnapshot = done.value
+            return snapshot
+
+
+async def load_snapshot_async(root: Path, version: str | None = None) -> ConsentSnapshot:
+    """Like :func:`load_snapshot`, without stalling the running event loop.
+
+    File reading and hashing run in a worker thread; deserializing runs on the
+    loop in slices of about :data:`ASYNC_SLICE_S`, each a bounded piece.
+    """
+    root = Path(root)
+    version = fmt.resolve_version(root, version)
+    vdir = root / version
+    manifest = _read_manifest(vdir, version)
+    contents, problems = await asyncio.to_thread(_hash_files, vdir, manifest)
+    if problems:
+        raise SnapshotCorrupt(version, problems)
+    return await run_sliced(_load_steps(vdir, version, manifest, contents))
+
+
+def verify_snapshot(root: Path, version: str | None = None) -> list[str]:
+    """Every problem of a snapshot version (default: current); an empty list means valid.
+
+    Runs the full load: manifest schema, sizes and checksums, deserialization
+    of every chunk, the chunk index and the counts.
+    """
+    try:
+        load_snapshot(root, version)
+    except SnapshotCorrupt as exc:
+        return list(exc.problems)
+    except SnapshotNotFound as exc:
+        return [str(exc)]
+    return []

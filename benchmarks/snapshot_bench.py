@@ -40,7 +40,16 @@ import tempfile
 import time
 import timeit
 import tracemalloc
+from collections.abc import Callable, Generator, Sequence
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from filterd.snapshot import ConsentSnapshot
+
+#: One measurement as JSON-ready data (the benchmark's own, not filterd's core types).
+Result = dict[str, Any]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LO = 86_13_000_000_000  # 86 13x xxxx xxxx
@@ -136,7 +145,7 @@ def _settle() -> None:
     _libc().malloc_trim(0)
 
 
-def _child(mode: str, *args: str) -> dict[str, object]:
+def _child(mode: str, *args: str) -> Result:
     """Run one measurement in a fresh interpreter; it prints one JSON object."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.snapshot_bench", "--child", mode, *args],
@@ -147,37 +156,38 @@ def _child(mode: str, *args: str) -> dict[str, object]:
     )
     if out.returncode != 0:
         raise RuntimeError(f"child {mode} failed:\n{out.stderr[-3000:]}")
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: Result = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
 def _sample_pairs(
-    snap: object, k: int, seed: int
+    snap: ConsentSnapshot, k: int, seed: int
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """k (sender, number) hits drawn like traffic (by sender size), and k misses."""
-
     rng = random.Random(seed)
-    senders = snap.senders  # type: ignore[attr-defined]
+    senders = snap.senders
     names = [s for s in senders if len(senders[s].consents)]
     weights = [len(senders[s].consents) for s in names]
     hits = []
     for name in rng.choices(names, weights=weights, k=k):
-        numbers = senders[name].consents
-        i = rng.randrange(len(numbers))
-        value = numbers[i]
+        # Both in-memory forms (BitMap64, SortedNumbers) index by rank.
+        numbers = cast(Sequence[int], senders[name].consents)
+        value = numbers[rng.randrange(len(numbers))]
         hits.append((name, value))
     misses = [(name, LO + rng.randrange(SPAN)) for name, _ in hits]
     return hits, misses
 
 
-def _per_lookup_ns(fn: object, pairs: list[tuple[str, int]]) -> float:
+def _per_lookup_ns(
+    fn: Callable[[list[tuple[str, int]]], None], pairs: list[tuple[str, int]]
+) -> float:
     """ns per lookup for a loop over pairs, best of 3, minus the bare loop."""
 
-    def run(f: object) -> float:
+    def run(f: Callable[[list[tuple[str, int]]], None]) -> float:
         best = float("inf")
         for _ in range(3):
             t = time.perf_counter()
-            f(pairs)  # type: ignore[operator]
+            f(pairs)
             best = min(best, time.perf_counter() - t)
         return best
 
@@ -188,7 +198,7 @@ def _per_lookup_ns(fn: object, pairs: list[tuple[str, int]]) -> float:
     return max(0.0, (run(fn) - run(bare)) / len(pairs) * 1e9)
 
 
-def child_load(root: str) -> dict[str, object]:
+def child_load(root: str) -> Result:
     """Memory, load time and lookup cost of the chosen store, in a fresh process."""
     from filterd.snapshot import SortedNumbers, load_snapshot
 
@@ -250,7 +260,7 @@ def child_load(root: str) -> dict[str, object]:
     }
 
 
-def child_baseline(root: str) -> dict[str, object]:
+def child_baseline(root: str) -> Result:
     """The same data as a Python set of (sender, number) tuples."""
     from filterd.snapshot import load_snapshot
 
@@ -285,7 +295,7 @@ def child_baseline(root: str) -> dict[str, object]:
     }
 
 
-async def _stall(root: Path, second: str) -> dict[str, object]:
+async def _stall(root: Path, second: str) -> Result:
     from filterd.snapshot import SnapshotWatcher, load, store
     from filterd.snapshot import format as fmt
     from filterd.snapshot import watcher as watcher_mod
@@ -295,10 +305,10 @@ async def _stall(root: Path, second: str) -> dict[str, object]:
     step_cpu: list[float] = []
     sliced = store.run_sliced
 
-    async def run_sliced(steps):  # type: ignore[no-untyped-def]
+    async def run_sliced(steps: Generator[None, None, Any]) -> Any:
         # The library's driver, with each step's CPU time recorded: a wall-clock stall
         # longer than the longest step is the machine (other processes), not filterd.
-        def timed():  # type: ignore[no-untyped-def]
+        def timed() -> Generator[None, None, Any]:
             while True:
                 t = time.thread_time()
                 try:
@@ -311,9 +321,10 @@ async def _stall(root: Path, second: str) -> dict[str, object]:
 
         return await sliced(timed())
 
-    store.run_sliced = run_sliced  # type: ignore[assignment]
-    load.run_sliced = run_sliced  # type: ignore[assignment]
-    watcher_mod.run_sliced = run_sliced  # type: ignore[assignment]
+    # Instrumentation: the one driver every loading and freeing step goes through.
+    setattr(store, "run_sliced", run_sliced)  # noqa: B010
+    setattr(load, "run_sliced", run_sliced)  # noqa: B010
+    setattr(watcher_mod, "run_sliced", run_sliced)  # noqa: B010
 
     async def ticker() -> None:
         # Wakes every millisecond; how late it wakes is the loop's stall.
@@ -361,12 +372,12 @@ async def _stall(root: Path, second: str) -> dict[str, object]:
     }
 
 
-def child_stall(root: str, second: str) -> dict[str, object]:
+def child_stall(root: str, second: str) -> Result:
     """Longest event-loop stall while a snapshot loads and then swaps under a running loop."""
     return asyncio.run(_stall(Path(root), second))
 
 
-def child_one_piece(root: str) -> dict[str, object]:
+def child_one_piece(root: str) -> Result:
     """What an unchunked loader would stall: the biggest sender deserialized in one call."""
     from pyroaring import BitMap64
 
@@ -383,7 +394,7 @@ def child_one_piece(root: str) -> dict[str, object]:
     return {"numbers": len(biggest), "deserialize_ms": min(times) * 1e3}
 
 
-def child_layouts(root: str, layout: str) -> dict[str, object]:
+def child_layouts(root: str, layout: str) -> Result:
     """Memory, load and lookup of one key layout over the same consents."""
     from pyroaring import BitMap, BitMap64
 
@@ -394,7 +405,7 @@ def child_layouts(root: str, layout: str) -> dict[str, object]:
     hits, misses = _sample_pairs(snap, 100_000, 7)
     n = snap.counts.consents
     del snap
-    blobs: dict[str, object] = {}
+    blobs: Result = {}
     for s, values in data.items():
         if layout == "bucket32":
             buckets: dict[int, list[int]] = {}
@@ -421,10 +432,10 @@ def child_layouts(root: str, layout: str) -> dict[str, object]:
     _settle()
     heap0, py0 = _heap(), tracemalloc.get_traced_memory()[0]
     t = time.perf_counter()
-    store: dict[str, object] = {}
+    store: Result = {}
     for s, blob in blobs.items():
         if layout == "bucket32":
-            store[s] = Bucketed({k: BitMap.deserialize(v) for k, v in blob.items()})  # type: ignore[attr-defined]
+            store[s] = Bucketed({k: BitMap.deserialize(v) for k, v in blob.items()})
         elif layout == "roaring64":
             store[s] = BitMap64.deserialize(blob)
         else:
@@ -434,11 +445,11 @@ def child_layouts(root: str, layout: str) -> dict[str, object]:
     heap1, py1 = _heap(), tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     memory = max(heap1 - heap0, 0) + max(py1 - py0 - max(heap1 - heap0, 0), 0)
-    get = store.get
+    get = store.__getitem__
 
     def look(ps: list[tuple[str, int]]) -> None:
         for s, v in ps:
-            v in get(s)  # type: ignore[operator]  # noqa: B015
+            v in get(s)  # noqa: B015
 
     mixed = [p for pair in zip(hits, misses, strict=True) for p in pair]
     small = [p for p in hits if isinstance(store[p[0]], SortedNumbers)]
@@ -475,12 +486,12 @@ def _normalize_ns() -> dict[str, float]:
     out = {}
     for raw in ("+8613812345678", "13812345678", "+86 138-1234-5678"):
         n = 300_000
-        best = min(timeit.repeat(lambda r=raw: normalize(r), number=n, repeat=5)) / n
+        best = min(timeit.repeat(partial(normalize, raw), number=n, repeat=5)) / n
         out[raw] = best * 1e9
     return out
 
 
-def run_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, object]:
+def run_size(n: int, workdir: Path, args: argparse.Namespace) -> Result:
     from filterd.snapshot import build_snapshot
 
     print(f"\n== {n:,} consents: generating CSV ...", file=sys.stderr, flush=True)
@@ -498,7 +509,7 @@ def run_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, objec
     for p in paths.values():
         p.unlink()
     second = _clone_version(root, version)
-    result: dict[str, object] = {
+    result: Result = {
         "consents_target": n,
         "input_rows": rows,
         "input_csv_bytes": csv_bytes,
@@ -517,7 +528,7 @@ def run_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, objec
     result["one_piece"] = _child("one-piece", str(root))
     if n <= args.baseline_max:
         result["baseline"] = _child("baseline", str(root))
-        result["baseline"]["measured"] = True  # type: ignore[index]
+        result["baseline"]["measured"] = True
     if args.layouts and n <= args.layouts_max:
         result["layouts"] = [
             _child("layouts", str(root), lay) for lay in ("roaring64", "bucket32", "hybrid")
@@ -530,7 +541,7 @@ def _fmt(x: object, spec: str = ",.0f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def table(results: list[dict[str, object]], base_1m: dict[str, object] | None) -> str:
+def table(results: list[Result], base_1m: Result | None) -> str:
     rows = [
         "| measure | "
         + " | ".join(f"{r['consents_target']:,} consents" for r in results)
@@ -549,39 +560,39 @@ def table(results: list[dict[str, object]], base_1m: dict[str, object] | None) -
         "memory (bytes/consent)",
         [_fmt(x["bytes_per_consent"], ".1f") for x in L],
         _fmt(b.get("bytes_per_consent"), ".0f"),
-    )  # type: ignore[index]
+    )
     line(
         "memory (bytes/stored number, incl. opt-outs, dnd)",
         [_fmt(x["bytes_per_stored_number"], ".1f") for x in L],
-    )  # type: ignore[index]
+    )
     line(
         "RSS growth (bytes/consent)",
         [_fmt(x["rss_bytes_per_consent"], ".1f") for x in L],
         _fmt(b.get("rss_bytes_per_consent"), ".0f"),
-    )  # type: ignore[index]
+    )
     line("disk (bytes/consent)", [_fmt(r["disk_bytes_per_consent"], ".1f") for r in results])
-    line("load, sync (s)", [_fmt(x["load_s"], ".2f") for x in L])  # type: ignore[index]
-    line("load under a running loop (s)", [_fmt(x["initial_load_s"], ".2f") for x in S])  # type: ignore[index]
-    line("longest loop stall, load + swap (ms)", [_fmt(x["stall_max_ms"], ".1f") for x in S])  # type: ignore[index]
-    line("loop stall p99.9 (ms)", [_fmt(x["stall_p999_ms"], ".2f") for x in S])  # type: ignore[index]
-    line("longest loading step, CPU (ms)", [_fmt(x["longest_step_cpu_ms"], ".2f") for x in S])  # type: ignore[index]
-    line("idle loop noise, max (ms)", [_fmt(x["idle_noise_max_ms"], ".1f") for x in S])  # type: ignore[index]
+    line("load, sync (s)", [_fmt(x["load_s"], ".2f") for x in L])
+    line("load under a running loop (s)", [_fmt(x["initial_load_s"], ".2f") for x in S])
+    line("longest loop stall, load + swap (ms)", [_fmt(x["stall_max_ms"], ".1f") for x in S])
+    line("loop stall p99.9 (ms)", [_fmt(x["stall_p999_ms"], ".2f") for x in S])
+    line("longest loading step, CPU (ms)", [_fmt(x["longest_step_cpu_ms"], ".2f") for x in S])
+    line("idle loop noise, max (ms)", [_fmt(x["idle_noise_max_ms"], ".1f") for x in S])
     line(
         "biggest sender in one deserialize (ms)",
         [_fmt(r["one_piece"]["deserialize_ms"], ".1f") for r in results],
-    )  # type: ignore[index]
+    )
     line(
         "lookup cold, mixed hit/miss (ns)",
         [_fmt(x["lookup_ns_cold_mixed"]) for x in L],
         _fmt(b.get("lookup_ns_cold_mixed")),
-    )  # type: ignore[index]
-    line("lookup cold, big senders (ns)", [_fmt(x["lookup_ns_cold_big_senders"]) for x in L])  # type: ignore[index]
-    line("lookup cold, small senders (ns)", [_fmt(x["lookup_ns_cold_small_senders"]) for x in L])  # type: ignore[index]
-    line("lookup warm (ns)", [_fmt(x["lookup_ns_warm"]) for x in L], _fmt(b.get("lookup_ns_warm")))  # type: ignore[index]
+    )
+    line("lookup cold, big senders (ns)", [_fmt(x["lookup_ns_cold_big_senders"]) for x in L])
+    line("lookup cold, small senders (ns)", [_fmt(x["lookup_ns_cold_small_senders"]) for x in L])
+    line("lookup warm (ns)", [_fmt(x["lookup_ns_warm"]) for x in L], _fmt(b.get("lookup_ns_warm")))
     line(
         "senders: bitmap / sorted array",
         [f"{x['senders_bitmap']:,} / {x['senders_sorted']:,}" for x in L],
-    )  # type: ignore[index]
+    )
     return "\n".join(rows)
 
 
@@ -613,8 +624,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         mode, *rest = args.child
-        fn = {"load": child_load, "baseline": child_baseline, "stall": child_stall,
-              "one-piece": child_one_piece, "layouts": child_layouts}[mode]  # fmt: skip
+        children: dict[str, Callable[..., Result]] = {
+            "load": child_load,
+            "baseline": child_baseline,
+            "stall": child_stall,
+            "one-piece": child_one_piece,
+            "layouts": child_layouts,
+        }
+        fn = children[mode]
         print(json.dumps(fn(*rest)))
         return 0
     sizes = [int(float(x)) for x in args.consents.split(",")]
@@ -632,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     base = next((r.get("baseline") for r in results if r.get("baseline")), None)
+    normalize_ns = _normalize_ns()
     report = {
         "benchmark": "snapshot",
         "command": " ".join(
@@ -644,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "loadavg_at_end": os.getloadavg(),
         },
-        "normalize_ns": _normalize_ns(),
+        "normalize_ns": normalize_ns,
         "sizes": results,
         "baseline_note": "set of (sender, number) tuples, measured at the sizes up to "
         "--baseline-max, linear beyond (its cost per consent does not fall with size)",
@@ -652,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     md = table(results, base)
-    layouts = [lay for r in results for lay in r.get("layouts", [])]  # type: ignore[attr-defined]
+    layouts = [lay for r in results for lay in r.get("layouts", [])]
     if layouts:
         md += (
             "\n\nKey layouts over the same consents (fresh process each):\n\n"
@@ -664,9 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             f" | {_fmt(x['lookup_ns_cold_mixed'])} | {_fmt(x['lookup_ns_small_senders'])} |"
             for x in layouts
         )
-    md += "\n\nnormalize(): " + ", ".join(
-        f"`{k}` {v:.0f} ns" for k, v in report["normalize_ns"].items()
-    )  # type: ignore[union-attr]
+    md += "\n\nnormalize(): " + ", ".join(f"`{k}` {v:.0f} ns" for k, v in normalize_ns.items())
     header = (
         f"# Snapshot benchmark\n\n`{report['command']}` — {report['when']}, "
         f"{os.cpu_count()} CPUs, load average at end {os.getloadavg()[0]:.1f} "

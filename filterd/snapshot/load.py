@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from array import array
 from collections.abc import Generator
 from datetime import datetime
 from pathlib import Path
@@ -212,11 +213,11 @@ def _load_bitmap(
     if total < SPARSE_VALUES_PER_CONTAINER * containers:
         # Grown piece by piece: big arrays are realloc'd in place (mremap), and
         # preallocating would touch every page in one step.
-        values = SortedNumbers("Q")
+        values: array[int] = array("Q")
         while pieces:
             values.extend(pieces.pop().to_array())
             yield
-        return cast(NumberSet, values), total
+        return SortedNumbers(values), total
     # Dense enough for roaring: merge the pieces (disjoint ranges) into one bitmap.
     # No shrink_to_fit(): deserialized containers are exact-sized already.
     acc = pieces.pop()

@@ -13,7 +13,7 @@ import asyncio
 import bisect
 import time
 from array import array
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, TypeAlias, TypeVar, cast
@@ -52,30 +52,39 @@ ASYNC_SLICE_S = 0.002
 NumberSet: TypeAlias = Collection[int]
 
 
-class SortedNumbers(array):  # type: ignore[type-arg]
-    """A sorted set of numbers in a uint64 array (8 bytes per number); read-only by contract.
+class SortedNumbers:
+    """A sorted set of numbers in a uint64 array (8 bytes per number); read-only by contract."""
 
-    A subclass of ``array('Q')`` with no slots of its own, so its instances are
-    not tracked by the cyclic garbage collector: a snapshot of 20k senders adds
-    no work to every full collection (which would otherwise stall the loop).
-    Build it with ``SortedNumbers("Q", values)``.
-    """
+    __slots__ = ("_values",)
 
-    __slots__ = ()
+    def __init__(self, values: array[int]) -> None:
+        self._values = values
 
+    # Composition, not an array subclass: bisect over a subclass measured 3x slower.
     def __contains__(
         self, number: object, _bisect: Callable[..., int] = bisect.bisect_left
     ) -> bool:
-        i = _bisect(self, number)
-        return i < len(self) and self[i] == number
+        values = self._values
+        i = _bisect(values, number)
+        return i < len(values) and values[i] == number
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._values)
+
+    def __getitem__(self, rank: int) -> int:
+        """The number of this rank (0 is the smallest)."""
+        return self._values[rank]
 
     def __repr__(self) -> str:
-        return f"SortedNumbers(<{len(self)} numbers>)"
+        return f"SortedNumbers(<{len(self._values)} numbers>)"
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the values."""
-        return self.itemsize * len(self)
+        return self._values.itemsize * len(self._values)
 
 
 # pyroaring's stubs declare __contains__(int), narrower than Collection's (object).
@@ -176,7 +185,7 @@ def compact(bitmap: BitMap64) -> NumberSet:
     if not bitmap:
         return _EMPTY
     if len(bitmap) < SPARSE_VALUES_PER_CONTAINER * bitmap.get_statistics()["n_containers"]:
-        return cast(NumberSet, SortedNumbers("Q", bitmap.to_array()))
+        return SortedNumbers(bitmap.to_array())
     return cast(NumberSet, bitmap)
 
 

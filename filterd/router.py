@@ -240,16 +240,21 @@ def decide_value(value: bytes | None, snapshot: SnapshotView, policy: Policy) ->
     return Decider(snapshot, policy).decide(value)
 
 
-def event_id(value: bytes | None) -> str | None:
-    """The event's ``id`` when the value is a JSON object with a string id."""
-    if value is None:
+def text_field(value: bytes | None, name: str) -> str | None:
+    """Field ``name`` of an event value when it is a JSON object with a string there."""
+    if not value:
         return None
     try:
         event = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
     if type(event) is dict:
-        mid = event.get("id")
-        if type(mid) is str:
-            return mid
+        field = event.get(name)
+        if type(field) is str:
+            return field
     return None
+
+
+def event_id(value: bytes | None) -> str | None:
+    """The event's ``id`` when the value is a JSON object with a string id."""
+    return text_field(value, "id")

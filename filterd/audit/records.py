@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import orjson
 
+from filterd.router import text_field
+
 ROUTE_HEADER = "filterd-route"
 REASON_HEADER = "filterd-reason"
 SNAPSHOT_HEADER = "filterd-snapshot"
@@ -88,17 +90,8 @@ def _text(obj: dict[str, object], name: str) -> str | None:
 def sender_of(value: bytes | None) -> str | None:
     """Just the trimmed sender of an event value, or None: the summary's
     fast path, which needs no other field."""
-    if not value:
-        return None
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if type(obj) is dict:
-        sender = obj.get("sender")
-        if type(sender) is str:
-            return sender.strip()
-    return None
+    sender = text_field(value, "sender")
+    return None if sender is None else sender.strip()
 
 
 def event_fields(value: bytes | None) -> EventFields:

@@ -16,8 +16,10 @@ Measurement conventions used by every benchmark (see ``benchmarks/README.md``):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -628,3 +630,28 @@ def run_async(main: Callable[[], Coroutine[object, object, int]]) -> int:
     except ImportError:
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+def variant_config(prog: str, doc: str | None, argv: Sequence[str] | None) -> Config:
+    """The ``--config F`` command line every benchmark variant takes; logging set up."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0])
+    parser.add_argument("--config", required=True, help="filterd TOML config (same as the run)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from filterd.config import load_config
+
+    return load_config(args.config)
+
+
+def run_variant(
+    loop: Callable[[Config, asyncio.Event], Coroutine[object, object, int]], config: Config
+) -> int:
+    """Run a variant's loop until SIGTERM/SIGINT (see :func:`install_stop_handlers`)."""
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
+        await loop(config, stop)
+        return 0
+
+    return run_async(run)

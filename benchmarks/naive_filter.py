@@ -16,7 +16,6 @@ after every message would be a strawman, not what a team ships).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -25,8 +24,8 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from benchmarks._common import consumer_kwargs, install_stop_handlers, producer_kwargs, run_async
-from filterd.config import Config, load_config
+from benchmarks._common import consumer_kwargs, producer_kwargs, run_variant, variant_config
+from filterd.config import Config
 from filterd.router import Decider, Policy
 
 log = logging.getLogger("benchmarks.naive_filter")
@@ -96,19 +95,7 @@ async def filter_loop(config: Config, stop: asyncio.Event) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.naive_filter --config F``: run until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="naive_filter", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="filterd TOML config (same as the run)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(args.config)
-
-    async def run() -> int:
-        stop = asyncio.Event()
-        install_stop_handlers(stop)
-        await filter_loop(config, stop)
-        return 0
-
-    return run_async(run)
+    return run_variant(filter_loop, variant_config("naive_filter", __doc__, argv))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ tuning), at-least-once processing, committing every 5 s or on shutdown.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 
-from filterd.config import load_config
+from benchmarks._common import variant_config
 from filterd.router import Decider, Policy
 
 log = logging.getLogger("benchmarks.peer_quix")
@@ -31,14 +30,11 @@ Headers = list[tuple[str, bytes]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.peer_quix --config F``: run until SIGTERM (Quix handles it)."""
-    parser = argparse.ArgumentParser(prog="peer_quix", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="filterd TOML config (same as the run)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(args.config)
+    config = variant_config("peer_quix", __doc__, argv)
+
+    from quixstreams import Application, message_context
 
     from filterd.snapshot import load_snapshot
-    from quixstreams import Application, message_context
 
     snapshot = load_snapshot(config.snapshot.root)
     decide = Decider(snapshot, Policy.from_config(config.policy)).decide

@@ -13,7 +13,6 @@ its work; the ratio ``filterd / raw pipe`` is the figure to chase.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -22,8 +21,8 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from benchmarks._common import consumer_kwargs, install_stop_handlers, producer_kwargs, run_async
-from filterd.config import Config, load_config
+from benchmarks._common import consumer_kwargs, producer_kwargs, run_variant, variant_config
+from filterd.config import Config
 
 log = logging.getLogger("benchmarks.raw_pipe")
 
@@ -79,19 +78,7 @@ async def copy_loop(config: Config, stop: asyncio.Event) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.raw_pipe --config F``: run until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="raw_pipe", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="filterd TOML config (same as the run)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(args.config)
-
-    async def run() -> int:
-        stop = asyncio.Event()
-        install_stop_handlers(stop)
-        await copy_loop(config, stop)
-        return 0
-
-    return run_async(run)
+    return run_variant(copy_loop, variant_config("raw_pipe", __doc__, argv))
 
 
 if __name__ == "__main__":

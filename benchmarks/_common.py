@@ -492,7 +492,7 @@ async def output_span(bootstrap: str, topics: Sequence[str]) -> OutputSpan:
             if n == 0:
                 continue
             head = await _record_at(consumer, tp, begins[tp])
-            tail = await _record_at(consumer, tp, ends[tp] - 1)
+            tail = await _last_record(consumer, tp, begins[tp], ends[tp])
             firsts[tp] = head.timestamp
             last = max(last, tail.timestamp)
         if not firsts:
@@ -534,6 +534,31 @@ async def _record_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int
             return record
 
 
+async def _last_record(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int, end: int
+) -> ConsumerRecord:
+    """The partition's last data record. In exactly-once mode the last offsets are
+    transaction markers, which a consumer never returns: read a growing tail until the
+    position reaches ``end`` and keep the last record seen."""
+    back = 16
+    while True:
+        start = max(begin, end - back)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        last: ConsumerRecord | None = None
+        while await consumer.position(tp) < end:
+            got = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+            for record in got.get(tp, []):
+                last = record
+        if last is not None:
+            if last.timestamp_type != 1:
+                raise RuntimeError(f"{tp.topic} is not a LogAppendTime topic")
+            return last
+        if start == begin:
+            raise RuntimeError(f"{tp}: no data record in offsets {begin}..{end}")
+        back *= 4
+
+
 async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str | None, int]]:
     """Every output record as (event id or None, LogAppendTime ms).
 
@@ -556,15 +581,17 @@ async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str
             while True:
                 got = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
                 records = got.get(tp, [])
+                out.extend((event_id(r.value), r.timestamp) for r in records)
+                # By position, not by the last record's offset: in exactly-once mode
+                # the partition ends with transaction markers nobody receives.
+                if await consumer.position(tp) >= ends[tp]:
+                    break
                 if not records:
                     empty += 1
                     if empty >= 30:
                         raise TimeoutError(f"{tp}: no records for 30 s short of {ends[tp]}")
                     continue
                 empty = 0
-                out.extend((event_id(r.value), r.timestamp) for r in records)
-                if records[-1].offset + 1 >= ends[tp]:
-                    break
         return out
     finally:
         await consumer.stop()

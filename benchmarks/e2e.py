@@ -8,6 +8,7 @@ topic layout and event count):
   (``benchmarks/raw_pipe.py``): the limit for this client on this broker;
 * ``filterd`` — ``filterd run`` as shipped, at-least-once, metrics on;
 * ``filterd_nometrics`` — the same with ``[metrics] enabled = false``;
+* ``filterd_eos`` — the same in exactly-once mode (``[delivery] mode``);
 * ``naive`` — message-by-message aiokafka loop (``benchmarks/naive_filter.py``);
 * ``peer`` — the filter in Quix Streams (``benchmarks/peer_quix.py``);
 * and Kafka's own ``ProducerPerformance``/``ConsumerPerformance`` as the ceiling.
@@ -122,6 +123,12 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
         "filterd_nometrics": Variant(
             "filterd_nometrics", run, config={"metrics": {"enabled": False}}
         ),
+        # The price of exactly-once: a transaction per input partition per batch.
+        "filterd_eos": Variant(
+            "filterd_eos",
+            run,
+            config={"metrics": {"enabled": True}, "delivery": {"mode": "exactly-once"}},
+        ),
         "naive": Variant("naive", (py, "-m", "benchmarks.naive_filter")),
         "peer": Variant(
             "peer", (py, "-m", "benchmarks.peer_quix"), requires="quixstreams", label="quixstreams"
@@ -129,7 +136,7 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
     }
 
 
-DEFAULT_ORDER = ("raw_pipe", "filterd", "filterd_nometrics", "naive", "peer")
+DEFAULT_ORDER = ("raw_pipe", "filterd", "filterd_nometrics", "filterd_eos", "naive", "peer")
 
 
 def to_toml(sections: Mapping[str, Mapping[str, object]]) -> str:

@@ -54,7 +54,7 @@ def bootstrap_from_env(explicit: str | None = None) -> str:
 
 
 def unique_name(prefix: str) -> str:
-    """A topic or group name no other run (or engineer) will collide with."""
+    """A topic or group name no other run or user of the broker will collide with."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,30 @@ class Stream:
     root: Path
     dataset: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    async def create(
+        cls,
+        bootstrap: str,
+        new_topic: Callable[..., Awaitable[str]],
+        new_group: Callable[[], str],
+        root: Path,
+        dataset: Path,
+        *,
+        partitions: tuple[int, int, int, int] = (3, 3, 3, 1),
+    ) -> Stream:
+        """Fresh input, deliver, block and invalid topics (``partitions`` in that order)."""
+        p_in, p_deliver, p_block, p_invalid = partitions
+        return cls(
+            bootstrap=bootstrap,
+            input=await new_topic(partitions=p_in),
+            deliver=await new_topic(partitions=p_deliver),
+            block=await new_topic(partitions=p_block),
+            invalid=await new_topic(partitions=p_invalid),
+            group=new_group(),
+            root=root,
+            dataset=dataset,
+        )
 
     @property
     def outputs(self) -> dict[str, str]:

@@ -31,15 +31,8 @@ async def test_audit_summary_equals_the_reference_decisions(
     dataset = tmp_path / "dataset"
     write_dataset(dataset, senders=10, recipients=2_000, consents=4_000, seed=17)
     reference = Reference.from_dataset(dataset)
-    stream = Stream(
-        bootstrap=kafka_bootstrap,
-        input=await new_topic(partitions=3),
-        deliver=await new_topic(partitions=3),
-        block=await new_topic(partitions=3),
-        invalid=await new_topic(partitions=1),
-        group=new_group(),
-        root=tmp_path / "snapshots",
-        dataset=dataset,
+    stream = await Stream.create(
+        kafka_bootstrap, new_topic, new_group, tmp_path / "snapshots", dataset
     )
     version = build_snapshot(stream.root, dataset)
     records = list(iter_events(load_dataset(dataset), 3_000, seed=5, bad_rate=0.05))

@@ -251,15 +251,13 @@ async def test_prometheus_reads_back_a_running_filterd(
 ) -> None:
     dataset = tmp_path / "dataset"
     write_dataset(dataset, senders=6, recipients=600, consents=1_200, seed=11)
-    stream = Stream(
-        bootstrap=kafka_bootstrap,
-        input=await new_topic(partitions=2),
-        deliver=await new_topic(partitions=1),
-        block=await new_topic(partitions=1),
-        invalid=await new_topic(partitions=1),
-        group=new_group(),
-        root=tmp_path / "snapshots",
-        dataset=dataset,
+    stream = await Stream.create(
+        kafka_bootstrap,
+        new_topic,
+        new_group,
+        tmp_path / "snapshots",
+        dataset,
+        partitions=(2, 1, 1, 1),
     )
     version = await asyncio.to_thread(build_snapshot, stream.root, dataset)
     records = list(iter_events(load_dataset(dataset), 400, seed=5, bad_rate=0.1))

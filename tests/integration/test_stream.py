@@ -39,15 +39,8 @@ def reference(dataset: Path) -> Reference:
 async def stream(
     kafka_bootstrap: str, new_topic, new_group, dataset: Path, tmp_path: Path
 ) -> Stream:  # type: ignore[no-untyped-def]
-    return Stream(
-        bootstrap=kafka_bootstrap,
-        input=await new_topic(partitions=3),
-        deliver=await new_topic(partitions=3),
-        block=await new_topic(partitions=3),
-        invalid=await new_topic(partitions=1),
-        group=new_group(),
-        root=tmp_path / "snapshots",
-        dataset=dataset,
+    return await Stream.create(
+        kafka_bootstrap, new_topic, new_group, tmp_path / "snapshots", dataset
     )
 
 

@@ -122,7 +122,6 @@ class AtLeastOnce:
         self._consumer = consumer
         self._producer = AIOKafkaProducer(**producer_options(config))
         self._kill_hook = _KillHook()
-        self.commits = 0
 
     async def start(self) -> None:
         await self._producer.start()
@@ -171,7 +170,6 @@ class AtLeastOnce:
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self._consumer.commit(offsets)
-            self.commits += 1
         except CommitFailedError as exc:
             # The group rebalanced: the new owner starts from the last commit
             # and produces these records again (at-least-once allows it).
@@ -201,7 +199,6 @@ class ExactlyOnce:
         # the retry builds it again once the producer is back).
         self._metadata = AIOKafkaProducer(**producer_options(config))
         self._kill_hook = _KillHook()
-        self.commits = 0
 
     def transactional_id(self, tp: TopicPartition) -> str:
         d = self._config.delivery
@@ -353,7 +350,6 @@ class ExactlyOnce:
                 {tp: out.next_offset}, self._config.kafka.group_id
             )
             await producer.commit_transaction()
-            self.commits += 1
             return True
         except ProducerFenced:
             # Another process owns this partition now. Rewind so that, should

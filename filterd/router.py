@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Container, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import orjson
 
-from filterd.config import PolicyConfig
+from filterd.config import DEFAULT_CATEGORY_RULES, PolicyConfig
 from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
 from filterd.numbers import normalize
@@ -113,7 +113,7 @@ class Policy:
     country_code: str = "86"
     max_event_bytes: int = 65_536
     #: category -> ``require-consent`` or ``exempt``.
-    rules: Mapping[str, str] | None = None
+    rules: Mapping[str, str] = field(default_factory=lambda: DEFAULT_CATEGORY_RULES)
     default_rule: str = REQUIRE_CONSENT
 
     @classmethod
@@ -124,17 +124,6 @@ class Policy:
             rules=dict(config.categories),
             default_rule=config.default_rule,
         )
-
-    def rule_for(self, category: str) -> str:
-        rules = self.rules if self.rules is not None else _DEFAULT_RULES
-        return rules.get(category, self.default_rule)
-
-
-_DEFAULT_RULES: Mapping[str, str] = {
-    "marketing": REQUIRE_CONSENT,
-    "transactional": EXEMPT,
-    "verification": EXEMPT,
-}
 
 
 class Decider:
@@ -157,8 +146,7 @@ class Decider:
         self._cc = policy.country_code
         self._max_bytes = policy.max_event_bytes
         # category -> exempt?, looked up with one C-level dict.get per event.
-        rules = policy.rules if policy.rules is not None else _DEFAULT_RULES
-        self._exempt_get = {c: r == EXEMPT for c, r in rules.items()}.get
+        self._exempt_get = {c: r == EXEMPT for c, r in policy.rules.items()}.get
         self._default_exempt = policy.default_rule == EXEMPT
 
     def decide(self, value: bytes | None) -> Outcome:

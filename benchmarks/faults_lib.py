@@ -21,6 +21,8 @@ from pathlib import Path
 
 import orjson
 
+from filterd import prefilter
+
 ROUTES = ("deliver", "block", "invalid")
 
 #: Every reason DESIGN.md names, with the route it belongs to.
@@ -214,6 +216,10 @@ class SenderSets:
 
     consents: frozenset[int]
     optouts: frozenset[int]
+    optout_filter: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optout_filter", prefilter.build(self.optouts))
 
 
 @dataclass(frozen=True, slots=True)

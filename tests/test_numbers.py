@@ -68,6 +68,11 @@ def test_known_forms(raw: str, expected: int) -> None:
         ("+86138abc5678", "not digits"),
         ("+8613812345678\t", "not digits"),
         ("++8613812345678", "not digits"),
+        # int() accepts these; the fast path must not.
+        ("+86_138_1234_5678", "not digits"),
+        ("+8613812345678\n", "not digits"),
+        ("+ 8613812345678\x0c", "not digits"),
+        ("13812345678_", "not digits"),
         ("+1234567", "too short"),
         ("+1234567890123456", "too long"),
         ("+0123456789", "leading zero"),
@@ -116,7 +121,7 @@ def test_too_short_rejected(raw: str) -> None:
 @given(
     st.text(
         alphabet=st.sampled_from(
-            [*list("0123456789+ -.()"), "a", "Z", "\t", "²", "٣", "１", "\xa0", "#"]
+            [*list("0123456789+ -.()_"), "a", "Z", "\t", "\n", "\x0c", "²", "٣", "１", "\xa0", "#"]
         ),
         max_size=20,
     ),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from filterd import prefilter
 from filterd.config import PolicyConfig, load_config
 from filterd.router import (
     OUTCOMES,
@@ -32,6 +33,10 @@ CAROL = 8615012345678
 class Sets:
     consents: frozenset[int] = frozenset()
     optouts: frozenset[int] = frozenset()
+
+    @property
+    def optout_filter(self) -> bytes:
+        return prefilter.build(self.optouts)
 
 
 @dataclass(frozen=True)

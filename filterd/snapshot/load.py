@@ -24,6 +24,7 @@ from typing import cast
 import orjson
 from pyroaring import BitMap64
 
+from filterd import prefilter
 from filterd.snapshot import format as fmt
 from filterd.snapshot.errors import SnapshotCorrupt, SnapshotNotFound
 from filterd.snapshot.store import (
@@ -33,8 +34,9 @@ from filterd.snapshot.store import (
     Counts,
     NumberSet,
     SenderConsent,
-    SortedNumbers,
+    drive,
     run_sliced,
+    sorted_numbers_steps,
 )
 
 __all__ = ["load_snapshot", "load_snapshot_async", "verify_snapshot"]
@@ -217,7 +219,9 @@ def _load_bitmap(
         while pieces:
             values.extend(pieces.pop().to_array())
             yield
-        return SortedNumbers(values), total
+        numbers = yield from sorted_numbers_steps(values)
+        del values
+        return numbers, total
     # Dense enough for roaring: merge the pieces (disjoint ranges) into one bitmap.
     # No shrink_to_fit(): deserialized containers are exact-sized already.
     acc = pieces.pop()
@@ -269,7 +273,8 @@ def _load_steps(
         if not sizes[0] and not sizes[1]:
             problems.append(f"{fmt.SENDERS}:{lineno}: sender {sender!r} has no numbers")
             break
-        senders[sender] = SenderConsent(members[0], members[1])
+        optout_filter = yield from prefilter.filter_steps(members[1], sizes[1])
+        senders[sender] = SenderConsent(members[0], members[1], optout_filter)
         n_consents += sizes[0]
         n_optouts += sizes[1]
         yield
@@ -324,13 +329,7 @@ def load_snapshot(root: Path, version: str | None = None) -> ConsentSnapshot:
     contents, problems = _hash_files(vdir, manifest)
     if problems:
         raise SnapshotCorrupt(version, problems)
-    steps = _load_steps(vdir, version, manifest, contents)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            snapshot: ConsentSnapshot = done.value
-            return snapshot
+    return drive(_load_steps(vdir, version, manifest, contents))
 
 
 async def load_snapshot_async(root: Path, version: str | None = None) -> ConsentSnapshot:

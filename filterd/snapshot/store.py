@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import sys
 import time
 from array import array
 from collections.abc import Callable, Collection, Generator, Iterator
@@ -20,6 +21,7 @@ from typing import NamedTuple, TypeAlias, TypeVar, cast
 
 from pyroaring import BitMap64, FrozenBitMap64
 
+from filterd import prefilter
 from filterd.snapshot import format as fmt
 
 __all__ = [
@@ -29,8 +31,10 @@ __all__ = [
     "SenderConsent",
     "SortedNumbers",
     "compact",
+    "drive",
     "release_steps",
     "run_sliced",
+    "sorted_numbers_steps",
 ]
 
 #: A bitmap averaging fewer values than this per 16-bit container costs more
@@ -53,38 +57,166 @@ NumberSet: TypeAlias = Collection[int]
 
 
 class SortedNumbers:
-    """A sorted set of numbers in a uint64 array (8 bytes per number); read-only by contract."""
+    """A sorted set of numbers, bucketed by their high bits; read-only by contract.
 
-    __slots__ = ("_values",)
+    The sparse sets (too few numbers per roaring container for a bitmap to pay
+    off) are kept here. A number ``n`` falls in bucket ``(n >> shift) - first``;
+    ``starts`` holds where each bucket begins in ``lows``, which keeps only the
+    low 16, 32 or 64 bits of each number, sorted. Inside one bucket every number
+    shares the bits from ``shift`` up, so the low bits alone order and identify
+    it. A lookup is one bucket computation and a bisect over about
+    :data:`NUMBERS_PER_BUCKET` entries instead of the whole array: the cost of
+    ``number in s`` drops from ~20 probes to ~3, and memory from 8 bytes a number
+    to 2-4 (+ 4 bytes per bucket). The width and the shift are chosen per set
+    for the least memory (:func:`sorted_numbers_steps`).
+    """
 
-    def __init__(self, values: array[int]) -> None:
-        self._values = values
+    __slots__ = ("_first", "_high", "_len", "_lows", "_mask", "_nbuckets", "_shift", "_starts")
 
-    # Composition, not an array subclass: bisect over a subclass measured 3x slower.
+    def __init__(
+        self, lows: array[int], starts: array[int], shift: int, first: int, width: int
+    ) -> None:
+        self._lows = lows
+        self._starts = starts
+        self._shift = shift
+        self._first = first
+        self._nbuckets = len(starts) - 1
+        self._mask = (1 << width) - 1
+        self._high = ~self._mask  # the bits a bucket's prefix supplies
+        self._len = len(lows)
+
+    @classmethod
+    def from_sorted(cls, values: array[int]) -> SortedNumbers:
+        """Index sorted, distinct uint64 ``values`` in one go (tools and tests)."""
+        return drive(sorted_numbers_steps(values))
+
     def __contains__(
         self, number: object, _bisect: Callable[..., int] = bisect.bisect_left
     ) -> bool:
-        values = self._values
-        i = _bisect(values, number)
-        return i < len(values) and values[i] == number
+        b = (number >> self._shift) - self._first  # type: ignore[operator]
+        if 0 <= b < self._nbuckets:
+            starts = self._starts
+            hi = starts[b + 1]
+            low = number & self._mask  # type: ignore[operator]
+            lows = self._lows
+            i = _bisect(lows, low, starts[b], hi)
+            return i < hi and lows[i] == low
+        return False
 
     def __len__(self) -> int:
-        return len(self._values)
+        return self._len
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._values)
+        starts, lows, high = self._starts, self._lows, self._high
+        for b in range(self._nbuckets):
+            prefix = ((self._first + b) << self._shift) & high
+            for rank in range(starts[b], starts[b + 1]):
+                yield prefix | lows[rank]
 
     def __getitem__(self, rank: int) -> int:
         """The number of this rank (0 is the smallest)."""
-        return self._values[rank]
+        if rank < 0:
+            rank += self._len
+        if not 0 <= rank < self._len:
+            raise IndexError("SortedNumbers index out of range")
+        b = bisect.bisect_right(self._starts, rank) - 1
+        return (((self._first + b) << self._shift) & self._high) | self._lows[rank]
 
     def __repr__(self) -> str:
-        return f"SortedNumbers(<{len(self._values)} numbers>)"
+        return (
+            f"SortedNumbers(<{self._len} numbers, {self._nbuckets} buckets,"
+            f" {self._lows.itemsize * 8}-bit>)"
+        )
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the values."""
-        return self._values.itemsize * len(self._values)
+        """Bytes held by the numbers and the bucket index."""
+        return self._lows.itemsize * len(self._lows) + self._starts.itemsize * len(self._starts)
+
+
+#: Buckets are sized for about this many numbers each (a 3-probe bisect).
+NUMBERS_PER_BUCKET = 8
+# Stored widths of the low bits, with their array typecodes; 64 bits always fits.
+_WIDTHS = ((16, "H"), (32, "I"), (64, "Q"))
+# How many numbers one loading step copies or indexes.
+_STEP_NUMBERS = 1 << 16
+
+
+def _layout(first_value: int, last_value: int, n: int) -> tuple[int, int, int, int]:
+    """(width, shift, first bucket, number of buckets) with the least memory for this set."""
+    target = max(1, -(-n // NUMBERS_PER_BUCKET))
+    best: tuple[int, int, int, int, int] | None = None
+    for width, typecode in _WIDTHS:
+        # The smallest shift that brings the buckets down to the target, but
+        # never above the width: the stored low bits must cover the bucket.
+        shift = 0
+        while shift < width and (last_value >> shift) - (first_value >> shift) + 1 > target:
+            shift += 1
+        nbuckets = (last_value >> shift) - (first_value >> shift) + 1
+        cost = n * array(typecode).itemsize + 4 * (nbuckets + 1)
+        if best is None or cost < best[0]:
+            best = (cost, width, shift, first_value >> shift, nbuckets)
+    assert best is not None
+    return best[1], best[2], best[3], best[4]
+
+
+def sorted_numbers_steps(values: array[int]) -> Generator[None, None, SortedNumbers]:
+    """Index sorted, distinct uint64 ``values``; yields between bounded pieces of work.
+
+    No Python-level work per number: the low bits are cut out of the array's
+    bytes by C-level slicing, and the bucket starts are found with one bisect
+    per non-empty bucket.
+    """
+    n = len(values)
+    if n == 0:
+        return SortedNumbers(array("H"), array("I", [0]), 0, 0, 16)
+    width, shift, first, nbuckets = _layout(values[0], values[-1], n)
+    typecode = dict(_WIDTHS)[width]
+    if width == 64:
+        lows = values
+    else:
+        # Each uint64 read as 64 / width words; the low word is the first one on
+        # a little-endian machine, the last on a big-endian one.
+        words = 64 // width
+        pick = 0 if sys.byteorder == "little" else words - 1
+        lows = array(typecode)
+        view = memoryview(values)
+        for a in range(0, n, _STEP_NUMBERS):
+            piece = array(typecode)
+            piece.frombytes(view[a : a + _STEP_NUMBERS].cast("B"))
+            lows.extend(piece[pick::words])
+            yield
+        view.release()
+    starts = array("I" if n < 1 << 32 else "Q", bytes(4 if n < 1 << 32 else 8) * (nbuckets + 1))
+    one = array(starts.typecode, [0])
+    i = 0
+    filled = -1  # every bucket up to this one has its start
+    steps = 0
+    while i < n:
+        b = (values[i] >> shift) - first
+        if b == filled + 1:
+            starts[b] = i
+        else:  # empty buckets before b start (and end) where b starts
+            one[0] = i
+            starts[filled + 1 : b + 1] = one * (b - filled)
+        filled = b
+        i = bisect.bisect_left(values, (first + b + 1) << shift, i)
+        steps += 1
+        if not steps & 1023:
+            yield
+    one[0] = n
+    starts[filled + 1 :] = one * (nbuckets - filled)
+    return SortedNumbers(lows, starts, shift, first, width)
+
+
+def drive(steps: Generator[None, None, _T]) -> _T:
+    """Run a step generator to the end at once (for tools, not the event loop)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
 
 
 # pyroaring's stubs declare __contains__(int), narrower than Collection's (object).
@@ -92,12 +224,19 @@ _EMPTY = cast(NumberSet, FrozenBitMap64())
 
 
 class SenderConsent(NamedTuple):
-    """One sender's numbers. Both support ``number in x`` for an int E.164 number."""
+    """One sender's numbers. Both sets support ``number in x`` for an int E.164 number."""
 
     consents: NumberSet
     """Numbers that consented to this sender."""
     optouts: NumberSet
     """Numbers that opted out of this sender (wins over consent)."""
+    optout_filter: bytes
+    """:mod:`filterd.prefilter` of ``optouts``: the inline "surely not opted out"."""
+
+    @classmethod
+    def of(cls, consents: NumberSet, optouts: NumberSet) -> SenderConsent:
+        """An entry with its opt-out filter built at once (tools and tests)."""
+        return cls(consents, optouts, prefilter.build(optouts))
 
 
 class Counts(NamedTuple):
@@ -185,7 +324,7 @@ def compact(bitmap: BitMap64) -> NumberSet:
     if not bitmap:
         return _EMPTY
     if len(bitmap) < SPARSE_VALUES_PER_CONTAINER * bitmap.get_statistics()["n_containers"]:
-        return SortedNumbers(bitmap.to_array())
+        return SortedNumbers.from_sorted(bitmap.to_array())
     return cast(NumberSet, bitmap)
 
 
@@ -199,7 +338,7 @@ def release_steps(snapshot: ConsentSnapshot) -> Generator[None, None, None]:
     senders = snapshot.senders
     while senders:
         _sender, entry = senders.popitem()
-        for numbers in entry:
+        for numbers in (entry.consents, entry.optouts):
             yield from _empty_bitmap(numbers)
         del entry
         yield

@@ -212,7 +212,7 @@ def test_release_steps_empty_a_big_bitmap_in_pieces() -> None:
     snap = ConsentSnapshot(
         version="v",
         created_at=datetime.now(UTC),
-        senders={"s": SenderConsent(big, BitMap64())},
+        senders={"s": SenderConsent.of(big, BitMap64())},
         dnd_numbers=BitMap64([BASE]),
         counts=Counts(1, len(big), 0, 1),
         bytes=0,

@@ -127,7 +127,7 @@ class BatchConfig:
 class ProducerConfig:
     """Producer tuning for the output topics (see docs/tuning.md)."""
 
-    linger_ms: int = 5
+    linger_ms: int = 0
     max_batch_size: int = 1_048_576
     #: none, gzip, snappy, lz4 or zstd.
     compression_type: str = "none"

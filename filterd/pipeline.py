@@ -130,8 +130,10 @@ def decide_partition(
     source_prefix = f"{topic}/{partition}/"
     outcomes: list[Outcome] = []
     add_outcome = outcomes.append
+    get_builder = builders.get
     for record in records:
-        outcome = decide(record.value)
+        value = record.value
+        outcome = decide(value)
         add_outcome(outcome)
         route_h, reason_h, snapshot_h = by_outcome[outcome]
         # A list, not a tuple: aiokafka's C record builder accepts only lists.
@@ -141,22 +143,21 @@ def decide_partition(
             snapshot_h,
             (HEADER_SOURCE, f"{source_prefix}{record.offset}".encode()),
         ]
-        builder = builders.get(outcome.route)
+        route = outcome.route
+        builder = get_builder(route)
         if (
             builder is None
-            or builder.append(
-                timestamp=record.timestamp, key=record.key, value=record.value, headers=hdrs
-            )
+            or builder.append(timestamp=record.timestamp, key=record.key, value=value, headers=hdrs)
             is None
         ):
             # No builder yet for this route, or the current one is full.
             builder = new_builder()
-            name, out_partition = targets[outcome.route]
-            builders[outcome.route] = builder
+            name, out_partition = targets[route]
+            builders[route] = builder
             batches.append((name, out_partition, builder))
             if (
                 builder.append(
-                    timestamp=record.timestamp, key=record.key, value=record.value, headers=hdrs
+                    timestamp=record.timestamp, key=record.key, value=value, headers=hdrs
                 )
                 is None
             ):

@@ -470,6 +470,49 @@ class OutputSpan:
         return throughput(self.count - self.at_first, self.first_ms, self.last_ms)
 
 
+async def wait_for_group(
+    bootstrap: str, group: str, members: int, *, timeout_s: float = 90.0, alive: Callable[[], bool]
+) -> int:
+    """Wait until ``group`` is Stable with ``members`` members; return when (ms since epoch).
+
+    Workers of one ``filterd run --workers N`` join one after another: the first
+    takes every partition, and the next join rebalances the group (a few
+    seconds). Figures of a multi-worker run count from this moment on.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for response in await admin.describe_consumer_groups([group]):
+                for described in response.groups:
+                    # (error_code, group_id, state, protocol_type, protocol, members, ...)
+                    if described[2] == "Stable" and len(described[5]) == members:
+                        return int(time.time() * 1000)
+            if not alive():
+                raise RuntimeError(f"the variant exited before group {group} settled")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"group {group} not stable with {members} members in {timeout_s}s"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def records_since(bootstrap: str, topics: Sequence[str], since_ms: int) -> int:
+    """How many records of ``topics`` were appended at or after ``since_ms`` (LogAppendTime)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topics)
+        ends = await consumer.end_offsets(tps)
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        return sum(ends[tp] - at.offset for tp, at in found.items() if at is not None)
+    finally:
+        await consumer.stop()
+
+
 async def output_span(bootstrap: str, topics: Sequence[str]) -> OutputSpan:
     """First and last LogAppendTime over the output topics and the record counts.
 

@@ -68,8 +68,11 @@ from benchmarks._common import (
     produce_paced,
     ratio,
     read_arrivals,
+    records_since,
     spread,
+    throughput,
     unique_name,
+    wait_for_group,
 )
 
 log = logging.getLogger("benchmarks.e2e")
@@ -81,6 +84,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
 
 ROUTES = ("deliver", "block", "invalid")
+#: Fewest events of a multi-worker throughput run.
+MULTI_WORKER_EVENTS = 800_000
 #: Bound on reading a run's output back; a hang here is a harness bug, not a result.
 READ_TIMEOUT_S = 300.0
 
@@ -109,25 +114,42 @@ class Variant:
     #: A module that must be importable for the variant to run (None: always).
     requires: str | None = None
     label: str = ""
+    #: Consumer group members it runs (``--workers``): figures count from the
+    #: moment the group settled with all of them (see ``wait_for_group``).
+    members: int = 1
 
 
 def make_variants(workers: int | None = None) -> dict[str, Variant]:
     """Every variant of the session, by name."""
     py = sys.executable
     run: tuple[str, ...] = (py, "-m", "filterd", "run")
+    members = workers or 1
     if workers:
         run += ("--workers", str(workers))
+    metrics_on = {"metrics": {"enabled": True}}
     return {
         "raw_pipe": Variant("raw_pipe", (py, "-m", "benchmarks.raw_pipe"), routes=("deliver",)),
-        "filterd": Variant("filterd", run, config={"metrics": {"enabled": True}}),
+        "filterd": Variant("filterd", run, config=metrics_on, members=members),
+        # Both cores: the shipped way to scale on one machine (two processes
+        # against the raw pipe's one, so not the goal's figure).
+        "filterd_x2": Variant(
+            "filterd_x2",
+            (py, "-m", "filterd", "run", "--workers", "2"),
+            # A shorter heartbeat only makes the start-up rebalance (the second
+            # worker joining) take ~1 s instead of ~3 s.
+            config={**metrics_on, "kafka": {"heartbeat_interval_ms": 500}},
+            members=2,
+            label="--workers 2",
+        ),
         "filterd_nometrics": Variant(
-            "filterd_nometrics", run, config={"metrics": {"enabled": False}}
+            "filterd_nometrics", run, config={"metrics": {"enabled": False}}, members=members
         ),
         # The price of exactly-once: a transaction per input partition per batch.
         "filterd_eos": Variant(
             "filterd_eos",
             run,
-            config={"metrics": {"enabled": True}, "delivery": {"mode": "exactly-once"}},
+            config={**metrics_on, "delivery": {"mode": "exactly-once"}},
+            members=members,
         ),
         "naive": Variant("naive", (py, "-m", "benchmarks.naive_filter")),
         "peer": Variant(
@@ -136,7 +158,9 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
     }
 
 
-DEFAULT_ORDER = ("raw_pipe", "filterd", "filterd_nometrics", "filterd_eos", "naive", "peer")
+DEFAULT_ORDER = (
+    "raw_pipe", "filterd", "filterd_x2", "filterd_nometrics", "filterd_eos", "naive", "peer",
+)  # fmt: skip
 
 
 def to_toml(sections: Mapping[str, Mapping[str, object]]) -> str:
@@ -293,7 +317,9 @@ class Session:
         knobs: Mapping[str, Mapping[str, object]] | None = None,
         keep_topics: bool = False,
         stall_timeout_s: float = 60.0,
+        multi_worker_events: int = MULTI_WORKER_EVENTS,
     ) -> None:
+        self.multi_worker_events = multi_worker_events
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.workload = workload
@@ -347,6 +373,11 @@ class Session:
         self._runs += 1
         parts = partitions or self.partitions
         events = self.workload.throughput_events
+        if variant.members > 1:
+            # The group settles a few seconds after the start: enough events that
+            # most of them are decided with every worker busy (ids repeat; only
+            # counts are read in a throughput run).
+            events = list(events) * -(-self.multi_worker_events // len(events))
         topics = await self._topics(variant, parts)
         outputs = [topics[r] for r in variant.routes]
         group = unique_name("bench-group")
@@ -359,12 +390,33 @@ class Session:
             await preload(self.bootstrap, topics["input"], parts, events)
             started = time.time()
             proc.start()
+            settled: asyncio.Task[int] | None = None
+            if variant.members > 1:
+                settled = asyncio.create_task(
+                    wait_for_group(self.bootstrap, group, variant.members, alive=proc.alive)
+                )
             async with OutputWatcher(self.bootstrap, outputs) as watcher:
                 await watcher.wait_for(
                     len(events), stall_timeout_s=self.stall_timeout_s, alive=proc.alive
                 )
             await proc.stop()
             span = await asyncio.wait_for(output_span(self.bootstrap, outputs), READ_TIMEOUT_S)
+            sustained: dict[str, object] = {}
+            if settled is not None:
+                settled_ms = await settled
+                after = await records_since(self.bootstrap, outputs, settled_ms)
+                if span.last_ms <= settled_ms or after < len(events) // 4:
+                    raise RuntimeError(
+                        f"only {after} of {len(events)} records after the group settled: "
+                        "use more --events for a multi-worker variant"
+                    )
+                sustained = {
+                    # From the group settling to the last output: all workers busy.
+                    "msgs_per_s": round(throughput(after, settled_ms, span.last_ms), 1),
+                    "msgs_per_s_from_first_output": round(span.msgs_per_s(), 1),
+                    "settle_s": round(settled_ms / 1000.0 - started, 3),
+                    "records_after_settle": after,
+                }
             return {
                 "msgs_per_s": round(span.msgs_per_s(), 1),
                 "records_in": len(events),
@@ -375,6 +427,7 @@ class Session:
                 "startup_s": round(span.first_ms / 1000.0 - started, 3),
                 "per_topic": {r: span.per_topic[topics[r]] for r in variant.routes},
                 "partitions": parts,
+                **sustained,
             }
         except Exception as exc:
             raise RunFailed(f"{variant.name}: {exc}\n{proc.tail()}") from exc
@@ -407,11 +460,16 @@ class Session:
             await preload(self.bootstrap, topics["input"], parts, warm)
             async with OutputWatcher(self.bootstrap, outputs) as watcher:
                 await watcher.wait_for(len(warm), stall_timeout_s=120.0, alive=proc.alive)
+                if variant.members > 1:
+                    # Every worker in the group, and each through one batch, first.
+                    await wait_for_group(self.bootstrap, group, variant.members, alive=proc.alive)
+                    await preload(self.bootstrap, topics["input"], parts, warm)
+                    await watcher.wait_for(2 * len(warm), stall_timeout_s=120.0, alive=proc.alive)
                 paced = await produce_paced(
                     self.bootstrap, topics["input"], parts, events, rate=rate
                 )
                 await watcher.wait_for(
-                    len(warm) + len(events),
+                    (2 if variant.members > 1 else 1) * len(warm) + len(events),
                     stall_timeout_s=self.stall_timeout_s,
                     alive=proc.alive,
                 )
@@ -627,6 +685,20 @@ def compute_ratios(results: Mapping[str, object]) -> dict[str, float | None]:
     }
 
 
+def scaling_ratios(results: Mapping[str, object]) -> dict[str, float | None]:
+    """filterd ``--workers 2`` beside the one-process raw pipe: for sizing, not the goals."""
+    x2 = _num(results.get("filterd_x2"), "msgs_per_s")
+    p99_x2 = _num(results.get("filterd_x2"), "p99_ms")
+    p99_raw = _num(results.get("raw_pipe"), "p99_ms")
+    return {
+        "filterd_x2_vs_raw_pipe": ratio(x2, _num(results.get("raw_pipe"), "msgs_per_s")),
+        "filterd_x2_vs_filterd": ratio(x2, _num(results.get("filterd"), "msgs_per_s")),
+        "p99_delta_ms_x2_vs_raw_pipe": (
+            round(p99_x2 - p99_raw, 3) if p99_x2 is not None and p99_raw is not None else None
+        ),
+    }
+
+
 def metrics_overhead(results: Mapping[str, object]) -> float | None:
     """Share of throughput the metrics cost: 1 − filterd / filterd without metrics."""
     on = _num(results.get("filterd"), "msgs_per_s")
@@ -725,6 +797,15 @@ def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
     for name, row in g.items():
         met = {True: "yes", False: "**no**", None: "–"}[row["met"]]
         lines.append(f"| {name} | {row['target']} | {_fmt(row['value'], 3)} | {met} |")
+    scaling = results.get("scaling")
+    if isinstance(scaling, Mapping) and any(v is not None for v in scaling.values()):
+        lines += [
+            "",
+            "Two workers (`--workers 2`: two processes, the raw pipe runs one), measured from "
+            "the moment the group settled with both: "
+            + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in scaling.items())
+            + ".",
+        ]
     lines += [
         "",
         "Throughput: output records / (last − first output LogAppendTime), events preloaded. "
@@ -919,6 +1000,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
     results["ratios"] = ratios
     results["metrics_overhead"] = overhead
     results["goals"] = goals(ratios, overhead)
+    results["scaling"] = scaling_ratios(results)
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["duration_s"] = round(time.monotonic() - t0, 1)
     return results
@@ -929,7 +1011,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks.e2e", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="100k events, 2 reps (under 5 minutes)")
     p.add_argument("--events", type=int, help="events per throughput run (full: 500000)")
-    p.add_argument("--partitions", type=int, default=3, help="partitions of every topic")
+    p.add_argument(
+        "--partitions", type=int, default=4,
+        help="partitions of every topic (4: an even split for 1, 2 or 4 workers)",
+    )  # fmt: skip
     p.add_argument("--reps", type=int, help="throughput repetitions per variant (full: 3)")
     p.add_argument("--latency-reps", type=int, help="latency repetitions per variant (full: 2)")
     p.add_argument(

@@ -233,16 +233,23 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> e2e.Workload:
     return w
 
 
-@pytest.mark.parametrize("name", ["raw_pipe", "filterd", "naive", "peer"])
+@pytest.mark.parametrize("name", ["raw_pipe", "filterd", "filterd_x2", "naive", "peer"])
 async def test_each_variant_routes_every_record_and_is_measured(
     name: str, kafka_bootstrap: str, workload: e2e.Workload, tmp_path: Path
 ) -> None:
     variant = e2e.make_variants()[name]
     if variant.requires and importlib.util.find_spec(variant.requires) is None:
         pytest.skip(f"{variant.requires} is not installed: pip install -e '.[bench]'")
-    session = e2e.Session(kafka_bootstrap, tmp_path, workload, partitions=2, stall_timeout_s=30)
+    session = e2e.Session(
+        kafka_bootstrap, tmp_path, workload, partitions=2, stall_timeout_s=30,
+        multi_worker_events=200_000,
+    )  # fmt: skip
     t = await session.throughput_run(variant)
     assert t["records_out"] >= SMOKE_EVENTS
+    if variant.members > 1:
+        # Counted from the moment both workers were in the group.
+        assert 0 < t["settle_s"] < 30  # type: ignore[operator]
+        assert 0 < t["records_after_settle"] < t["records_out"]  # type: ignore[operator]
     assert t["msgs_per_s"] > 0  # type: ignore[operator]
     if name != "raw_pipe":
         # Every route of the demo mix is exercised (deliver, block and invalid).

@@ -915,7 +915,12 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         dataset=Path(args.dataset) if args.dataset else None,
     )
     session = Session(
-        args.bootstrap, workdir, workload, partitions=args.partitions, keep_topics=args.keep_topics
+        args.bootstrap,
+        workdir,
+        workload,
+        partitions=args.partitions,
+        keep_topics=args.keep_topics,
+        multi_worker_events=MULTI_WORKER_EVENTS // 2 if args.quick else MULTI_WORKER_EVENTS,
     )
     tput: dict[str, list[dict[str, object]]] = {n: [] for n in order}
     lat: dict[str, list[dict[str, object]]] = {n: [] for n in order}

@@ -56,11 +56,12 @@ class Knob:
 
 KNOBS: tuple[Knob, ...] = (
     Knob("batch.max_records", (500, 1000, 5000, 20000), 5000),
-    Knob("producer.linger_ms", (0, 5, 20, 50), 5),
+    Knob("batch.pipelined", (True, False), True),
+    Knob("producer.linger_ms", (0, 5, 20), 0),
     Knob("producer.max_batch_size", (65_536, 262_144, 1_048_576), 1_048_576),
     Knob("producer.compression_type", ("none", "gzip", "lz4", "zstd"), "none"),
     Knob("producer.acks", ("all", "1"), "all"),
-    Knob("partitions", (1, 3, 6), 3, kind="partitions"),
+    Knob("partitions", (1, 4, 8), 4, kind="partitions"),
     Knob("workers", (1, 2), 1, kind="workers"),
 )
 
@@ -72,8 +73,13 @@ def knob_variant(knob: Knob, value: object, variants: Mapping[str, Variant]) -> 
     """The filterd variant with one knob set."""
     base = variants["filterd"]
     if knob.kind == "workers":
+        if value == 1:
+            return base
+        # As e2e's filterd_x2: measured once the group settled with every worker.
+        multi = variants["filterd_x2"]
         argv = (*base.argv, "--workers", str(value))
-        return Variant(f"filterd-workers-{value}", argv, config=base.config)
+        members = int(str(value))
+        return Variant(f"filterd-workers-{value}", argv, config=multi.config, members=members)
     if knob.kind == "partitions":
         return base
     section, key = knob.name.split(".", 1)
@@ -277,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep and write its results."""
     p = argparse.ArgumentParser(prog="benchmarks.sweep", description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--load", type=float, default=0.5)

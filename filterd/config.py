@@ -121,6 +121,9 @@ class BatchConfig:
     fetch_max_bytes: int = 52_428_800
     max_partition_fetch_bytes: int = 1_048_576
     fetch_max_wait_ms: int = 100
+    #: At-least-once: decide the next batch while the previous one's
+    #: acknowledgements are on their way (exactly-once is always sequential).
+    pipelined: bool = True
 
 
 @dataclass(slots=True, frozen=True)

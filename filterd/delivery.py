@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -114,6 +115,17 @@ async def _await_all(futures: list[asyncio.Future[object]]) -> BaseException | N
     return next((r for r in results if isinstance(r, BaseException)), None)
 
 
+@dataclass(slots=True)
+class Submitted:
+    """Outputs handed to the producer, their acknowledgements still to come."""
+
+    pending: list[tuple[PartitionOutput, list[asyncio.Future[object]]]] = field(
+        default_factory=list
+    )
+    #: Outputs the producer did not even take.
+    failed: list[PartitionOutput] = field(default_factory=list)
+
+
 class AtLeastOnce:
     """One shared producer; commit after acknowledgement."""
 
@@ -137,10 +149,15 @@ class AtLeastOnce:
         return len(await self._producer.partitions_for(topic))
 
     async def deliver(self, outputs: Sequence[PartitionOutput]) -> list[PartitionOutput]:
-        # Submit every builder first, then wait for all acknowledgements
-        # together: one round trip per batch, not per message.
-        pending: list[tuple[PartitionOutput, list[asyncio.Future[object]]]] = []
-        failed: list[PartitionOutput] = []
+        return await self.complete(await self.submit(outputs))
+
+    async def submit(self, outputs: Sequence[PartitionOutput]) -> Submitted:
+        """Hand every builder to the producer; acknowledgements come later (:meth:`complete`).
+
+        Submit every builder first, then wait for all acknowledgements together:
+        one round trip per batch, not per message.
+        """
+        submitted = Submitted()
         for out in outputs:
             futures: list[asyncio.Future[object]] = []
             try:
@@ -151,11 +168,16 @@ class AtLeastOnce:
             except KafkaError as exc:
                 log.warning("could not queue output of %s/%d: %r", out.topic, out.partition, exc)
                 await _await_all(futures)
-                failed.append(out)
+                submitted.failed.append(out)
                 continue
-            pending.append((out, futures))
+            submitted.pending.append((out, futures))
+        return submitted
+
+    async def complete(self, submitted: Submitted) -> list[PartitionOutput]:
+        """Wait for the acknowledgements, commit what made it; return what did not."""
         offsets: dict[TopicPartition, int] = {}
-        for out, futures in pending:
+        failed = submitted.failed
+        for out, futures in submitted.pending:
             error = await _await_all(futures)
             if error is None:
                 offsets[TopicPartition(out.topic, out.partition)] = out.next_offset

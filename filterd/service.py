@@ -18,6 +18,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, cast
 
@@ -28,13 +29,14 @@ from prometheus_client import CollectorRegistry
 
 from filterd import __version__
 from filterd.config import Config
-from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
+from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce, Submitted
 from filterd.errors import BrokerError
 from filterd.http import Health, HealthServer
 from filterd.metrics import LoopLagMonitor, Metrics
 from filterd.pipeline import (
     HeaderCache,
     OutputTopics,
+    PartitionOutput,
     Timestamps,
     decide_partition,
 )
@@ -44,6 +46,25 @@ from filterd.snapshot import ConsentSnapshot, SnapshotWatcher
 log = logging.getLogger(__name__)
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+_Todo = list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
+
+#: Loop turns given to the producer's sender after a batch is handed over: one
+#: to drain it into a produce task, one for that task to write the request.
+_SENDER_STEPS = 2
+
+
+@dataclass(slots=True)
+class _Work:
+    """One fetched batch, decided by one snapshot version."""
+
+    batch: Batch
+    decider: Decider
+    headers: HeaderCache
+    #: The partition assignment it was fetched under (Service.generation).
+    generation: int
+    started: float
+    todo: _Todo
+    decided: list[PartitionOutput] = field(default_factory=list)
 
 
 class Service:
@@ -75,6 +96,8 @@ class Service:
         self._headers: HeaderCache | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._drain_requested = False
+        self._pipelined = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -138,6 +161,7 @@ class Service:
         )
         mode = ExactlyOnce if cfg.delivery.mode == "exactly-once" else AtLeastOnce
         delivery: Delivery = mode(cfg, consumer)
+        self._pipelined = cfg.batch.pipelined and isinstance(delivery, AtLeastOnce)
         await self._retry_until_started("producer", delivery.start)
         stack.push_async_callback(self._bounded, "producer", delivery.stop)
         self._delivery = delivery
@@ -158,22 +182,49 @@ class Service:
         assert consumer is not None
         timeout_ms = self.config.batch.max_wait_ms
         max_records = self.config.batch.max_records
+        # Pipelined (at-least-once, batch.pipelined): batch N's acknowledgements
+        # travel while batch N+1 is fetched and decided. N+1 is handed to the
+        # producer only once N is acknowledged and committed, so output order
+        # and the commit rule are those of the sequential loop.
+        inflight: tuple[_Work, Submitted] | None = None
         while not self.should_exit:
             try:
                 batch: Batch = await consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=max_records
+                    timeout_ms=0 if inflight else timeout_ms, max_records=max_records
                 )
             except KafkaError as exc:
                 log.warning("fetch failed, retrying: %r", exc)
+                if inflight is not None:
+                    await self._finish(*inflight)
+                    inflight = None
+                    self._idle.set()
                 await asyncio.sleep(self.config.service.retry_backoff_s)
                 continue
             self.health.fetched()
-            if batch:
-                self._idle.clear()
-                try:
-                    await self._process(batch)
-                finally:
-                    self._idle.set()
+            if not batch and inflight is None:
+                continue
+            self._idle.clear()
+            work = self._decide(batch) if batch else None
+            if inflight is not None:
+                await self._finish(*inflight)
+                inflight = None
+            if work is not None and work.generation == self.generation:
+                submitted = await self._submit(work)
+                if self._pipelined and not self._drain_requested and not self.should_exit:
+                    inflight = (work, submitted)
+                    # Let the producer's sender task write the request now,
+                    # before the next batch keeps the loop busy deciding.
+                    for _ in range(_SENDER_STEPS):
+                        await asyncio.sleep(0)
+                else:
+                    await self._finish(work, submitted)
+            # (A batch decided before a rebalance that completed meanwhile is
+            # dropped: positions were reset to the committed offsets.)
+            if inflight is None:
+                self._idle.set()
+        if inflight is not None:
+            await self._finish(*inflight)
+            self._idle.set()
 
     async def shutdown(self) -> None:
         self.health.stopping = True
@@ -189,25 +240,46 @@ class Service:
 
     # -- the batch -----------------------------------------------------------
 
-    async def _process(self, batch: Batch) -> None:
-        consumer, delivery, outputs = self._consumer, self._delivery, self._outputs
-        assert consumer is not None
+    def _decide(self, batch: Batch) -> _Work:
+        """Decide every partition of ``batch`` by one snapshot version."""
+        decider, headers = self._current_decider()
+        todo = [(tp, records) for tp, records in batch.items() if records]
+        work = _Work(batch, decider, headers, self.generation, time.perf_counter(), todo)
+        work.decided = self._decide_partitions(work, todo)
+        return work
+
+    def _decide_partitions(self, work: _Work, todo: _Todo) -> list[PartitionOutput]:
+        delivery, outputs = self._delivery, self._outputs
         assert delivery is not None
         assert outputs is not None
-        decider, headers = self._current_decider()
-        generation = self.generation
-        started = time.perf_counter()
-        todo = [(tp, records) for tp, records in batch.items() if records]
+        return [
+            decide_partition(
+                work.decider, work.headers, tp.topic, tp.partition, records, outputs,
+                functools.partial(delivery.new_builder, tp),
+            )
+            for tp, records in todo
+        ]  # fmt: skip
+
+    async def _submit(self, work: _Work) -> Submitted:
+        delivery = self._delivery
+        if isinstance(delivery, AtLeastOnce):
+            return await delivery.submit(work.decided)
+        # Exactly-once produces, commits and reports in one transaction.
+        assert delivery is not None
+        return Submitted(failed=await delivery.deliver(work.decided))
+
+    async def _finish(self, work: _Work, submitted: Submitted) -> None:
+        """Acknowledge and commit ``work``, retrying what failed; then count it."""
+        consumer, delivery = self._consumer, self._delivery
+        assert consumer is not None
+        assert delivery is not None
+        if isinstance(delivery, AtLeastOnce):
+            failed = await delivery.complete(submitted)
+        else:
+            failed = submitted.failed
+        todo, decided = work.todo, work.decided
         counts: Counter[Outcome] = Counter()
-        while todo:
-            decided = [
-                decide_partition(
-                    decider, headers, tp.topic, tp.partition, records, outputs,
-                    functools.partial(delivery.new_builder, tp),
-                )
-                for tp, records in todo
-            ]  # fmt: skip
-            failed = await delivery.deliver(decided)
+        while True:
             failed_keys = {(o.topic, o.partition) for o in failed}
             for out in decided:
                 if (out.topic, out.partition) not in failed_keys:
@@ -224,7 +296,7 @@ class Service:
                 )
                 break
             await asyncio.sleep(self.config.service.retry_backoff_s)
-            if self.generation != generation:
+            if self.generation != work.generation:
                 # The group rebalanced meanwhile: positions were reset to the
                 # committed offsets, so these records are fetched again.
                 log.warning("rebalanced while retrying: %d partitions left to refetch", len(failed))
@@ -237,10 +309,15 @@ class Service:
                 for tp, r in todo
                 if (tp.topic, tp.partition) in failed_keys and tp in assignment
             ]
+            if not todo:
+                break
+            decided = self._decide_partitions(work, todo)
+            failed = await delivery.deliver(decided)
         self.counts.update(counts)
         self.batches += 1
         if self.metrics is not None:
-            seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - work.started
+            batch = work.batch
             records = sum(len(r) for r in batch.values())
             # An Outcome is a (route, reason) tuple: the counter is the mapping it takes.
             by_reason = cast("Mapping[tuple[str, str], int]", counts)
@@ -319,10 +396,15 @@ class Service:
             log.warning("%s stopped with an error: %r", what, exc)
 
     async def _wait_idle(self) -> None:
+        # A pipelined loop is never idle under steady load: ask it to finish the
+        # batch in flight and the one in hand without starting another.
+        self._drain_requested = True
         try:
             await asyncio.wait_for(self._idle.wait(), self.config.service.shutdown_timeout_s)
         except TimeoutError:
             log.warning("batch still in flight at rebalance; its partitions will be redone")
+        finally:
+            self._drain_requested = False
 
     def _on_swap(self, snapshot: ConsentSnapshot, seconds: float) -> None:
         self.health.snapshot_version = snapshot.version

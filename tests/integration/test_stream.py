@@ -72,12 +72,17 @@ def expected_counts(
     return Counter(reference.decide(value)[0] for _, value in records)
 
 
-async def test_routes_every_reason_like_the_reference(stream: Stream, reference: Reference) -> None:
+@pytest.mark.parametrize("pipelined", ["true", "false"])
+async def test_routes_every_reason_like_the_reference(
+    stream: Stream, reference: Reference, pipelined: str
+) -> None:
     version = build_snapshot(stream.root, stream.dataset)
     records = events(stream.dataset, 4_000, seed=1)
     expected = expected_counts(reference, records)
     await produce(stream, records)
-    async with running(stream.config()):
+    # Small batches: many batch cycles, each overlapping the next when pipelined.
+    config = stream.config(FILTERD_BATCH_PIPELINED=pipelined, FILTERD_BATCH_MAX_RECORDS="200")
+    async with running(config):
         outputs = await stream.outputs_by_route(expected)
     inputs = await drain(stream.bootstrap, stream.input, expected=len(records))
     verdict = verify(inputs, outputs, {version: reference})
@@ -265,7 +270,9 @@ async def test_sigterm_under_load_stops_cleanly_without_loss(
     records = events(stream.dataset, 30_000, seed=9)
     log = tmp_path / "worker.log"
     await produce(stream, records)
-    proc = spawn(stream, log)
+    # Small batches: hundreds of batch cycles, so the signal lands mid-stream
+    # with a batch in flight (pipelined: one acknowledged, the next decided).
+    proc = spawn(stream, log, env={"FILTERD_BATCH_MAX_RECORDS": "50"})
     for _ in range(200):
         if await drain(stream.bootstrap, stream.deliver, timeout=0.5):
             break
@@ -273,6 +280,8 @@ async def test_sigterm_under_load_stops_cleanly_without_loss(
     assert proc.wait(60) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "shutdown" in text
+    done = sum(offset or 0 for offset in (await committed(stream)).values())
+    assert 0 < done < len(records), "stopped before the first or after the last batch"
     proc = spawn(stream, log)
     try:
         outputs = await stream.outputs_by_route(expected_counts(reference, records), timeout=90)

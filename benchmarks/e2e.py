@@ -1023,7 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, help="throughput repetitions per variant (full: 3)")
     p.add_argument("--latency-reps", type=int, help="latency repetitions per variant (full: 2)")
     p.add_argument(
-        "--latency-seconds", type=float, help="length of the offered load (full: 20, quick: 8)"
+        "--latency-seconds", type=float, help="length of the offered load (full: 20, quick: 6)"
     )
     p.add_argument("--load", type=float, default=0.5, help="offered load, share of raw pipe max")
     p.add_argument("--rate", type=float, help="offered load in msgs/s (overrides --load)")
@@ -1048,7 +1048,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.events = args.events or (100_000 if quick else 500_000)
     args.reps = args.reps or (2 if quick else 3)
     args.latency_reps = args.latency_reps or (1 if quick else 2)
-    args.latency_seconds = args.latency_seconds or (8.0 if quick else 20.0)
+    args.latency_seconds = args.latency_seconds or (6.0 if quick else 20.0)
     args.bootstrap = bootstrap_from_env(args.bootstrap)
     args.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="filterd-bench-"))
     args.workdir.mkdir(parents=True, exist_ok=True)

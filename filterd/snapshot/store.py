@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, TypeAlias, TypeVar, cast
+from typing import Generic, NamedTuple, TypeAlias, TypeVar, cast
 
 from pyroaring import BitMap64, FrozenBitMap64
 
@@ -209,14 +209,29 @@ def sorted_numbers_steps(values: array[int]) -> Generator[None, None, SortedNumb
     return SortedNumbers(lows, starts, shift, first, width)
 
 
+class _Done(Generic[_T]):
+    """A step generator's return value, once it has finished."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _T) -> None:
+        self.value = value
+
+
+def _advance(steps: Generator[None, None, _T]) -> _Done[_T] | None:
+    """Run one step; the result once the generator has returned, else None."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return _Done(done.value)
+    return None
+
+
 def drive(steps: Generator[None, None, _T]) -> _T:
     """Run a step generator to the end at once (for tools, not the event loop)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: _T = done.value
-            return result
+    while (done := _advance(steps)) is None:
+        pass
+    return done.value
 
 
 # pyroaring's stubs declare __contains__(int), narrower than Collection's (object).
@@ -361,12 +376,8 @@ async def run_sliced(steps: Generator[None, None, _T]) -> _T:
     """Drive a step generator on the running loop, yielding to it every ASYNC_SLICE_S."""
     clock = time.perf_counter
     deadline = clock() + ASYNC_SLICE_S
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: _T = done.value
-            return result
+    while (done := _advance(steps)) is None:
         if clock() >= deadline:
             await asyncio.sleep(0)
             deadline = clock() + ASYNC_SLICE_S
+    return done.value

@@ -189,11 +189,26 @@ def merge(*layers: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, ob
     return out
 
 
-def free_port() -> int:
-    """A TCP port free right now on loopback (for a metrics endpoint per run)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(count: int = 1) -> int:
+    """A TCP port free right now on loopback, and the ``count - 1`` after it.
+
+    For a metrics endpoint per run; worker *i* of ``--workers N`` serves on port + i.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + count - 1 > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base + 1, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports on loopback")
 
 
 # --------------------------------------------------------------------------- one process
@@ -337,7 +352,7 @@ class Session:
                 "kafka": {"bootstrap_servers": self.bootstrap, "group_id": group},
                 "topics": dict(topics),
                 "snapshot": {"root": str(self.workload.snapshot_root)},
-                "metrics": {"port": free_port()},
+                "metrics": {"port": free_port(variant.members)},
                 "logging": {"level": "INFO"},
             },
             self.knobs,

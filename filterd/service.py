@@ -98,6 +98,10 @@ class Service:
         self._idle.set()
         self._drain_requested = False
         self._pipelined = False
+        #: The main loop is deciding or producing a batch.
+        self._busy = False
+        #: Acknowledgement and commit of the batch in flight (pipelined mode).
+        self._finishing: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -183,48 +187,65 @@ class Service:
         timeout_ms = self.config.batch.max_wait_ms
         max_records = self.config.batch.max_records
         # Pipelined (at-least-once, batch.pipelined): batch N's acknowledgements
-        # travel while batch N+1 is fetched and decided. N+1 is handed to the
-        # producer only once N is acknowledged and committed, so output order
-        # and the commit rule are those of the sequential loop.
-        inflight: tuple[_Work, Submitted] | None = None
+        # and commit are awaited by a task of their own while this loop fetches
+        # and decides batch N+1. N+1 is handed to the producer only once that
+        # task is done, so output order and the commit rule are those of the
+        # sequential loop. The task finishes on its own even while getmany()
+        # waits out a rebalance, so a revoke never waits on this loop.
         while not self.should_exit:
             try:
                 batch: Batch = await consumer.getmany(
-                    timeout_ms=0 if inflight else timeout_ms, max_records=max_records
+                    timeout_ms=0 if self._finishing else timeout_ms, max_records=max_records
                 )
             except KafkaError as exc:
                 log.warning("fetch failed, retrying: %r", exc)
-                if inflight is not None:
-                    await self._finish(*inflight)
-                    inflight = None
-                    self._idle.set()
+                await self._await_finishing()
                 await asyncio.sleep(self.config.service.retry_backoff_s)
                 continue
             self.health.fetched()
-            if not batch and inflight is None:
+            if not batch:
+                # Nothing to overlap with: finish the batch in flight now.
+                await self._await_finishing()
                 continue
+            self._busy = True
             self._idle.clear()
-            work = self._decide(batch) if batch else None
-            if inflight is not None:
-                await self._finish(*inflight)
-                inflight = None
-            if work is not None and work.generation == self.generation:
-                submitted = await self._submit(work)
-                if self._pipelined and not self._drain_requested and not self.should_exit:
-                    inflight = (work, submitted)
-                    # Let the producer's sender task write the request now,
-                    # before the next batch keeps the loop busy deciding.
-                    for _ in range(_SENDER_STEPS):
-                        await asyncio.sleep(0)
-                else:
-                    await self._finish(work, submitted)
-            # (A batch decided before a rebalance that completed meanwhile is
-            # dropped: positions were reset to the committed offsets.)
-            if inflight is None:
-                self._idle.set()
-        if inflight is not None:
-            await self._finish(*inflight)
+            try:
+                work = self._decide(batch)
+                await self._await_finishing()
+                # (A batch decided before a rebalance that completed meanwhile is
+                # dropped: positions were reset to the committed offsets.)
+                if work.generation == self.generation:
+                    submitted = await self._submit(work)
+                    if self._pipelined and not self._drain_requested and not self.should_exit:
+                        self._finishing = asyncio.create_task(self._finish(work, submitted))
+                        self._finishing.add_done_callback(self._update_idle)
+                        # Let the producer's sender task write the request now,
+                        # before the next batch keeps the loop busy deciding.
+                        for _ in range(_SENDER_STEPS):
+                            await asyncio.sleep(0)
+                    else:
+                        await self._finish(work, submitted)
+            finally:
+                self._busy = False
+                self._update_idle()
+        await self._await_finishing()
+
+    async def _await_finishing(self) -> None:
+        """Wait for the batch in flight to be acknowledged and committed (re-raises a bug)."""
+        task = self._finishing
+        if task is not None:
+            try:
+                await task
+            finally:
+                self._finishing = None
+                self._update_idle()
+
+    def _update_idle(self, _task: object = None) -> None:
+        """Idle: no batch being decided or produced, none waiting for its commit."""
+        if not self._busy and (self._finishing is None or self._finishing.done()):
             self._idle.set()
+        else:
+            self._idle.clear()
 
     async def shutdown(self) -> None:
         self.health.stopping = True

@@ -75,7 +75,15 @@ class Delivery(Protocol):
 
     async def partitions_for(self, topic: str) -> int: ...
 
+    #: Whether acknowledgement and commit may run apart from submission (the
+    #: pipelined loop); False means ``submit`` already did everything.
+    pipelines: bool
+
     async def deliver(self, outputs: Sequence[PartitionOutput]) -> list[PartitionOutput]: ...
+
+    async def submit(self, outputs: Sequence[PartitionOutput]) -> Submitted: ...
+
+    async def complete(self, submitted: Submitted) -> list[PartitionOutput]: ...
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
 
@@ -128,6 +136,8 @@ class Submitted:
 
 class AtLeastOnce:
     """One shared producer; commit after acknowledgement."""
+
+    pipelines = True
 
     def __init__(self, config: Config, consumer: AIOKafkaConsumer) -> None:
         self._config = config
@@ -209,6 +219,9 @@ class AtLeastOnce:
 
 class ExactlyOnce:
     """One transactional producer per input partition; offsets in the transaction."""
+
+    #: Produce, commit and report happen in one transaction, inside ``submit``.
+    pipelines = False
 
     def __init__(self, config: Config, consumer: AIOKafkaConsumer) -> None:
         self._config = config
@@ -344,6 +357,12 @@ class ExactlyOnce:
         # partition of the batch, never per message.
         results = await asyncio.gather(*(self._transact(out) for out in outputs))
         return [out for out, ok in zip(outputs, results, strict=True) if not ok]
+
+    async def submit(self, outputs: Sequence[PartitionOutput]) -> Submitted:
+        return Submitted(failed=await self.deliver(outputs))
+
+    async def complete(self, submitted: Submitted) -> list[PartitionOutput]:
+        return submitted.failed
 
     async def _transact(self, out: PartitionOutput) -> bool:
         tp = TopicPartition(out.topic, out.partition)

@@ -165,7 +165,7 @@ class Service:
         )
         mode = ExactlyOnce if cfg.delivery.mode == "exactly-once" else AtLeastOnce
         delivery: Delivery = mode(cfg, consumer)
-        self._pipelined = cfg.batch.pipelined and isinstance(delivery, AtLeastOnce)
+        self._pipelined = cfg.batch.pipelined and delivery.pipelines
         await self._retry_until_started("producer", delivery.start)
         stack.push_async_callback(self._bounded, "producer", delivery.stop)
         self._delivery = delivery
@@ -182,8 +182,9 @@ class Service:
         )  # fmt: skip
 
     async def main_loop(self) -> None:
-        consumer = self._consumer
+        consumer, delivery = self._consumer, self._delivery
         assert consumer is not None
+        assert delivery is not None
         timeout_ms = self.config.batch.max_wait_ms
         max_records = self.config.batch.max_records
         # Pipelined (at-least-once, batch.pipelined): batch N's acknowledgements
@@ -215,7 +216,7 @@ class Service:
                 # (A batch decided before a rebalance that completed meanwhile is
                 # dropped: positions were reset to the committed offsets.)
                 if work.generation == self.generation:
-                    submitted = await self._submit(work)
+                    submitted = await delivery.submit(work.decided)
                     if self._pipelined and not self._drain_requested and not self.should_exit:
                         self._finishing = asyncio.create_task(self._finish(work, submitted))
                         self._finishing.add_done_callback(self._update_idle)
@@ -281,23 +282,12 @@ class Service:
             for tp, records in todo
         ]  # fmt: skip
 
-    async def _submit(self, work: _Work) -> Submitted:
-        delivery = self._delivery
-        if isinstance(delivery, AtLeastOnce):
-            return await delivery.submit(work.decided)
-        # Exactly-once produces, commits and reports in one transaction.
-        assert delivery is not None
-        return Submitted(failed=await delivery.deliver(work.decided))
-
     async def _finish(self, work: _Work, submitted: Submitted) -> None:
         """Acknowledge and commit ``work``, retrying what failed; then count it."""
         consumer, delivery = self._consumer, self._delivery
         assert consumer is not None
         assert delivery is not None
-        if isinstance(delivery, AtLeastOnce):
-            failed = await delivery.complete(submitted)
-        else:
-            failed = submitted.failed
+        failed = await delivery.complete(submitted)
         todo, decided = work.todo, work.decided
         counts: Counter[Outcome] = Counter()
         while True:

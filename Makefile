@@ -4,22 +4,38 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The per-event modules are compiled with mypyc (setup.py) into .so files beside their
+# sources; NATIVE is rebuilt whenever one of them changes, so no target runs a stale build.
+# FILTERD_PURE_PYTHON=1 builds nothing and runs them as plain Python (slower).
+NATIVE := $(VENV)/.native
+NATIVE_SRC := setup.py filterd/native.py \
+	$(shell sed -n 's/^ *"\(filterd\/[a-z_/]*\.py\)",$$/\1/p' filterd/native.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint typecheck test demo kafka-fetch kafka-up kafka-down kafka-logs
+.PHONY: help install native lint typecheck test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot
 .PHONY: faults faults-quick fuzz
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install filterd with its dev tools
+install: $(NATIVE) ## create .venv, install filterd with its dev tools, compile the hot path
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	FILTERD_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(NATIVE): $(NATIVE_SRC) | $(STAMP)
+	find filterd -name '*.so' -delete
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	@# setuptools keeps the mtime of an unchanged per-module stub: mark the build as now.
+	find filterd -name '*.so' -exec touch {} +
+	$(BIN)/python -m filterd.native
+	touch $(NATIVE)
+
+native: $(NATIVE) ## (re)compile the per-event modules after editing them (make test does it too)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check filterd tests benchmarks deploy
@@ -45,12 +61,13 @@ kafka-down: ## stop the local Kafka broker
 kafka-logs: ## follow the local Kafka broker log
 	$(KAFKA_SH) logs
 
-test: $(STAMP) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=... passes options)
+test: $(NATIVE) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=... passes options)
 	$(KAFKA_SH) up
 	$(MAKE) --no-print-directory lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+	FILTERD_EXPECT_HOT_PATH=$(if $(filter-out 0,$(FILTERD_PURE_PYTHON)),interpreted,compiled) \
+		$(BIN)/pytest $(PYTEST_ARGS)
 
-demo: $(STAMP) ## the main job: local broker, sample snapshot, a traffic burst through filterd, a routing table
+demo: $(NATIVE) ## the main job: local broker, sample snapshot, a traffic burst through filterd, a routing table
 	$(KAFKA_SH) up
 	$(BIN)/python deploy/local/demo.py $(DEMO_ARGS)
 
@@ -58,8 +75,13 @@ demo: $(STAMP) ## the main job: local broker, sample snapshot, a traffic burst t
 # matplotlib (charts), cramjam (lz4/zstd for the sweep). BENCH_ARGS=... passes options.
 BENCH_ARGS ?=
 
-bench-deps: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+BENCH_STAMP := $(VENV)/.bench
+
+bench-deps: $(BENCH_STAMP) $(NATIVE)
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	FILTERD_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 bench: bench-deps ## end-to-end: filterd vs raw pipe, naive and Quix peer (full, ~20-30 min)
 	$(KAFKA_SH) up
@@ -73,10 +95,10 @@ bench-sweep: bench-deps ## each tuning knob's effect on throughput and p99 (~15 
 	$(KAFKA_SH) up
 	$(BIN)/python -m benchmarks.sweep $(BENCH_ARGS)
 
-bench-decide: $(STAMP) ## micro-benchmark: decision path per event vs orjson.loads alone
+bench-decide: $(NATIVE) ## micro-benchmark: decision path per event vs orjson.loads alone
 	$(BIN)/python -m benchmarks.decide_bench $(BENCH_ARGS)
 
-bench-snapshot: $(STAMP) ## consent store: build rate, memory, load, loop stall, lookups at 1e6/1e7 (~10 min)
+bench-snapshot: $(NATIVE) ## consent store: build rate, memory, load, loop stall, lookups at 1e6/1e7 (~10 min)
 	$(BIN)/python -m benchmarks.snapshot_bench $(BENCH_ARGS)
 
 # Fault injection (docs/reliability.md): a private broker on FAULTS_KAFKA_PORT (default 19392)
@@ -86,12 +108,12 @@ FAULTS_ARGS ?=
 FUZZ_SECONDS ?= 300
 FUZZ_ARGS ?=
 
-faults: $(STAMP) ## fault injection, full: >=200k events, 5+ kills, 2+ broker restarts per mode (~12 min)
+faults: $(NATIVE) ## fault injection, full: >=200k events, 5+ kills, 2+ broker restarts per mode (~12 min)
 	$(BIN)/python -m benchmarks.faults $(FAULTS_ARGS)
 
-faults-quick: $(STAMP) ## fault injection, quick (the CI size, ~5 min): benchmarks/results/faults-quick.json
+faults-quick: $(NATIVE) ## fault injection, quick (the CI size, ~5 min): benchmarks/results/faults-quick.json
 	$(BIN)/python -m benchmarks.faults --quick $(FAULTS_ARGS)
 
-fuzz: $(STAMP) ## mutation fuzzing of the decision path for FUZZ_SECONDS (atheris when it installs)
+fuzz: $(NATIVE) ## mutation fuzzing of the decision path for FUZZ_SECONDS (atheris when it installs)
 	$(BIN)/pip install --quiet -e '.[dev,fuzz]' || echo "atheris does not install here: builtin mutator"
 	$(BIN)/python -m benchmarks.fuzz_mutation --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from filterd import __version__
+from filterd import __version__, native
 from filterd.logs import RateLimitedLogger
 from filterd.router import OUTCOMES
 
@@ -228,11 +228,12 @@ class Metrics:
         )
         self.build_info = Gauge(
             "filterd_build_info",
-            "Always 1; the version label is the filterd release running.",
-            ["version"],
+            "Always 1; version is the filterd release running, hot_path whether its"
+            " per-event modules run compiled or interpreted.",
+            ["version", "hot_path"],
             registry=reg,
         )
-        self.build_info.labels(__version__).set(1)
+        self.build_info.labels(__version__, native.hot_path()).set(1)
 
         self._event_children: dict[tuple[str, str], Counter] = {}
         for route, reason in KNOWN_DECISIONS:

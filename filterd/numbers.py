@@ -11,16 +11,20 @@ then happily converts, so every string is checked with ``isascii`` first.
 
 from __future__ import annotations
 
+from typing import Final
+
 from filterd.errors import InvalidNumber
 
 __all__ = ["MAX_DIGITS", "MIN_DIGITS", "normalize"]
 
 #: E.164 allows at most 15 digits; fewer than 8 is no routable mobile number.
-MIN_DIGITS = 8
-MAX_DIGITS = 15
+MIN_DIGITS: Final = 8
+MAX_DIGITS: Final = 15
 
 # len("+" + digits) -> the smallest valid number of that many digits (no leading zero).
-_INTERNATIONAL_FLOOR = {n + 1: 10 ** (n - 1) for n in range(MIN_DIGITS, MAX_DIGITS + 1)}
+_INTERNATIONAL_FLOOR: Final[dict[int, int]] = {
+    n + 1: 10 ** (n - 1) for n in range(MIN_DIGITS, MAX_DIGITS + 1)
+}
 
 
 def normalize(raw: str, country_code: str = "86") -> int:

@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from filterd.router import BLOCK, DELIVER, INVALID, OUTCOMES, Decider, Outcome
 
-HEADER_ROUTE = "filterd-route"
-HEADER_REASON = "filterd-reason"
-HEADER_SNAPSHOT = "filterd-snapshot"
-HEADER_SOURCE = "filterd-source"
+HEADER_ROUTE: Final = "filterd-route"
+HEADER_REASON: Final = "filterd-reason"
+HEADER_SNAPSHOT: Final = "filterd-snapshot"
+HEADER_SOURCE: Final = "filterd-source"
 
 Header = tuple[str, bytes]
 
@@ -184,4 +184,5 @@ class Timestamps(Sequence[int]):
         return self._records[index].timestamp
 
     def __iter__(self) -> Iterator[int]:
-        return (r.timestamp for r in self._records)
+        for r in self._records:
+            yield r.timestamp

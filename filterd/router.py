@@ -17,7 +17,7 @@ import logging
 import traceback
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 
@@ -42,9 +42,9 @@ class _Traceback:
         return "".join(traceback.format_exception(self.exc)).rstrip()
 
 
-DELIVER = "deliver"
-BLOCK = "block"
-INVALID = "invalid"
+DELIVER: Final = "deliver"
+BLOCK: Final = "block"
+INVALID: Final = "invalid"
 ROUTES: tuple[str, ...] = (DELIVER, BLOCK, INVALID)
 
 
@@ -59,18 +59,18 @@ class Outcome(NamedTuple):
 
 # Every outcome that exists, preallocated: the hot loop returns these objects
 # and the service keys its per-outcome header cache and counters by them.
-CONSENT = Outcome(DELIVER, "consent")
-EXEMPT_CATEGORY = Outcome(DELIVER, "exempt-category")
-OPTED_OUT = Outcome(BLOCK, "opted-out")
-UNKNOWN_SENDER = Outcome(BLOCK, "unknown-sender")
-RECIPIENT_DND = Outcome(BLOCK, "recipient-dnd")
-NO_CONSENT = Outcome(BLOCK, "no-consent")
-OVERSIZED = Outcome(INVALID, "oversized")
-MALFORMED_JSON = Outcome(INVALID, "malformed-json")
-MISSING_FIELD = Outcome(INVALID, "missing-field")
-BAD_FIELD_TYPE = Outcome(INVALID, "bad-field-type")
-BAD_RECIPIENT = Outcome(INVALID, "bad-recipient")
-INTERNAL_ERROR = Outcome(INVALID, "internal-error")
+CONSENT: Final = Outcome(DELIVER, "consent")
+EXEMPT_CATEGORY: Final = Outcome(DELIVER, "exempt-category")
+OPTED_OUT: Final = Outcome(BLOCK, "opted-out")
+UNKNOWN_SENDER: Final = Outcome(BLOCK, "unknown-sender")
+RECIPIENT_DND: Final = Outcome(BLOCK, "recipient-dnd")
+NO_CONSENT: Final = Outcome(BLOCK, "no-consent")
+OVERSIZED: Final = Outcome(INVALID, "oversized")
+MALFORMED_JSON: Final = Outcome(INVALID, "malformed-json")
+MISSING_FIELD: Final = Outcome(INVALID, "missing-field")
+BAD_FIELD_TYPE: Final = Outcome(INVALID, "bad-field-type")
+BAD_RECIPIENT: Final = Outcome(INVALID, "bad-recipient")
+INTERNAL_ERROR: Final = Outcome(INVALID, "internal-error")
 
 OUTCOMES: tuple[Outcome, ...] = (
     CONSENT, EXEMPT_CATEGORY, OPTED_OUT, UNKNOWN_SENDER, RECIPIENT_DND, NO_CONSENT,
@@ -79,8 +79,8 @@ OUTCOMES: tuple[Outcome, ...] = (
 #: reason -> route, for validating and reading output records.
 REASONS: Mapping[str, str] = {o.reason: o.route for o in OUTCOMES}
 
-REQUIRE_CONSENT = "require-consent"
-EXEMPT = "exempt"
+REQUIRE_CONSENT: Final = "require-consent"
+EXEMPT: Final = "exempt"
 
 
 class SenderLookup(Protocol):
@@ -139,25 +139,30 @@ class Decider:
     """
 
     __slots__ = (
-        "_cc", "_default_exempt", "_dnd", "_exempt_get", "_max_bytes", "_senders_get",
-        "snapshot", "version",
+        "_cc", "_default_exempt", "_dnd", "_exempt", "_max_bytes", "_senders", "snapshot",
+        "version",
     )  # fmt: skip
 
     def __init__(self, snapshot: SnapshotView, policy: Policy) -> None:
         self.snapshot = snapshot
-        self.version = snapshot.version
-        self._senders_get = snapshot.senders.get
-        self._dnd = snapshot.dnd_numbers
-        self._cc = policy.country_code
-        self._max_bytes = policy.max_event_bytes
-        # category -> exempt?, looked up with one C-level dict.get per event.
-        self._exempt_get = {c: r == EXEMPT for c, r in policy.rules.items()}.get
-        self._default_exempt = policy.default_rule == EXEMPT
+        self.version: str = snapshot.version
+        senders = snapshot.senders
+        # A plain dict: one C-level lookup per event (the snapshot's is one already).
+        self._senders: dict[str, SenderLookup] = senders if type(senders) is dict else dict(senders)
+        self._dnd: Container[int] = snapshot.dnd_numbers
+        self._cc: str = policy.country_code
+        self._max_bytes: int = policy.max_event_bytes
+        # category -> exempt?, one dict lookup per event.
+        self._exempt: dict[str, bool] = {c: r == EXEMPT for c, r in policy.rules.items()}
+        self._default_exempt: bool = policy.default_rule == EXEMPT
 
     def decide(self, value: bytes | None) -> Outcome:
         """Route one record value. Never raises: a bug becomes ``internal-error``."""
         # One function, no helper calls on the common path: a Python call costs
-        # as much here as a bitmap lookup.
+        # as much here as a bitmap lookup. The checks are written so that the
+        # compiled build (mypyc, see setup.py) turns them into C-level type
+        # checks and dict lookups: orjson returns exact dicts and strs, so
+        # isinstance() means type() is here.
         try:
             if value is None:
                 return MALFORMED_JSON
@@ -167,28 +172,27 @@ class Decider:
                 event = orjson.loads(value)
             except orjson.JSONDecodeError:
                 return MALFORMED_JSON
-            if type(event) is not dict:
+            if not isinstance(event, dict):
                 return MALFORMED_JSON
-            get = event.get
-            mid = get("id")
-            sender = get("sender")
-            recipient = get("recipient")
-            if type(mid) is str and type(sender) is str and type(recipient) is str:
+            mid = event.get("id")
+            sender = event.get("sender")
+            recipient = event.get("recipient")
+            if isinstance(mid, str) and isinstance(sender, str) and isinstance(recipient, str):
                 # The common case: all three required fields are strings.
                 sender = sender.strip()
                 if not sender or not recipient.strip() or not mid.strip():
                     return MISSING_FIELD
             else:
                 return _missing_or_bad_type(mid, sender, recipient)
-            category = get("category")
+            category = event.get("category")
             if category is None:
                 category = "marketing"
-            elif type(category) is not str:
+            elif not isinstance(category, str):
                 return BAD_FIELD_TYPE
-            text = get("text")
-            if text is not None and type(text) is not str:
+            text = event.get("text")
+            if text is not None and not isinstance(text, str):
                 return BAD_FIELD_TYPE
-            ts = get("ts")
+            ts = event.get("ts")
             # type() rather than isinstance(): JSON true/false must not pass as an int.
             if ts is not None and type(ts) is not int:
                 return BAD_FIELD_TYPE
@@ -196,10 +200,10 @@ class Decider:
                 number = normalize(recipient, self._cc)
             except InvalidNumber:
                 return BAD_RECIPIENT
-            if self._exempt_get(category, self._default_exempt):
+            if self._exempt.get(category, self._default_exempt):
                 return EXEMPT_CATEGORY
             # require-consent, first match wins (DESIGN.md "Policy and reason codes").
-            entry = self._senders_get(sender)
+            entry = self._senders.get(sender)
             if entry is None:
                 # Rules 1 and 2 cannot match a sender the snapshot does not know.
                 return UNKNOWN_SENDER

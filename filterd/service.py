@@ -27,7 +27,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import CollectorRegistry
 
-from filterd import __version__
+from filterd import __version__, native
 from filterd.config import Config
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce, Submitted
 from filterd.errors import BrokerError
@@ -175,10 +175,10 @@ class Service:
         consumer.subscribe([cfg.topics.input], listener=_Rebalance(self))
         self._consumer = consumer
         log.info(
-            "filterd %s started ◆ %s → %s | %s | %s ◆ group %s ◆ snapshot %s ◆ %s",
+            "filterd %s started ◆ %s → %s | %s | %s ◆ group %s ◆ snapshot %s ◆ %s ◆ %s",
             __version__, cfg.topics.input, cfg.topics.deliver, cfg.topics.block,
             cfg.topics.invalid, cfg.kafka.group_id, self.health.snapshot_version,
-            cfg.delivery.mode,
+            cfg.delivery.mode, f"hot path {native.hot_path()}",
         )  # fmt: skip
 
     async def main_loop(self) -> None:

@@ -32,6 +32,21 @@ BROKER_START_TIMEOUT_S = 600
 TOPIC_READY_TIMEOUT_S = 30.0
 
 
+def pytest_report_header() -> str:
+    from filterd import native
+
+    return f"filterd hot path: {native.hot_path()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a compiled module older than its source: the edit would not be tested."""
+    from filterd import native
+
+    stale = [m.name for m in native.modules() if m.stale]
+    if stale:
+        pytest.exit(f"compiled before their last edit: {', '.join(stale)}; run `make native`", 2)
+
+
 def _uses_kafka(item: pytest.Item) -> bool:
     return bool(KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())))
 

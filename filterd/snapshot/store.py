@@ -14,7 +14,7 @@ import bisect
 import sys
 import time
 from array import array
-from collections.abc import Callable, Collection, Generator, Iterator
+from collections.abc import Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, NamedTuple, TypeAlias, TypeVar, cast
@@ -90,16 +90,16 @@ class SortedNumbers:
         """Index sorted, distinct uint64 ``values`` in one go (tools and tests)."""
         return drive(sorted_numbers_steps(values))
 
-    def __contains__(
-        self, number: object, _bisect: Callable[..., int] = bisect.bisect_left
-    ) -> bool:
-        b = (number >> self._shift) - self._first  # type: ignore[operator]
+    def __contains__(self, number: object) -> bool:
+        if not isinstance(number, int):
+            return False
+        b = (number >> self._shift) - self._first
         if 0 <= b < self._nbuckets:
             starts = self._starts
             hi = starts[b + 1]
-            low = number & self._mask  # type: ignore[operator]
+            low = number & self._mask
             lows = self._lows
-            i = _bisect(lows, low, starts[b], hi)
+            i = bisect.bisect_left(lows, low, starts[b], hi)
             return i < hi and lows[i] == low
         return False
 
@@ -352,12 +352,14 @@ def release_steps(snapshot: ConsentSnapshot) -> Generator[None, None, None]:
     """
     senders = snapshot.senders
     while senders:
-        _sender, entry = senders.popitem()
-        for numbers in (entry.consents, entry.optouts):
-            yield from _empty_bitmap(numbers)
-        del entry
+        yield from _empty_sender(senders.popitem()[1])
         yield
     yield from _empty_bitmap(snapshot.dnd_numbers)
+
+
+def _empty_sender(entry: SenderConsent) -> Generator[None, None, None]:
+    for numbers in (entry.consents, entry.optouts):
+        yield from _empty_bitmap(numbers)
 
 
 def _empty_bitmap(numbers: NumberSet) -> Generator[None, None, None]:

@@ -92,6 +92,10 @@ def test_multi_stage_slim_python_311() -> None:
     )
     final_from = _resolve(stages[-1][0][1].split()[0], global_args)
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", final_from), final_from
+    # The builder compiles the hot path (setup.py) for the runtime's very interpreter.
+    builder_from = _resolve(stages[0][0][1].split()[0], global_args)
+    assert re.fullmatch(r"python:3\.11(-\w+)?", builder_from), builder_from
+    assert "slim" not in builder_from, "the builder needs gcc and the Python headers"
     # Wheels come from the builder through a bind mount, not a copied layer.
     runs = [v for i, v in stages[-1] if i == "RUN"]
     assert any("--mount=type=bind,from=builder" in r and "--no-index" in r for r in runs)
@@ -236,3 +240,5 @@ def test_build_context_keeps_what_the_build_copies() -> None:
         assert not _ignored(source, patterns), f"{source} is excluded from the build context"
     assert _ignored("tests/conftest.py", patterns), "the context should not ship tests"
     assert _ignored(".venv/bin/python", patterns)
+    # Compiled modules are built in the image, never copied from a developer's tree.
+    assert _ignored("filterd/router.cpython-311-x86_64-linux-gnu.so", patterns)

@@ -1,0 +1,143 @@
+"""The compiled hot path (setup.py, filterd/native.py) against the same code interpreted.
+
+The per-event modules are compiled with mypyc, which keeps Python's semantics
+for typed code but not for everything (a wrong runtime type raises TypeError
+where CPython would carry on). So the suite, which runs against the compiled
+build, also decides a large mixed corpus twice: here, compiled, and in a child
+interpreter that imports the very same sources as plain Python. Every outcome
+must match, record by record, and so must the number sets the snapshot loader
+builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from filterd import native
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Runs in both interpreters; prints one JSON document.
+SCRIPT = r"""
+import json, sys
+from array import array
+from pathlib import Path
+
+import orjson
+
+from filterd import native
+from filterd.loadgen import write_dataset
+from filterd.loadgen.events import iter_labelled_events
+from filterd.numbers import normalize
+from filterd.errors import InvalidNumber
+from filterd.router import Decider, Policy
+from filterd.snapshot import load_snapshot
+from filterd.snapshot.build import build_snapshot
+from filterd.snapshot.store import SortedNumbers
+
+work = Path(sys.argv[1])
+ds = write_dataset(work / "data", senders=40, recipients=20_000, consents=60_000, seed=5)
+build_snapshot(
+    work / "snap", work / "data" / "consents.csv.gz", work / "data" / "optouts.csv.gz",
+    work / "data" / "dnd.csv.gz",
+)
+snapshot = load_snapshot(work / "snap")
+values = [e.value for e in iter_labelled_events(ds, 30_000, seed=9, bad_rate=0.2, ts_ms=0)]
+# Hostile values on top of the generator's bad kinds.
+for raw in (b"", b"null", b"[]", b"{}", b"\xff\xfe", b'{"id":1}', b"1e999", b'"x"'):
+    values.append(raw)
+for recipient in ("+86 138-1234-5678", "(0)13812345678", "\uff11\uff13\uff18", "8613812345678x",
+                  "+", "00", "0", "+0086138", "1" * 40, "+861381234567\u0662", " 13812345678 "):
+    for sender in ("106900000001", " 106900000001 ", "", "nobody"):
+        for extra in ({}, {"category": "transactional"}, {"category": 7}, {"ts": True},
+                      {"ts": 1.5}, {"text": None}, {"text": ["x"]}):
+            event = {"id": "m", "sender": sender, "recipient": recipient, **extra}
+            values.append(orjson.dumps(event))
+decider = Decider(snapshot, Policy(max_event_bytes=4096))
+outcomes = [decider.decide(v).reason for v in values]
+numbers = []
+for r in ("13812345678", "+8613812345678", "008613812345678", "(0)138 1234 5678",
+          "+1 (415) 555-0100", "12", "+" + "9" * 16, "٣٣٣٣٣٣٣٣٣"):
+    try:
+        numbers.append(normalize(r))
+    except InvalidNumber as exc:
+        numbers.append(str(exc))
+sets = {}
+for sender, entry in sorted(snapshot.senders.items()):
+    c = entry.consents
+    sets[sender] = [type(c).__name__, len(c), sum(c) % 1_000_003, len(entry.optouts)]
+lows = array("Q", sorted({8613800000000 + 7 * i * i for i in range(5_000)}))
+sn = SortedNumbers.from_sorted(lows)
+probe = [n in sn for n in range(8613800000000, 8613800000000 + 200_000, 13)]
+print(json.dumps({
+    "hot_path": native.hot_path(), "outcomes": outcomes, "numbers": numbers, "sets": sets,
+    "sorted": [list(sn) == list(lows), sum(probe), sn[0], sn[-1]],
+}))
+"""
+
+
+def _run(tmp: Path, env: dict[str, str]) -> dict[str, object]:
+    tmp.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp)], capture_output=True, text=True, env=env,
+        cwd=tmp, check=False, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+@pytest.mark.slow
+def test_compiled_and_interpreted_decide_alike(tmp_path: Path) -> None:
+    if native.hot_path() != "compiled":
+        pytest.skip(f"hot path is {native.hot_path()}: nothing to compare (make native)")
+    # The same sources without their compiled extensions, first on the path.
+    pure = tmp_path / "pure"
+    shutil.copytree(REPO / "filterd", pure / "filterd", ignore=shutil.ignore_patterns("*.so"))
+    env = {**os.environ, "PYTHONPATH": str(pure)}
+    interpreted = _run(tmp_path / "interpreted", env)
+    compiled = _run(tmp_path / "compiled", {**os.environ, "PYTHONPATH": ""})
+    assert interpreted["hot_path"] == "interpreted"
+    assert compiled["hot_path"] == "compiled"
+    a, b = compiled.pop("outcomes"), interpreted.pop("outcomes")
+    assert isinstance(a, list)
+    assert isinstance(b, list)
+    assert len(a) == len(b) > 30_000
+    mismatches = [(i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    assert not mismatches, f"{len(mismatches)} records decided differently: {mismatches[:5]}"
+    assert len(set(a)) >= 10, f"the corpus must reach most reasons, got {sorted(set(a))}"
+    compiled.pop("hot_path"), interpreted.pop("hot_path")
+    assert compiled == interpreted
+
+
+def test_hot_path_is_what_the_build_promised() -> None:
+    """`make test` says which build it expects; a half-built tree never passes."""
+    found = native.modules()
+    assert [m.name for m in found] == [
+        s.removesuffix(".py").replace("/", ".") for s in native.SOURCES
+    ]
+    assert native.hot_path() != "partly compiled", found
+    expected = os.environ.get("FILTERD_EXPECT_HOT_PATH")
+    if expected:
+        assert native.hot_path() == expected
+    assert not [m.name for m in found if m.stale], "stale compiled modules: run make native"
+
+
+def test_staleness_is_seen(tmp_path: Path) -> None:
+    so = tmp_path / "router.cpython-311-x86_64-linux-gnu.so"
+    py = tmp_path / "router.py"
+    so.write_bytes(b"")
+    py.write_text("")
+    os.utime(so, (1_000, 1_000))
+    os.utime(py, (2_000, 2_000))
+    assert native.Module("filterd.router", so, compiled=True).stale
+    assert not native.Module("filterd.router", py, compiled=False).stale
+    os.utime(so, (3_000, 3_000))
+    assert not native.Module("filterd.router", so, compiled=True).stale

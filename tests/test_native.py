@@ -73,12 +73,18 @@ sets = {}
 for sender, entry in sorted(snapshot.senders.items()):
     c = entry.consents
     sets[sender] = [type(c).__name__, len(c), sum(c) % 1_000_003, len(entry.optouts)]
-lows = array("Q", sorted({8613800000000 + 7 * i * i for i in range(5_000)}))
-sn = SortedNumbers.from_sorted(lows)
-probe = [n in sn for n in range(8613800000000, 8613800000000 + 200_000, 13)]
+layouts = []
+# 16-, 32- and 64-bit layouts: a dense cluster, a country's range, several countries.
+for values in ({8613800000000 + 7 * i * i for i in range(5_000)},
+               {8613000000000 + 7_000_003 * i for i in range(1_000)},
+               {10**7 + 3, 10**14 + 7, 5 * 10**14 + 3, 10**15 - 1}):
+    lows = array("Q", sorted(values))
+    sn = SortedNumbers.from_sorted(lows)
+    probes = [v + d for v in lows for d in (-1, 0, 1)] + [0, 2**64, -5]
+    layouts.append([repr(sn), list(sn) == list(lows), [p in sn for p in probes], sn[0], sn[-1]])
 print(json.dumps({
     "hot_path": native.hot_path(), "outcomes": outcomes, "numbers": numbers, "sets": sets,
-    "sorted": [list(sn) == list(lows), sum(probe), sn[0], sn[-1]],
+    "sorted": layouts,
 }))
 """
 

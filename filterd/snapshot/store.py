@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, NamedTuple, TypeAlias, TypeVar, cast
+from typing import Final, Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast
 
 from pyroaring import BitMap64, FrozenBitMap64
 
@@ -71,19 +71,29 @@ class SortedNumbers:
     for the least memory (:func:`sorted_numbers_steps`).
     """
 
-    __slots__ = ("_first", "_high", "_len", "_lows", "_mask", "_nbuckets", "_shift", "_starts")
+    __slots__ = (
+        "_first", "_high", "_len", "_lowbytes", "_lows", "_lowsize", "_mask", "_nbuckets",
+        "_shift", "_startbytes", "_starts", "_startsize",
+    )  # fmt: skip
 
     def __init__(
         self, lows: array[int], starts: array[int], shift: int, first: int, width: int
     ) -> None:
-        self._lows = lows
-        self._starts = starts
-        self._shift = shift
-        self._first = first
-        self._nbuckets = len(starts) - 1
-        self._mask = (1 << width) - 1
-        self._high = ~self._mask  # the bits a bucket's prefix supplies
-        self._len = len(lows)
+        # Held once, as bytes; the sequence views below share that buffer. The
+        # compiled build reads the bytes directly (:func:`_find`), the interpreted
+        # one bisects the views with C-level bisect.
+        self._lowbytes: bytes = lows.tobytes()
+        self._startbytes: bytes = starts.tobytes()
+        self._lowsize: int = lows.itemsize
+        self._startsize: int = starts.itemsize
+        self._lows = memoryview(self._lowbytes).cast(_UNSIGNED[lows.itemsize])
+        self._starts = memoryview(self._startbytes).cast(_UNSIGNED[starts.itemsize])
+        self._shift: int = shift
+        self._first: int = first
+        self._nbuckets: int = len(starts) - 1
+        self._mask: int = (1 << width) - 1
+        self._high: int = ~self._mask  # the bits a bucket's prefix supplies
+        self._len: int = len(lows)
 
     @classmethod
     def from_sorted(cls, values: array[int]) -> SortedNumbers:
@@ -95,9 +105,13 @@ class SortedNumbers:
             return False
         b = (number >> self._shift) - self._first
         if 0 <= b < self._nbuckets:
+            low = number & self._mask
+            if _COMPILED:
+                return _find(
+                    self._lowbytes, self._lowsize, self._startbytes, self._startsize, b, low
+                )
             starts = self._starts
             hi = starts[b + 1]
-            low = number & self._mask
             lows = self._lows
             i = bisect.bisect_left(lows, low, starts[b], hi)
             return i < hi and lows[i] == low
@@ -133,6 +147,46 @@ class SortedNumbers:
         """Bytes held by the numbers and the bucket index."""
         return self._lows.itemsize * len(self._lows) + self._starts.itemsize * len(self._starts)
 
+
+#: This module runs compiled (mypyc, filterd/native.py) on a little-endian machine:
+#: lookups then read the stored bytes directly, with no Python object per probe.
+_COMPILED: Final = not __file__.endswith(".py") and sys.byteorder == "little"
+
+
+def _word(buf: bytes, index: int, size: int) -> int:
+    """The little-endian unsigned integer of ``size`` bytes at item ``index`` of ``buf``."""
+    j = index * size
+    if size == 2:
+        return buf[j] | buf[j + 1] << 8
+    if size == 4:
+        return buf[j] | buf[j + 1] << 8 | buf[j + 2] << 16 | buf[j + 3] << 24
+    value = 0
+    for k in range(j + size - 1, j - 1, -1):
+        value = value << 8 | buf[k]
+    return value
+
+
+def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int, low: int) -> bool:
+    """``low`` among the sorted low words of ``bucket``: a binary search over the raw bytes.
+
+    The same search as the interpreted path's ``bisect_left``, written out so that
+    the compiled build runs it on machine integers (~10x faster than bisecting a
+    sequence of Python ints); interpreted, it would be the slower of the two.
+    """
+    lo = _word(starts, bucket, startsize)
+    end = _word(starts, bucket + 1, startsize)
+    hi = end
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _word(lows, mid, lowsize) < low:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < end and _word(lows, lo, lowsize) == low
+
+
+# Item size -> the unsigned typecode of that size (``array`` and ``memoryview`` alike).
+_UNSIGNED: Final[dict[int, Literal["H", "I", "Q"]]] = {2: "H", 4: "I", 8: "Q"}
 
 #: Buckets are sized for about this many numbers each (a 3-probe bisect).
 NUMBERS_PER_BUCKET = 8

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from filterd.snapshot import store
 from filterd.snapshot.store import SortedNumbers, drive, sorted_numbers_steps
 
 # Clustered sets exercise the 16- and 32-bit layouts, wide ones the 64-bit one.
@@ -80,3 +81,31 @@ def test_empty_set() -> None:
     assert list(numbers) == []
     with pytest.raises(IndexError):
         numbers[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(base=base, spread=offsets, data=st.data())
+def test_byte_search_matches_a_set(base: int, spread: int, data: st.DataObject) -> None:
+    """The compiled build's byte-level search, called directly in either build."""
+    values = {base + o for o in data.draw(st.lists(st.integers(0, spread), max_size=300))}
+    numbers = _build(values)
+    shift, first, mask = numbers._shift, numbers._first, numbers._mask
+    for p in {v + d for v in values for d in (-1, 0, 1)} | {base, base + spread}:
+        b = (p >> shift) - first
+        if not 0 <= b < numbers._nbuckets:
+            assert p not in values
+            continue
+        found = store._find(
+            numbers._lowbytes, numbers._lowsize, numbers._startbytes, numbers._startsize,
+            b, p & mask,
+        )  # fmt: skip
+        assert found == (p in values), p
+
+
+@pytest.mark.parametrize("size", [2, 4, 8])
+def test_word_reads_little_endian(size: int) -> None:
+    values = [0, 1, 2 ** (8 * size) - 1, 0x0102030405060708 % 2 ** (8 * size)]
+    buf = array({2: "H", 4: "I", 8: "Q"}[size], values).tobytes()
+    if store.sys.byteorder != "little":
+        pytest.skip("the byte search is used on little-endian machines only")
+    assert [store._word(buf, i, size) for i in range(len(values))] == values

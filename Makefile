@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 # The per-event modules are compiled with mypyc (setup.py) into .so files beside their
 # sources; NATIVE is rebuilt whenever one of them changes, so no target runs a stale build.
 # FILTERD_PURE_PYTHON=1 builds nothing and runs them as plain Python (slower).
-NATIVE := $(VENV)/.native
+HOT_PATH := $(if $(filter-out 0,$(FILTERD_PURE_PYTHON)),interpreted,compiled)
+NATIVE := $(VENV)/.native-$(HOT_PATH)
 NATIVE_SRC := setup.py filterd/native.py \
 	$(shell sed -n 's/^ *"\(filterd\/[a-z_/]*\.py\)",$$/\1/p' filterd/native.py)
 
@@ -28,6 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(NATIVE): $(NATIVE_SRC) | $(STAMP)
+	rm -f $(VENV)/.native-*
 	find filterd -name '*.so' -delete
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	@# setuptools keeps the mtime of an unchanged per-module stub: mark the build as now.
@@ -38,8 +40,8 @@ $(NATIVE): $(NATIVE_SRC) | $(STAMP)
 native: $(NATIVE) ## (re)compile the per-event modules after editing them (make test does it too)
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check filterd tests benchmarks deploy
-	$(BIN)/ruff format --check filterd tests benchmarks deploy
+	$(BIN)/ruff check filterd tests benchmarks deploy setup.py
+	$(BIN)/ruff format --check filterd tests benchmarks deploy setup.py
 
 typecheck: $(STAMP) ## mypy strict on filterd/
 	$(BIN)/mypy
@@ -64,7 +66,7 @@ kafka-logs: ## follow the local Kafka broker log
 test: $(NATIVE) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=... passes options)
 	$(KAFKA_SH) up
 	$(MAKE) --no-print-directory lint typecheck
-	FILTERD_EXPECT_HOT_PATH=$(if $(filter-out 0,$(FILTERD_PURE_PYTHON)),interpreted,compiled) \
+	FILTERD_EXPECT_HOT_PATH=$(HOT_PATH) \
 		$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(NATIVE) ## the main job: local broker, sample snapshot, a traffic burst through filterd, a routing table

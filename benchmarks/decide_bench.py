@@ -14,7 +14,12 @@ demo's mix, 1 % deliberately bad): the time of
 is ≤ 2.5. Each figure is the best of ``--repeat`` passes (interleaved, garbage
 collector paused), as ``timeit`` does; the medians are kept too.
 
-    python -m benchmarks.decide_bench [--events 200000] [--repeat 7]
+The figures are for the build installed (``build``: normally ``compiled``, see
+filterd/native.py). When that is the compiled one, the same measurement runs
+again in a child interpreter on the plain sources (``interpreted``), and
+``compiled_speedup`` compares the two: the effect of ``FILTERD_PURE_PYTHON``.
+
+    python -m benchmarks.decide_bench [--events 200000] [--repeat 7] [--no-interpreted]
 """
 
 from __future__ import annotations
@@ -23,15 +28,20 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from benchmarks._common import ensure_snapshot, load_events, ratio
+from filterd import native
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 2.5
@@ -186,6 +196,34 @@ def run(events: int, repeat: int, workdir: Path, dataset: Path | None) -> dict[s
     }
 
 
+def run_interpreted(events: int, repeat: int, workdir: Path) -> dict[str, Any]:
+    """Run this benchmark in a child interpreter on the package without its compiled modules.
+
+    A copy of ``filterd`` (no ``.so`` files) and ``benchmarks`` is put first on the
+    child's path and is its working directory, so it imports the plain sources.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="filterd-interpreted-") as tmp:
+        root = Path(tmp)
+        for package in ("filterd", "benchmarks"):
+            shutil.copytree(
+                repo / package, root / package,
+                ignore=shutil.ignore_patterns("*.so", "results", "__pycache__"),
+            )  # fmt: skip
+        out = root / "decide.json"
+        cmd = [sys.executable, "-m", "benchmarks.decide_bench", "--no-interpreted"]
+        cmd += ["--events", str(events), "--repeat", str(repeat)]
+        cmd += ["--workdir", str(workdir), "--out", str(out)]
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
+        result: dict[str, Any] = json.loads(out.read_text())
+    if result.get("build") != "interpreted":
+        raise RuntimeError(
+            f"the child ran the {result.get('build')} build, not the interpreted one"
+        )
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print and write ``benchmarks/results/decide.json``."""
     p = argparse.ArgumentParser(prog="benchmarks.decide_bench", description=__doc__.splitlines()[0])
@@ -194,10 +232,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", help="reuse a `filterd loadgen dataset` directory")
     p.add_argument("--workdir", help="keep the data set and snapshot here")
     p.add_argument("--out", default=str(RESULTS / "decide.json"))
+    p.add_argument(
+        "--no-interpreted", dest="interpreted", action="store_false",
+        help="skip the same measurement on the interpreted build",
+    )  # fmt: skip
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="filterd-decide-"))
     workdir.mkdir(parents=True, exist_ok=True)
     result = run(args.events, args.repeat, workdir, Path(args.dataset) if args.dataset else None)
+    result["build"] = native.hot_path()
+    if args.interpreted and result["build"] == "compiled":
+        # The same measurement on the interpreted build, same events, same snapshot.
+        other = run_interpreted(args.events, args.repeat, workdir)
+        result["interpreted"] = {
+            k: other[k]
+            for k in (
+                "orjson_loads_ns_per_event", "decide_ns_per_event", "ratio_decide_vs_loads",
+                "pipeline_ns_per_record",
+            )
+        }  # fmt: skip
+        result["compiled_speedup"] = {
+            "decide": ratio(other["decide_ns_per_event"], result["decide_ns_per_event"]),
+            "decide_partition": ratio(
+                other["pipeline_ns_per_record"]["decide_partition"],
+                result["pipeline_ns_per_record"]["decide_partition"],  # type: ignore[index]
+            ),
+        }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

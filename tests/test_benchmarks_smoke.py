@@ -10,6 +10,7 @@ throughput and latency figure. No wall-clock figure is asserted.
 from __future__ import annotations
 
 import importlib.util
+import json
 import statistics
 import sys
 import tomllib
@@ -218,6 +219,28 @@ def test_decide_bench_times_every_function_on_every_pass() -> None:
     assert set(passes) == {"a", "b"}
     assert all(len(p) == 4 and all(v > 0 for v in p) for p in passes.values())
     assert len(calls) == 12  # 4 passes over 3 values
+
+
+@pytest.mark.slow
+def test_decide_bench_compares_the_compiled_and_interpreted_builds(tmp_path: Path) -> None:
+    from benchmarks import decide_bench
+    from filterd import native
+
+    if native.hot_path() != "compiled":
+        pytest.skip("the interpreted build alone: nothing to compare")
+    out = tmp_path / "decide.json"
+    args = ["--events", "3000", "--repeat", "1", "--workdir", str(tmp_path), "--out", str(out)]
+    assert decide_bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["build"] == "compiled"
+    assert result["events"] == 3000
+    other = result["interpreted"]
+    for name in ("decide_ns_per_event", "orjson_loads_ns_per_event"):
+        assert other[name] > 0
+    # Figures of two builds, not one copied: the speed-up is measured, whatever its value.
+    speedup = result["compiled_speedup"]["decide"]
+    expected = other["decide_ns_per_event"] / result["decide_ns_per_event"]
+    assert speedup == pytest.approx(expected, rel=1e-2)
 
 
 # --------------------------------------------------------------------------- through the broker

@@ -39,6 +39,14 @@ def test_known_decisions_start_at_zero() -> None:
         assert value(m.registry, "filterd_events_total", route=route, reason=reason) == 0.0
 
 
+def test_build_info_names_the_release_and_the_hot_path() -> None:
+    from filterd import __version__, native
+
+    m = Metrics()
+    assert value(m.registry, "filterd_build_info", version=__version__, hot_path=native.hot_path())
+    assert native.hot_path() in {"compiled", "interpreted"}
+
+
 def test_record_batch_counts_by_route_and_reason() -> None:
     m = Metrics()
     m.record_batch({("deliver", "consent"): 7, ("block", "no-consent"): 2}, 9, 0.004)

@@ -44,14 +44,24 @@ class Module:
 
     @property
     def stale(self) -> bool:
-        """Compiled, and its source beside it was modified after the build."""
-        if not self.compiled:
+        """Compiled in a source checkout, and its source was modified after the build.
+
+        Only a checkout (``setup.py`` beside the package) is checked: an installed
+        wheel's files carry the archive's timestamps, which say nothing about
+        which was built from which.
+        """
+        if not self.compiled or not _in_checkout(self.file):
             return False
         source = self.file.parent / (self.name.rpartition(".")[2] + ".py")
         try:
             return source.stat().st_mtime > self.file.stat().st_mtime
         except OSError:
             return False
+
+
+def _in_checkout(file: Path) -> bool:
+    package = next((p for p in file.parents if p.name == "filterd"), None)
+    return package is not None and (package.parent / "setup.py").is_file()
 
 
 def modules() -> list[Module]:

@@ -136,14 +136,20 @@ def test_hot_path_is_what_the_build_promised() -> None:
     assert not [m.name for m in found if m.stale], "stale compiled modules: run make native"
 
 
-def test_staleness_is_seen(tmp_path: Path) -> None:
-    so = tmp_path / "router.cpython-311-x86_64-linux-gnu.so"
-    py = tmp_path / "router.py"
+@pytest.mark.parametrize("checkout", [True, False])
+def test_staleness_is_seen_in_a_checkout(tmp_path: Path, checkout: bool) -> None:
+    package = tmp_path / "filterd"
+    package.mkdir()
+    if checkout:
+        (tmp_path / "setup.py").write_text("")
+    so = package / "router.cpython-311-x86_64-linux-gnu.so"
+    py = package / "router.py"
     so.write_bytes(b"")
     py.write_text("")
     os.utime(so, (1_000, 1_000))
     os.utime(py, (2_000, 2_000))
-    assert native.Module("filterd.router", so, compiled=True).stale
+    # An installed wheel's timestamps are the archive's: only a checkout is judged.
+    assert native.Module("filterd.router", so, compiled=True).stale is checkout
     assert not native.Module("filterd.router", py, compiled=False).stale
     os.utime(so, (3_000, 3_000))
     assert not native.Module("filterd.router", so, compiled=True).stale

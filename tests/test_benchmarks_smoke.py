@@ -256,7 +256,9 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> e2e.Workload:
     return w
 
 
-@pytest.mark.parametrize("name", ["raw_pipe", "filterd", "filterd_x2", "naive", "peer"])
+@pytest.mark.parametrize(
+    "name", ["raw_pipe", "filterd", "filterd_x2", "filterd_floor", "naive", "peer"]
+)
 async def test_each_variant_routes_every_record_and_is_measured(
     name: str, kafka_bootstrap: str, workload: e2e.Workload, tmp_path: Path
 ) -> None:
@@ -276,7 +278,10 @@ async def test_each_variant_routes_every_record_and_is_measured(
         assert 0 < t["settle_s"] < 30  # type: ignore[operator]
         assert 0 < t["records_after_settle"] < t["records_out"]  # type: ignore[operator]
     assert t["msgs_per_s"] > 0  # type: ignore[operator]
-    if name != "raw_pipe":
+    if name == "filterd_floor":
+        # The decision stops at its first check: every record is over the size limit.
+        assert t["per_topic"] == {"invalid": t["records_out"]}
+    elif name != "raw_pipe":
         # Every route of the demo mix is exercised (deliver, block and invalid).
         assert all(n > 0 for n in t["per_topic"].values())  # type: ignore[union-attr]
     lat = await session.latency_run(variant, rate=1_000.0)

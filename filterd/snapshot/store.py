@@ -150,7 +150,7 @@ class SortedNumbers:
 
 #: This module runs compiled (mypyc, filterd/native.py) on a little-endian machine:
 #: lookups then read the stored bytes directly, with no Python object per probe.
-_COMPILED: Final = not __file__.endswith(".py") and sys.byteorder == "little"
+_COMPILED: Final = not __file__.endswith((".py", ".pyc")) and sys.byteorder == "little"
 
 
 def _word(buf: bytes, index: int, size: int) -> int:

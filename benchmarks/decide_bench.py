@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "decide": ratio(other["decide_ns_per_event"], result["decide_ns_per_event"]),
             "decide_partition": ratio(
                 other["pipeline_ns_per_record"]["decide_partition"],
-                result["pipeline_ns_per_record"]["decide_partition"],  # type: ignore[index]
+                result["pipeline_ns_per_record"]["decide_partition"],
             ),
         }
     out = Path(args.out)

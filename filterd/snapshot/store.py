@@ -185,13 +185,15 @@ def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int,
     return lo < end and _word(lows, lo, lowsize) == low
 
 
-# Item size -> the unsigned typecode of that size (``array`` and ``memoryview`` alike).
-_UNSIGNED: Final[dict[int, Literal["H", "I", "Q"]]] = {2: "H", 4: "I", 8: "Q"}
-
 #: Buckets are sized for about this many numbers each (a 3-probe bisect).
 NUMBERS_PER_BUCKET = 8
-# Stored widths of the low bits, with their array typecodes; 64 bits always fits.
-_WIDTHS = ((16, "H"), (32, "I"), (64, "Q"))
+# Stored widths of the low bits, with their typecodes (``array`` and ``memoryview``
+# alike); 64 bits always fits.
+_WIDTHS: Final[tuple[tuple[int, Literal["H", "I", "Q"]], ...]] = (
+    (16, "H"), (32, "I"), (64, "Q"),
+)  # fmt: skip
+# Item size -> the unsigned typecode of that size (bucket starts use "I" or "Q" too).
+_UNSIGNED: Final = {width // 8: typecode for width, typecode in _WIDTHS}
 # How many numbers one loading step copies or indexes.
 _STEP_NUMBERS = 1 << 16
 

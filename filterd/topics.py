@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
 
 from filterd.config import Config, load_config
 from filterd.errors import BrokerError, ConfigError
@@ -47,27 +56,54 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic to create: partitions, replication factor and topic configs."""
+
+    partitions: int
+    replication: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
 async def create_topics(
     config: Config, partitions: int, replication: int = 1, *, block_retention_ms: int | None = None
 ) -> dict[str, bool]:
     """Create the four topics; return name -> True if created, False if it existed."""
     t = config.topics
-    admin = AIOKafkaAdminClient(**config.kafka.client_options())
+    specs = {name: TopicSpec(partitions, replication) for name in (t.input, t.deliver, t.block)}
+    if block_retention_ms is not None:
+        specs[t.block] = TopicSpec(
+            partitions, replication, {"retention.ms": str(block_retention_ms)}
+        )
+    specs[t.invalid] = TopicSpec(partitions, replication)
+    return await create(config.kafka.client_options(), specs)
+
+
+async def create(
+    client_options: Mapping[str, Any],
+    specs: Mapping[str, TopicSpec],
+    *,
+    exist_ok: bool = True,
+    ready_timeout_s: float | None = None,
+) -> dict[str, bool]:
+    """Create topics one by one; return name -> True if created, False if it existed.
+
+    A topic that exists is an error unless ``exist_ok``. With ``ready_timeout_s``, waits until
+    every partition of every topic has a leader (a producer started next then finds them).
+    """
+    admin = AIOKafkaAdminClient(**client_options)
     try:
         await admin.start()
     except KafkaError as exc:
-        raise BrokerError(f"cannot reach {config.kafka.bootstrap_servers}: {exc!r}") from exc
+        where = client_options.get("bootstrap_servers")
+        raise BrokerError(f"cannot reach {where}: {exc!r}") from exc
     result: dict[str, bool] = {}
     try:
-        for name in (t.input, t.deliver, t.block, t.invalid):
-            topic_config: dict[str, str] = {}
-            if name == t.block and block_retention_ms is not None:
-                topic_config["retention.ms"] = str(block_retention_ms)
-            response = await admin.create_topics(
-                [NewTopic(name, partitions, replication, topic_configs=topic_config)]
-            )
+        for name, spec in specs.items():
+            new = NewTopic(name, spec.partitions, spec.replication, topic_configs=dict(spec.config))
+            response = await admin.create_topics([new])
             for _topic, code, *message in response.topic_errors:
-                if code == TopicAlreadyExistsError.errno:
+                if code == TopicAlreadyExistsError.errno and exist_ok:
                     result[name] = False
                 elif code:
                     raise BrokerError(
@@ -75,6 +111,36 @@ async def create_topics(
                     )
                 else:
                     result[name] = True
+        if ready_timeout_s is not None:
+            for name, spec in specs.items():
+                await _wait_for_leaders(admin, name, spec.partitions, ready_timeout_s)
     finally:
         await admin.close()
     return result
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, topic: str, partitions: int, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        (described,) = await admin.describe_topics([topic])
+        leaders = [p["leader"] for p in described["partitions"]]
+        if described["error_code"] == 0 and len(leaders) == partitions and min(leaders) >= 0:
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"topic {topic!r} has no leader for every partition after {timeout_s}s"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def delete(client_options: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Delete topics; ones already gone are not an error."""
+    admin = AIOKafkaAdminClient(**client_options)
+    await admin.start()
+    try:
+        with contextlib.suppress(UnknownTopicOrPartitionError):
+            await admin.delete_topics(list(names))
+    finally:
+        await admin.close()

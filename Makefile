@@ -13,7 +13,7 @@ NATIVE_SRC := setup.py filterd/native.py \
 	$(shell sed -n 's/^ *"\(filterd\/[a-z_/]*\.py\)",$$/\1/p' filterd/native.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install native lint typecheck test demo kafka-fetch kafka-up kafka-down kafka-logs
+.PHONY: help install native lint typecheck unit test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot
 .PHONY: faults faults-quick fuzz
 
@@ -63,6 +63,12 @@ kafka-down: ## stop the local Kafka broker
 kafka-logs: ## follow the local Kafka broker log
 	$(KAFKA_SH) logs
 
+# Tests that reach the broker are marked `kafka` by tests/conftest.py; without them no broker is
+# started and no Java runs.
+unit: $(NATIVE) ## every test that needs no broker and no Java (~2 min; PYTEST_ARGS=... passes options)
+	FILTERD_EXPECT_HOT_PATH=$(HOT_PATH) \
+		$(BIN)/pytest -m "not kafka" $(PYTEST_ARGS)
+
 test: $(NATIVE) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=... passes options)
 	$(KAFKA_SH) up
 	$(MAKE) --no-print-directory lint typecheck
@@ -111,11 +117,11 @@ FUZZ_SECONDS ?= 300
 FUZZ_ARGS ?=
 
 faults: $(NATIVE) ## fault injection, full: >=200k events, 5+ kills, 2+ broker restarts per mode (~12 min)
-	$(BIN)/python -m benchmarks.faults $(FAULTS_ARGS)
+	$(BIN)/python -m tests.chaos.faults $(FAULTS_ARGS)
 
 faults-quick: $(NATIVE) ## fault injection, quick (the CI size, ~5 min): benchmarks/results/faults-quick.json
-	$(BIN)/python -m benchmarks.faults --quick $(FAULTS_ARGS)
+	$(BIN)/python -m tests.chaos.faults --quick $(FAULTS_ARGS)
 
 fuzz: $(NATIVE) ## mutation fuzzing of the decision path for FUZZ_SECONDS (atheris when it installs)
 	$(BIN)/pip install --quiet -e '.[dev,fuzz]' || echo "atheris does not install here: builtin mutator"
-	$(BIN)/python -m benchmarks.fuzz_mutation --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+	$(BIN)/python -m tests.chaos.fuzz_mutation --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)

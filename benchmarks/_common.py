@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -28,16 +27,17 @@ import subprocess
 import sys
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from filterd import topics
+from filterd.router import event_id
+from tests.support.produce import bulk_producer, partition_for, produce
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -167,28 +167,6 @@ def ensure_snapshot(workdir: Path, dataset: Path | None = None) -> tuple[Path, P
     return dataset, snapshot_root
 
 
-def event_id(value: bytes | None) -> str | None:
-    """The ``id`` of an event value, or None when it has none (malformed on purpose)."""
-    if value is None:
-        return None
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(doc, dict):
-        found = doc.get("id")
-        if isinstance(found, str):
-            return found
-    return None
-
-
-def partition_for(key: bytes | None, index: int, partitions: int) -> int:
-    """Keyed records stay on one partition (crc32, cheap); unkeyed ones go round robin."""
-    if key is None:
-        return index % partitions
-    return zlib.crc32(key) % partitions
-
-
 # --------------------------------------------------------------------------- kafka admin
 
 
@@ -201,14 +179,8 @@ async def create_topics(
 ) -> None:
     """Create fresh topics; ``log_append_time`` makes the broker stamp arrival times."""
     configs = {"message.timestamp.type": "LogAppendTime"} if log_append_time else {}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        new = [NewTopic(n, partitions, 1, topic_configs=configs) for n in names]
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(new)
-    finally:
-        await admin.close()
+    spec = topics.TopicSpec(partitions, 1, configs)
+    await topics.create({"bootstrap_servers": bootstrap}, dict.fromkeys(names, spec))
     await wait_topics_ready(bootstrap, names, partitions)
 
 
@@ -237,55 +209,15 @@ async def wait_topics_ready(
 
 async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
     """Delete topics, ignoring ones already gone (cleanup must not mask a real error)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        with contextlib.suppress(UnknownTopicOrPartitionError):
-            await admin.delete_topics(list(names))
-    finally:
-        await admin.close()
+    await topics.delete({"bootstrap_servers": bootstrap}, names)
 
 
 # --------------------------------------------------------------------------- producing
 
 
-def _producer(bootstrap: str) -> AIOKafkaProducer:
-    # The generator's own batching: large batches, no compression, acks from the
-    # leader only. It is not what is measured; it only has to be cheap.
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks=1,
-        linger_ms=0,
-        max_batch_size=256 * 1024,
-        max_request_size=4 * 1024 * 1024,
-    )
-
-
 async def preload(bootstrap: str, topic: str, partitions: int, events: Sequence[Event]) -> None:
-    """Write ``events`` into ``topic`` as fast as possible and wait for every ack.
-
-    Built with ``BatchBuilder`` straight into per-partition batches: a few
-    microseconds per record, so loading 500k events takes seconds, not minutes.
-    """
-    producer = _producer(bootstrap)
-    await producer.start()
-    try:
-        futures: list[asyncio.Future[object]] = []
-        batches = [producer.create_batch() for _ in range(partitions)]
-        for i, (key, value) in enumerate(events):
-            p = partition_for(key, i, partitions)
-            if batches[p].append(key=key, value=value, timestamp=None) is None:
-                batches[p].close()
-                futures.append(await producer.send_batch(batches[p], topic, partition=p))
-                batches[p] = producer.create_batch()
-                batches[p].append(key=key, value=value, timestamp=None)
-        for p, batch in enumerate(batches):
-            if batch.record_count():
-                batch.close()
-                futures.append(await producer.send_batch(batch, topic, partition=p))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    """Write ``events`` into ``topic`` as fast as possible and wait for every ack."""
+    await produce(bootstrap, topic, events, partitions)
 
 
 @dataclass(slots=True)
@@ -328,7 +260,7 @@ async def produce_paced(
         (partition_for(key, j, partitions), key, value, event_id(value))
         for j, (key, value) in enumerate(events)
     ]
-    producer = _producer(bootstrap)
+    producer = bulk_producer(bootstrap)
     await producer.start()
     sent_ms: dict[str, int] = {}
     ambiguous: set[str] = set()

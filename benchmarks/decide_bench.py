@@ -199,17 +199,19 @@ def run(events: int, repeat: int, workdir: Path, dataset: Path | None) -> dict[s
 def run_interpreted(events: int, repeat: int, workdir: Path) -> dict[str, Any]:
     """Run this benchmark in a child interpreter on the package without its compiled modules.
 
-    A copy of ``filterd`` (no ``.so`` files) and ``benchmarks`` is put first on the
-    child's path and is its working directory, so it imports the plain sources.
+    A copy of ``filterd`` (no ``.so`` files), ``benchmarks`` and the harness they import
+    (``tests/support``) is put first on the child's path and is its working directory, so
+    it imports the plain sources.
     """
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="filterd-interpreted-") as tmp:
         root = Path(tmp)
-        for package in ("filterd", "benchmarks"):
+        for package in ("filterd", "benchmarks", "tests/support"):
             shutil.copytree(
                 repo / package, root / package,
                 ignore=shutil.ignore_patterns("*.so", "results", "__pycache__"),
             )  # fmt: skip
+        shutil.copy(repo / "tests" / "__init__.py", root / "tests" / "__init__.py")
         out = root / "decide.json"
         cmd = [sys.executable, "-m", "benchmarks.decide_bench", "--no-interpreted"]
         cmd += ["--events", str(events), "--repeat", str(repeat)]

@@ -9,20 +9,19 @@ one named by ``KAFKA_BOOTSTRAP=host:port``, in which case nothing is started.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import re
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, for_code
-from kafka_util import NewTopicFactory, end_offsets
+from aiokafka.errors import KafkaError
+
+from filterd import topics
+from tests.support.kafka import NewTopicFactory, end_offsets
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
@@ -118,8 +117,7 @@ async def new_topic(
     Returns once every partition has a leader that answers, so a producer or consumer
     started right after finds the topic and writes or reads it at once.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
+    client = {"bootstrap_servers": kafka_bootstrap}
     created: list[str] = []
 
     async def factory(
@@ -128,42 +126,23 @@ async def new_topic(
         config: Mapping[str, str] | None = None,
     ) -> str:
         topic = name or _unique("test", request.node)
-        response = await admin.create_topics(
-            [NewTopic(topic, partitions, 1, topic_configs=dict(config or {}))]
+        spec = topics.TopicSpec(partitions, 1, dict(config or {}))
+        await topics.create(
+            client, {topic: spec}, exist_ok=False, ready_timeout_s=TOPIC_READY_TIMEOUT_S
         )
-        for _name, code, *message in response.topic_errors:
-            if code:
-                raise for_code(code)(f"creating topic {topic!r}: {message}")
         created.append(topic)
-        await _wait_for_leaders(admin, topic, partitions)
         # The metadata can name a leader a moment before that leader serves the partition;
         # aiokafka retries ListOffsets until it does, so producers start without
         # NotLeaderForPartition retries.
         await end_offsets(kafka_bootstrap, topic)
         return topic
 
-    try:
-        yield factory
-    finally:
+    yield factory
+    if created:
         try:
-            if created:
-                await admin.delete_topics(created)
+            await topics.delete(client, created)
         except KafkaError as exc:  # cleanup must not hide the test's own outcome
             print(f"could not delete test topics {created}: {exc!r}")
-        finally:
-            await admin.close()
-
-
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
-    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
-    while True:
-        (described,) = await admin.describe_topics([topic])
-        leaders = [p["leader"] for p in described["partitions"]]
-        if described["error_code"] == 0 and len(leaders) == partitions and min(leaders) >= 0:
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"topic {topic!r} not ready after {TOPIC_READY_TIMEOUT_S}s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -12,16 +12,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import statistics
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks import _common as common
 from benchmarks import e2e
+from filterd.router import event_id
+from tests.support.produce import partition_for
 
 # --------------------------------------------------------------------------- statistics
 
@@ -73,17 +72,17 @@ def test_latencies_join_by_event_id_and_skip_unknown_records() -> None:
 
 
 def test_event_id_reads_only_string_ids() -> None:
-    assert common.event_id(b'{"id":"m-1-2","sender":"x"}') == "m-1-2"
-    assert common.event_id(b'{"id":5}') is None
-    assert common.event_id(b"not json") is None
-    assert common.event_id(b"[1,2]") is None
-    assert common.event_id(None) is None
+    assert event_id(b'{"id":"m-1-2","sender":"x"}') == "m-1-2"
+    assert event_id(b'{"id":5}') is None
+    assert event_id(b"not json") is None
+    assert event_id(b"[1,2]") is None
+    assert event_id(None) is None
 
 
 def test_partition_for_keeps_a_key_on_one_partition() -> None:
-    parts = {common.partition_for(b"8613800000001", i, 6) for i in range(20)}
+    parts = {partition_for(b"8613800000001", i, 6) for i in range(20)}
     assert len(parts) == 1
-    assert [common.partition_for(None, i, 3) for i in range(4)] == [0, 1, 2, 0]
+    assert [partition_for(None, i, 3) for i in range(4)] == [0, 1, 2, 0]
 
 
 # --------------------------------------------------------------------------- report

@@ -14,7 +14,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import Reference, ref_normalize
 
 from filterd.loadgen import (
     BAD_KINDS,
@@ -31,6 +30,7 @@ from filterd.loadgen.commands import register
 from filterd.loadgen.dataset import FORM_TABLE, render_number
 from filterd.loadgen.events import MISSING_CATEGORY_SHARE
 from filterd.loadgen.produce import RateProfile, murmur2
+from tests.support.reference import Reference, ref_normalize
 
 FILES = ("consents.csv.gz", "optouts.csv.gz", "dnd.csv.gz", "population.json")
 REASONS = {

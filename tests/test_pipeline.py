@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from test_router import SNAP, ev
+from tests.test_router import SNAP, ev
 
 from filterd.pipeline import HeaderCache, OutputTopics, Timestamps, decide_partition
 from filterd.router import Decider, Policy

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from reference import Reference
 
 from filterd.cli import main
 from filterd.loadgen import iter_events, load_dataset, write_dataset
 from filterd.replay import iter_lines
+from tests.support.reference import Reference
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ controlled record timestamps, and a batched producer fast enough for 500k record
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaProducer
+
+from tests.support.produce import produce as support_produce
 
 BLOCK_REASONS = ("no-consent", "opted-out", "unknown-sender", "recipient-dnd")
 INVALID_REASONS = ("malformed-json", "missing-field", "bad-field-type", "bad-recipient")
@@ -129,21 +129,11 @@ def generate(
 
 
 async def produce(bootstrap: str, topic: str, records: list[Routed], partitions: int = 3) -> None:
-    """Write ``records`` round-robin over ``partitions``, in order within each, with
-    batched sends: per-message awaits would take minutes for 500k records."""
-    async with AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
-    ) as producer:
-        pending: list[asyncio.Future[object]] = []
-        batches = {p: producer.create_batch() for p in range(partitions)}
-        for i, r in enumerate(records):
-            p = i % partitions
-            args = {"key": r.key, "value": r.value, "timestamp": r.ts_ms, "headers": r.headers()}
-            if batches[p].append(**args) is None:
-                pending.append(await producer.send_batch(batches[p], topic, partition=p))
-                batches[p] = producer.create_batch()
-                assert batches[p].append(**args) is not None
-        for p, batch in batches.items():
-            if batch.record_count():
-                pending.append(await producer.send_batch(batch, topic, partition=p))
-        await asyncio.gather(*pending)
+    """Write ``records`` with the harness's producer (in order within each partition)."""
+    await support_produce(
+        bootstrap,
+        topic,
+        ((r.key, r.value, r.ts_ms, r.headers()) for r in records),
+        partitions,
+        acks="all",
+    )

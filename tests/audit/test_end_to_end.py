@@ -8,11 +8,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from reference import Reference
-from stream_util import Stream, build_snapshot, running
 
 from filterd.loadgen import iter_events, load_dataset, write_dataset
 from filterd.loadgen.produce import produce_events
+from tests.support.reference import Reference
+from tests.support.stream import Stream, build_snapshot, running
 
 from .clihelp import run_cli
 

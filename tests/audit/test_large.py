@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaProducer
+
+from tests.support.produce import Outgoing, produce
 
 from .streams import BASE_MS, BLOCK_REASONS
 
@@ -25,13 +27,9 @@ GROWTH_BYTES = 50 * 1024 * 1024
 async def produce_small(bootstrap: str, topic: str) -> Counter[str]:
     """500k small block records, sent in whole producer batches; returns the reason counts."""
     reasons: Counter[str] = Counter()
-    async with AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1 << 20
-    ) as producer:
-        pending = []
-        batches = [producer.create_batch() for _ in range(PARTITIONS)]
+
+    def records() -> Iterator[Outgoing]:
         for i in range(RECORDS):
-            p = i % PARTITIONS
             reason = BLOCK_REASONS[(i * 7) % len(BLOCK_REASONS)]
             reasons[reason] += 1
             value = b'{"id":"m%d","sender":"1069%d","recipient":"1381234%04d"}' % (
@@ -39,24 +37,14 @@ async def produce_small(bootstrap: str, topic: str) -> Counter[str]:
                 i % SENDERS,
                 i % 10_000,
             )
-            args = {
-                "key": None,
-                "value": value,
-                "timestamp": BASE_MS + i,
-                "headers": [
-                    ("filterd-reason", reason.encode()),
-                    ("filterd-snapshot", b"v1"),
-                    ("filterd-route", b"block"),
-                ],
-            }
-            if batches[p].append(**args) is None:
-                pending.append(await producer.send_batch(batches[p], topic, partition=p))
-                batches[p] = producer.create_batch()
-                batches[p].append(**args)
-        for p, batch in enumerate(batches):
-            pending.append(await producer.send_batch(batch, topic, partition=p))
-        for fut in pending:
-            await fut
+            headers = [
+                ("filterd-reason", reason.encode()),
+                ("filterd-snapshot", b"v1"),
+                ("filterd-route", b"block"),
+            ]
+            yield None, value, BASE_MS + i, headers
+
+    await produce(bootstrap, topic, records(), PARTITIONS)
     return reasons
 
 

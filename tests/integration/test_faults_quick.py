@@ -1,6 +1,6 @@
 """The quick fault-injection suite, run as part of the test suite (and so in CI).
 
-It drives ``benchmarks/faults.py --quick``: both delivery modes, each with worker
+It drives ``tests/chaos/faults.py --quick``: both delivery modes, each with worker
 ``kill -9``s, a hard and a graceful restart of a *private* broker (its own port and
 state directory, never the shared one), a rebalance storm and a corrupt-then-good
 snapshot, then checks every output against the input and an independent reference
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 @pytest.mark.timeout(1200)
 def test_quick_fault_suite_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "faults-quick.json"
-    command = [sys.executable, "-m", "benchmarks.faults", "--quick", "--port", PORT]
+    command = [sys.executable, "-m", "tests.chaos.faults", "--quick", "--port", PORT]
     command += ["--out", str(out), "--workdir", str(tmp_path / "work")]
     proc = subprocess.Popen(
         command,

@@ -8,7 +8,8 @@ import uuid
 from collections import defaultdict
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from kafka_util import NewGroupFactory, NewTopicFactory, drain, end_offsets
+
+from tests.support.kafka import NewGroupFactory, NewTopicFactory, drain, end_offsets
 
 
 async def test_round_trip_keeps_keys_headers_and_partition_order(

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import orjson
 from aiokafka.partitioner import murmur2
-from kafka_util import NewTopicFactory, drain
-from reference import ref_normalize
 
 from filterd.loadgen import iter_labelled_events, write_dataset
 from filterd.loadgen.produce import produce_events
+from tests.support.kafka import NewTopicFactory, drain
+from tests.support.reference import ref_normalize
 
 
 async def test_produced_records_arrive_keyed_by_recipient(

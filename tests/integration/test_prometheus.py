@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from reference import Reference
-from stream_util import Stream, build_snapshot
 
 from filterd.http import Health, HealthServer
 from filterd.loadgen import iter_events, load_dataset, write_dataset
 from filterd.loadgen.produce import produce_events
 from filterd.metrics import Metrics
+from tests.support.reference import Reference
+from tests.support.stream import Stream, build_snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"

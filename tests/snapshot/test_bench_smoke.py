@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from filterd.snapshot import build_snapshot, load_snapshot
-
-# The benchmarks live at the repository root, outside the installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import snapshot_bench
+from filterd.snapshot import build_snapshot, load_snapshot
 
 
 def test_generated_shape_builds(tmp_path: Path) -> None:

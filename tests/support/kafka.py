@@ -1,8 +1,4 @@
-"""Helpers and fixture types for tests that use the real Kafka broker.
-
-Import them as ``from kafka_util import drain, NewTopicFactory``: ``tests/`` is on
-``sys.path`` through its ``conftest.py``.
-"""
+"""Helpers and fixture types for tests that use the real Kafka broker."""
 
 from __future__ import annotations
 

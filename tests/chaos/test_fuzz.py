@@ -8,10 +8,10 @@ Two kinds of property:
   and never ``internal-error`` (which would mean a bug was hit);
 - agreement, over events whose fields stay inside what DESIGN.md spells out
   unambiguously: the decision equals that of the independent reference model of
-  the fault suite (``benchmarks/faults_lib.py``), which knows nothing of the
+  the fault suite (``tests.support.reference``), which knows nothing of the
   router, the number code or roaring bitmaps.
 
-The snapshot here is a small in-memory view (``faults_lib.SetSnapshot``) that
+The snapshot here is a small in-memory view (``tests.chaos.data.SetSnapshot``) that
 satisfies the router's ``SnapshotView`` protocol; the snapshot code has its own tests.
 """
 
@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import json
 import string
-import sys
-from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from filterd.router import ROUTES, Policy, decide_value
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import faults_lib as fl
+from tests.chaos import data as fl
+from tests.support import reference as ref
 
 SENDERS = ("106900001234", "106900005678", "ALIPAY")
 NUMBERS = (8613800000001, 8613800000002, 8613800000003, 8615912345678, 447911123456)
@@ -59,7 +55,7 @@ def check_outcome(value: bytes | None) -> tuple[str, str]:
     outcome = decide_value(value, SNAPSHOT, POLICY)
     route, reason = outcome
     assert route in ROUTES
-    assert fl.REASON_ROUTE.get(reason) == route, (route, reason)
+    assert ref.REASON_ROUTE.get(reason) == route, (route, reason)
     # internal-error is the router's catch-all for a bug: a fuzzer must never reach it.
     assert reason != "internal-error", value
     return route, reason
@@ -217,7 +213,7 @@ def test_none_value_is_invalid() -> None:
 @example({"id": "m", "sender": "106900005678", "recipient": "+447911123456"})
 def test_agrees_with_reference(event: dict[str, object]) -> None:
     value = dumps(event)
-    assert check_outcome(value) == fl.ref_decide(value, DATA, max_event_bytes=MAX_BYTES)
+    assert check_outcome(value) == DATA.reference(MAX_BYTES).decide(value)
 
 
 @FUZZ
@@ -226,6 +222,6 @@ def test_size_limit_boundary(size: int) -> None:
     head = b'{"id":"m","sender":"106900001234","recipient":"+8613800000001","text":"'
     value = head + b"x" * (size - len(head) - 2) + b'"}'
     assert len(value) == size
-    expected = fl.ref_decide(value, DATA, max_event_bytes=MAX_BYTES)
+    expected = DATA.reference(MAX_BYTES).decide(value)
     assert check_outcome(value) == expected
     assert (expected[1] == "oversized") == (size > MAX_BYTES)

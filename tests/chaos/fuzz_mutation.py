@@ -14,7 +14,7 @@ Two engines: ``atheris`` (coverage-guided libFuzzer, when installed: the
 takes atheris when it imports. Writes ``benchmarks/results/fuzz-mutation.json``
 and exits 1 on any finding.
 
-    python -m benchmarks.fuzz_mutation --seconds 300 [--engine builtin|atheris|auto]
+    python -m tests.chaos.fuzz_mutation --seconds 300 [--engine builtin|atheris|auto]
 """
 
 from __future__ import annotations
@@ -34,12 +34,10 @@ from pathlib import Path
 
 import orjson
 
-# Runs as ``python -m benchmarks.X`` from the repository root, or as a script.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.chaos import data as fl
+from tests.support import reference as ref
 
-from benchmarks import faults_lib as fl
-
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 MAX_BYTES = 2_048  # small, so that the oversized boundary is reached by mutation
 
 
@@ -180,11 +178,11 @@ class Checker:
         except Exception as exc:  # Decider.decide promises never to raise
             return self._finding("exception", value, repr(exc), "")
         self.by_reason[reason] += 1
-        if route not in fl.ROUTES or fl.REASON_ROUTE.get(reason) != route:
+        if route not in ref.ROUTES or ref.REASON_ROUTE.get(reason) != route:
             return self._finding("bad-route-or-reason", value, f"{route}/{reason}", "")
         if reason == "internal-error":
             return self._finding("internal-error", value, f"{route}/{reason}", "")
-        expected = fl.ref_decide(value, self.data, max_event_bytes=MAX_BYTES)
+        expected = self.data.reference(MAX_BYTES).decide(value)
         if (route, reason) != expected:
             return self._finding(
                 "disagrees-with-reference", value, f"{route}/{reason}", "/".join(expected)

@@ -1,4 +1,4 @@
-"""Helpers for the stream tests: set-up, running the service, checking outputs."""
+"""A service under test with its own topics, group and snapshot root: set-up, running, reading."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import ConsumerRecord
-from kafka_util import drain
-from reference import Reference
 
 from filterd.config import Config, load_config
 from filterd.service import Service
+from tests.support.kafka import drain
 
 Record = ConsumerRecord[bytes, bytes]
 
@@ -142,57 +140,3 @@ def header(record: Record, name: str) -> str:
     values = [v for k, v in record.headers if k == name]
     assert len(values) == 1, (name, record.headers)
     return values[0].decode()
-
-
-@dataclass
-class Verdict:
-    """What the outputs say about a set of inputs."""
-
-    missing: list[str]
-    duplicated: Counter[str]
-    in_two_topics: list[str]
-    misrouted: list[tuple[str, tuple[str, str], tuple[str, str]]]
-    versions: Counter[str]
-
-    @property
-    def clean(self) -> bool:
-        return not (self.missing or self.duplicated or self.in_two_topics or self.misrouted)
-
-
-def verify(
-    inputs: Iterable[Record],
-    outputs: Mapping[str, list[Record]],
-    reference_for: Mapping[str, Reference],
-) -> Verdict:
-    """Check every output against its input and the reference of the version that decided it.
-
-    ``reference_for`` maps a snapshot version to the reference model of that version.
-    """
-    by_source = {f"{r.topic}/{r.partition}/{r.offset}": r for r in inputs}
-    seen: Counter[str] = Counter()
-    routes_of: dict[str, set[str]] = {}
-    misrouted = []
-    versions: Counter[str] = Counter()
-    for route, records in outputs.items():
-        for rec in records:
-            source = header(rec, "filterd-source")
-            seen[source] += 1
-            routes_of.setdefault(source, set()).add(route)
-            original = by_source.get(source)
-            assert original is not None, f"output names an unknown source {source}"
-            assert rec.value == original.value, source
-            assert rec.key == original.key, source
-            assert header(rec, "filterd-route") == route
-            version = header(rec, "filterd-snapshot")
-            versions[version] += 1
-            expected = reference_for[version].decide(original.value)
-            got = (route, header(rec, "filterd-reason"))
-            if got != expected:
-                misrouted.append((source, got, expected))
-    return Verdict(
-        missing=sorted(set(by_source) - set(seen)),
-        duplicated=Counter({s: n - 1 for s, n in seen.items() if n > 1}),
-        in_two_topics=sorted(s for s, r in routes_of.items() if len(r) > 1),
-        misrouted=misrouted,
-        versions=versions,
-    )

@@ -4,15 +4,13 @@ known losses, repeats and misroutes and expect them counted."""
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import faults_lib as fl
+from tests.chaos import data as fl
+from tests.support import check
+from tests.support import reference as ref
 
 DATA = fl.ConsentData(
     consents=frozenset({("1069001", 8613800000001), ("1069001", 8613800000002)}),
@@ -39,7 +37,7 @@ DATA = fl.ConsentData(
     ],
 )
 def test_ref_normalize(raw: str, expected: int | None) -> None:
-    assert fl.ref_normalize(raw) == expected
+    assert ref.ref_normalize(raw) == expected
 
 
 def _ev(**fields: object) -> bytes:
@@ -75,14 +73,16 @@ def _ev(**fields: object) -> bytes:
     ],
 )
 def test_ref_decide(value: bytes, expected: tuple[str, str]) -> None:
-    assert fl.ref_decide(value, DATA) == expected
+    assert DATA.reference().decide(value) == expected
 
 
 def test_seeded_events_reach_every_reason() -> None:
     rng = random.Random(7)
     data = fl.make_dataset(rng, senders=20, recipients=500, consents=1_000, optouts=200, dnd=50)
-    reasons = {fl.ref_decide(v, data)[1] for _, _, v in fl.iter_events(20_000, "t", data, seed=1)}
-    assert reasons == set(fl.REASON_ROUTE) - {"internal-error"}
+    reasons = {
+        data.reference().decide(v)[1] for _, _, v in fl.iter_events(20_000, "t", data, seed=1)
+    }
+    assert reasons == set(ref.REASON_ROUTE) - {"internal-error"}
 
 
 def test_extended_dataset_changes_decisions() -> None:
@@ -90,39 +90,39 @@ def test_extended_dataset_changes_decisions() -> None:
     old = fl.make_dataset(rng, senders=20, recipients=500, consents=1_000, optouts=200, dnd=50)
     new = fl.extend_dataset(old, rng)
     events = [v for _, _, v in fl.iter_events(5_000, "t", old, seed=2)]
-    changed = sum(fl.ref_decide(v, old) != fl.ref_decide(v, new) for v in events)
+    changed = sum(old.reference().decide(v) != new.reference().decide(v) for v in events)
     assert changed > 0
 
 
 TOPICS = {"d": "deliver", "b": "block", "i": "invalid"}
 
 
-def _inputs() -> dict[fl.Source, fl.InputRecord]:
+def _inputs() -> dict[check.Source, check.InputRecord]:
     values = [
         _ev(sender="1069001", recipient="13800000001"),
         _ev(sender="1069001", recipient="13800000003"),
         b"oops",
     ]
-    return {(0, n): fl.InputRecord(b"k", v) for n, v in enumerate(values)}
+    return {(0, n): check.InputRecord(b"k", v) for n, v in enumerate(values)}
 
 
-def _out(topic: str, n: int, route: str, reason: str, version: str = "v1") -> fl.OutputRecord:
+def _out(topic: str, n: int, route: str, reason: str, version: str = "v1") -> check.OutputRecord:
     headers = {
         "filterd-route": route,
         "filterd-reason": reason,
         "filterd-snapshot": version,
         "filterd-source": f"in/0/{n}",
     }
-    return fl.OutputRecord(topic, 0, n, b"k", _inputs()[(0, n)].value, headers)
+    return check.OutputRecord(topic, 0, n, b"k", _inputs()[(0, n)].value, headers)
 
 
-def _verify(outputs: list[fl.OutputRecord]) -> fl.Verdict:
-    return fl.verify(
+def _verify(outputs: list[check.OutputRecord]) -> check.Verdict:
+    return check.verify(
         _inputs(),
         outputs,
         input_topic="in",
         topic_routes=TOPICS,
-        versions={"v1": DATA, "v2": DATA},
+        versions={"v1": DATA.reference(), "v2": DATA.reference()},
         corrupt_versions={"bad"},
     )
 
@@ -167,10 +167,10 @@ def test_verify_counts_misroute_and_corrupt_snapshot() -> None:
 
 
 def test_verify_counts_unknown_source_and_changed_value() -> None:
-    stray = fl.OutputRecord("d", 0, 9, b"k", b"x", {"filterd-source": "other/0/0"})
+    stray = check.OutputRecord("d", 0, 9, b"k", b"x", {"filterd-source": "other/0/0"})
     assert _verify([*GOOD, stray]).unknown_source == 1
     changed = GOOD[0]
-    altered = fl.OutputRecord(
+    altered = check.OutputRecord(
         changed.topic, 0, 0, b"k", changed.value + b" ", dict(changed.headers)
     )
     assert _verify([altered, *GOOD[1:]]).value_mismatch == 1

@@ -14,11 +14,11 @@ a fresh input topic on a *private* broker (never the shared one on 9092), runs t
 
 Then it drains the three output topics with ``read_committed`` and compares every
 output with the input record its ``filterd-source`` header names and with an
-independent reference model (``faults_lib``), decided with the snapshot version
+independent reference model (``tests.support.reference``), decided with the snapshot version
 named in ``filterd-snapshot``.
 
-    python -m benchmarks.faults --quick         # CI: both modes, ~20k events each
-    python -m benchmarks.faults                  # full: >= 200k events, 5+ kills, 2+ restarts
+    python -m tests.chaos.faults --quick         # CI: both modes, ~20k events each
+    python -m tests.chaos.faults                  # full: >= 200k events, 5+ kills, 2+ restarts
 
 Writes ``benchmarks/results/faults.json`` (``faults-quick.json``); exits 1 when a
 run fails. The work directory (worker and broker logs) is kept on failure.
@@ -47,15 +47,15 @@ from pathlib import Path
 from typing import IO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-# Runs as ``python -m benchmarks.X`` from the repository root, or as a script.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from filterd import topics as topic_admin
+from tests.chaos import data as fl
+from tests.support import check
+from tests.support.produce import partition_for
 
-from benchmarks import faults_lib as fl
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
 CONFIG = REPO / "config" / "filterd.toml"
 RESULTS = REPO / "benchmarks" / "results"
@@ -496,7 +496,8 @@ async def _send_chunk(
     for event in events:
         n, key, value = event
         try:
-            fut = await producer.send(topic, value, key=key, partition=n % partitions)
+            p = partition_for(key, n, partitions)
+            fut = await producer.send(topic, value, key=key, partition=p)
         except Exception:
             failed.append(event)
             continue
@@ -517,7 +518,7 @@ async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) ->
 
 async def read_inputs(
     bootstrap: str, topic: str, partitions: int
-) -> dict[fl.Source, fl.InputRecord]:
+) -> dict[check.Source, check.InputRecord]:
     """Everything on the input topic: the set every output is checked against."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -526,12 +527,12 @@ async def read_inputs(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        inputs: dict[fl.Source, fl.InputRecord] = {}
+        inputs: dict[check.Source, check.InputRecord] = {}
         while await _behind(consumer, end):
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             for tp, records in batches.items():
                 for r in records:
-                    inputs[(tp.partition, r.offset)] = fl.InputRecord(r.key, r.value)
+                    inputs[(tp.partition, r.offset)] = check.InputRecord(r.key, r.value)
         return inputs
     finally:
         await consumer.stop()
@@ -543,7 +544,7 @@ class Drainer:
     def __init__(self, bootstrap: str, topics: dict[str, int]) -> None:
         self.bootstrap = bootstrap
         self.tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
-        self.records: list[fl.OutputRecord] = []
+        self.records: list[check.OutputRecord] = []
         self.sources: set[str] = set()
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -566,7 +567,7 @@ class Drainer:
             for r in records:
                 headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
                 self.records.append(
-                    fl.OutputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, headers)
+                    check.OutputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, headers)
                 )
                 self.sources.add(headers.get("filterd-source", ""))
                 n += 1
@@ -627,19 +628,8 @@ async def wait_committed(
 async def create_topics(
     bootstrap: str, topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    t, num_partitions=n, replication_factor=1, topic_configs=(configs or {}).get(t)
-                )
-                for t, n in topics.items()
-            ]
-        )
-    finally:
-        await admin.close()
+    specs = {t: topic_admin.TopicSpec(n, 1, (configs or {}).get(t, {})) for t, n in topics.items()}
+    await topic_admin.create({"bootstrap_servers": bootstrap}, specs)
 
 
 async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
@@ -697,105 +687,112 @@ class Tally:
     actions: list[str] = field(default_factory=list)
 
 
-async def run_mode(
-    mode: str, plan: Plan, broker: Broker, workdir: Path, seed_value: int
-) -> dict[str, object]:
-    rng = random.Random(f"{seed_value}-{mode}")
-    tag = f"{mode[:2]}{seed_value}"
-    base = f"faults-{tag}-{int(time.time())}"
-    topics = {
-        "input": f"{base}.in",
-        "deliver": f"{base}.deliver",
-        "block": f"{base}.blocked",
-        "invalid": f"{base}.invalid",
-    }
-    group = f"{base}.group"
-    moddir = workdir / mode
-    logdir = moddir / "logs"
-    logdir.mkdir(parents=True)
-    log = (logdir / "harness.log").open("a")
-    say(f"=== {mode}: {plan.events} events over {plan.partitions} partitions, topics {base}.*")
+class ModeRun:
+    """One delivery mode's run, phase by phase: set up, inject faults, settle, judge, report."""
 
-    outputs = {topics[r]: 3 for r in ("deliver", "block", "invalid")}
-    # The invalid topic starts out refusing the oversized events' ~65 KB records: the
-    # produce of those keeps failing until "stuck-produce" lifts the limit.
-    await create_topics(
-        broker.bootstrap,
-        {topics["input"]: plan.partitions, **outputs},
-        {topics["invalid"]: {"max.message.bytes": STUCK_MAX_MESSAGE_BYTES}},
-    )
-
-    data_v1 = fl.make_dataset(rng)
-    snapshots = Snapshots(moddir / "snapshots", moddir, log)
-    snapshots.publish(data_v1)
-
-    env = dict(os.environ)
-    env.pop("KAFKA_BOOTSTRAP", None)
-    env.update(
-        {
-            "FILTERD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "FILTERD_KAFKA_GROUP_ID": group,
-            "FILTERD_KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "FILTERD_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-            "FILTERD_TOPICS_INPUT": topics["input"],
-            "FILTERD_TOPICS_DELIVER": topics["deliver"],
-            "FILTERD_TOPICS_BLOCK": topics["block"],
-            "FILTERD_TOPICS_INVALID": topics["invalid"],
-            "FILTERD_SNAPSHOT_ROOT": str(snapshots.root),
-            "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.5",
-            "FILTERD_DELIVERY_MODE": mode,
-            "FILTERD_DELIVERY_TRANSACTIONAL_ID_PREFIX": base,
-            # Small batches: more batch boundaries for a kill to land between.
-            "FILTERD_BATCH_MAX_RECORDS": "500",
-            "FILTERD_METRICS_ENABLED": "false",
-            "FILTERD_LOGGING_LEVEL": "INFO",
+    def __init__(
+        self, mode: str, plan: Plan, broker: Broker, workdir: Path, seed_value: int
+    ) -> None:
+        self.mode = mode
+        self.plan = plan
+        self.broker = broker
+        self.seed_value = seed_value
+        self.rng = random.Random(f"{seed_value}-{mode}")
+        self.tag = f"{mode[:2]}{seed_value}"
+        self.base = f"faults-{self.tag}-{int(time.time())}"
+        self.topics = {
+            "input": f"{self.base}.in",
+            "deliver": f"{self.base}.deliver",
+            "block": f"{self.base}.blocked",
+            "invalid": f"{self.base}.invalid",
         }
-    )
-    fleet = Fleet(env, logdir)
-    FLEETS.append(fleet)
-    for _ in range(2):
-        fleet.start(initial=True)
+        self.outputs = {self.topics[r]: 3 for r in ("deliver", "block", "invalid")}
+        self.group = f"{self.base}.group"
+        self.moddir = workdir / mode
+        self.logdir = self.moddir / "logs"
+        self.logdir.mkdir(parents=True)
+        self.log = (self.logdir / "harness.log").open("a")
+        self.snapshots = Snapshots(self.moddir / "snapshots", self.moddir, self.log)
+        self.fleet = Fleet(self.worker_env(), self.logdir)
+        FLEETS.append(self.fleet)
+        self.tally = Tally()
+        self.stuck: dict[str, object] = {}
+        self.problems: list[str] = []
+        self.data_v1 = fl.make_dataset(self.rng)
+        self.started = time.monotonic()
+        self.gate = asyncio.Event()
+        self.stop_supervising = asyncio.Event()
 
-    tally = Tally()
-    stuck: dict[str, object] = {}
-    use_hook = plan.hook_kills > 0 and service_has_kill_hook()
-    if plan.hook_kills and not use_hook:
-        say(f"service has no {KILL_HOOK_ENV} hook: produce/commit kills only by chance")
+    def worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("KAFKA_BOOTSTRAP", None)
+        env.update(
+            {
+                "FILTERD_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+                "FILTERD_KAFKA_GROUP_ID": self.group,
+                "FILTERD_KAFKA_SESSION_TIMEOUT_MS": "6000",
+                "FILTERD_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+                "FILTERD_TOPICS_INPUT": self.topics["input"],
+                "FILTERD_TOPICS_DELIVER": self.topics["deliver"],
+                "FILTERD_TOPICS_BLOCK": self.topics["block"],
+                "FILTERD_TOPICS_INVALID": self.topics["invalid"],
+                "FILTERD_SNAPSHOT_ROOT": str(self.snapshots.root),
+                "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.5",
+                "FILTERD_DELIVERY_MODE": self.mode,
+                "FILTERD_DELIVERY_TRANSACTIONAL_ID_PREFIX": self.base,
+                # Small batches: more batch boundaries for a kill to land between.
+                "FILTERD_BATCH_MAX_RECORDS": "500",
+                "FILTERD_METRICS_ENABLED": "false",
+                "FILTERD_LOGGING_LEVEL": "INFO",
+            }
+        )
+        return env
 
-    started = time.monotonic()
-    gate = asyncio.Event()
-    # Pace the input to span the faults: about 90% of it while they happen.
-    rate = min(float(plan.rate), plan.events * 0.9 / estimate_fault_seconds(plan))
-    say(f"seeding at {rate:.0f} events/s")
-    seeding = asyncio.create_task(
-        seed(broker.bootstrap, topics["input"], plan, data_v1, tag, seed_value, rate, gate)
-    )
-    stop_supervising = asyncio.Event()
+    # ------------------------------------------------------------------ phase 1: set up
 
-    async def supervise() -> None:
+    async def set_up(self) -> None:
+        """Topics, the first snapshot, two workers."""
+        plan = self.plan
+        say(
+            f"=== {self.mode}: {plan.events} events over {plan.partitions} partitions, "
+            f"topics {self.base}.*"
+        )
+        # The invalid topic starts out refusing the oversized events' ~65 KB records: the
+        # produce of those keeps failing until "stuck-produce" lifts the limit.
+        await create_topics(
+            self.broker.bootstrap,
+            {self.topics["input"]: plan.partitions, **self.outputs},
+            {self.topics["invalid"]: {"max.message.bytes": STUCK_MAX_MESSAGE_BYTES}},
+        )
+        self.snapshots.publish(self.data_v1)
+        for _ in range(2):
+            self.fleet.start(initial=True)
+
+    # ------------------------------------------------------------------ phase 2: faults
+
+    async def supervise(self) -> None:
         # Like systemd or Kubernetes would: a worker that died on its own is started
         # again. (Workers the suite kills are replaced by the fault itself.)
-        while not stop_supervising.is_set():
-            for worker in fleet.reap():
+        while not self.stop_supervising.is_set():
+            for worker in self.fleet.reap():
                 if not worker.hook:
                     await asyncio.sleep(1.0)
-                    fleet.start()
+                    self.fleet.start()
             await asyncio.sleep(0.5)
 
-    supervisor = asyncio.create_task(supervise())
-
-    async def kill_one(why: str) -> None:
-        candidates = fleet.base()
+    async def kill_one(self, why: str) -> None:
+        candidates = self.fleet.base()
         if not candidates:
             return
-        victim = rng.choice(candidates)
-        await asyncio.sleep(rng.uniform(0.0, 1.0))
+        victim = self.rng.choice(candidates)
+        await asyncio.sleep(self.rng.uniform(0.0, 1.0))
         if victim.proc.poll() is None:
-            fleet.kill9(victim, why)
-            await asyncio.sleep(rng.uniform(1.0, 3.0))
-            fleet.start()
+            self.fleet.kill9(victim, why)
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+            self.fleet.start()
 
-    async def broker_restart(kind: str, catchup_kill: bool) -> None:
+    async def broker_restart(self, kind: str, catchup_kill: bool) -> None:
+        rng, broker, tally = self.rng, self.broker, self.tally
         if kind == "hard":
             await broker.hard_kill()
             await asyncio.sleep(rng.uniform(1.0, 4.0))
@@ -806,47 +803,49 @@ async def run_mode(
             tally.graceful_restarts += 1
         else:
             await broker.down()
-            say(f"broker down for {plan.outage_s:.0f}s")
-            await asyncio.sleep(plan.outage_s)
+            say(f"broker down for {self.plan.outage_s:.0f}s")
+            await asyncio.sleep(self.plan.outage_s)
             tally.outages += 1
         await broker.up()
         if catchup_kill:
             await asyncio.sleep(rng.uniform(1.0, 4.0))
-            await kill_one("while catching up after the broker restart")
+            await self.kill_one("while catching up after the broker restart")
 
-    async def storm() -> None:
-        joined = [fleet.start(), fleet.start()]
-        tally.storm_joins += 2
-        await asyncio.sleep(rng.uniform(3.0, 6.0))
-        await fleet.stop(joined[0])
-        await asyncio.sleep(rng.uniform(2.0, 4.0))
-        await fleet.stop(joined[1])
+    async def storm(self) -> None:
+        joined = [self.fleet.start(), self.fleet.start()]
+        self.tally.storm_joins += 2
+        await asyncio.sleep(self.rng.uniform(3.0, 6.0))
+        await self.fleet.stop(joined[0])
+        await asyncio.sleep(self.rng.uniform(2.0, 4.0))
+        await self.fleet.stop(joined[1])
 
-    async def hook_kill() -> None:
-        worker = fleet.start(hook=True)
+    async def hook_kill(self) -> None:
+        worker = self.fleet.start(hook=True)
         deadline = time.monotonic() + 40.0
         while worker.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         if worker.proc.poll() is None:
             say(f"hook worker {worker.name} did not fire within 40s; stopping it")
-            await fleet.stop(worker)
+            await self.fleet.stop(worker)
 
-    async def snapshot_swap() -> None:
+    async def snapshot_swap(self) -> None:
         # Guards on both sides: no kill or broker restart near the swap, so that an
         # at-least-once repeat is never decided by a different version than the first.
+        rng = self.rng
         await asyncio.sleep(6.0)
-        snapshots.publish_corrupt(fl.extend_dataset(data_v1, random.Random(rng.random())))
+        self.snapshots.publish_corrupt(fl.extend_dataset(self.data_v1, random.Random(rng.random())))
         await asyncio.sleep(5.0)
-        snapshots.publish(fl.extend_dataset(data_v1, rng))
-        tally.snapshot_swaps += 1
+        self.snapshots.publish(fl.extend_dataset(self.data_v1, rng))
+        self.tally.snapshot_swaps += 1
         await asyncio.sleep(8.0)
 
-    async def stuck_produce() -> None:
+    async def stuck_produce(self) -> None:
         # Until now every oversized record was refused by the invalid topic. The
         # service must not have committed any input partition past its first one.
-        await asyncio.sleep(max(0.0, 15.0 - (time.monotonic() - started)))
-        seen = await read_inputs(broker.bootstrap, topics["input"], plan.partitions)
-        committed = await committed_offsets(broker.bootstrap, group)
+        await asyncio.sleep(max(0.0, 15.0 - (time.monotonic() - self.started)))
+        bootstrap, input_topic = self.broker.bootstrap, self.topics["input"]
+        seen = await read_inputs(bootstrap, input_topic, self.plan.partitions)
+        committed = await committed_offsets(bootstrap, self.group)
         first_big: dict[int, int] = {}
         ends: dict[int, int] = {}
         for (p, o), record in seen.items():
@@ -856,12 +855,12 @@ async def run_mode(
         past = {}
         blocked = []
         for p, offset in sorted(first_big.items()):
-            done = committed.get(TopicPartition(topics["input"], p), 0)
+            done = committed.get(TopicPartition(input_topic, p), 0)
             if done > offset:
                 past[p] = {"first_failing_offset": offset, "committed": done}
             elif ends[p] > offset + 1:
                 blocked.append(p)
-        stuck.update(
+        self.stuck.update(
             {
                 "partitions_with_failing_record": len(first_big),
                 "partitions_held_back": len(blocked),
@@ -869,130 +868,191 @@ async def run_mode(
                 "violations": past,
             }
         )
-        say(f"stuck produce: {stuck}; lifting the size limit")
+        say(f"stuck produce: {self.stuck}; lifting the size limit")
         await set_topic_config(
-            broker.bootstrap, topics["invalid"], {"max.message.bytes": NORMAL_MAX_MESSAGE_BYTES}
+            bootstrap, self.topics["invalid"], {"max.message.bytes": NORMAL_MAX_MESSAGE_BYTES}
         )
 
-    actions: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-    actions += [("kill", lambda: kill_one("at a random moment"))] * plan.kills
-    catchups = [True] * plan.catchup_kills
-    restarts = ["hard"] * plan.hard_restarts + ["graceful"] * plan.graceful_restarts
-    restarts += ["outage"] * (1 if plan.outage_s else 0)
-    catchups += [False] * max(0, len(restarts) - len(catchups))
-    rng.shuffle(catchups)
-    for kind, catchup in zip(restarts, catchups, strict=False):
-        actions.append((f"broker-{kind}", lambda k=kind, c=catchup: broker_restart(k, c)))
-    actions += [("storm", storm)] * plan.storm_cycles
-    if use_hook:
-        actions += [("hook-kill", hook_kill)] * plan.hook_kills
-    rng.shuffle(actions)
-    # The swap goes in the middle: old and new versions both decide a good share.
-    actions.insert(len(actions) // 2, ("snapshot", snapshot_swap))
-    # First, so that the partitions it holds back are released long before the swap.
-    actions.insert(0, ("stuck-produce", stuck_produce))
+    def schedule(self, use_hook: bool) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """The plan's faults in a seeded random order, the swap in the middle."""
+        plan, rng = self.plan, self.rng
+        actions: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        actions += [("kill", lambda: self.kill_one("at a random moment"))] * plan.kills
+        catchups = [True] * plan.catchup_kills
+        restarts = ["hard"] * plan.hard_restarts + ["graceful"] * plan.graceful_restarts
+        restarts += ["outage"] * (1 if plan.outage_s else 0)
+        catchups += [False] * max(0, len(restarts) - len(catchups))
+        rng.shuffle(catchups)
+        for kind, catchup in zip(restarts, catchups, strict=False):
+            actions.append((f"broker-{kind}", lambda k=kind, c=catchup: self.broker_restart(k, c)))
+        actions += [("storm", self.storm)] * plan.storm_cycles
+        if use_hook:
+            actions += [("hook-kill", self.hook_kill)] * plan.hook_kills
+        rng.shuffle(actions)
+        # The swap goes in the middle: old and new versions both decide a good share.
+        actions.insert(len(actions) // 2, ("snapshot", self.snapshot_swap))
+        # First, so that the partitions it holds back are released long before the swap.
+        actions.insert(0, ("stuck-produce", self.stuck_produce))
+        return actions
 
-    await asyncio.sleep(2.0)
-    for name, action in actions:
-        await asyncio.sleep(rng.uniform(0.5, 1.5) * ACTION_GAP_S)
-        say(f"fault: {name}")
-        tally.actions.append(name)
-        await action()
-    gate.set()
+    async def inject_faults(self) -> asyncio.Task[tuple[int, float]]:
+        """Seed the input while the faults happen; returns the seeding task."""
+        plan = self.plan
+        use_hook = plan.hook_kills > 0 and service_has_kill_hook()
+        if plan.hook_kills and not use_hook:
+            say(f"service has no {KILL_HOOK_ENV} hook: produce/commit kills only by chance")
+        self.started = time.monotonic()
+        # Pace the input to span the faults: about 90% of it while they happen.
+        rate = min(float(plan.rate), plan.events * 0.9 / estimate_fault_seconds(plan))
+        say(f"seeding at {rate:.0f} events/s")
+        seeding = asyncio.create_task(
+            seed(
+                self.broker.bootstrap,
+                self.topics["input"],
+                plan,
+                self.data_v1,
+                self.tag,
+                self.seed_value,
+                rate,
+                self.gate,
+            )
+        )
+        actions = self.schedule(use_hook)
+        await asyncio.sleep(2.0)
+        for name, action in actions:
+            await asyncio.sleep(self.rng.uniform(0.5, 1.5) * ACTION_GAP_S)
+            say(f"fault: {name}")
+            self.tally.actions.append(name)
+            await action()
+        self.gate.set()
+        return seeding
 
-    problems: list[str] = []
-    try:
-        sent, seeded_s = await asyncio.wait_for(seeding, plan.settle_timeout_s)
-        say(f"seeding done: {sent} events in {seeded_s:.0f}s")
-    except TimeoutError:
-        # Checked with whatever made it to the input topic; the run fails below.
-        problems.append(f"seeding did not finish within {plan.settle_timeout_s:.0f}s")
-        say(problems[-1])
-    inputs = await read_inputs(broker.bootstrap, topics["input"], plan.partitions)
-    input_sources = {f"{topics['input']}/{p}/{o}" for p, o in inputs}
-    say(f"{len(inputs)} input records; waiting for their outputs")
-    drainer = Drainer(broker.bootstrap, outputs)
-    await drainer.start()
-    deadline = time.monotonic() + plan.settle_timeout_s
-    await drainer.run_until(lambda: input_sources <= drainer.sources or time.monotonic() > deadline)
-    end = {TopicPartition(topics["input"], p): 0 for p in range(plan.partitions)}
-    for p, o in inputs:
-        tp = TopicPartition(topics["input"], p)
-        end[tp] = max(end[tp], o + 1)
-    committed = await wait_committed(broker.bootstrap, group, end, limit_s=60.0)
-    stop_supervising.set()
-    await supervisor
-    fleet.reap()
-    await fleet.stop_all()
-    await drainer.to_end()
-    await drainer.stop()
-    elapsed = time.monotonic() - started
+    # ------------------------------------------------------------------ phase 3: settle
 
-    verdict = fl.verify(
-        inputs,
-        drainer.records,
-        input_topic=topics["input"],
-        topic_routes={topics[r]: r for r in ("deliver", "block", "invalid")},
-        versions=snapshots.versions,
-        corrupt_versions=snapshots.corrupt,
-    )
-    exactly_once = mode == "exactly-once"
-    if not committed:
-        problems.append("committed offsets did not reach the end of the input")
-    new_versions = [v for v in snapshots.versions if v not in snapshots.corrupt][1:]
-    if new_versions and not any(verdict.by_snapshot.get(v) for v in new_versions):
-        problems.append("the good snapshot published mid-stream never decided a record")
-    if stuck.get("commits_past_failing_record"):
-        problems.append(f"offsets committed past a record whose produce failed: {stuck}")
-    elif not stuck.get("partitions_held_back"):
-        problems.append(f"no partition was held back by a failing produce: {stuck}")
-    passed = verdict.ok(exactly_once) and not problems
-    say(
-        f"{mode}: inputs={verdict.inputs} outputs={verdict.outputs} lost={verdict.lost} "
-        f"misrouted={verdict.misrouted} in_two_topics={verdict.in_two_topics} "
-        f"duplicated={verdict.duplicated} kills={fleet.kills} "
-        f"broker_restarts={tally.hard_restarts + tally.graceful_restarts + tally.outages} "
-        f"passed={passed}"
-    )
-    for kind, examples in verdict.examples.items():
-        say(f"  {kind}: {examples}")
-    for problem in problems:
-        say(f"  problem: {problem}")
-    log.close()
-    return {
-        "mode": mode,
-        "inputs": verdict.inputs,
-        "kills": fleet.kills,
-        "broker_restarts": tally.hard_restarts + tally.graceful_restarts + tally.outages,
-        "rebalances": fleet.membership_changes,
-        "lost": verdict.lost,
-        "misrouted": verdict.misrouted,
-        "in_two_topics": verdict.in_two_topics,
-        "duplicated": verdict.duplicated,
-        "passed": passed,
-        "details": {
-            "outputs": verdict.outputs,
-            "hard_broker_restarts": tally.hard_restarts,
-            "graceful_broker_restarts": tally.graceful_restarts,
-            "broker_outages": tally.outages,
-            "broker_outage_s": plan.outage_s if tally.outages else 0,
-            "hook_kills": fleet.hook_kills,
-            "storm_joins": tally.storm_joins,
-            "snapshot_swaps": tally.snapshot_swaps,
-            "stuck_produce": stuck,
-            "corrupt_snapshots_published": len(snapshots.corrupt),
-            "corrupt_snapshot_used": verdict.corrupt_snapshot_used,
-            "unknown_source": verdict.unknown_source,
-            "value_mismatch": verdict.value_mismatch,
-            "unexpected_worker_exits": fleet.unexpected_exits,
-            "by_reason": dict(sorted(verdict.by_reason.items())),
-            "by_snapshot": dict(sorted(verdict.by_snapshot.items())),
-            "actions": tally.actions,
-            "problems": problems,
-            "examples": verdict.examples,
-            "seconds": round(elapsed, 1),
-        },
-    }
+    async def settle(
+        self, seeding: asyncio.Task[tuple[int, float]], supervisor: asyncio.Task[None]
+    ) -> tuple[dict[check.Source, check.InputRecord], Drainer, bool]:
+        """Wait for the input, its outputs and the group's commits; stop the workers."""
+        plan, bootstrap, input_topic = self.plan, self.broker.bootstrap, self.topics["input"]
+        try:
+            sent, seeded_s = await asyncio.wait_for(seeding, plan.settle_timeout_s)
+            say(f"seeding done: {sent} events in {seeded_s:.0f}s")
+        except TimeoutError:
+            # Checked with whatever made it to the input topic; the run fails below.
+            self.problems.append(f"seeding did not finish within {plan.settle_timeout_s:.0f}s")
+            say(self.problems[-1])
+        inputs = await read_inputs(bootstrap, input_topic, plan.partitions)
+        input_sources = {f"{input_topic}/{p}/{o}" for p, o in inputs}
+        say(f"{len(inputs)} input records; waiting for their outputs")
+        drainer = Drainer(bootstrap, self.outputs)
+        await drainer.start()
+        deadline = time.monotonic() + plan.settle_timeout_s
+        await drainer.run_until(
+            lambda: input_sources <= drainer.sources or time.monotonic() > deadline
+        )
+        end = {TopicPartition(input_topic, p): 0 for p in range(plan.partitions)}
+        for p, o in inputs:
+            tp = TopicPartition(input_topic, p)
+            end[tp] = max(end[tp], o + 1)
+        committed = await wait_committed(bootstrap, self.group, end, limit_s=60.0)
+        self.stop_supervising.set()
+        await supervisor
+        self.fleet.reap()
+        await self.fleet.stop_all()
+        await drainer.to_end()
+        await drainer.stop()
+        return inputs, drainer, committed
+
+    # ------------------------------------------------------------------ phase 4: judge
+
+    def judge(
+        self, inputs: dict[check.Source, check.InputRecord], drainer: Drainer, committed: bool
+    ) -> tuple[check.Verdict, bool]:
+        """Every output against the reference model; the run's own conditions."""
+        snapshots, stuck, problems = self.snapshots, self.stuck, self.problems
+        verdict = check.verify(
+            inputs,
+            drainer.records,
+            input_topic=self.topics["input"],
+            topic_routes={self.topics[r]: r for r in ("deliver", "block", "invalid")},
+            versions={v: data.reference() for v, data in snapshots.versions.items()},
+            corrupt_versions=snapshots.corrupt,
+        )
+        if not committed:
+            problems.append("committed offsets did not reach the end of the input")
+        new_versions = [v for v in snapshots.versions if v not in snapshots.corrupt][1:]
+        if new_versions and not any(verdict.by_snapshot.get(v) for v in new_versions):
+            problems.append("the good snapshot published mid-stream never decided a record")
+        if stuck.get("commits_past_failing_record"):
+            problems.append(f"offsets committed past a record whose produce failed: {stuck}")
+        elif not stuck.get("partitions_held_back"):
+            problems.append(f"no partition was held back by a failing produce: {stuck}")
+        passed = verdict.ok(self.mode == "exactly-once") and not problems
+        restarts = self.tally.hard_restarts + self.tally.graceful_restarts + self.tally.outages
+        say(
+            f"{self.mode}: inputs={verdict.inputs} outputs={verdict.outputs} "
+            f"lost={verdict.lost} misrouted={verdict.misrouted} "
+            f"in_two_topics={verdict.in_two_topics} duplicated={verdict.duplicated} "
+            f"kills={self.fleet.kills} broker_restarts={restarts} passed={passed}"
+        )
+        for kind, examples in verdict.examples.items():
+            say(f"  {kind}: {examples}")
+        for problem in problems:
+            say(f"  problem: {problem}")
+        return verdict, passed
+
+    # ------------------------------------------------------------------ phase 5: report
+
+    def report(self, verdict: check.Verdict, passed: bool, elapsed: float) -> dict[str, object]:
+        tally, fleet = self.tally, self.fleet
+        return {
+            "mode": self.mode,
+            "inputs": verdict.inputs,
+            "kills": fleet.kills,
+            "broker_restarts": tally.hard_restarts + tally.graceful_restarts + tally.outages,
+            "rebalances": fleet.membership_changes,
+            "lost": verdict.lost,
+            "misrouted": verdict.misrouted,
+            "in_two_topics": verdict.in_two_topics,
+            "duplicated": verdict.duplicated,
+            "passed": passed,
+            "details": {
+                "outputs": verdict.outputs,
+                "hard_broker_restarts": tally.hard_restarts,
+                "graceful_broker_restarts": tally.graceful_restarts,
+                "broker_outages": tally.outages,
+                "broker_outage_s": self.plan.outage_s if tally.outages else 0,
+                "hook_kills": fleet.hook_kills,
+                "storm_joins": tally.storm_joins,
+                "snapshot_swaps": tally.snapshot_swaps,
+                "stuck_produce": self.stuck,
+                "corrupt_snapshots_published": len(self.snapshots.corrupt),
+                "corrupt_snapshot_used": verdict.corrupt_snapshot_used,
+                "unknown_source": verdict.unknown_source,
+                "value_mismatch": verdict.value_mismatch,
+                "unexpected_worker_exits": fleet.unexpected_exits,
+                "by_reason": dict(sorted(verdict.by_reason.items())),
+                "by_snapshot": dict(sorted(verdict.by_snapshot.items())),
+                "actions": tally.actions,
+                "problems": self.problems,
+                "examples": verdict.examples,
+                "seconds": round(elapsed, 1),
+            },
+        }
+
+
+async def run_mode(
+    mode: str, plan: Plan, broker: Broker, workdir: Path, seed_value: int
+) -> dict[str, object]:
+    run = ModeRun(mode, plan, broker, workdir, seed_value)
+    await run.set_up()
+    supervisor = asyncio.create_task(run.supervise())
+    seeding = await run.inject_faults()
+    inputs, drainer, committed = await run.settle(seeding, supervisor)
+    elapsed = time.monotonic() - run.started
+    verdict, passed = run.judge(inputs, drainer, committed)
+    run.log.close()
+    return run.report(verdict, passed, elapsed)
 
 
 async def run_suite(args: argparse.Namespace, plan: Plan, workdir: Path, out: Path) -> int:

@@ -1,0 +1,315 @@
+"""The independent reference model of the contract's decision (DESIGN.md "Policy and reason codes").
+
+Deliberately written apart from ``filterd``: the standard library only (``json``, ``csv``,
+``re``), plain Python sets and its own number rule. If the product and this model agree on
+every record of a stream, both read the contract the same way; a bug in the service's
+decision path shows up as a misrouted record instead of being reproduced by the checker.
+
+The decision is the contract's ordered steps, each an ordered table of rules
+(condition → route, reason); the first rule that matches ends the decision. New policy is a
+new :class:`Rule` in the table of its step, not a new copy of the model:
+
+- step 1, invalid input: ``INVALID_INPUT``;
+- step 2, honest category: ``CATEGORY_REWRITES`` turns the declared category into the one
+  decided on (today none: the declared category stands), then ``CATEGORY`` routes the
+  exempt ones;
+- step 3, consent: ``CONSENT`` (``consent-expired``, ``consent-not-explicit`` and the global
+  opt-out ``*`` are entries to come here), ending in ``no-consent``;
+- step 4, limits on what step 3 delivers: ``LIMITS`` (today empty; quiet hours and
+  frequency caps keep their counters on the :class:`Reference`).
+
+Monitor mode (block reasons only observed) is not modelled: filterd has none today.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from collections.abc import Callable, Set
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+ROUTES = ("deliver", "block", "invalid")
+COUNTRY_CODE = "86"
+MAX_EVENT_BYTES = 65_536
+EXEMPT_CATEGORIES = frozenset({"transactional", "verification"})
+DEFAULT_CATEGORY = "marketing"
+
+Decision = tuple[str, str]
+"""(route, reason)."""
+
+# --------------------------------------------------------------------------- numbers
+
+_SEPARATORS = re.compile(r"[ \-.()]")
+_E164 = re.compile(r"[1-9][0-9]{7,14}")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def ref_normalize(raw: str, country_code: str = COUNTRY_CODE) -> int | None:
+    """DESIGN.md "Numbers", step by step; None where the event is ``bad-recipient``."""
+    s = _SEPARATORS.sub("", raw)
+    if s.startswith("+"):
+        s = s[1:]
+    elif s.startswith("00"):
+        s = s[2:]
+    elif _DIGITS.fullmatch(s):
+        s = country_code + (s[1:] if s.startswith("0") else s)
+    if not _E164.fullmatch(s):
+        return None
+    return int(s)
+
+
+# --------------------------------------------------------------------------- JSON
+
+# RFC 8259 JSON as a strict parser reads it: no NaN or Infinity, no number that does not fit
+# a 64-bit integer kept as an integer (it becomes a float), no float that overflows, no
+# unpaired surrogate in a string.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _parse_int(text: str) -> int | float:
+    n = int(text)
+    return n if _INT_MIN <= n <= _INT_MAX else float(text)
+
+
+def _parse_float(text: str) -> float:
+    f = float(text)
+    if f in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text}")
+    return f
+
+
+def _reject_constant(text: str) -> None:
+    raise ValueError(f"not JSON: {text}")
+
+
+def _encodable(doc: object) -> bool:
+    """False when a string anywhere in ``doc`` holds an unpaired surrogate."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+_NOT_JSON = object()
+
+
+def parse_json(value: bytes) -> object:
+    """The JSON document of a record value, or ``_NOT_JSON``."""
+    try:
+        doc = json.loads(
+            value.decode("utf-8"),
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _NOT_JSON
+    return doc if _encodable(doc) else _NOT_JSON
+
+
+# --------------------------------------------------------------------------- one message
+
+_REQUIRED = ("id", "sender", "recipient")
+_OPTIONAL_TEXT = ("category", "text")
+
+
+class Message:
+    """One record value as the rules see it; each field is worked out when a rule first asks."""
+
+    def __init__(self, value: bytes | None, model: Reference) -> None:
+        self.value = value
+        self.model = model
+
+    @cached_property
+    def doc(self) -> dict[str, Any] | None:
+        """The JSON object, None when the value is not one."""
+        if self.value is None:
+            return None
+        doc = parse_json(self.value)
+        return doc if isinstance(doc, dict) else None
+
+    def get(self, name: str) -> Any:
+        assert self.doc is not None
+        return self.doc.get(name)
+
+    @cached_property
+    def sender(self) -> str:
+        return str(self.get("sender")).strip()
+
+    @cached_property
+    def number(self) -> int | None:
+        return ref_normalize(self.get("recipient"), self.model.country_code)
+
+    @cached_property
+    def declared_category(self) -> str:
+        """A JSON null counts as absent: the default category."""
+        category = self.get("category")
+        return DEFAULT_CATEGORY if category is None else str(category)
+
+    @cached_property
+    def category(self) -> str:
+        """The category decided on (step 2): the declared one unless a rewrite applies."""
+        for rewrite in CATEGORY_REWRITES:
+            changed = rewrite(self)
+            if changed is not None:
+                return changed
+        return self.declared_category
+
+    @property
+    def pair(self) -> tuple[str, int | None]:
+        return self.sender, self.number
+
+
+def _blank(v: object) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip())
+
+
+def _bad_type(m: Message) -> bool:
+    if not all(isinstance(m.get(k), str) for k in _REQUIRED):
+        return True
+    if any(m.get(k) is not None and not isinstance(m.get(k), str) for k in _OPTIONAL_TEXT):
+        return True
+    ts = m.get("ts")
+    return ts is not None and (isinstance(ts, bool) or not isinstance(ts, int))
+
+
+# --------------------------------------------------------------------------- the rule tables
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """``when`` the condition holds, the message goes to ``route`` with ``reason``."""
+
+    reason: str
+    route: str
+    when: Callable[[Message], bool]
+
+
+#: Step 1, invalid input, first match wins.
+INVALID_INPUT: tuple[Rule, ...] = (
+    Rule("malformed-json", "invalid", lambda m: m.value is None),
+    Rule("oversized", "invalid", lambda m: len(m.value or b"") > m.model.max_bytes),
+    Rule("malformed-json", "invalid", lambda m: m.doc is None),
+    Rule("missing-field", "invalid", lambda m: any(_blank(m.get(k)) for k in _REQUIRED)),
+    Rule("bad-field-type", "invalid", _bad_type),
+    Rule("bad-recipient", "invalid", lambda m: m.number is None),
+)
+
+#: Step 2, honest category: functions returning the category to decide on, or None.
+CATEGORY_REWRITES: tuple[Callable[[Message], str | None], ...] = ()
+
+#: Step 2, then the category's rule: ``exempt`` categories are delivered.
+CATEGORY: tuple[Rule, ...] = (
+    Rule("exempt-category", "deliver", lambda m: m.category in m.model.exempt),
+)
+
+#: Step 3, consent (``require-consent`` categories), first match wins.
+CONSENT: tuple[Rule, ...] = (
+    Rule("opted-out", "block", lambda m: m.pair in m.model.optouts),
+    Rule("consent", "deliver", lambda m: m.pair in m.model.consents),
+    Rule("unknown-sender", "block", lambda m: m.sender not in m.model.senders),
+    Rule("recipient-dnd", "block", lambda m: m.number in m.model.dnd),
+    Rule("no-consent", "block", lambda m: True),
+)
+
+#: Step 4, limits on messages step 3 delivers, first match wins (none yet).
+LIMITS: tuple[Rule, ...] = ()
+
+#: Every reason the tables name, with its route; ``internal-error`` is the service's own.
+REASON_ROUTE: dict[str, str] = {
+    rule.reason: rule.route for rule in (*INVALID_INPUT, *CATEGORY, *CONSENT, *LIMITS)
+} | {"internal-error": "invalid"}
+
+
+def _first(rules: tuple[Rule, ...], m: Message) -> Decision | None:
+    for rule in rules:
+        if rule.when(m):
+            return rule.route, rule.reason
+    return None
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    return list(csv.DictReader(io.StringIO(raw.decode())))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One snapshot's content as plain sets, and the policy around it.
+
+    ``senders`` defaults to every sender with a consent or an opt-out row (the senders "in
+    the snapshot").
+    """
+
+    consents: Set[tuple[str, int]] = frozenset()
+    optouts: Set[tuple[str, int]] = frozenset()
+    senders: Set[str] = None  # type: ignore[assignment]
+    dnd: Set[int] = frozenset()
+    country_code: str = COUNTRY_CODE
+    max_bytes: int = MAX_EVENT_BYTES
+    exempt: Set[str] = EXEMPT_CATEGORIES
+    #: Counters of stateful rules (step 4), keyed as each rule likes.
+    counters: dict[object, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.senders is None:
+            senders = {s for s, _ in self.consents} | {s for s, _ in self.optouts}
+            object.__setattr__(self, "senders", frozenset(senders))
+
+    @classmethod
+    def from_dataset(cls, directory: Path, **policy: Any) -> Reference:
+        """The model of a loadgen data set (``consents.csv.gz``, ``optouts.csv.gz``, ``dnd``)."""
+        pairs: dict[str, set[tuple[str, int]]] = {"consents": set(), "optouts": set()}
+        for name, target in pairs.items():
+            for row in _rows(directory / f"{name}.csv.gz"):
+                number = ref_normalize(row["recipient"])
+                assert number is not None, row
+                target.add((row["sender"].strip(), number))
+        dnd = set()
+        for row in _rows(directory / "dnd.csv.gz"):
+            number = ref_normalize(row["recipient"])
+            assert number is not None, row
+            dnd.add(number)
+        return cls(pairs["consents"], pairs["optouts"], dnd=dnd, **policy)
+
+    def with_consents(self, extra: Set[tuple[str, int]]) -> Reference:
+        """The next version: ``extra`` consents granted (their senders become known)."""
+        return replace(
+            self,
+            consents=self.consents | extra,
+            senders=self.senders | {s for s, _ in extra},
+            counters={},
+        )
+
+    def decide(self, value: bytes | None) -> Decision:
+        """The route and reason the contract prescribes for one input value."""
+        m = Message(value, self)
+        found = _first(INVALID_INPUT, m) or _first(CATEGORY, m)
+        if found is not None:
+            return found
+        consent = _first(CONSENT, m)
+        assert consent is not None, "the consent table ends in a rule that always matches"
+        if consent[0] == "deliver":
+            return _first(LIMITS, m) or consent
+        return consent

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from tests.test_router import SNAP, ev
 
 from filterd.pipeline import HeaderCache, OutputTopics, Timestamps, decide_partition
 from filterd.router import Decider, Policy
+from tests.test_router import SNAP, ev
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 Only tests that ask for ``kafka_bootstrap``, ``new_topic`` or ``new_group`` (directly or
 through another fixture) need a broker; they are marked ``kafka`` automatically, so
-``pytest -m "not kafka"`` runs the rest without one. The broker is the one
-``deploy/local/kafka.sh up`` starts on 127.0.0.1 (port ``KAFKA_PORT``, default 9092), or the
-one named by ``KAFKA_BOOTSTRAP=host:port``, in which case nothing is started.
+``make unit`` (``pytest -m "not kafka"``) runs the rest without one: no broker is started.
+The broker is the one ``deploy/local/kafka.sh up`` starts on 127.0.0.1 (port ``KAFKA_PORT``,
+default 9092), or the one named by ``KAFKA_BOOTSTRAP=host:port``, in which case nothing is
+started.
 """
 
 from __future__ import annotations

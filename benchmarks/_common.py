@@ -180,31 +180,8 @@ async def create_topics(
     """Create fresh topics; ``log_append_time`` makes the broker stamp arrival times."""
     configs = {"message.timestamp.type": "LogAppendTime"} if log_append_time else {}
     spec = topics.TopicSpec(partitions, 1, configs)
-    await topics.create({"bootstrap_servers": bootstrap}, dict.fromkeys(names, spec))
-    await wait_topics_ready(bootstrap, names, partitions)
-
-
-async def wait_topics_ready(
-    bootstrap: str, names: Sequence[str], partitions: int, timeout_s: float = 30.0
-) -> None:
-    """Wait until the broker's metadata shows every partition with a leader."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            await consumer._client.force_metadata_update()
-            ready = all(
-                len(consumer._client.cluster.partitions_for_topic(n) or ()) == partitions
-                for n in names
-            )
-            if ready:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics {list(names)} not ready after {timeout_s} s")
-            await asyncio.sleep(0.1)
-    finally:
-        await consumer.stop()
+    client = {"bootstrap_servers": bootstrap}
+    await topics.create(client, dict.fromkeys(names, spec), ready_timeout_s=30.0)
 
 
 async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:

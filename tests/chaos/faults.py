@@ -53,6 +53,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from filterd import topics as topic_admin
 from tests.chaos import data as fl
 from tests.support import check
+from tests.support.kafka import drain
 from tests.support.produce import partition_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -516,26 +517,16 @@ async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) ->
     return False
 
 
-async def read_inputs(
-    bootstrap: str, topic: str, partitions: int
-) -> dict[check.Source, check.InputRecord]:
+async def read_inputs(bootstrap: str, topic: str) -> dict[check.Source, check.InputRecord]:
     """Everything on the input topic: the set every output is checked against."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        inputs: dict[check.Source, check.InputRecord] = {}
-        while await _behind(consumer, end):
-            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-            for tp, records in batches.items():
-                for r in records:
-                    inputs[(tp.partition, r.offset)] = check.InputRecord(r.key, r.value)
-        return inputs
-    finally:
-        await consumer.stop()
+    records = await drain(
+        bootstrap, topic, timeout=INPUT_READ_TIMEOUT_S, isolation_level="read_uncommitted"
+    )
+    return check.inputs_of(records)
+
+
+#: Reading the whole input back (200k records in the full suite) takes seconds, not minutes.
+INPUT_READ_TIMEOUT_S = 300.0
 
 
 class Drainer:
@@ -563,13 +554,11 @@ class Drainer:
         assert self.consumer is not None
         batches = await self.consumer.getmany(timeout_ms=500, max_records=20_000)
         n = 0
-        for tp, records in batches.items():
+        for records in batches.values():
             for r in records:
-                headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
-                self.records.append(
-                    check.OutputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, headers)
-                )
-                self.sources.add(headers.get("filterd-source", ""))
+                out = check.OutputRecord.of(r)
+                self.records.append(out)
+                self.sources.add(out.headers.get("filterd-source", ""))
                 n += 1
         return n
 
@@ -844,7 +833,7 @@ class ModeRun:
         # service must not have committed any input partition past its first one.
         await asyncio.sleep(max(0.0, 15.0 - (time.monotonic() - self.started)))
         bootstrap, input_topic = self.broker.bootstrap, self.topics["input"]
-        seen = await read_inputs(bootstrap, input_topic, self.plan.partitions)
+        seen = await read_inputs(bootstrap, input_topic)
         committed = await committed_offsets(bootstrap, self.group)
         first_big: dict[int, int] = {}
         ends: dict[int, int] = {}
@@ -941,7 +930,7 @@ class ModeRun:
             # Checked with whatever made it to the input topic; the run fails below.
             self.problems.append(f"seeding did not finish within {plan.settle_timeout_s:.0f}s")
             say(self.problems[-1])
-        inputs = await read_inputs(bootstrap, input_topic, plan.partitions)
+        inputs = await read_inputs(bootstrap, input_topic)
         input_sources = {f"{input_topic}/{p}/{o}" for p, o in inputs}
         say(f"{len(inputs)} input records; waiting for their outputs")
         drainer = Drainer(bootstrap, self.outputs)

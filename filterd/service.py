@@ -4,6 +4,8 @@ The lifecycle follows uvicorn's Server: :meth:`Service.run` picks the event
 loop, :meth:`serve` installs signal handlers and runs :meth:`startup` →
 :meth:`main_loop` → :meth:`shutdown`. Signal handlers only set flags; a second
 signal skips the graceful wait. Every step is bounded by a timeout.
+:meth:`startup` connects the consumer and the delivery and builds the
+:class:`~filterd.loop.BatchLoop` from them; :meth:`main_loop` runs it.
 
 Fail closed: nothing is consumed until a valid consent snapshot is in force.
 """
@@ -30,10 +32,11 @@ from filterd.config import Config
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from filterd.errors import BrokerError
 from filterd.http import Health, HealthServer
+from filterd.logs import flush_rate_limited
 from filterd.loop import BatchLoop, LoopMetrics, NoMetrics
 from filterd.metrics import LoopLagMonitor, Metrics
 from filterd.pipeline import OutputTopics
-from filterd.router import ROUTES, Outcome, Policy
+from filterd.router import ROUTES, Outcome
 from filterd.snapshot import ConsentSnapshot, SnapshotWatcher
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ class Service:
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
         self.config = config
-        self.policy = Policy.from_config(config.policy)
+        self.policy = config.policy
         self.health = Health()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics: Metrics | None = Metrics(self.registry) if config.metrics.enabled else None
@@ -58,7 +61,7 @@ class Service:
             on_refused=self._on_refused,
         )
         #: The batch loop, built by :meth:`startup` once Kafka is reachable.
-        self.loop: BatchLoop | None = None
+        self.batch_loop: BatchLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -96,6 +99,9 @@ class Service:
 
     async def startup(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
+        stale = native.stale_warning()
+        if stale is not None:
+            log.warning("%s", stale)
         if self.metrics is not None:
             server = HealthServer(
                 self.health, self.registry, host=cfg.metrics.host, port=cfg.metrics.port
@@ -128,27 +134,32 @@ class Service:
         await self._retry_until_started("consumer", consumer.start)
         stack.push_async_callback(self._bounded, "consumer", consumer.stop)
         metrics: LoopMetrics = self.metrics if self.metrics is not None else NoMetrics()
-        self.loop = BatchLoop(
+        self.batch_loop = BatchLoop(
             cfg, consumer, delivery, outputs, metrics, self.watcher,
             policy=self.policy, should_exit=lambda: self.should_exit,
             on_fetch=self.health.fetched,
         )  # fmt: skip
-        consumer.subscribe([cfg.topics.input], listener=_Rebalance(self.loop, self.health))
+        consumer.subscribe([cfg.topics.input], listener=_Rebalance(self.batch_loop, self.health))
         log.info(
             "filterd %s started ◆ %s → %s | %s | %s ◆ group %s ◆ snapshot %s ◆ %s ◆ %s",
             __version__, cfg.topics.input, cfg.topics.deliver, cfg.topics.block,
             cfg.topics.invalid, cfg.kafka.group_id, self.health.snapshot_version,
-            cfg.delivery.mode, f"hot path {native.hot_path()}",
+            cfg.delivery.mode, f"hot path {native.build_label()}",
         )  # fmt: skip
 
     async def main_loop(self) -> None:
-        if self.loop is not None:
-            await self.loop.run()
+        if self.batch_loop is not None:
+            await self.batch_loop.run()
 
     async def shutdown(self) -> None:
         self.health.stopping = True
-        counts: Counter[Outcome] = self.loop.counts if self.loop is not None else Counter()
-        batches = self.loop.batches if self.loop is not None else 0
+        # Lines held back by rate limiting (bad input, internal errors) go out
+        # now, with their counts, rather than die with the process.
+        flush_rate_limited()
+        counts: Counter[Outcome] = (
+            self.batch_loop.counts if self.batch_loop is not None else Counter()
+        )
+        batches = self.batch_loop.batches if self.batch_loop is not None else 0
         routed = {route: 0 for route in ROUTES}
         for outcome, n in counts.items():
             routed[outcome.route] += n
@@ -239,14 +250,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Finish the batch in flight before partitions move; track the assignment."""
 
     def __init__(self, loop: BatchLoop, health: Health) -> None:
-        self.loop = loop
+        self.batch_loop = loop
         self.health = health
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.loop.revoked(revoked)
+        await self.batch_loop.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.loop.assigned(assigned)
+        await self.batch_loop.assigned(assigned)
         self.health.assigned = bool(assigned)
 
 

@@ -22,7 +22,6 @@ from filterd.config import load_config
 from filterd.delivery import Submitted
 from filterd.loop import BatchLoop, NoMetrics
 from filterd.pipeline import Header, OutputTopics, PartitionOutput
-from filterd.router import Policy
 from filterd.snapshot import SnapshotWatcher, build_snapshot
 
 TP = TopicPartition("in", 0)
@@ -135,7 +134,7 @@ class Harness:
         self.should_exit = False
         self.loop = BatchLoop(
             config, self.consumer, self.delivery, OUTPUTS, NoMetrics(), watcher,
-            policy=Policy.from_config(config.policy), should_exit=lambda: self.should_exit,
+            policy=config.policy, should_exit=lambda: self.should_exit,
         )  # fmt: skip
         assert self.loop.pipelined
 

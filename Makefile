@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The per-event modules are compiled with mypyc (setup.py) into .so files beside their
 # sources; NATIVE is rebuilt whenever one of them changes, so no target runs a stale build.
-# FILTERD_PURE_PYTHON=1 builds nothing and runs them as plain Python (slower).
-HOT_PATH := $(if $(filter-out 0,$(FILTERD_PURE_PYTHON)),interpreted,compiled)
+# FILTERD__PURE_PYTHON=1 builds nothing and runs them as plain Python (slower).
+HOT_PATH := $(if $(filter-out 0,$(FILTERD__PURE_PYTHON)),interpreted,compiled)
 NATIVE := $(VENV)/.native-$(HOT_PATH)
 NATIVE_SRC := setup.py filterd/native.py \
 	$(shell sed -n 's/^ *"\(filterd\/[a-z_/]*\.py\)",$$/\1/p' filterd/native.py)
@@ -25,7 +25,7 @@ install: $(NATIVE) ## create .venv, install filterd with its dev tools, compile 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	FILTERD_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev]'
+	FILTERD__PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 $(NATIVE): $(NATIVE_SRC) | $(STAMP)
@@ -72,7 +72,7 @@ unit: $(NATIVE) ## every test that needs no broker and no Java (~2 min; PYTEST_A
 test: $(NATIVE) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=... passes options)
 	$(KAFKA_SH) up
 	$(MAKE) --no-print-directory lint typecheck
-	FILTERD_EXPECT_HOT_PATH=$(HOT_PATH) \
+	FILTERD__EXPECT_HOT_PATH=$(HOT_PATH) \
 		$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(NATIVE) ## the main job: local broker, sample snapshot, a traffic burst through filterd, a routing table
@@ -88,7 +88,7 @@ BENCH_STAMP := $(VENV)/.bench
 bench-deps: $(BENCH_STAMP) $(NATIVE)
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
-	FILTERD_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev,bench]'
+	FILTERD__PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 bench: bench-deps ## end-to-end: filterd vs raw pipe, naive and Quix peer (full, ~20-30 min)

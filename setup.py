@@ -1,6 +1,6 @@
 """Build filterd: the modules of the per-event path are compiled with mypyc.
 
-Which modules, and why: filterd/native.py. FILTERD_PURE_PYTHON=1 builds
+Which modules, and why: filterd/native.py. FILTERD__PURE_PYTHON=1 builds
 nothing, for a machine without a C compiler: filterd then runs those modules
 as plain Python, with the same decisions, slower per event.
 """
@@ -12,7 +12,7 @@ from setuptools import setup
 
 
 def ext_modules() -> list:
-    if os.environ.get("FILTERD_PURE_PYTHON", "") not in ("", "0"):
+    if os.environ.get("FILTERD__PURE_PYTHON", "") not in ("", "0"):
         return []
     from mypyc.build import mypycify
 

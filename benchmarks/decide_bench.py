@@ -17,7 +17,7 @@ collector paused), as ``timeit`` does; the medians are kept too.
 The figures are for the build installed (``build``: normally ``compiled``, see
 filterd/native.py). When that is the compiled one, the same measurement runs
 again in a child interpreter on the plain sources (``interpreted``), and
-``compiled_speedup`` compares the two: the effect of ``FILTERD_PURE_PYTHON``.
+``compiled_speedup`` compares the two: the effect of ``FILTERD__PURE_PYTHON``.
 
     python -m benchmarks.decide_bench [--events 200000] [--repeat 7] [--no-interpreted]
 """

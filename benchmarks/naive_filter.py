@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from benchmarks._common import consumer_kwargs, producer_kwargs, run_variant, variant_config
 from filterd.config import Config
-from filterd.router import Decider, Policy
+from filterd.router import Decider
 
 log = logging.getLogger("benchmarks.naive_filter")
 
@@ -36,7 +36,7 @@ async def filter_loop(config: Config, stop: asyncio.Event) -> int:
     from filterd.snapshot import load_snapshot
 
     snapshot = load_snapshot(config.snapshot.root)
-    decider = Decider(snapshot, Policy.from_config(config.policy))
+    decider = Decider(snapshot, config.policy)
     version = snapshot.version.encode()
     topics = {
         "deliver": config.topics.deliver,

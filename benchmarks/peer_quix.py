@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 
 from benchmarks._common import variant_config
-from filterd.router import Decider, Policy
+from filterd.router import Decider
 
 log = logging.getLogger("benchmarks.peer_quix")
 
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from filterd.snapshot import load_snapshot
 
     snapshot = load_snapshot(config.snapshot.root)
-    decide = Decider(snapshot, Policy.from_config(config.policy)).decide
+    decide = Decider(snapshot, config.policy).decide
     version = snapshot.version.encode()
 
     app = Application(

@@ -2,8 +2,10 @@
 
 Each command group lives in its own module exposing ``register(subparsers)``;
 the module sets ``func`` on its parser, a callable taking the parsed
-namespace and returning the exit code. Modules are imported only when the
-parser is built, so ``filterd --version`` stays cheap.
+namespace and returning the exit code. Only the module of the command given is
+imported (all of them for ``--help``, none for ``--version``), so
+``filterd --version`` and the offline commands (``snapshot``, ``replay``) load
+neither aiokafka nor prometheus_client (``tests/test_cli_imports.py``).
 """
 
 from __future__ import annotations
@@ -17,33 +19,50 @@ from collections.abc import Callable, Sequence
 from filterd import __version__
 from filterd.errors import FilterdError
 
-# One line per command group; each module provides ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "filterd.commands",
-    "filterd.topics",
-    "filterd.loadgen.commands",
-    "filterd.check",
-    "filterd.audit.commands",
-    "filterd.snapshot.commands",
-)
+#: Each command and the module that registers it (``register(subparsers)``), in
+#: the order ``--help`` lists them.
+COMMANDS: dict[str, str] = {
+    "run": "filterd.commands",
+    "replay": "filterd.commands",
+    "topics": "filterd.topics",
+    "loadgen": "filterd.loadgen.commands",
+    "check": "filterd.check",
+    "audit": "filterd.audit.commands",
+    "snapshot": "filterd.snapshot.commands",
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the arguments to parse, it registers only what they need."""
     parser = argparse.ArgumentParser(
         prog="filterd",
         description="SMS consent filter: routes outbound SMS to deliver, block or invalid topics.",
     )
     parser.add_argument("--version", action="version", version=f"filterd {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in _modules_for(argv):
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def _modules_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    if argv is None:
+        return COMMAND_MODULES
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMANDS:
+        return (COMMANDS[command],)
+    if command is None and "--version" in argv and not {"-h", "--help"} & set(argv):
+        return ()
+    return COMMAND_MODULES  # help, or an unknown command: argparse lists them all
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func: Handler | None = getattr(args, "func", None)
     if func is None:

@@ -10,9 +10,7 @@ from typing import Any
 
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
-from filterd.http import worker_port
 from filterd.logs import setup_logging
-from filterd.router import Policy
 from filterd.supervisor import Supervisor, worker_index
 
 
@@ -45,6 +43,8 @@ def _config(path: Path | None) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from filterd.http import worker_port  # with prometheus_client: not for replay
+
     config = _config(args.config)
     if args.workers < 1:
         raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
@@ -59,7 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the service pulls in aiokafka, which the offline commands do not need.
     from prometheus_client import disable_created_metrics
 
+    from filterd import faults
     from filterd.service import Service
+
+    faults.install_from_env()  # the fault suite's hook; nothing unless asked for
 
     # No *_created series next to every counter and histogram: nobody graphs them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -73,7 +76,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if not args.input.is_file():
         raise ConfigError("--input", f"no such file: {args.input}")
-    result = replay(args.snapshot, args.input, args.out, Policy.from_config(config.policy),
+    result = replay(args.snapshot, args.input, args.out, config.policy,
                     compare_root=args.compare)  # fmt: skip
     print(format_summary(result), file=sys.stdout)
     return 0

@@ -5,6 +5,16 @@ default) and may be overridden by environment variables named
 ``FILTERD_<SECTION>_<KEY>`` (for example ``FILTERD_KAFKA_BOOTSTRAP_SERVERS``).
 Everything is validated here, before anything connects, and a bad value stops
 start-up with a :class:`~filterd.errors.ConfigError` naming the key.
+
+Each key's default is stated once, in its dataclass below. A key that takes
+one of a few values is typed with a ``Literal``, and that type is the only
+list of the allowed values: loading checks a value against it
+(:func:`allowed_values`), and a test checks ``config/filterd.toml`` against it.
+
+Environment variables that are not config keys (the supervisor's worker
+index, build and test switches, the local broker script's settings) are named
+``FILTERD__<NAME>`` (:data:`INTERNAL_ENV_PREFIX`, two underscores): no config
+section starts with an underscore, so they can never be read as an override.
 """
 
 from __future__ import annotations
@@ -23,14 +33,31 @@ from typing import Literal
 from filterd.errors import ConfigError
 
 ENV_PREFIX = "FILTERD_"
-#: Variables of the local tooling (deploy/local/kafka.sh) that share the prefix.
-TOOLING_ENV = frozenset({"FILTERD_KAFKA_HOME", "FILTERD_KAFKA_STATE", "FILTERD_KAFKA_VERSION"})
+#: Prefix of the environment variables that are not config keys (documented in
+#: docs/operations.md, "Environment variables"); ignored by :func:`load_config`.
+INTERNAL_ENV_PREFIX = "FILTERD__"
 
+#: A message category's rule.
 Rule = Literal["require-consent", "exempt"]
-RULES: tuple[str, ...] = ("require-consent", "exempt")
-DEFAULT_CATEGORY_RULES: Mapping[str, str] = types.MappingProxyType(
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+#: ``kafka.sasl_mechanism`` (empty without a SASL ``security_protocol``).
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+#: ``all`` (or its synonym ``-1``) is required for the no-loss guarantee.
+Acks = Literal["all", "1", "0", "-1"]
+DeliveryMode = Literal["at-least-once", "exactly-once"]
+LogFormat = Literal["text", "json"]
+#: ``logging.level``, case-insensitive.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+DEFAULT_CATEGORY_RULES: Mapping[str, Rule] = types.MappingProxyType(
     {"marketing": "require-consent", "transactional": "exempt", "verification": "exempt"}
 )
+
+
+def allowed_values(literal: object) -> tuple[str, ...]:
+    """The values a ``Literal[...]`` type of this module allows."""
+    return typing.get_args(literal)
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,9 +67,8 @@ class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "filterd"
     client_id: str = "filterd"
-    #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
-    security_protocol: str = "PLAINTEXT"
-    #: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol).
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    #: A :data:`SaslMechanism`, with a SASL protocol (checked in ``_validate``).
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: str = ""
@@ -100,14 +126,21 @@ class SnapshotConfig:
 
 @dataclass(slots=True, frozen=True)
 class PolicyConfig:
-    """Which rule each message category follows, and how numbers are read."""
+    """Which rule each message category follows, and how numbers are read.
 
+    The one policy type: the decision (:class:`filterd.router.Decider`) follows
+    it as loaded (``filterd.router.Policy`` is this class).
+    """
+
+    #: Country code of national numbers (``13812345678``).
     default_country_code: str = "86"
+    #: Larger events are invalid (``oversized``).
     max_event_bytes: int = 65_536
     #: Rule for categories not listed in ``categories`` (and for a missing one
     #: when ``marketing`` is not listed). Fail closed: require consent.
-    default_rule: str = "require-consent"
-    categories: Mapping[str, str] = field(default_factory=lambda: DEFAULT_CATEGORY_RULES)
+    default_rule: Rule = "require-consent"
+    #: category -> rule.
+    categories: Mapping[str, Rule] = field(default_factory=lambda: DEFAULT_CATEGORY_RULES)
 
 
 @dataclass(slots=True, frozen=True)
@@ -132,10 +165,8 @@ class ProducerConfig:
 
     linger_ms: int = 0
     max_batch_size: int = 1_048_576
-    #: none, gzip, snappy, lz4 or zstd.
-    compression_type: str = "none"
-    #: all, 1 or 0. ``all`` is required for the no-loss guarantee.
-    acks: str = "all"
+    compression_type: CompressionType = "none"
+    acks: Acks = "all"
     max_request_size: int = 1_048_576
     enable_idempotence: bool = False
 
@@ -144,7 +175,7 @@ class ProducerConfig:
 class DeliveryConfig:
     """Delivery guarantee: ``at-least-once`` or ``exactly-once`` (transactions)."""
 
-    mode: str = "at-least-once"
+    mode: DeliveryMode = "at-least-once"
     transaction_timeout_ms: int = 60_000
     #: Prefix of the per-partition transactional ids (exactly-once only).
     transactional_id_prefix: str = "filterd"
@@ -173,7 +204,8 @@ class MetricsConfig:
 class LoggingConfig:
     """Log format (``text`` or ``json``) and level."""
 
-    format: str = "text"
+    format: LogFormat = "text"
+    #: A :data:`LogLevel`, in any case (checked in ``_validate``).
     level: str = "INFO"
 
 
@@ -224,12 +256,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
 def _apply_env(raw: dict[str, object], env: Mapping[str, str]) -> dict[str, object]:
     merged: dict[str, object] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in TOOLING_ENV:
-            continue
+        if not name.startswith(ENV_PREFIX) or name.startswith(INTERNAL_ENV_PREFIX):
+            continue  # FILTERD__<NAME>: not a config key (e.g. FILTERD__WORKER_INDEX).
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
-            continue  # Not a config section (e.g. FILTERD_WORKER_INDEX of the supervisor).
+            continue  # Not a config section: another program's variable.
         key = rest[len(section) + 1 :]
         target = merged.setdefault(section, {})
         if isinstance(target, dict):
@@ -304,7 +336,12 @@ def _coerce(key: str, hint: object, value: object) -> object:
         if isinstance(value, str):
             return str(value)
         raise ConfigError(key, f"expected a string, got {value!r}")
-    # Mapping[str, str]: category -> rule.
+    if typing.get_origin(hint) is Literal:
+        if isinstance(value, str):
+            _one_of(key, str(value), allowed_values(hint))
+            return str(value)
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    # Mapping[str, Rule]: category -> rule.
     if from_env:
         # FILTERD_POLICY_CATEGORIES="marketing=require-consent,promo=exempt"
         pairs: dict[str, str] = {}
@@ -313,12 +350,16 @@ def _coerce(key: str, hint: object, value: object) -> object:
             if not sep:
                 raise ConfigError(key, f"expected name=rule pairs, got {item!r}")
             pairs[name.strip()] = rule.strip()
-        return types.MappingProxyType(pairs)
-    if isinstance(value, dict) and all(
+    elif isinstance(value, dict) and all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        return types.MappingProxyType(dict(value))
-    raise ConfigError(key, f"expected a table of strings, got {value!r}")
+        pairs = dict(value)
+    else:
+        raise ConfigError(key, f"expected a table of strings, got {value!r}")
+    rule_type = typing.get_args(hint)[1]
+    for name, rule in pairs.items():
+        _one_of(f"{key}.{name}", rule, allowed_values(rule_type))
+    return types.MappingProxyType(pairs)
 
 
 _HOST_PORT = re.compile(r"^[^\s,:]+:\d{1,5}$")
@@ -334,15 +375,8 @@ def _validate(config: Config) -> None:
         )
     if not k.group_id.strip():
         raise ConfigError("kafka.group_id", "must not be empty")
-    _one_of(
-        "kafka.security_protocol",
-        k.security_protocol,
-        ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-    )
     if k.security_protocol.startswith("SASL"):
-        _one_of(
-            "kafka.sasl_mechanism", k.sasl_mechanism, ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-        )
+        _one_of("kafka.sasl_mechanism", k.sasl_mechanism, allowed_values(SaslMechanism))
         if not k.sasl_username:
             raise ConfigError("kafka.sasl_username", "required with a SASL security_protocol")
     for name in (
@@ -375,9 +409,6 @@ def _validate(config: Config) -> None:
             "policy.default_country_code", f"expected 1-3 digits, got {p.default_country_code!r}"
         )
     _positive("policy.max_event_bytes", p.max_event_bytes)
-    _one_of("policy.default_rule", p.default_rule, RULES)
-    for category, rule in p.categories.items():
-        _one_of(f"policy.categories.{category}", rule, RULES)
 
     b = config.batch
     for name in (
@@ -394,13 +425,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("producer.linger_ms", f"must be >= 0, got {pr.linger_ms}")
     _positive("producer.max_batch_size", pr.max_batch_size)
     _positive("producer.max_request_size", pr.max_request_size)
-    _one_of(
-        "producer.compression_type", pr.compression_type, ("none", "gzip", "snappy", "lz4", "zstd")
-    )
-    _one_of("producer.acks", pr.acks, ("all", "1", "0", "-1"))
 
     d = config.delivery
-    _one_of("delivery.mode", d.mode, ("at-least-once", "exactly-once"))
     _positive("delivery.transaction_timeout_ms", d.transaction_timeout_ms)
     if d.mode == "exactly-once" and pr.acks not in ("all", "-1"):
         raise ConfigError("producer.acks", 'exactly-once mode requires acks = "all"')
@@ -414,9 +440,7 @@ def _validate(config: Config) -> None:
     if not 0 <= m.port <= 65535:
         raise ConfigError("metrics.port", f"expected 0-65535, got {m.port}")
 
-    lg = config.logging
-    _one_of("logging.format", lg.format, ("text", "json"))
-    _one_of("logging.level", lg.level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+    _one_of("logging.level", config.logging.level.upper(), allowed_values(LogLevel))
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

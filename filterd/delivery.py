@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,27 +40,8 @@ from filterd.pipeline import Builder, PartitionOutput
 log = logging.getLogger(__name__)
 
 
-#: Test hook for the fault suite: with ``FILTERD_FAULT_KILL_AFTER_PRODUCE=N`` the
-#: process dies (exit 137, as after ``kill -9``) once its N-th batch is produced
-#: and acknowledged but not yet committed: the worst moment for a crash.
-KILL_HOOK_ENV = "FILTERD_FAULT_KILL_AFTER_PRODUCE"
 #: How long a rebalance waits for new partitions to be ready (exactly-once).
 PREPARE_WAIT_S = 20.0
-
-
-class _KillHook:
-    __slots__ = ("remaining",)
-
-    def __init__(self) -> None:
-        value = os.environ.get(KILL_HOOK_ENV, "")
-        self.remaining = int(value) if value.isdigit() else 0
-
-    def __call__(self) -> None:
-        if self.remaining:
-            self.remaining -= 1
-            if not self.remaining:
-                log.warning("%s: exiting between produce and commit", KILL_HOOK_ENV)
-                os._exit(137)
 
 
 class Delivery(Protocol):
@@ -143,7 +123,6 @@ class AtLeastOnce:
         self._config = config
         self._consumer = consumer
         self._producer = AIOKafkaProducer(**producer_options(config))
-        self._kill_hook = _KillHook()
 
     async def start(self) -> None:
         await self._producer.start()
@@ -195,11 +174,11 @@ class AtLeastOnce:
                 log.warning("output of %s/%d not acknowledged: %r", out.topic, out.partition, error)
                 failed.append(out)
         if offsets:
-            self._kill_hook()
             await self._commit(offsets)
         return failed
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit offsets whose output is acknowledged (filterd.faults wraps this step)."""
         try:
             await self._consumer.commit(offsets)
         except CommitFailedError as exc:
@@ -233,7 +212,6 @@ class ExactlyOnce:
         # whose transactional producer is gone (such a batch is never sent:
         # the retry builds it again once the producer is back).
         self._metadata = AIOKafkaProducer(**producer_options(config))
-        self._kill_hook = _KillHook()
 
     def transactional_id(self, tp: TopicPartition) -> str:
         d = self._config.delivery
@@ -386,11 +364,7 @@ class ExactlyOnce:
             error = await _await_all(futures)
             if error is not None:
                 raise error
-            self._kill_hook()
-            await producer.send_offsets_to_transaction(
-                {tp: out.next_offset}, self._config.kafka.group_id
-            )
-            await producer.commit_transaction()
+            await self._commit(producer, tp, out.next_offset)
             return True
         except ProducerFenced:
             # Another process owns this partition now. Rewind so that, should
@@ -403,6 +377,11 @@ class ExactlyOnce:
             log.warning("transaction for %s/%d failed, retrying: %r", tp.topic, tp.partition, exc)
             await self._recover(tp, producer)
             return False
+
+    async def _commit(self, producer: AIOKafkaProducer, tp: TopicPartition, offset: int) -> None:
+        """Put the input offset in the transaction and commit it (filterd.faults wraps this)."""
+        await producer.send_offsets_to_transaction({tp: offset}, self._config.kafka.group_id)
+        await producer.commit_transaction()
 
     async def _recover(self, tp: TopicPartition, producer: AIOKafkaProducer) -> None:
         # Replace the producer rather than abort and reuse it: after some

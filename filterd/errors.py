@@ -11,9 +11,6 @@ from __future__ import annotations
 class FilterdError(Exception):
     """Root of every error filterd raises on purpose."""
 
-    #: Whether retrying the same operation later may succeed.
-    retriable: bool = False
-
 
 class ConfigError(FilterdError):
     """A configuration value is missing or invalid; the message names the key."""
@@ -36,5 +33,3 @@ class SnapshotError(FilterdError):
 
 class BrokerError(FilterdError):
     """Kafka could not be reached or refused an operation."""
-
-    retriable = True

@@ -28,10 +28,6 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 logger = logging.getLogger(__name__)
 
-#: Default address of the endpoint (``[metrics] host`` / ``port``).
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9108
-
 JSON_TYPE = "application/json"
 
 
@@ -163,7 +159,8 @@ def _json(value: object) -> bytes:
 class HealthServer:
     """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from ``health`` and ``registry``.
 
-    ``port=0`` picks a free port (read :attr:`port` after :meth:`start`).
+    ``host`` and ``port`` are ``[metrics] host`` / ``port`` (their defaults are
+    the config's); ``port=0`` picks a free port (read :attr:`port` after :meth:`start`).
     When ``registry`` is given, ``/metrics`` serves it and a ``filterd_ready``
     gauge is registered on it; without one ``/metrics`` answers 404.
     """
@@ -173,8 +170,8 @@ class HealthServer:
         health: Health,
         registry: CollectorRegistry | None = None,
         *,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        host: str,
+        port: int,
         request_timeout: float = 5.0,
     ) -> None:
         self.health = health

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import weakref
 from collections.abc import Callable
-from typing import Literal, TextIO
+from typing import TextIO
 
 import orjson
 
-LogFormat = Literal["text", "json"]
+from filterd.config import LogFormat
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD_ATTRS = frozenset(
@@ -104,6 +105,16 @@ def setup_logging(
     return handler
 
 
+#: Every RateLimitedLogger alive, for :func:`flush_rate_limited` at shutdown.
+_RATE_LIMITED: weakref.WeakSet[RateLimitedLogger] = weakref.WeakSet()
+
+
+def flush_rate_limited() -> None:
+    """Write the lines every :class:`RateLimitedLogger` still holds back (at shutdown)."""
+    for limited in list(_RATE_LIMITED):
+        limited.flush()
+
+
 class RateLimitedLogger:
     """Logs at most one line per ``interval`` seconds for each key, counting the rest.
 
@@ -112,7 +123,8 @@ class RateLimitedLogger:
     for a key logs at once; calls within the next ``interval`` seconds are
     counted, and the next line that gets through says how many events were
     suppressed (``suppressed`` extra field). :meth:`flush` logs what is still
-    pending, at shutdown.
+    pending; the service calls :func:`flush_rate_limited` at shutdown, which
+    flushes every instance.
     """
 
     def __init__(
@@ -130,6 +142,7 @@ class RateLimitedLogger:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._pending: dict[str, tuple[str, tuple[object, ...]]] = {}
+        _RATE_LIMITED.add(self)
 
     def log(self, key: str, msg: str, *args: object, events: int = 1) -> bool:
         """Log ``msg % args`` unless ``key`` logged less than ``interval`` ago.

@@ -229,11 +229,12 @@ class Metrics:
         self.build_info = Gauge(
             "filterd_build_info",
             "Always 1; version is the filterd release running, hot_path whether its"
-            " per-event modules run compiled or interpreted.",
+            " per-event modules run compiled or interpreted (-stale: a compiled module"
+            " is older than its source).",
             ["version", "hot_path"],
             registry=reg,
         )
-        self.build_info.labels(__version__, native.hot_path()).set(1)
+        self.build_info.labels(__version__, native.build_label()).set(1)
 
         self._event_children: dict[tuple[str, str], Counter] = {}
         for route, reason in KNOWN_DECISIONS:

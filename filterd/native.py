@@ -6,12 +6,15 @@ installed (wheel, ``pip install``, ``make install``); Python then imports the
 extension instead of the source. The code, and so every decision, is the same
 either way (the test suite runs against the compiled build and compares it with
 the source, ``tests/test_native.py``); the compiled build is about 1.5x faster
-per event (``make bench-decide``). ``FILTERD_PURE_PYTHON=1`` at install time
+per event (``make bench-decide``). ``FILTERD__PURE_PYTHON=1`` at install time
 builds nothing, for machines without a C compiler.
 
 ``python -m filterd.native`` prints what runs and exits 1 when a compiled
 module is older than its source: in a source checkout, an edit is not in force
-until ``make native`` (which ``make test`` runs) compiles it again.
+until ``make native`` (which ``make test`` runs) compiles it again. Outside make
+and pytest nothing stops such a run, so ``filterd run`` says it at start-up: a
+warning naming the stale modules (:func:`stale_warning`), and the ``hot_path``
+label of ``filterd_build_info`` ends in ``-stale`` (:func:`build_label`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SOURCES", "Module", "hot_path", "modules"]
+__all__ = ["SOURCES", "Module", "build_label", "hot_path", "modules", "stale_warning"]
 
 #: The compiled modules, as paths from the repository root (setup.py reads this).
 SOURCES = (
@@ -77,10 +80,32 @@ def modules() -> list[Module]:
 
 def hot_path() -> str:
     """``compiled``, ``interpreted``, or ``partly compiled`` (a broken build)."""
-    compiled = [m.compiled for m in modules()]
+    return _hot_path(modules())
+
+
+def _hot_path(found: list[Module]) -> str:
+    compiled = [m.compiled for m in found]
     if all(compiled):
         return "compiled"
     return "partly compiled" if any(compiled) else "interpreted"
+
+
+def build_label() -> str:
+    """:func:`hot_path`, with ``-stale`` appended when a compiled module is stale."""
+    found = modules()
+    label = _hot_path(found)
+    return f"{label}-stale" if any(m.stale for m in found) else label
+
+
+def stale_warning() -> str | None:
+    """The start-up warning when compiled modules are older than their sources."""
+    stale = [m.name for m in modules() if m.stale]
+    if not stale:
+        return None
+    return (
+        f"compiled modules older than their source: {', '.join(stale)}; the running code "
+        "is the old build, not the edited source (run `make native`)"
+    )
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Phone number normalization: every recipient becomes the integer of its E.164 digits.
 
 One function, :func:`normalize`, is used by the snapshot builder, the event path
-and the offline replay, so a number means the same thing everywhere (DESIGN.md,
+and the offline replay, so a number means the same thing everywhere (docs/contract.md,
 "Numbers"). It runs once per event, so it is written for speed: the common
 forms take a fast path, separators are dropped with C-level ``str.replace``
 and the checks are C-level string methods. ``str.isdigit`` alone would accept
@@ -30,7 +30,7 @@ _INTERNATIONAL_FLOOR: Final[dict[int, int]] = {
 def normalize(raw: str, country_code: str = "86") -> int:
     """Return the E.164 digits of ``raw`` as an integer, or raise :class:`InvalidNumber`.
 
-    Rules (DESIGN.md): remove spaces, ``-``, ``.``, ``(`` and ``)``; ``+DIGITS``
+    Rules (docs/contract.md): remove spaces, ``-``, ``.``, ``(`` and ``)``; ``+DIGITS``
     and ``00DIGITS`` are international; any other all-digit string is national:
     ``country_code`` + the digits, with one leading trunk ``0`` removed. The
     result must be 8 to 15 ASCII digits, not starting with 0.

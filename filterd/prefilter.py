@@ -1,7 +1,7 @@
 """A one-hash Bloom filter over a sender's opt-outs: "surely not" in a few bytecodes.
 
 Every marketing event from a known sender must be checked against the sender's
-opt-outs before anything else (DESIGN.md: opted-out wins), and nearly every
+opt-outs before anything else (docs/contract.md: opted-out wins), and nearly every
 such check finds nothing. A full lookup in a number set is a Python-level call
 (~0.5 µs); this filter answers "surely not opted out" for ~94 % of those checks
 with one bit test the decision loop does inline, and sends the rest to the real

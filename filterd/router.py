@@ -2,7 +2,7 @@
 
 This module is the pure core shared by the stream (``filterd run``), the
 offline ``filterd replay`` and the audit tools: no I/O, no asyncio. Parsing,
-validation and policy follow ../shared/DESIGN.md to the letter; the reason
+validation and policy follow docs/contract.md to the letter; the reason
 strings below are a public interface and are never renamed.
 
 The service calls :meth:`Decider.decide` once per record inside its batch
@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Container, Mapping
-from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 
 import orjson
 
-from filterd.config import DEFAULT_CATEGORY_RULES, PolicyConfig
+from filterd.config import PolicyConfig
 from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
 from filterd.numbers import normalize
@@ -53,7 +52,7 @@ class Outcome(NamedTuple):
 
     #: ``deliver``, ``block`` or ``invalid``: which output topic it goes to.
     route: str
-    #: Why, as one of the reason strings of DESIGN.md.
+    #: Why, as one of the reason strings of docs/contract.md.
     reason: str
 
 
@@ -111,24 +110,9 @@ class SnapshotView(Protocol):
     def dnd_numbers(self) -> Container[int]: ...
 
 
-@dataclass(slots=True, frozen=True)
-class Policy:
-    """The category rules and input limits that decisions follow."""
-
-    country_code: str = "86"
-    max_event_bytes: int = 65_536
-    #: category -> ``require-consent`` or ``exempt``.
-    rules: Mapping[str, str] = field(default_factory=lambda: DEFAULT_CATEGORY_RULES)
-    default_rule: str = REQUIRE_CONSENT
-
-    @classmethod
-    def from_config(cls, config: PolicyConfig) -> Policy:
-        return cls(
-            country_code=config.default_country_code,
-            max_event_bytes=config.max_event_bytes,
-            rules=dict(config.categories),
-            default_rule=config.default_rule,
-        )
+#: The category rules and input limits that decisions follow: the config's
+#: ``[policy]`` section, as loaded (one type, under the name the decision uses).
+Policy = PolicyConfig
 
 
 class Decider:
@@ -150,10 +134,10 @@ class Decider:
         # A plain dict: one C-level lookup per event (the snapshot's is one already).
         self._senders: dict[str, SenderLookup] = senders if type(senders) is dict else dict(senders)
         self._dnd: Container[int] = snapshot.dnd_numbers
-        self._cc: str = policy.country_code
+        self._cc: str = policy.default_country_code
         self._max_bytes: int = policy.max_event_bytes
         # category -> exempt?, one dict lookup per event.
-        self._exempt: dict[str, bool] = {c: r == EXEMPT for c, r in policy.rules.items()}
+        self._exempt: dict[str, bool] = {c: r == EXEMPT for c, r in policy.categories.items()}
         self._default_exempt: bool = policy.default_rule == EXEMPT
 
     def decide(self, value: bytes | None) -> Outcome:
@@ -202,7 +186,7 @@ class Decider:
                 return BAD_RECIPIENT
             if self._exempt.get(category, self._default_exempt):
                 return EXEMPT_CATEGORY
-            # require-consent, first match wins (DESIGN.md "Policy and reason codes").
+            # require-consent, first match wins (docs/contract.md "Policy and reason codes").
             entry = self._senders.get(sender)
             if entry is None:
                 # Rules 1 and 2 cannot match a sender the snapshot does not know.

@@ -4,7 +4,8 @@ Each worker is a full ``filterd run`` process in the same consumer group, so
 Kafka spreads the input partitions over them and a multi-core host is used
 without threads sharing a GIL. The supervisor forwards SIGTERM/SIGINT,
 restarts a worker that dies (with a growing back-off, so a worker that cannot
-start does not spin), and exits once every worker has stopped.
+start does not spin; a worker that ran healthily for :data:`HEALTHY_AFTER_S`
+before dying starts the back-off over), and exits once every worker has stopped.
 
 Worker ``i`` serves its metrics and probes on ``[metrics] port + i``.
 """
@@ -22,22 +23,35 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-WORKER_INDEX_ENV = "FILTERD_WORKER_INDEX"
+WORKER_INDEX_ENV = "FILTERD__WORKER_INDEX"
+FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+#: A worker that ran this long before it died was healthy: its next restart
+#: waits :data:`FIRST_BACKOFF_S` again, not the back-off of an old crash loop.
+HEALTHY_AFTER_S = 60.0
 
 
 class Supervisor:
     """Starts, watches and stops ``workers`` copies of ``filterd run``."""
 
-    def __init__(self, argv: Sequence[str], workers: int, *, poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        workers: int,
+        *,
+        poll_s: float = 0.2,
+        healthy_after_s: float = HEALTHY_AFTER_S,
+    ) -> None:
         self.argv = list(argv)
         self.workers = workers
         self.poll_s = poll_s
+        self.healthy_after_s = healthy_after_s
         self.stopping = False
         self.restarts = 0
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._backoff: dict[int, float] = {}
         self._restart_at: dict[int, float] = {}
+        self._started_at: dict[int, float] = {}
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -57,8 +71,7 @@ class Supervisor:
                 if self.stopping:
                     failed += code != 0
                     continue
-                delay = self._backoff.get(index, 0.5)
-                self._backoff[index] = min(delay * 2, MAX_BACKOFF_S)
+                delay = self.restart_delay(index, now - self._started_at[index])
                 self._restart_at[index] = now + delay
                 log.warning("worker %d (pid %d) exited with %d; restarting in %.1fs",
                             index, proc.pid, code, delay)  # fmt: skip
@@ -73,7 +86,16 @@ class Supervisor:
         log.info("supervisor stopped ◆ %d workers ◆ %d restarts", self.workers, self.restarts)
         return 1 if failed else 0
 
+    def restart_delay(self, index: int, ran_for: float) -> float:
+        """How long to wait before restarting worker ``index``, which ran ``ran_for`` s."""
+        if ran_for >= self.healthy_after_s:
+            self._backoff.pop(index, None)  # it was healthy: not a crash loop
+        delay = self._backoff.get(index, FIRST_BACKOFF_S)
+        self._backoff[index] = min(delay * 2, MAX_BACKOFF_S)
+        return delay
+
     def _spawn(self, index: int) -> None:
+        self._started_at[index] = time.monotonic()
         env = dict(os.environ, **{WORKER_INDEX_ENV: str(index)})
         self._procs[index] = subprocess.Popen(
             [sys.executable, "-m", "filterd", *self.argv], env=env

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
 
-from filterd.config import Config, load_config
+from filterd.config import Config, LogLevel, Rule, SaslMechanism, allowed_values, load_config
 from filterd.errors import ConfigError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "config" / "filterd.toml"
@@ -26,6 +28,64 @@ def test_sample_file_lists_every_key() -> None:
             assert f"\n{key.name} = " in text or f"[{section.name}.{key.name}]" in text, key.name
 
 
+#: Keys of type str whose values are listed by a Literal checked in _validate.
+_CHECKED_STR = {"kafka.sasl_mechanism": SaslMechanism, "logging.level": LogLevel}
+
+
+def _enumerated_keys() -> dict[str, object]:
+    """Every key that takes one of a few values -> its Literal type."""
+    keys: dict[str, object] = dict(_CHECKED_STR)
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(typing.get_type_hints(Config)[section.name])
+        for name, hint in hints.items():
+            if typing.get_origin(hint) is typing.Literal:
+                keys[f"{section.name}.{name}"] = hint
+            elif typing.get_args(hint)[1:] == (Rule,):
+                keys[f"{section.name}.{name}"] = Rule
+    return keys
+
+
+def test_sample_file_lists_the_allowed_values_of_each_enumerated_key() -> None:
+    # The comment of such a key starts with its values, "a | b | c".
+    comments: dict[str, str] = {}
+    section = ""
+    for line in SAMPLE.read_text().splitlines():
+        head, _, comment = line.partition("#")
+        if head.startswith("["):
+            section = head.strip().strip("[]")
+            if section.count(".") == 1:  # [policy.categories]: the comment is on the table
+                comments[section] = comment.partition("->")[2]
+        elif "=" in head:
+            comments[f"{section}.{head.partition('=')[0].strip()}"] = comment
+    keys = _enumerated_keys()
+    assert set(keys) >= {"kafka.security_protocol", "producer.acks", "policy.categories"}
+    for key, literal in keys.items():
+        listed = re.match(r"\s*([^ ]+(?: \| [^ ]+)+)", comments[key])
+        assert listed, f"{key}: the sample's comment does not list the allowed values"
+        assert tuple(listed.group(1).split(" | ")) == allowed_values(literal), key
+
+
+@pytest.mark.parametrize("key", sorted(_enumerated_keys()))
+def test_enumerated_keys_refuse_other_values(key: str) -> None:
+    section, name = key.split(".")
+    env = {f"FILTERD_{section}_{name}".upper(): "nonsense"}
+    if key == "kafka.sasl_mechanism":
+        env["FILTERD_KAFKA_SECURITY_PROTOCOL"] = "SASL_SSL"
+    if key == "policy.categories":
+        env["FILTERD_POLICY_CATEGORIES"] = "promo=nonsense"
+        key = "policy.categories.promo"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env)
+    assert info.value.key == key
+    assert "expected one of" in str(info.value)
+
+
+def test_internal_variables_are_never_config_keys() -> None:
+    # FILTERD__KAFKA_HOME is the local broker script's, not kafka.home.
+    env = {"FILTERD__KAFKA_HOME": "/x", "FILTERD__WORKER_INDEX": "1", "FILTERD__LOGGING_X": "1"}
+    assert load_config(None, env=env) == load_config(None, env={})
+
+
 def test_env_overrides_file(tmp_path: Path) -> None:
     path = tmp_path / "f.toml"
     path.write_text('[kafka]\nbootstrap_servers = "a:1"\n[batch]\nmax_records = 10\n')
@@ -36,7 +96,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
             "FILTERD_METRICS_ENABLED": "false",
             "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.5",
             "FILTERD_DELIVERY_MODE": "exactly-once",
-            "FILTERD_KAFKA_HOME": "/not/a/config/key",
+            "FILTERD__KAFKA_HOME": "/not/a/config/key",
             "OTHER": "x",
         },
     )

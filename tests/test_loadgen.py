@@ -299,7 +299,7 @@ def test_murmur2_matches_the_kafka_client(key: bytes) -> None:
 def test_filterd_replay_decides_what_the_labels_say(
     tmp_path: Path, dataset_dir: Path, dataset: Dataset
 ) -> None:
-    # Through the contract's commands only (DESIGN.md): snapshot build, then replay.
+    # Through the contract's commands only (docs/contract.md): snapshot build, then replay.
     from filterd.cli import main
 
     inputs = {name: str(dataset_dir / f"{name}.csv.gz") for name in ("consents", "optouts", "dnd")}

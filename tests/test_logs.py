@@ -112,3 +112,26 @@ def test_rate_limited_logger_counts_what_it_suppresses(caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records][3:] == [
         "bad input from p3 (2 more suppressed in the last 10s)"
     ]
+
+
+async def test_service_shutdown_flushes_rate_limited_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from filterd.config import load_config
+    from filterd.service import Service
+
+    now = [0.0]
+    limited = RateLimitedLogger(logging.getLogger("filterd.test"), 10.0, clock=lambda: now[0])
+    other = RateLimitedLogger(logging.getLogger("filterd.test2"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            limited.log("bad", "bad input %s", "x")
+            other.log("worse", "worse input")
+        assert len(caplog.records) == 2  # the first of each; four held back
+        service = Service(load_config(None, env={"FILTERD_METRICS_ENABLED": "false"}))
+        await service.shutdown()
+    held = [r for r in caplog.records if getattr(r, "suppressed", 0)]
+    assert sorted((r.name, r.suppressed) for r in held) == [  # type: ignore[attr-defined]
+        ("filterd.test", 2),
+        ("filterd.test2", 2),
+    ]

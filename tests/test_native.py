@@ -130,7 +130,7 @@ def test_hot_path_is_what_the_build_promised() -> None:
         s.removesuffix(".py").replace("/", ".") for s in native.SOURCES
     ]
     assert native.hot_path() != "partly compiled", found
-    expected = os.environ.get("FILTERD_EXPECT_HOT_PATH")
+    expected = os.environ.get("FILTERD__EXPECT_HOT_PATH")
     if expected:
         assert native.hot_path() == expected
     assert not [m.name for m in found if m.stale], "stale compiled modules: run make native"
@@ -153,3 +153,59 @@ def test_staleness_is_seen_in_a_checkout(tmp_path: Path, checkout: bool) -> None
     assert not native.Module("filterd.router", py, compiled=False).stale
     os.utime(so, (3_000, 3_000))
     assert not native.Module("filterd.router", so, compiled=True).stale
+
+
+def _stale_build(tmp_path: Path) -> list[native.Module]:
+    """Every module compiled, filterd.router older than its source (in a checkout)."""
+    (tmp_path / "setup.py").write_text("")
+    package = tmp_path / "filterd"
+    package.mkdir()
+    found = []
+    for m in native.modules():
+        short = m.name.rpartition(".")[2]
+        so, py = package / f"{short}.cpython-311-x86_64-linux-gnu.so", package / f"{short}.py"
+        so.write_bytes(b"")
+        py.write_text("")
+        os.utime(so, (1_000, 1_000))
+        os.utime(py, (2_000 if short == "router" else 500,) * 2)
+        found.append(native.Module(m.name, so, compiled=True))
+    return found
+
+
+def test_a_stale_build_is_said_at_start_up_and_in_build_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import contextlib
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from filterd import __version__
+    from filterd.config import load_config
+    from filterd.metrics import Metrics
+    from filterd.service import Service
+
+    assert native.stale_warning() is None  # this tree: fresh (make native ran)
+    stale = _stale_build(tmp_path)
+    monkeypatch.setattr(native, "modules", lambda: list(stale))
+    assert native.hot_path() == "compiled"
+    assert native.build_label() == "compiled-stale"
+    registry = CollectorRegistry()
+    Metrics(registry)
+    labels = {"version": __version__, "hot_path": "compiled-stale"}
+    assert registry.get_sample_value("filterd_build_info", labels) == 1
+
+    env = {"FILTERD_METRICS_ENABLED": "false", "FILTERD_SNAPSHOT_ROOT": str(tmp_path / "none")}
+    service = Service(load_config(None, env=env))
+    service.should_exit = True  # no snapshot, no broker: start-up stops after its checks
+
+    async def start() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            await service.startup(stack)
+
+    with caplog.at_level(logging.WARNING, logger="filterd.service"):
+        asyncio.run(start())
+    (line,) = [r.getMessage() for r in caplog.records if "older than their source" in r.message]
+    assert "filterd.router" in line
+    assert "filterd.numbers" not in line

@@ -1,4 +1,4 @@
-"""Number normalization (DESIGN.md, Numbers): every accepted and rejected form."""
+"""Number normalization (docs/contract.md, Numbers): every accepted and rejected form."""
 
 from __future__ import annotations
 

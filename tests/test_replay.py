@@ -1,4 +1,4 @@
-"""``filterd replay``: the output files of DESIGN.md, and --compare."""
+"""``filterd replay``: the output files of docs/contract.md, and --compare."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The decision function against DESIGN.md, with plain-set snapshots."""
+"""The decision function against docs/contract.md, with plain-set snapshots."""
 
 from __future__ import annotations
 
@@ -151,16 +151,14 @@ def test_internal_error_when_the_snapshot_raises(caplog: pytest.LogCaptureFixtur
 
 def test_policy_from_config_and_default_exempt() -> None:
     cfg = load_config(None, env={"FILTERD_POLICY_CATEGORIES": "promo=exempt"})
-    policy = Policy.from_config(cfg.policy)
+    policy = cfg.policy
     # marketing is not listed any more: the default rule applies (require consent).
     assert decide(ev(category="promo", sender="NOBODY"), policy=policy) == (
         "deliver",
         "exempt-category",
     )
     assert decide(ev(sender="NOBODY"), policy=policy) == ("block", "unknown-sender")
-    open_policy = Policy.from_config(
-        PolicyConfig(default_rule="exempt", categories={"marketing": "require-consent"})
-    )
+    open_policy = PolicyConfig(default_rule="exempt", categories={"marketing": "require-consent"})
     assert decide(ev(category="other", sender="NOBODY"), policy=open_policy) == (
         "deliver",
         "exempt-category",
@@ -170,7 +168,7 @@ def test_policy_from_config_and_default_exempt() -> None:
 
 def test_country_code_applies_to_national_numbers() -> None:
     snap = FakeSnapshot(senders={SHOP: Sets(consents=frozenset({15551234567}))})
-    us = Policy(country_code="1")
+    us = Policy(default_country_code="1")
     assert decide(ev(recipient="5551234567"), snap, us) == ("deliver", "consent")
     assert decide(ev(recipient="5551234567"), snap) == ("block", "no-consent")
 

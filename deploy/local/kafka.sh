@@ -22,8 +22,8 @@
 #   KAFKA_VERSION          Apache Kafka version (default 4.4.0)
 #   KAFKA_PORT             broker port on 127.0.0.1 (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller port (default KAFKA_PORT + 1000)
-#   FILTERD_KAFKA_HOME     jar cache (default ~/.cache/filterd/kafka-$KAFKA_VERSION)
-#   FILTERD_KAFKA_STATE    state directory (default ~/.cache/filterd/broker-$KAFKA_PORT)
+#   FILTERD__KAFKA_HOME     jar cache (default ~/.cache/filterd/kafka-$KAFKA_VERSION)
+#   FILTERD__KAFKA_STATE    state directory (default ~/.cache/filterd/broker-$KAFKA_PORT)
 #   KAFKA_HEAP_OPTS        broker heap (default "-Xms256m -Xmx1g"); KAFKA_JVM_OPTS: extra flags
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 60)
 #   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 30)
@@ -34,8 +34,8 @@ KAFKA_HOST=127.0.0.1
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1000))}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-KAFKA_HOME="${FILTERD_KAFKA_HOME:-$HOME/.cache/filterd/kafka-$KAFKA_VERSION}"
-STATE="${FILTERD_KAFKA_STATE:-$HOME/.cache/filterd/broker-$KAFKA_PORT}"
+KAFKA_HOME="${FILTERD__KAFKA_HOME:-$HOME/.cache/filterd/kafka-$KAFKA_VERSION}"
+STATE="${FILTERD__KAFKA_STATE:-$HOME/.cache/filterd/broker-$KAFKA_PORT}"
 LIBS="$KAFKA_HOME/libs"
 MARKER="$KAFKA_HOME/.fetched"
 PID_FILE="$STATE/kafka.pid"

@@ -31,7 +31,6 @@ from filterd.audit.report import BurstRule, ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time, parse_tz
 from filterd.audit.why import Redecider, Sighting, find_message
 from filterd.errors import ConfigError, FilterdError
-from filterd.router import Policy
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -313,7 +312,7 @@ def _run_why(args: argparse.Namespace) -> int:
         )
     )
     root = args.snapshot_root if args.snapshot_root is not None else cfg.snapshot.root
-    redecider = Redecider(root, Policy.from_config(cfg.policy))
+    redecider = Redecider(root, cfg.policy)
     country = cfg.policy.default_country_code
     show = full_recipient if args.unmask else mask_recipient
     sightings = [Sighting(record, redecider.redecide(record)) for record in found]

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class KafkaParams:
     """How to reach the broker: plain values, so the reader does not depend
-    on the config file format (``from_config`` adapts a loaded config)."""
+    on the config file format (``filterd.audit.commands.kafka_params`` adapts a
+    loaded config)."""
 
     bootstrap_servers: str
     #: Extra aiokafka client keyword arguments (security settings).

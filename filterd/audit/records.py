@@ -1,7 +1,7 @@
 """The records an audit reads: output records of the stream service.
 
 The service writes the input event bytes unchanged as the value and puts
-its decision in headers (DESIGN.md, "Output records"). Auditors read the
+its decision in headers (docs/contract.md, "Output records"). Auditors read the
 invalid topic too, where a value may not be JSON at all, so parsing here
 never raises.
 """

@@ -83,7 +83,7 @@ class LabelledEvent(NamedTuple):
     kind: str
     #: Expected route: ``deliver``, ``block`` or ``invalid``.
     route: str
-    #: Expected reason string of DESIGN.md.
+    #: Expected reason string of docs/contract.md.
     reason: str
 
 

@@ -10,11 +10,12 @@ from filterd.snapshot.errors import SnapshotCorrupt, SnapshotInputError, Snapsho
 from filterd.snapshot.format import current_version
 from filterd.snapshot.load import load_snapshot, load_snapshot_async, verify_snapshot
 from filterd.snapshot.store import ConsentSnapshot, Counts, NumberSet, SenderConsent, SortedNumbers
-from filterd.snapshot.watcher import SnapshotWatcher
+from filterd.snapshot.watcher import Lease, SnapshotWatcher
 
 __all__ = [
     "ConsentSnapshot",
     "Counts",
+    "Lease",
     "NumberSet",
     "SenderConsent",
     "SnapshotCorrupt",

@@ -1,9 +1,15 @@
 """Hot swap: watch the ``current`` pointer and swap to each new good version.
 
-The stream reads :attr:`SnapshotWatcher.current` once per batch, so a swap
-lands between batches and every event is decided by exactly one version. A
-version that fails validation is refused: the old one stays in force, and the
-refused version is not retried until the pointer changes again.
+The stream takes a :class:`Lease` on the version in force once per batch
+(:meth:`SnapshotWatcher.lease`), so a swap lands between batches and every
+event is decided by exactly one version. A version that fails validation is
+refused: the old one stays in force, and the refused version is not retried
+until the pointer changes again.
+
+Lifetime: a swapped-out version is emptied (its tables freed in slices, to
+give the memory back promptly) only once its last lease has ended, so a batch
+still being acknowledged after a swap keeps deciding its retries with the
+version it started with.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +28,39 @@ from filterd.snapshot.format import current_version
 from filterd.snapshot.load import load_snapshot_async
 from filterd.snapshot.store import ConsentSnapshot, release_steps, run_sliced
 
-__all__ = ["SnapshotWatcher"]
+__all__ = ["Lease", "SnapshotWatcher"]
 
 log = logging.getLogger(__name__)
 
 OnSwap = Callable[[ConsentSnapshot, float], None]
 OnRefused = Callable[[str, BaseException], None]
+
+
+class Lease:
+    """A reader's hold on one snapshot version; the version outlives it.
+
+    Take one with :meth:`SnapshotWatcher.lease`, decide with :attr:`snapshot`,
+    and :meth:`release` it (or leave the ``with`` block) when the work that
+    decided with it is done. Releasing twice is harmless.
+    """
+
+    __slots__ = ("_watcher", "released", "snapshot")
+
+    def __init__(self, watcher: SnapshotWatcher, snapshot: ConsentSnapshot) -> None:
+        self._watcher = watcher
+        self.snapshot = snapshot
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._watcher._end_lease(self.snapshot)
+
+    def __enter__(self) -> ConsentSnapshot:
+        return self.snapshot
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class SnapshotWatcher:
@@ -41,8 +73,9 @@ class SnapshotWatcher:
     ``freeze_gc`` pauses the cyclic garbage collector while a version loads and
     then calls :func:`gc.freeze`, so that it stops re-walking the snapshot's
     objects (and everything else alive at that moment) on every full
-    collection; refcounting still frees them, the old snapshot included. Cyclic
-    garbage created during a load waits until the load ends.
+    collection; an old snapshot is still emptied once its last lease ends (see
+    :meth:`release_retired`). Cyclic garbage created during a load waits until
+    the load ends.
     """
 
     def __init__(
@@ -65,13 +98,50 @@ class SnapshotWatcher:
         self._seen: str | None = None  # pointer text last acted on (loaded or refused)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Old snapshots, kept until no reader holds them, then freed in small pieces.
+        #: Leases held, per version (id of the snapshot object -> count).
+        self._leases: dict[int, int] = {}
+        #: Swapped-out versions that a lease still holds.
         self._retired: list[ConsentSnapshot] = []
+        #: Swapped-out versions no lease holds: emptied by :meth:`release_retired`.
+        self._releasable: list[ConsentSnapshot] = []
 
     @property
     def current(self) -> ConsentSnapshot | None:
-        """The snapshot in force, or None while none has loaded (not ready)."""
+        """The snapshot in force, or None while none has loaded (not ready).
+
+        For a look only: a reader that decides with it across an ``await``
+        takes a :meth:`lease`, or the version may be emptied under it.
+        """
         return self._current
+
+    def lease(self) -> Lease:
+        """Hold the version in force until the lease is released.
+
+        Raises :class:`LookupError` while no snapshot is in force.
+        """
+        snapshot = self._current
+        if snapshot is None:
+            raise LookupError("no consent snapshot in force")
+        key = id(snapshot)
+        self._leases[key] = self._leases.get(key, 0) + 1
+        return Lease(self, snapshot)
+
+    def leases(self, snapshot: ConsentSnapshot) -> int:
+        """How many leases hold ``snapshot`` now."""
+        return self._leases.get(id(snapshot), 0)
+
+    def _end_lease(self, snapshot: ConsentSnapshot) -> None:
+        key = id(snapshot)
+        left = self._leases[key] - 1
+        if left:
+            self._leases[key] = left
+            return
+        del self._leases[key]
+        for i, retired in enumerate(self._retired):
+            if retired is snapshot:
+                # The last reader of a swapped-out version is done with it.
+                self._releasable.append(self._retired.pop(i))
+                break
 
     async def start(self) -> None:
         """Try the initial load, then poll in the background. A failure is not fatal."""
@@ -145,7 +215,10 @@ class SnapshotWatcher:
         self._current = snapshot
         self._ready.set()
         if previous is not None:
-            self._retired.append(previous)
+            if self.leases(previous):
+                self._retired.append(previous)
+            else:
+                self._releasable.append(previous)
         log.info(
             "snapshot %s in force: %d senders, %d consents, %d opt-outs, %d dnd; "
             "loaded in %.2fs (was %s)",
@@ -177,30 +250,18 @@ class SnapshotWatcher:
                 log.exception("on_refused callback failed")
 
     async def release_retired(self) -> int:
-        """Free old snapshots that no reader holds any more; return how many.
+        """Empty the old snapshots whose last lease has ended; return how many.
 
         Dropping the last reference to a big snapshot would free all its bitmaps
         in one GIL-holding stretch (tens of ms at 10 M consents) wherever that
-        happens, e.g. in the stream. So the watcher keeps old versions and frees
-        them here, in slices, once nothing else refers to them (readers that
-        still decide a batch with one, or hold its sender table, keep it alive).
+        happens, e.g. in the stream. So the watcher empties swapped-out versions
+        here, in slices, once no lease holds them (a batch still deciding or
+        being acknowledged with one keeps it intact).
         """
         released = 0
-        kept: list[ConsentSnapshot] = []
-        while self._retired:
-            snapshot = self._retired.pop()
-            # References: the local name and getrefcount's argument; the tables
-            # are held by the snapshot's attribute and the argument.
-            if (
-                sys.getrefcount(snapshot) > 2
-                or sys.getrefcount(snapshot.senders) > 2
-                or (snapshot.counts.dnd > 0 and sys.getrefcount(snapshot.dnd_numbers) > 2)
-            ):
-                kept.append(snapshot)
-                continue
-            await run_sliced(release_steps(snapshot))
+        while self._releasable:
+            await run_sliced(release_steps(self._releasable.pop()))
             released += 1
-        self._retired = kept
         return released
 
     async def _poll(self) -> None:

@@ -61,7 +61,7 @@ KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
 CONFIG = REPO / "config" / "filterd.toml"
 RESULTS = REPO / "benchmarks" / "results"
 #: The service's test hook: exit(137) after producing a batch, before committing it.
-KILL_HOOK_ENV = "FILTERD_FAULT_KILL_AFTER_PRODUCE"
+KILL_HOOK_ENV = "FILTERD__FAULT_KILL_AFTER_PRODUCE"
 
 T0 = time.monotonic()
 
@@ -143,7 +143,7 @@ class Broker:
         # KAFKA_BOOTSTRAP makes the script "use that broker": never for the one we kill.
         env.pop("KAFKA_BOOTSTRAP", None)
         env["KAFKA_PORT"] = str(self.port)
-        env["FILTERD_KAFKA_STATE"] = str(self.state)
+        env["FILTERD__KAFKA_STATE"] = str(self.state)
         env.setdefault("KAFKA_HEAP_OPTS", "-Xms256m -Xmx768m")
         env["KAFKA_START_TIMEOUT"] = "120"
         return env

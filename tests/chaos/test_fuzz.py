@@ -40,7 +40,7 @@ DATA = fl.ConsentData(
 
 SNAPSHOT = fl.SetSnapshot.of(DATA, version="fuzz-1")
 MAX_BYTES = 512
-POLICY = Policy(country_code="86", max_event_bytes=MAX_BYTES)
+POLICY = Policy(default_country_code="86", max_event_bytes=MAX_BYTES)
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

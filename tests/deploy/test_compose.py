@@ -63,7 +63,7 @@ def _validate(data: dict[str, Any]) -> None:
 
 def test_schema_accepts_the_stack(stack: dict[str, Any]) -> None:
     data = json.loads(json.dumps(stack))
-    # deploy.replicas arrives as a string from ${FILTERD_REPLICAS:-3}; Compose casts it.
+    # deploy.replicas arrives as a string from ${FILTERD__REPLICAS:-3}; Compose casts it.
     data["services"]["filterd"]["deploy"]["replicas"] = int(
         data["services"]["filterd"]["deploy"]["replicas"]
     )
@@ -164,16 +164,18 @@ def test_topic_creation_makes_every_topic_with_enough_partitions(
 
 
 def test_topic_creation_refuses_more_replicas_than_partitions(tmp_path: Path) -> None:
-    code, calls = _run_kafka_init(tmp_path, {"FILTERD_REPLICAS": "8", "FILTERD_PARTITIONS": "6"})
+    code, calls = _run_kafka_init(tmp_path, {"FILTERD__REPLICAS": "8", "FILTERD__PARTITIONS": "6"})
     assert code != 0
     assert calls == []
 
 
 def test_topic_creation_follows_the_environment(tmp_path: Path) -> None:
-    code, calls = _run_kafka_init(tmp_path, {"FILTERD_REPLICAS": "12", "FILTERD_PARTITIONS": "12"})
+    code, calls = _run_kafka_init(
+        tmp_path, {"FILTERD__REPLICAS": "12", "FILTERD__PARTITIONS": "12"}
+    )
     assert code == 0
     assert any("--topic sms.outbound --partitions 12" in call for call in calls)
-    assert int(load({"FILTERD_REPLICAS": "12"})["services"]["filterd"]["deploy"]["replicas"]) == 12
+    assert int(load({"FILTERD__REPLICAS": "12"})["services"]["filterd"]["deploy"]["replicas"]) == 12
 
 
 def _filterd_commands(service: dict[str, Any]) -> list[list[str]]:

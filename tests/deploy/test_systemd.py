@@ -81,7 +81,7 @@ def test_unit_restarts_and_outlasts_the_drain(unit: Path) -> None:
 def test_exec_start_is_a_valid_filterd_run(unit: Path) -> None:
     argv = shlex.split(directives(unit)["ExecStart"][0])
     assert Path(argv[0]).name == "filterd"
-    argv = [a for a in argv[1:] if not a.startswith("$")]  # $FILTERD_ARGS may be empty
+    argv = [a for a in argv[1:] if not a.startswith("$")]  # $FILTERD__ARGS may be empty
     parse_cli(argv)
     assert argv[0] == "run"
     assert argv[argv.index("--config") + 1] == "/etc/filterd/filterd.toml"

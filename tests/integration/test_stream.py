@@ -411,7 +411,7 @@ async def test_crash_between_produce_and_commit(
     records = events(stream.dataset, 2_000, seed=13)
     await produce(stream, records)
     log = tmp_path / "worker.log"
-    hook = {"FILTERD_DELIVERY_MODE": mode, "FILTERD_FAULT_KILL_AFTER_PRODUCE": "1"}
+    hook = {"FILTERD_DELIVERY_MODE": mode, "FILTERD__FAULT_KILL_AFTER_PRODUCE": "1"}
     crashing = spawn(stream, log, env=hook)
     assert crashing.wait(60) == 137, log.read_text()[-2000:]
     assert await committed(stream) == {0: None, 1: None, 2: None}

@@ -142,14 +142,13 @@ async def test_each_batch_is_decided_by_exactly_one_version(tmp_path: Path) -> N
 
         async def stream() -> None:
             while not stop.is_set():
-                snapshot: ConsentSnapshot | None = watcher.current  # once per batch
-                assert snapshot is not None
-                batch = []
-                for _ in range(20):
-                    # An "event" per candidate number; version k consents BASE + k only.
-                    decisions = tuple(snapshot.consented("s", BASE + k) for k in range(6))
-                    batch.append((snapshot.version, decisions))
-                    await asyncio.sleep(0)  # other tasks (the watcher) run mid-batch
+                with watcher.lease() as snapshot:  # once per batch
+                    batch = []
+                    for _ in range(20):
+                        # An "event" per candidate number; version k consents BASE + k only.
+                        decisions = tuple(snapshot.consented("s", BASE + k) for k in range(6))
+                        batch.append((snapshot.version, decisions))
+                        await asyncio.sleep(0)  # other tasks (the watcher) run mid-batch
                 batches.append(batch)
 
         async def publisher() -> None:
@@ -183,8 +182,9 @@ async def test_old_snapshot_is_released_only_when_no_reader_holds_it(tmp_path: P
     watcher = SnapshotWatcher(root, 3600)  # no polls: the test drives check() itself
     await watcher.start()
     try:
-        held = watcher.current  # a reader still deciding a batch with version 1
-        assert held is not None
+        lease = watcher.lease()  # a reader still deciding a batch with version 1
+        second = watcher.lease()  # and another one
+        held = lease.snapshot
         await asyncio.to_thread(_build, tmp_path, root, 2)
         await watcher.check()
         assert watcher.current is not None
@@ -192,10 +192,36 @@ async def test_old_snapshot_is_released_only_when_no_reader_holds_it(tmp_path: P
         assert await watcher.release_retired() == 0  # still in use: kept intact
         assert held.consented("s", BASE + 1)
         assert len(held.senders) == 1
-        del held
+        lease.release()
+        lease.release()  # twice is once
+        assert await watcher.release_retired() == 0  # the second reader still holds it
+        assert len(held.senders) == 1
+        second.release()
         assert await watcher.release_retired() == 1
+        assert len(held.senders) == 0  # emptied once its last lease ended
         assert await watcher.release_retired() == 0
         assert watcher.current.consented("s", BASE + 2)  # the one in force is untouched
+    finally:
+        await watcher.stop()
+
+
+async def test_a_version_nobody_leases_is_released_at_the_swap(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    _build(tmp_path, root, 1)
+    watcher = SnapshotWatcher(root, 3600)
+    await watcher.start()
+    try:
+        with pytest.raises(LookupError):
+            SnapshotWatcher(tmp_path / "none", 3600).lease()
+        old = watcher.current
+        assert old is not None
+        with watcher.lease():
+            pass  # a batch decided and finished before the swap
+        assert watcher.leases(old) == 0
+        await asyncio.to_thread(_build, tmp_path, root, 2)
+        await watcher.check()
+        assert await watcher.release_retired() == 1
+        assert len(old.senders) == 0
     finally:
         await watcher.stop()
 

@@ -66,7 +66,7 @@ kafka-logs: ## follow the local Kafka broker log
 # Tests that reach the broker are marked `kafka` by tests/conftest.py; without them no broker is
 # started and no Java runs.
 unit: $(NATIVE) ## every test that needs no broker and no Java (~2 min; PYTEST_ARGS=... passes options)
-	FILTERD_EXPECT_HOT_PATH=$(HOT_PATH) \
+	FILTERD__EXPECT_HOT_PATH=$(HOT_PATH) \
 		$(BIN)/pytest -m "not kafka" $(PYTEST_ARGS)
 
 test: $(NATIVE) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=... passes options)

@@ -85,3 +85,10 @@ def test_printed_like_kafka_acls() -> None:
     acl = Acl(ResourceType.TRANSACTIONAL_ID, "p-", PatternType.PREFIXED, Operation.WRITE, "User:a")
     assert str(acl) == "ALLOW User:a WRITE TRANSACTIONAL_ID p- (PREFIXED)"
     assert dataclasses.replace(acl, pattern=PatternType.LITERAL).__str__().endswith(" p-")
+
+
+def test_bootstrap_addresses_are_parsed_like_the_clients_do() -> None:
+    from filterd.preflight import addresses
+
+    config = _config(FILTERD_KAFKA_BOOTSTRAP_SERVERS="k1:9093,10.0.0.2:19092")
+    assert addresses(config.kafka) == [("k1", 9093), ("10.0.0.2", 19092)]

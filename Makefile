@@ -14,6 +14,7 @@ NATIVE_SRC := setup.py filterd/native.py \
 
 .DEFAULT_GOAL := help
 .PHONY: help install native lint typecheck unit test demo kafka-fetch kafka-up kafka-down kafka-logs
+.PHONY: kafka-up-secure kafka-down-secure
 .PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot
 .PHONY: faults faults-quick fuzz
 
@@ -62,6 +63,12 @@ kafka-down: ## stop the local Kafka broker
 
 kafka-logs: ## follow the local Kafka broker log
 	$(KAFKA_SH) logs
+
+kafka-up-secure: ## start the secured broker (SASL_SSL, SCRAM, ACLs) on 127.0.0.1:9093 (docs/security.md)
+	$(KAFKA_SH) up-secure
+
+kafka-down-secure: ## stop the secured broker
+	$(KAFKA_SH) down-secure
 
 # Tests that reach the broker are marked `kafka` by tests/conftest.py; without them no broker is
 # started and no Java runs.

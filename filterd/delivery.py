@@ -214,10 +214,7 @@ class ExactlyOnce:
         self._metadata = AIOKafkaProducer(**producer_options(config))
 
     def transactional_id(self, tp: TopicPartition) -> str:
-        d = self._config.delivery
-        return (
-            f"{d.transactional_id_prefix}-{self._config.kafka.group_id}-{tp.topic}-{tp.partition}"
-        )
+        return transactional_id(self._config, tp.topic, tp.partition)
 
     async def start(self) -> None:
         await self._metadata.start()
@@ -398,3 +395,12 @@ class ExactlyOnce:
     def _rewind(self, tp: TopicPartition, offset: int) -> None:
         if tp in self._consumer.assignment():
             self._consumer.seek(tp, offset)
+
+
+def transactional_id(config: Config, topic: str, partition: int) -> str:
+    """The transactional id of one input partition: PREFIX-GROUP-TOPIC-PARTITION.
+
+    ``filterd topics acls`` grants the prefix up to the partition (filterd/acls.py).
+    """
+    prefix = config.delivery.transactional_id_prefix
+    return f"{prefix}-{config.kafka.group_id}-{topic}-{partition}"

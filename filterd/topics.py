@@ -41,6 +41,27 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )  # fmt: skip
     create.set_defaults(func=cmd_create)
 
+    from filterd.acls import ROLES, cmd_acls
+
+    acls = sub.add_parser(
+        "acls", help="print (or apply) exactly the Kafka ACLs the config needs",
+        description="Least privilege for the configured topics, group and delivery mode "
+        "(docs/security.md).",
+    )  # fmt: skip
+    acls.add_argument("--config", type=Path, help="TOML config file")
+    acls.add_argument("--principal", required=True, help="who gets them, e.g. User:filterd")
+    acls.add_argument("--role", choices=ROLES, default="service",
+                      help="service: run filterd (default); auditor: read the outputs")  # fmt: skip
+    acls.add_argument("--apply", action="store_true",
+                      help="create them (needs administrator credentials)")  # fmt: skip
+    acls.add_argument(
+        "--admin-config",
+        type=Path,
+        metavar="FILE",
+        help="its [kafka] section is used by --apply (default --config)",
+    )
+    acls.set_defaults(func=cmd_acls)
+
 
 def cmd_create(args: argparse.Namespace) -> int:
     if args.partitions < 1:

@@ -10,6 +10,17 @@
 #   deploy/local/kafka.sh logs                   follow the broker log (print its tail if not a tty)
 #   deploy/local/kafka.sh run-class CLASS ARGS   run a Java class from the cached jars, e.g.
 #       run-class org.apache.kafka.tools.ProducerPerformance --topic t --num-records 100000 ...
+#   deploy/local/kafka.sh up-secure              start the secured broker (below) on 127.0.0.1:9093
+#   deploy/local/kafka.sh down-secure            stop it; status-secure: exit 0 when it answers
+#
+# The secured broker is a second, separate broker for security tests and for trying a
+# production-like set-up: one SASL_SSL listener (SCRAM-SHA-512 over TLS from a throwaway CA
+# made with the JDK's keytool), the standard authorizer and no access unless an ACL grants it.
+# Users: `admin` (super user), `filterd` and `auditor` (no ACLs until someone grants them).
+# Its state, CA and credentials live in ~/.cache/filterd/broker-secure/, which also gets
+# admin.toml, filterd.toml and auditor.toml: complete `[kafka]` sections in filterd's own keys
+# that a config can start from. The controller listener (KAFKA_PORT + 1000) takes TLS with
+# client certificates only. It coexists with the plain broker on 9092.
 #
 # Several brokers can run side by side: each KAFKA_PORT gets its own state directory (data,
 # server.properties, pid file, logs) and its own controller port, so
@@ -31,6 +42,18 @@ set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
 KAFKA_HOST=127.0.0.1
+# up-secure, down-secure and status-secure act on the secured broker: its own port and state.
+SECURE=false
+case "${1:-}" in
+*-secure) SECURE=true ;;
+esac
+if [[ "$SECURE" == true ]]; then
+	KAFKA_PORT="${KAFKA_SECURE_PORT:-9093}"
+	FILTERD__KAFKA_STATE="${FILTERD__KAFKA_SECURE_STATE:-$HOME/.cache/filterd/broker-secure}"
+	# KAFKA_BOOTSTRAP names a plain broker to use instead of a local one; it says nothing about
+	# the secured one, which is always this script's own.
+	unset KAFKA_BOOTSTRAP
+fi
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1000))}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -118,6 +141,12 @@ running_pid() {
 # Whether the broker of this state directory answers a metadata request. The cluster id is
 # compared too: a broker from another state directory may hold the port.
 answers() {
+	if [[ "$SECURE" == true ]]; then
+		# Without credentials only the TLS handshake and ApiVersions can be asked for.
+		"$PYTHON" "$HERE/kafka_ping.py" --quiet --timeout 2 --tls-cafile "$TLS_DIR/ca.pem" \
+			"$KAFKA_HOST:$KAFKA_PORT"
+		return
+	fi
 	local cluster_id
 	cluster_id="$(cat "$STATE/cluster.id" 2>/dev/null || true)"
 	"$PYTHON" "$HERE/kafka_ping.py" --quiet --timeout 2 ${cluster_id:+--cluster-id "$cluster_id"} \
@@ -140,6 +169,10 @@ show_log_tail() {
 }
 
 write_config() {
+	if [[ "$SECURE" == true ]]; then
+		write_secure_config
+		return
+	fi
 	cat >"$STATE/server.properties" <<EOF
 # Written by deploy/local/kafka.sh on every start; edit the script, not this file.
 process.roles=broker,controller
@@ -173,6 +206,160 @@ EOF
 	cp -f "$HERE/log4j2.properties" "$STATE/log4j2.properties"
 }
 
+# --- the secured broker ------------------------------------------------------------------------
+TLS_DIR="$STATE/tls"
+SECRETS="$STATE/secrets.env"
+# The broker certificate's subject: with client certificates on the controller listener, the
+# node authenticates to itself as User:CN=filterd-local-broker, a super user.
+BROKER_DN="CN=filterd-local-broker"
+
+# Random passwords for the keystores and the SCRAM users, made once and kept (mode 600).
+make_secrets() {
+	[[ -s "$SECRETS" ]] && return 0
+	local name
+	(
+		umask 077
+		for name in STORE_PASSWORD ADMIN_PASSWORD FILTERD_PASSWORD AUDITOR_PASSWORD; do
+			printf '%s=%s\n' "$name" "$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')"
+		done >"$SECRETS.partial"
+	)
+	mv "$SECRETS.partial" "$SECRETS"
+}
+
+# A throwaway CA and a broker certificate signed by it (SAN 127.0.0.1 and localhost), made
+# with the JDK's keytool. Clients trust ca.pem; the broker keeps broker.p12 and truststore.p12.
+make_tls() {
+	[[ -s "$TLS_DIR/broker.p12" && -s "$TLS_DIR/ca.pem" ]] && return 0
+	need keytool
+	# shellcheck disable=SC1090
+	source "$SECRETS"
+	local dir="$TLS_DIR.partial" pw="$STORE_PASSWORD"
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	say "making a throwaway CA and broker certificate in $TLS_DIR"
+	{
+		keytool -genkeypair -alias ca -keyalg RSA -keysize 2048 -validity 825 \
+			-dname "CN=filterd local test CA" -ext bc:c \
+			-keystore "$dir/ca.p12" -storetype PKCS12 -storepass "$pw" -keypass "$pw" &&
+			keytool -exportcert -alias ca -rfc -keystore "$dir/ca.p12" -storepass "$pw" \
+				-file "$dir/ca.pem" &&
+			keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 825 \
+				-dname "$BROKER_DN" \
+				-keystore "$dir/broker.p12" -storetype PKCS12 -storepass "$pw" -keypass "$pw" &&
+			keytool -certreq -alias broker -keystore "$dir/broker.p12" -storepass "$pw" \
+				-file "$dir/broker.csr" &&
+			keytool -gencert -alias ca -keystore "$dir/ca.p12" -storepass "$pw" -validity 825 \
+				-ext "SAN=ip:127.0.0.1,dns:localhost" -ext "EKU=serverAuth,clientAuth" -rfc \
+				-infile "$dir/broker.csr" -outfile "$dir/broker.pem" &&
+			keytool -importcert -noprompt -alias ca -file "$dir/ca.pem" \
+				-keystore "$dir/broker.p12" -storepass "$pw" &&
+			keytool -importcert -noprompt -alias broker -file "$dir/broker.pem" \
+				-keystore "$dir/broker.p12" -storepass "$pw" &&
+			keytool -importcert -noprompt -alias ca -file "$dir/ca.pem" \
+				-keystore "$dir/truststore.p12" -storetype PKCS12 -storepass "$pw"
+	} >"$LOG_DIR/keytool.log" 2>&1 || {
+		cat "$LOG_DIR/keytool.log" >&2
+		die "keytool could not make the certificates in $dir"
+	}
+	rm -f "$dir/broker.csr"
+	chmod 600 "$dir"/*.p12
+	rm -rf "$TLS_DIR"
+	mv "$dir" "$TLS_DIR"
+}
+
+write_secure_config() {
+	make_secrets
+	make_tls
+	# shellcheck disable=SC1090
+	source "$SECRETS"
+	(
+		umask 077
+		cat >"$STATE/server.properties" <<EOF
+# Written by deploy/local/kafka.sh on every start; edit the script, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+listeners=SASL_SSL://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=SASL_SSL://$KAFKA_HOST:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL
+log.dirs=$STATE/data
+
+# Clients: SCRAM-SHA-512 over TLS, nothing else. The node talks to itself on that listener as
+# admin, and to its controller over TLS with its own certificate.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$ADMIN_PASSWORD";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/broker.p12
+ssl.keystore.password=$STORE_PASSWORD
+ssl.key.password=$STORE_PASSWORD
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$TLS_DIR/truststore.p12
+ssl.truststore.password=$STORE_PASSWORD
+listener.name.controller.ssl.client.auth=required
+
+# No access unless an ACL grants it; admin and the node itself are super users.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:admin;User:$BROKER_DN
+
+auto.create.topics.enable=false
+delete.topic.enable=true
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+	)
+	cp -f "$HERE/log4j2.properties" "$STATE/log4j2.properties"
+	write_client_configs
+}
+
+# admin.toml, filterd.toml, auditor.toml: a [kafka] section per user, in filterd's own keys.
+write_client_configs() {
+	local user password
+	for user in admin filterd auditor; do
+		case "$user" in
+		admin) password="$ADMIN_PASSWORD" ;;
+		filterd) password="$FILTERD_PASSWORD" ;;
+		*) password="$AUDITOR_PASSWORD" ;;
+		esac
+		(
+			umask 077
+			cat >"$STATE/$user.toml.partial" <<EOF
+# The secured local broker (deploy/local/kafka.sh up-secure), as user $user.
+# Written on every start; copy this section into a filterd config.
+[kafka]
+bootstrap_servers = "$KAFKA_HOST:$KAFKA_PORT"
+security_protocol = "SASL_SSL"
+sasl_mechanism = "SCRAM-SHA-512"
+sasl_username = "$user"
+sasl_password = "$password"
+ssl_cafile = "$TLS_DIR/ca.pem"
+EOF
+		)
+		mv "$STATE/$user.toml.partial" "$STATE/$user.toml"
+	done
+}
+
+# The SCRAM users exist from the first start: KRaft takes them at storage format time.
+scram_args() {
+	# shellcheck disable=SC1090
+	source "$SECRETS"
+	printf '%s\n' --add-scram "SCRAM-SHA-512=[name=admin,password=$ADMIN_PASSWORD]" \
+		--add-scram "SCRAM-SHA-512=[name=filterd,password=$FILTERD_PASSWORD]" \
+		--add-scram "SCRAM-SHA-512=[name=auditor,password=$AUDITOR_PASSWORD]"
+}
+
 format_once() {
 	[[ -f "$STATE/data/meta.properties" ]] && return 0
 	if [[ ! -s "$STATE/cluster.id" ]]; then
@@ -184,9 +371,13 @@ while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).s
 print(i)' >"$STATE/cluster.id"
 	fi
 	say "formatting $STATE/data (cluster $(cat "$STATE/cluster.id"))"
+	local extra=()
+	if [[ "$SECURE" == true ]]; then
+		mapfile -t extra < <(scram_args)
+	fi
 	java -Xmx256m -cp "$LIBS/*" -Dlog4j2.configurationFile="$HERE/tools-log4j2.properties" \
 		kafka.tools.StorageTool format -t "$(cat "$STATE/cluster.id")" \
-		-c "$STATE/server.properties" >"$LOG_DIR/format.log" 2>&1 || {
+		-c "$STATE/server.properties" "${extra[@]}" >"$LOG_DIR/format.log" 2>&1 || {
 		cat "$LOG_DIR/format.log" >&2
 		die "formatting the storage failed"
 	}
@@ -317,9 +508,10 @@ main() {
 	[[ $# -gt 0 ]] && shift
 	case "$cmd" in
 	fetch) fetch ;;
-	up | start) up ;;
-	down | stop) down ;;
+	up | start | up-secure) up ;;
+	down | stop | down-secure) down ;;
 	status) status ;;
+	status-secure) answers ;;
 	logs) logs ;;
 	run-class) run_class "$@" ;;
 	*) usage ;;

@@ -6,6 +6,11 @@ It speaks just enough of the wire protocol: ApiVersions v0 (which every broker a
 learn which Metadata versions it accepts), then one non-flexible Metadata request.
 
     python3 kafka_ping.py 127.0.0.1:9092 [--timeout 2] [--cluster-id ID] [--quiet]
+    python3 kafka_ping.py 127.0.0.1:9093 --tls-cafile ca.pem
+
+With ``--tls-cafile`` it speaks TLS (verifying the broker against that CA) to a SASL_SSL
+listener and, having no credentials, asks only ApiVersions, which Kafka answers before
+authentication: exit 0 then means the listener is up and its certificate is trusted.
 
 Exit status: 0 answered, 1 no (valid) answer, 3 answered for another cluster id.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import struct
 import sys
 
@@ -66,6 +72,17 @@ def _metadata_version(sock: socket.socket) -> int:
     raise PingError("broker does not list the Metadata API")
 
 
+def ping_tls(host: str, port: int, timeout: float, cafile: str) -> int:
+    """TLS handshake against ``cafile``, then ApiVersions; return the Metadata version offered."""
+    context = ssl.create_default_context(cafile=cafile)
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as sock,
+    ):
+        sock.settimeout(timeout)
+        return _metadata_version(sock)
+
+
 def _string(buf: bytes, pos: int) -> tuple[str | None, int]:
     (n,) = struct.unpack_from(">h", buf, pos)
     pos += 2
@@ -105,8 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2.0, help="socket timeout, seconds")
     parser.add_argument("--cluster-id", help="fail unless the broker reports this cluster id")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    parser.add_argument("--tls-cafile", help="speak TLS, trusting this CA; ApiVersions only")
     args = parser.parse_args(argv)
     host, _, port = args.address.rpartition(":")
+    if args.tls_cafile:
+        try:
+            ping_tls(host or "127.0.0.1", int(port), args.timeout, args.tls_cafile)
+        except (OSError, PingError, struct.error, ValueError) as exc:
+            if not args.quiet:
+                print(f"{args.address}: no TLS answer: {exc}", file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(f"{args.address}: TLS listener answers ApiVersions")
+        return 0
     try:
         brokers, cluster_id = ping(host or "127.0.0.1", int(port), args.timeout)
     except (OSError, PingError, struct.error, ValueError) as exc:

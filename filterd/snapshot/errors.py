@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from filterd.errors import SnapshotError
 
-__all__ = ["SnapshotCorrupt", "SnapshotInputError", "SnapshotNotFound"]
+__all__ = ["SignatureError", "SnapshotCorrupt", "SnapshotInputError", "SnapshotNotFound"]
 
 
 class SnapshotNotFound(SnapshotError):
@@ -32,3 +32,7 @@ class SnapshotInputError(SnapshotError):
         self.path = path
         self.line = line
         self.reason = reason
+
+
+class SignatureError(SnapshotError):
+    """A version is unsigned, signed by another key, or its signature does not verify."""

@@ -71,7 +71,8 @@ class KafkaConfig:
     #: A :data:`SaslMechanism`, with a SASL protocol (checked in ``_validate``).
     sasl_mechanism: str = ""
     sasl_username: str = ""
-    sasl_password: str = ""
+    #: Never in a repr, so never in a log line, a traceback or a config dump.
+    sasl_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""

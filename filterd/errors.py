@@ -11,6 +11,11 @@ from __future__ import annotations
 class FilterdError(Exception):
     """Root of every error filterd raises on purpose."""
 
+    #: Whether the same operation may succeed later as it is. Start-up retries a retriable
+    #: error until ``service.startup_timeout_s`` and stops at once on any other: a wrong
+    #: password or an untrusted certificate does not heal by waiting.
+    retriable: bool = False
+
 
 class ConfigError(FilterdError):
     """A configuration value is missing or invalid; the message names the key."""
@@ -33,3 +38,5 @@ class SnapshotError(FilterdError):
 
 class BrokerError(FilterdError):
     """Kafka could not be reached or refused an operation."""
+
+    retriable = True

@@ -48,6 +48,8 @@ class Health:
     #: ``/healthz`` fails when the loop heartbeat is older than this.
     heartbeat_stall_s: float = 10.0
     snapshot_version: str | None = None
+    #: Why the broker cannot be used right now (e.g. unreachable), set by start-up.
+    broker_problem: str | None = None
     assigned: bool = False
     stopping: bool = False
     last_fetch_monotonic: float | None = None
@@ -83,6 +85,8 @@ class Health:
             reasons.append("shutting down")
         if self.snapshot_version is None:
             reasons.append("no snapshot loaded")
+        if self.broker_problem is not None:
+            reasons.append(self.broker_problem)
         if not self.assigned:
             reasons.append("no partitions assigned")
         elif self.last_fetch_monotonic is None:

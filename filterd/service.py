@@ -30,16 +30,20 @@ from prometheus_client import CollectorRegistry
 from filterd import __version__, native
 from filterd.config import Config
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
-from filterd.errors import BrokerError
+from filterd.errors import BrokerError, FilterdError
 from filterd.http import Health, HealthServer
 from filterd.logs import flush_rate_limited
 from filterd.loop import BatchLoop, LoopMetrics, NoMetrics
 from filterd.metrics import LoopLagMonitor, Metrics
 from filterd.pipeline import OutputTopics
+from filterd.preflight import preflight
 from filterd.router import ROUTES, Outcome
 from filterd.snapshot import ConsentSnapshot, SnapshotWatcher
 
 log = logging.getLogger(__name__)
+
+#: At most one "still retrying" line per this many seconds while start-up waits for Kafka.
+RETRY_LOG_INTERVAL_S = 10.0
 
 
 class Service:
@@ -81,8 +85,11 @@ class Service:
         async with contextlib.AsyncExitStack() as stack:
             try:
                 await self.startup(stack)
-            except BrokerError as exc:
+            except FilterdError as exc:
+                # One line: what is wrong and where (the operator fixes the config or the
+                # broker); the cause chain stays in the debug log.
                 log.error("start-up failed: %s", exc)
+                log.debug("start-up failure", exc_info=True)
                 return 1
             code = 0
             if not self.should_exit:
@@ -110,7 +117,10 @@ class Service:
             monitor = LoopLagMonitor(self.metrics, on_tick=self.health.beat)
             await stack.enter_async_context(monitor)
         await stack.enter_async_context(self.watcher)
-        if not await self._wait_for_snapshot():
+        # One connection first, as the clients will make it: a wrong password or an untrusted
+        # certificate stops start-up in one line instead of a minute of client retries.
+        await self._retry_until_started("broker", self._preflight)
+        if self.should_exit or not await self._wait_for_snapshot():
             return
         consumer = AIOKafkaConsumer(
             **cfg.kafka.client_options(),
@@ -128,11 +138,12 @@ class Service:
         )
         mode = ExactlyOnce if cfg.delivery.mode == "exactly-once" else AtLeastOnce
         delivery: Delivery = mode(cfg, consumer)
-        await self._retry_until_started("producer", delivery.start)
+        # Stopped on the way out even when start() never succeeded: no unclosed clients.
+        stack.push_async_callback(self._bounded, "consumer", consumer.stop)
         stack.push_async_callback(self._bounded, "producer", delivery.stop)
+        await self._retry_until_started("producer", delivery.start)
         outputs = await self._output_topics(delivery)
         await self._retry_until_started("consumer", consumer.start)
-        stack.push_async_callback(self._bounded, "consumer", consumer.stop)
         metrics: LoopMetrics = self.metrics if self.metrics is not None else NoMetrics()
         self.batch_loop = BatchLoop(
             cfg, consumer, delivery, outputs, metrics, self.watcher,
@@ -199,20 +210,45 @@ class Service:
             partitions[name] = count
         return OutputTopics(t.deliver, t.block, t.invalid, partitions)
 
+    async def _preflight(self) -> None:
+        try:
+            await preflight(self.config.kafka)
+        except FilterdError as exc:
+            if exc.retriable:
+                self.health.broker_problem = str(exc)
+            raise
+        self.health.broker_problem = None
+
     async def _retry_until_started(
         self, what: str, start: Callable[[], Coroutine[Any, Any, None]]
     ) -> None:
+        """Run ``start`` until it succeeds; retry what may heal, at most until the deadline.
+
+        A :class:`FilterdError` that is not ``retriable`` ends start-up at once. While
+        retrying, one line every :data:`RETRY_LOG_INTERVAL_S` says why.
+        """
         deadline = time.monotonic() + self.config.service.startup_timeout_s
+        logged_at = -RETRY_LOG_INTERVAL_S
         while True:
             try:
                 await start()
                 return
+            except FilterdError as exc:
+                if not exc.retriable:
+                    raise
+                problem: str = str(exc)
+                error: BaseException = exc
             except (KafkaConnectionError, KafkaError, OSError) as exc:
-                if self.should_exit or time.monotonic() > deadline:
-                    servers = self.config.kafka.bootstrap_servers
-                    raise BrokerError(f"{what} could not connect to {servers}: {exc!r}") from exc
-                log.warning("%s not connected yet (%r); retrying", what, exc)
-                await asyncio.sleep(self.config.service.retry_backoff_s)
+                servers = self.config.kafka.bootstrap_servers
+                problem = f"{what} could not connect to {servers}: {exc!r}"
+                error = exc
+            if self.should_exit or time.monotonic() > deadline:
+                raise BrokerError(problem) from error
+            now = time.monotonic()
+            if now - logged_at >= RETRY_LOG_INTERVAL_S:
+                log.warning("not ready: %s; retrying", problem)
+                logged_at = now
+            await asyncio.sleep(self.config.service.retry_backoff_s)
 
     async def _bounded(self, what: str, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         timeout = 0.5 if self.force_exit else self.config.service.shutdown_timeout_s

@@ -69,7 +69,9 @@ EDGES = [
 @pytest.mark.parametrize("value", EDGES)
 def test_reference_agrees_with_filterd_on_edge_cases(value: bytes | None) -> None:
     snapshot = SetSnapshot.of(DATA)
-    expected = decide_value(value, snapshot, Policy(default_country_code="86", max_event_bytes=MAX_BYTES))
+    expected = decide_value(
+        value, snapshot, Policy(default_country_code="86", max_event_bytes=MAX_BYTES)
+    )
     assert DATA.reference(MAX_BYTES).decide(value) == tuple(expected)
 
 

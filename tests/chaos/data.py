@@ -213,7 +213,7 @@ def make_event(n: int, tag: str, data: ConsentData, rng: random.Random) -> tuple
     """Event number ``n`` of a run: (key, value). The id ``<tag>-<n>`` is unique.
 
     The mix reaches every rule of the policy and every invalid reason, with the
-    recipient written in all the number formats DESIGN.md accepts.
+    recipient written in all the number formats docs/contract.md accepts.
     """
     sender = rng.choice(data.sender_list)
     roll = rng.random()

@@ -1,11 +1,11 @@
 """A long mutation run over the decision path: ``make fuzz``.
 
 Starts from a corpus of seeded events (every rule and every invalid reason of
-DESIGN.md) and mutates them for ``--seconds``: byte flips, inserts, deletes,
+docs/contract.md) and mutates them for ``--seconds``: byte flips, inserts, deletes,
 splices, and JSON-aware edits (a field dropped, retyped, or its number rewritten
 in another form). Every input is decided by the router and checked:
 
-- the decision returns, with one of the three routes and a reason of DESIGN.md
+- the decision returns, with one of the three routes and a reason of docs/contract.md
   that belongs to that route, and never ``internal-error`` (a bug was hit);
 - it equals the decision of the fault suite's independent reference model.
 

@@ -1,12 +1,12 @@
-"""Fuzzing the decision path: whatever bytes arrive, exactly one route and a DESIGN.md reason.
+"""Fuzzing the decision path: whatever bytes arrive, exactly one route and a docs/contract.md reason.
 
 Two kinds of property:
 
 - robustness, over anything (random bytes, mutated events, JSON of every shape,
   numbers in every form and alphabet): ``decide_value`` returns, never raises,
-  gives one of the three routes with a reason of DESIGN.md that belongs to it,
+  gives one of the three routes with a reason of docs/contract.md that belongs to it,
   and never ``internal-error`` (which would mean a bug was hit);
-- agreement, over events whose fields stay inside what DESIGN.md spells out
+- agreement, over events whose fields stay inside what docs/contract.md spells out
   unambiguously: the decision equals that of the independent reference model of
   the fault suite (``tests.support.reference``), which knows nothing of the
   router, the number code or roaring bitmaps.
@@ -110,7 +110,7 @@ def phone_numbers(draw: st.DrawFn, alphabet: str) -> str:
     return "".join(out)
 
 
-NARROW = string.digits + " -.()+abc"  # what DESIGN.md spells out, plus plain junk
+NARROW = string.digits + " -.()+abc"  # what docs/contract.md spells out, plus plain junk
 WIDE = NARROW + "\t\n\u00a0\u3000٠١٢٣\uff10\uff11+-_/#*\x00é中"
 
 

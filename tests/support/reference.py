@@ -1,4 +1,4 @@
-"""The independent reference model of the contract's decision (DESIGN.md "Policy and reason codes").
+"""The independent reference model of the contract's decision (docs/contract.md "Policy and reason codes").
 
 Deliberately written apart from ``filterd``: the standard library only (``json``, ``csv``,
 ``re``), plain Python sets and its own number rule. If the product and this model agree on
@@ -51,7 +51,7 @@ _DIGITS = re.compile(r"[0-9]+")
 
 
 def ref_normalize(raw: str, country_code: str = COUNTRY_CODE) -> int | None:
-    """DESIGN.md "Numbers", step by step; None where the event is ``bad-recipient``."""
+    """docs/contract.md "Numbers", step by step; None where the event is ``bad-recipient``."""
     s = _SEPARATORS.sub("", raw)
     if s.startswith("+"):
         s = s[1:]

@@ -1,4 +1,4 @@
-"""Fuzzing the decision path: whatever bytes arrive, exactly one route and a docs/contract.md reason.
+"""Fuzzing the decision path: whatever bytes arrive, one route and a docs/contract.md reason.
 
 Two kinds of property:
 

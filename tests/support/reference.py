@@ -1,4 +1,4 @@
-"""The independent reference model of the contract's decision (docs/contract.md "Policy and reason codes").
+"""The independent reference model of the decision (docs/contract.md "Policy and reason codes").
 
 Deliberately written apart from ``filterd``: the standard library only (``json``, ``csv``,
 ``re``), plain Python sets and its own number rule. If the product and this model agree on

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from filterd.config import Config
-from filterd.errors import BrokerError, ConfigError
+from filterd.errors import BrokerError, ConfigError, FilterdError
 
 Role = Literal["service", "auditor"]
 ROLES: tuple[Role, ...] = ("service", "auditor")
@@ -107,21 +107,26 @@ def required_acls(config: Config, principal: str, role: Role = "service") -> lis
     return sorted(acls)
 
 
-async def apply_acls(config: Config, acls: list[Acl]) -> None:
-    """Create ``acls`` on the broker of ``config`` (whose credentials must allow it)."""
+async def apply_acls(config: Config, acls: list[Acl], *, revoke: bool = False) -> None:
+    """Create (or with ``revoke`` delete) ``acls`` on the broker of ``config``.
+
+    ``config``'s credentials must allow it (an administrator's).
+    """
     # Imported here: printing the ACLs needs no Kafka client.
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError, for_code
-    from aiokafka.protocol.admin import CreateAclsRequest
+    from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
     admin = AIOKafkaAdminClient(**config.kafka.client_options())
     try:
         await admin.start()
     except KafkaError as exc:
         raise BrokerError(f"cannot reach {config.kafka.bootstrap_servers}: {exc!r}") from exc
+    action = "deleting" if revoke else "creating"
     try:
         for acl in acls:
-            request = CreateAclsRequest(
+            kind = DeleteAclsRequest if revoke else CreateAclsRequest
+            request = kind(
                 acl.resource_type,
                 acl.resource_name,
                 acl.pattern,
@@ -131,13 +136,79 @@ async def apply_acls(config: Config, acls: list[Acl]) -> None:
                 ALLOW,
             )
             response = await admin._send_request(request)
-            for code, message in response.creation_responses:
+            results = response.filter_responses if revoke else response.creation_responses
+            for code, message, *_ in results:
                 if code:
                     raise BrokerError(
-                        f"creating ACL '{acl}': {for_code(code).__name__}: {message or ''}"
+                        f"{action} ACL '{acl}': {for_code(code).__name__}: {message or ''}"
                     )
     finally:
         await admin.close()
+
+
+class NotAuthorized(FilterdError):
+    """The broker refused an operation for want of an ACL; the message names the ACL."""
+
+
+def principal_of(config: Config) -> str:
+    """The principal the broker sees for ``config``'s clients, as far as filterd knows it."""
+    if config.kafka.security_protocol.startswith("SASL"):
+        return f"User:{config.kafka.sasl_username}"
+    if config.kafka.security_protocol == "PLAINTEXT":
+        return "User:ANONYMOUS"
+    return "the client certificate's principal"
+
+
+def not_authorized(exc: BaseException, config: Config) -> NotAuthorized | None:
+    """``exc`` as one line naming the missing ACL, or None if it is no authorization refusal.
+
+    The ACL named is the one :func:`required_acls` grants for that resource: the line says
+    what to grant, not only what failed.
+    """
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        TopicAuthorizationFailedError,
+        TransactionalIdAuthorizationFailed,
+    )
+
+    kinds: dict[type[BaseException], ResourceType] = {
+        TopicAuthorizationFailedError: ResourceType.TOPIC,
+        GroupAuthorizationFailedError: ResourceType.GROUP,
+        TransactionalIdAuthorizationFailed: ResourceType.TRANSACTIONAL_ID,
+        ClusterAuthorizationFailedError: ResourceType.CLUSTER,
+    }
+    kind = next((k for cls, k in kinds.items() if isinstance(exc, cls)), None)
+    if kind is None:
+        return None
+    principal = principal_of(config)
+    names: list[str] = []
+    for arg in exc.args:  # a name, or a set of topic names
+        if isinstance(arg, str):
+            names.append(arg)
+        elif isinstance(arg, set | frozenset | list | tuple):
+            names.extend(sorted(str(item) for item in arg))
+    if kind is ResourceType.CLUSTER or not names or not principal.startswith("User:"):
+        what = ", ".join(names) or "the cluster"
+        return NotAuthorized(f"not authorized: {principal} was refused {kind.name} {what}")
+    needed = [
+        acl
+        for acl in required_acls(config, principal)
+        if acl.resource_type is kind
+        and any(
+            name == acl.resource_name
+            or (acl.pattern is PatternType.PREFIXED and name.startswith(acl.resource_name))
+            for name in names
+        )
+    ]
+    if not needed:
+        return NotAuthorized(
+            f"not authorized: {principal} was refused {kind.name} {', '.join(names)}"
+        )
+    return NotAuthorized(
+        f"not authorized: missing ACL '{needed[0]}' "
+        f"(filterd topics acls --principal {principal} prints them all)"
+    )
 
 
 def cmd_acls(args: argparse.Namespace) -> int:
@@ -147,8 +218,9 @@ def cmd_acls(args: argparse.Namespace) -> int:
     acls = required_acls(config, args.principal, args.role)
     for acl in acls:
         print(acl)
-    if args.apply:
+    if args.apply or args.revoke:
         admin = load_config(args.admin_config) if args.admin_config else config
-        asyncio.run(apply_acls(admin, acls))
-        print(f"applied {len(acls)} ACLs for {args.principal}")
+        asyncio.run(apply_acls(admin, acls, revoke=args.revoke))
+        done = "revoked" if args.revoke else "applied"
+        print(f"{done} {len(acls)} ACLs for {args.principal}")
     return 0

@@ -34,7 +34,9 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 
+from filterd.acls import not_authorized
 from filterd.config import Config
+from filterd.errors import FilterdError
 from filterd.pipeline import Builder, PartitionOutput
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,10 @@ class Delivery(Protocol):
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    #: An error met in the background that no retry can fix (a missing ACL); the batch loop
+    #: stops with it.
+    fatal: FilterdError | None
 
 
 def producer_options(config: Config) -> dict[str, object]:
@@ -123,6 +129,7 @@ class AtLeastOnce:
         self._config = config
         self._consumer = consumer
         self._producer = AIOKafkaProducer(**producer_options(config))
+        self.fatal: FilterdError | None = None
 
     async def start(self) -> None:
         await self._producer.start()
@@ -155,6 +162,7 @@ class AtLeastOnce:
                         await self._producer.send_batch(builder, topic, partition=partition)
                     )
             except KafkaError as exc:
+                _raise_if_not_authorized(exc, self._config)
                 log.warning("could not queue output of %s/%d: %r", out.topic, out.partition, exc)
                 await _await_all(futures)
                 submitted.failed.append(out)
@@ -171,6 +179,7 @@ class AtLeastOnce:
             if error is None:
                 offsets[TopicPartition(out.topic, out.partition)] = out.next_offset
             else:
+                _raise_if_not_authorized(error, self._config)
                 log.warning("output of %s/%d not acknowledged: %r", out.topic, out.partition, error)
                 failed.append(out)
         if offsets:
@@ -186,6 +195,7 @@ class AtLeastOnce:
             # and produces these records again (at-least-once allows it).
             log.warning("offset commit refused after a rebalance: %s", exc)
         except KafkaError as exc:
+            _raise_if_not_authorized(exc, self._config)
             # Outputs are acknowledged; a later commit covers these offsets.
             log.warning("offset commit failed, the next one covers it: %r", exc)
 
@@ -212,6 +222,7 @@ class ExactlyOnce:
         # whose transactional producer is gone (such a batch is never sent:
         # the retry builds it again once the producer is back).
         self._metadata = AIOKafkaProducer(**producer_options(config))
+        self.fatal: FilterdError | None = None
 
     def transactional_id(self, tp: TopicPartition) -> str:
         return transactional_id(self._config, tp.topic, tp.partition)
@@ -270,6 +281,11 @@ class ExactlyOnce:
                 else:
                     consumer.seek(tp, committed)
             except (KafkaError, OSError) as exc:
+                # Runs in the background (the rebalance listener started it): a refusal no
+                # retry can fix is handed to the batch loop, which stops with it.
+                self.fatal = not_authorized(exc, self._config)
+                if self.fatal is not None:
+                    return
                 log.warning("preparing %s/%d, retrying: %r", tp.topic, tp.partition, exc)
                 await asyncio.sleep(backoff)
                 continue
@@ -371,6 +387,7 @@ class ExactlyOnce:
             self._rewind(tp, out.first_offset)
             return False
         except (KafkaError, OSError) as exc:
+            _raise_if_not_authorized(exc, self._config)
             log.warning("transaction for %s/%d failed, retrying: %r", tp.topic, tp.partition, exc)
             await self._recover(tp, producer)
             return False
@@ -395,6 +412,13 @@ class ExactlyOnce:
     def _rewind(self, tp: TopicPartition, offset: int) -> None:
         if tp in self._consumer.assignment():
             self._consumer.seek(tp, offset)
+
+
+def _raise_if_not_authorized(exc: BaseException, config: Config) -> None:
+    """A missing ACL is not retried: raise it as one line naming the ACL."""
+    denied = not_authorized(exc, config)
+    if denied is not None:
+        raise denied from None
 
 
 def transactional_id(config: Config, topic: str, partition: int) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from filterd.acls import not_authorized
 from filterd.config import Config
 from filterd.delivery import Delivery, Submitted
 from filterd.pipeline import (
@@ -189,11 +190,16 @@ class BatchLoop:
         # sequential loop. The task finishes on its own even while getmany()
         # waits out a rebalance, so a revoke never waits on this loop.
         while not self.should_exit():
+            if self.delivery.fatal is not None:
+                raise self.delivery.fatal
             try:
                 batch: Batch = await consumer.getmany(
                     timeout_ms=0 if self._finishing else timeout_ms, max_records=max_records
                 )
             except KafkaError as exc:
+                denied = not_authorized(exc, self.config)
+                if denied is not None:
+                    raise denied from None
                 log.warning("fetch failed, retrying: %r", exc)
                 await self._await_finishing()
                 await asyncio.sleep(self.config.service.retry_backoff_s)

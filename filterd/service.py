@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from filterd import __version__, native
+from filterd.acls import not_authorized
 from filterd.config import Config
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from filterd.errors import BrokerError, FilterdError
@@ -95,6 +96,10 @@ class Service:
             if not self.should_exit:
                 try:
                     await self.main_loop()
+                except FilterdError as exc:
+                    # A refusal no retry fixes (a missing ACL): one line, exit non-zero.
+                    log.error("stopped: %s", exc)
+                    code = 1
                 except Exception:
                     # A bug, not bad input (that is routed as invalid): stop
                     # without committing what is in flight, exit non-zero so the
@@ -199,16 +204,33 @@ class Service:
 
     async def _output_topics(self, delivery: Delivery) -> OutputTopics:
         t = self.config.topics
+        await self._check_input_topic(delivery)
         partitions: dict[str, int] = {}
         for name in (t.deliver, t.block, t.invalid):
             try:
                 count = await asyncio.wait_for(delivery.partitions_for(name), 30)
             except (KafkaError, TimeoutError) as exc:
+                denied = not_authorized(exc, self.config)
+                if denied is not None:
+                    raise denied from None
                 raise BrokerError(f"cannot read metadata of topic {name!r}: {exc!r}") from exc
             if not count:
                 raise BrokerError(f"output topic {name!r} does not exist; create it first")
             partitions[name] = count
         return OutputTopics(t.deliver, t.block, t.invalid, partitions)
+
+    async def _check_input_topic(self, delivery: Delivery) -> None:
+        """Refuse a missing READ on the input topic now, in one line.
+
+        The consumer itself would only log the refusal and sit without partitions. Anything
+        else (the topic not there yet, a slow answer) is left to the consumer, which waits.
+        """
+        try:
+            await asyncio.wait_for(delivery.partitions_for(self.config.topics.input), 5)
+        except (KafkaError, TimeoutError) as exc:
+            denied = not_authorized(exc, self.config)
+            if denied is not None:
+                raise denied from None
 
     async def _preflight(self) -> None:
         try:

@@ -52,13 +52,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     acls.add_argument("--principal", required=True, help="who gets them, e.g. User:filterd")
     acls.add_argument("--role", choices=ROLES, default="service",
                       help="service: run filterd (default); auditor: read the outputs")  # fmt: skip
-    acls.add_argument("--apply", action="store_true",
-                      help="create them (needs administrator credentials)")  # fmt: skip
+    change = acls.add_mutually_exclusive_group()
+    change.add_argument("--apply", action="store_true",
+                        help="create them (needs administrator credentials)")  # fmt: skip
+    change.add_argument("--revoke", action="store_true",
+                        help="delete them (needs administrator credentials)")  # fmt: skip
     acls.add_argument(
         "--admin-config",
         type=Path,
         metavar="FILE",
-        help="its [kafka] section is used by --apply (default --config)",
+        help="its [kafka] section is used by --apply/--revoke (default --config)",
     )
     acls.set_defaults(func=cmd_acls)
 

@@ -84,6 +84,7 @@ class FakeDelivery:
     """Takes every batch; its acknowledgements arrive when the test says so."""
 
     pipelines = True
+    fatal = None
 
     def __init__(self) -> None:
         self.acks = asyncio.Event()

@@ -36,8 +36,12 @@ async def drain(
     # A read budget, not a cancellation: on expiry drain returns what it read instead of raising.
     timeout: float = 30.0,  # noqa: ASYNC109
     isolation_level: IsolationLevel = "read_committed",
+    client_options: Mapping[str, object] | None = None,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read every partition of ``topic`` from the beginning, without a consumer group.
+
+    ``client_options`` (e.g. ``KafkaConfig.client_options()`` of a secured broker) replace
+    the plain ``bootstrap``.
 
     With ``expected``, reads until at least that many records have arrived (they may still be
     in flight from the code under test), then up to the end offsets of that moment, so that
@@ -48,8 +52,9 @@ async def drain(
     Records come back partition by partition in offset order (partition 0 first), so
     per-partition order can be checked on the result directly.
     """
+    options = dict(client_options) if client_options else {"bootstrap_servers": bootstrap}
     consumer: AIOKafkaConsumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **options,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

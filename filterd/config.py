@@ -73,6 +73,9 @@ class KafkaConfig:
     sasl_username: str = ""
     #: Never in a repr, so never in a log line, a traceback or a config dump.
     sasl_password: str = field(default="", repr=False)
+    #: Read ``sasl_password`` from this file instead (a Kubernetes Secret volume, systemd's
+    #: ``LoadCredential=``, a Compose secret); one trailing newline is ignored.
+    sasl_password_file: str = ""
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
@@ -249,9 +252,30 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
     merged = _apply_env(raw, os.environ if env is None else env)
-    config = _build(merged)
+    config = _read_secrets(_build(merged))
     _validate(config)
     return config
+
+
+def _read_secrets(config: Config) -> Config:
+    """Fill ``kafka.sasl_password`` from ``kafka.sasl_password_file`` when that is set."""
+    k = config.kafka
+    if not k.sasl_password_file or not k.security_protocol.startswith("SASL"):
+        return config  # A unit or chart may name the file for every deployment.
+    key = "kafka.sasl_password_file"
+    if k.sasl_password:
+        raise ConfigError(key, "set either kafka.sasl_password or kafka.sasl_password_file")
+    try:
+        with open(k.sasl_password_file, encoding="utf-8") as fh:
+            password = fh.read()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {k.sasl_password_file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{k.sasl_password_file} is not UTF-8 text") from None
+    password = password.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise ConfigError(key, f"{k.sasl_password_file} is empty")
+    return dataclasses.replace(config, kafka=dataclasses.replace(k, sasl_password=password))
 
 
 def _apply_env(raw: dict[str, object], env: Mapping[str, str]) -> dict[str, object]:

@@ -171,3 +171,26 @@ def test_client_options_carry_sasl_settings() -> None:
     assert options["sasl_plain_username"] == "filterd"
     assert options["sasl_plain_password"] == "s3cret"
     assert "ssl_context" not in options
+
+
+def test_sasl_password_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "kafka-password"
+    secret.write_text("s3cr3t\n")
+    env = {
+        "FILTERD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "FILTERD_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "FILTERD_KAFKA_SASL_USERNAME": "filterd",
+        "FILTERD_KAFKA_SASL_PASSWORD_FILE": str(secret),
+    }
+    kafka = load_config(None, env=env).kafka
+    assert kafka.sasl_password == "s3cr3t"
+    assert "s3cr3t" not in repr(kafka)
+    with pytest.raises(ConfigError, match=r"kafka\.sasl_password_file: set either"):
+        load_config(None, env={**env, "FILTERD_KAFKA_SASL_PASSWORD": "x"})
+    with pytest.raises(ConfigError, match=r"kafka\.sasl_password_file: cannot read .*missing"):
+        load_config(
+            None, env={**env, "FILTERD_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")}
+        )
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(None, env=env)

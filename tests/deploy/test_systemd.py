@@ -181,3 +181,19 @@ def test_exposure_check_fails_an_unhardened_unit(tmp_path: Path) -> None:
     )
     root = _alternate_root(tmp_path, [plain])
     assert _exposure(root, "filterd.service").returncode != 0
+
+
+@pytest.mark.parametrize("unit", [SERVICE, TEMPLATE], ids=lambda p: p.name)
+def test_kafka_password_is_a_systemd_credential(unit: Path) -> None:
+    service = directives(unit)
+    (credential,) = service["LoadCredential"]
+    name, _, source = credential.partition(":")
+    assert source == "/etc/filterd/kafka-password"
+    assert f"FILTERD_KAFKA_SASL_PASSWORD_FILE=%d/{name}" in service["Environment"]
+    # The config loader knows the key the variable sets (unused without SASL).
+    config_from(SAMPLE_CONFIG, {"FILTERD_KAFKA_SASL_PASSWORD_FILE": "/run/credentials/x"})
+    tmpfiles = (UNITS / "filterd.tmpfiles.conf").read_text().split("\n")
+    (entry,) = [line.split() for line in tmpfiles if source in line]
+    assert entry[0] == "f"
+    assert entry[2] == "0600"
+    assert entry[3] == "root"

@@ -15,7 +15,7 @@ NATIVE_SRC := setup.py filterd/native.py \
 .DEFAULT_GOAL := help
 .PHONY: help install native lint typecheck unit test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: kafka-up-secure kafka-down-secure
-.PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot
+.PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot bench-signing
 .PHONY: faults faults-quick fuzz
 
 help: ## list the targets
@@ -115,6 +115,9 @@ bench-decide: $(NATIVE) ## micro-benchmark: decision path per event vs orjson.lo
 
 bench-snapshot: $(NATIVE) ## consent store: build rate, memory, load, loop stall, lookups at 1e6/1e7 (~10 min)
 	$(BIN)/python -m benchmarks.snapshot_bench $(BENCH_ARGS)
+
+bench-signing: $(NATIVE) ## snapshot signatures: verify cost and loop stall with and without public_key (~1 min)
+	$(BIN)/python -m benchmarks.signing_bench $(BENCH_ARGS)
 
 # Fault injection (docs/reliability.md): a private broker on FAULTS_KAFKA_PORT (default 19392)
 # that the suite kills and restarts; the shared broker is never touched. FAULTS_ARGS=... passes

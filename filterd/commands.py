@@ -76,7 +76,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if not args.input.is_file():
         raise ConfigError("--input", f"no such file: {args.input}")
+    from filterd.snapshot.signing import verifier_for
+
+    verifier = verifier_for(config.snapshot.public_key)
     result = replay(args.snapshot, args.input, args.out, config.policy,
-                    compare_root=args.compare)  # fmt: skip
+                    compare_root=args.compare, verifier=verifier)  # fmt: skip
     print(format_summary(result), file=sys.stdout)
     return 0

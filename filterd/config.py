@@ -126,6 +126,9 @@ class SnapshotConfig:
     poll_interval_s: float = 5.0
     #: Versions kept by ``filterd snapshot build`` (the current one is never removed).
     keep_versions: int = 5
+    #: An Ed25519 public key (PEM): when set, only versions signed with its private key are
+    #: used (``filterd snapshot keygen``/``sign``; docs/security.md).
+    public_key: str = ""
 
 
 @dataclass(slots=True, frozen=True)

@@ -19,6 +19,7 @@ import orjson
 
 from filterd.router import ROUTES, Decider, Outcome, Policy, event_id
 from filterd.snapshot import load_snapshot
+from filterd.snapshot.signing import Verifier
 
 
 @dataclass(slots=True)
@@ -48,14 +49,18 @@ def replay(
     policy: Policy,
     *,
     compare_root: Path | None = None,
+    verifier: Verifier | None = None,
 ) -> ReplayResult:
-    """Decide every line of ``input_path``; write decisions and routed lines to ``out_dir``."""
-    snapshot = load_snapshot(snapshot_root)
+    """Decide every line of ``input_path``; write decisions and routed lines to ``out_dir``.
+
+    With a ``verifier`` (config ``snapshot.public_key``) both snapshots must be signed.
+    """
+    snapshot = load_snapshot(snapshot_root, verifier=verifier)
     decide = Decider(snapshot, policy).decide
     other = None
     result = ReplayResult(snapshot.version)
     if compare_root is not None:
-        other_snapshot = load_snapshot(compare_root)
+        other_snapshot = load_snapshot(compare_root, verifier=verifier)
         other = Decider(other_snapshot, policy).decide
         result.compare_version = other_snapshot.version
     out_dir.mkdir(parents=True, exist_ok=True)

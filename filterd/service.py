@@ -40,6 +40,7 @@ from filterd.pipeline import OutputTopics
 from filterd.preflight import preflight
 from filterd.router import ROUTES, Outcome
 from filterd.snapshot import ConsentSnapshot, SnapshotWatcher
+from filterd.snapshot.signing import verifier_for
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Service:
             config.snapshot.poll_interval_s,
             on_swap=self._on_swap,
             on_refused=self._on_refused,
+            verifier=verifier_for(config.snapshot.public_key),
         )
         #: The batch loop, built by :meth:`startup` once Kafka is reachable.
         self.batch_loop: BatchLoop | None = None

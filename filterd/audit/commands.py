@@ -29,7 +29,7 @@ from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader, Rea
 from filterd.audit.records import event_fields
 from filterd.audit.report import BurstRule, ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time, parse_tz
-from filterd.audit.why import Redecider, Sighting, find_message
+from filterd.audit.why import Redecider, Sighting, find_message, snapshot_loader
 from filterd.errors import ConfigError, FilterdError
 
 if TYPE_CHECKING:
@@ -312,7 +312,7 @@ def _run_why(args: argparse.Namespace) -> int:
         )
     )
     root = args.snapshot_root if args.snapshot_root is not None else cfg.snapshot.root
-    redecider = Redecider(root, cfg.policy)
+    redecider = Redecider(root, cfg.policy, snapshot_loader(cfg.snapshot.public_key))
     country = cfg.policy.default_country_code
     show = full_recipient if args.unmask else mask_recipient
     sightings = [Sighting(record, redecider.redecide(record)) for record in found]

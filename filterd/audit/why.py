@@ -74,12 +74,23 @@ async def find_message(
 SnapshotLoader = Callable[[Path, str], SnapshotView]
 
 
-def _default_loader(root: Path, version: str) -> SnapshotView:
+def snapshot_loader(public_key: str = "") -> SnapshotLoader:
+    """Load versions as the service would: signed by ``public_key``'s key when one is set."""
     # Imported on first use: only a re-decision needs the snapshot reader.
     from filterd.snapshot import load_snapshot
+    from filterd.snapshot.signing import verifier_for
 
-    snapshot: SnapshotView = load_snapshot(root, version)
-    return snapshot
+    verifier = verifier_for(public_key)
+
+    def load(root: Path, version: str) -> SnapshotView:
+        snapshot: SnapshotView = load_snapshot(root, version, verifier=verifier)
+        return snapshot
+
+    return load
+
+
+def _default_loader(root: Path, version: str) -> SnapshotView:
+    return snapshot_loader()(root, version)
 
 
 class Redecider:

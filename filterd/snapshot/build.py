@@ -23,6 +23,7 @@ from pyroaring import BitMap64
 from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.inputs import InputFile, Progress, read_numbers, read_pairs
+from filterd.snapshot.signing import sign_version
 
 __all__ = ["build_snapshot", "prune_versions"]
 
@@ -140,6 +141,7 @@ def build_snapshot(
     country_code: str = "86",
     progress: Progress | None = None,
     now: datetime | None = None,
+    sign_key: Path | None = None,
 ) -> str:
     """Build a new snapshot version under ``root`` from CSV inputs, publish it, return its name.
 
@@ -149,7 +151,8 @@ def build_snapshot(
     raises :class:`SnapshotInputError` naming file and line, and nothing is
     published. After publishing, only the newest ``keep`` versions are kept.
     ``country_code`` is the default for national numbers in the inputs;
-    ``progress`` receives a status line at most about once a second.
+    ``progress`` receives a status line at most about once a second. With ``sign_key`` the
+    manifest is signed before the version appears (docs/security.md).
     """
     if keep < 1:
         raise SnapshotError("keep must be at least 1")
@@ -176,6 +179,8 @@ def build_snapshot(
         _write_version(
             tmp, version, created_at, country_code, inputs, consent_maps, optout_maps, dnd_map
         )
+        if sign_key is not None:
+            sign_version(tmp, sign_key)
         os.rename(tmp, root / version)
         fmt.fsync_dir(root)
     except BaseException:

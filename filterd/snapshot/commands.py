@@ -1,19 +1,30 @@
-"""``filterd snapshot build | inspect | verify``."""
+"""``filterd snapshot build | inspect | verify | keygen | sign | rollback``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 import orjson
 
 from filterd.errors import SnapshotError
+from filterd.snapshot import format as fmt
 from filterd.snapshot.build import build_snapshot, stderr_progress
 from filterd.snapshot.format import resolve_version
 from filterd.snapshot.load import load_snapshot, verify_snapshot
+from filterd.snapshot.signing import (
+    SIGNATURE,
+    Verifier,
+    generate_keypair,
+    sign_file,
+    sign_version,
+)
 
 __all__ = ["register"]
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.add_argument(
         "--progress", action="store_true", help="report progress on stderr even without a tty"
     )
+    build.add_argument(
+        "--sign-key", type=Path, metavar="KEY", help="sign the version with this Ed25519 key"
+    )
     build.set_defaults(func=_build)
 
     inspect = commands.add_parser(
@@ -56,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     inspect.add_argument("root", type=Path, metavar="ROOT")
     inspect.add_argument("--version", dest="snapshot_version", metavar="V")
+    inspect.add_argument("--public-key", type=Path, metavar="PUB",
+                         help="also require a valid signature by this key")  # fmt: skip
     inspect.set_defaults(func=_inspect)
 
     verify = commands.add_parser(
@@ -63,7 +79,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     verify.add_argument("root", type=Path, metavar="ROOT")
     verify.add_argument("--version", dest="snapshot_version", metavar="V")
+    verify.add_argument("--public-key", type=Path, metavar="PUB",
+                        help="also require a valid signature by this key")  # fmt: skip
     verify.set_defaults(func=_verify)
+
+    keygen = commands.add_parser(
+        "keygen", help="make an Ed25519 key pair for signing snapshots",
+        description="Write NAME.key (private, mode 600: keep it with whoever builds snapshots) "
+        "and NAME.pub (give it to every filterd as [snapshot] public_key).",
+    )  # fmt: skip
+    keygen.add_argument("--out", type=Path, required=True, metavar="DIR")
+    keygen.add_argument("--name", default="snapshot", help="file name stem (default snapshot)")
+    keygen.set_defaults(func=_keygen)
+
+    sign = commands.add_parser("sign", help="sign a built version (default: the current one)")
+    sign.add_argument("root", type=Path, metavar="ROOT")
+    sign.add_argument("version", nargs="?", metavar="VERSION")
+    sign.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    sign.set_defaults(func=_sign)
+
+    rollback = commands.add_parser(
+        "rollback", help="go back to an older version, on purpose",
+        description="Make an older version current again (default: the newest one older than "
+        "the current). A running filterd refuses an older version published any other way.",
+    )  # fmt: skip
+    rollback.add_argument("root", type=Path, metavar="ROOT")
+    rollback.add_argument("--to", metavar="VERSION", help="the version to go back to")
+    rollback.add_argument("--key", type=Path,
+                          help="sign the rollback (where filterd checks signatures)")  # fmt: skip
+    rollback.set_defaults(func=_rollback)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -76,6 +120,7 @@ def _build(args: argparse.Namespace) -> int:
         keep=args.keep,
         country_code=args.country_code,
         progress=progress,
+        sign_key=args.sign_key,
     )
     print(version)
     return 0
@@ -83,7 +128,8 @@ def _build(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     # load_snapshot validates everything; a corrupt version raises, no summary is printed.
-    snapshot = load_snapshot(args.root, args.snapshot_version)
+    verifier = Verifier(args.public_key) if args.public_key else None
+    snapshot = load_snapshot(args.root, args.snapshot_version, verifier=verifier)
     print(orjson.dumps(snapshot.summary(), option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -94,10 +140,57 @@ def _verify(args: argparse.Namespace) -> int:
     except SnapshotError as exc:
         print(f"filterd: error: {exc}", file=sys.stderr)
         return 1
-    problems = verify_snapshot(args.root, version)
+    verifier = Verifier(args.public_key) if args.public_key else None
+    problems = verify_snapshot(args.root, version, verifier=verifier)
     for problem in problems:
         print(f"{version}: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(f"{version}: ok")
+    signed = f", signed by key {verifier.key_id}" if verifier else ""
+    print(f"{version}: ok{signed}")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key, pub = generate_keypair(args.out, args.name)
+    print(f"private key: {key}\npublic key:  {pub}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    version = resolve_version(args.root, args.version)
+    # Only a valid version is signed: a signature vouches for what the files hold.
+    load_snapshot(args.root, version)
+    key_id = sign_version(args.root / version, args.key)
+    print(f"{version}: signed by key {key_id} ({SIGNATURE})")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    root: Path = args.root
+    current = fmt.current_version(root)
+    versions = fmt.list_versions(root)
+    if args.to is not None:
+        target = resolve_version(root, args.to)
+    else:
+        older = [v for v in versions if current is None or v < current]
+        if not older:
+            raise SnapshotError(f"no version older than {current} under {root}")
+        target = older[-1]
+    if target == current and args.to is None:
+        raise SnapshotError(f"{target} is current already")
+    load_snapshot(root, target)  # never point at a broken version
+    marker = fmt.write_rollback(root, target, current)
+    if args.key is not None:
+        sign_file(marker, args.key, root / f"{fmt.ROLLBACK}.sig")
+    else:
+        (root / f"{fmt.ROLLBACK}.sig").unlink(missing_ok=True)
+    if target == current:
+        # The pointer was moved back by other means; the operator confirms it.
+        log.warning("snapshot rollback under %s: %s confirmed", root, target)
+        print(f"rollback to {target} recorded under {root} (already current)")
+        return 0
+    fmt.publish_pointer(root, target)
+    log.warning("snapshot rollback under %s: %s -> %s", root, current, target)
+    print(f"rolled back {root}: {current} -> {target}")
     return 0

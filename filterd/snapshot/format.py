@@ -37,6 +37,8 @@ FORMAT_NAME = "filterd-consent-snapshot"
 FORMAT_VERSION = 1
 
 CURRENT = "current"
+#: Written by ``filterd snapshot rollback``: the older version the operator chose to go back to.
+ROLLBACK = "rollback.json"
 MANIFEST = "manifest.json"
 SENDERS = "senders.jsonl"
 CONSENTS = "consents.roar"
@@ -189,3 +191,25 @@ def utc_timestamp(moment: datetime) -> str:
 def dumps(obj: object) -> bytes:
     """JSON as the snapshot files hold it (sorted keys, so a rebuild is comparable)."""
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def write_rollback(root: Path, version: str, previous: str | None) -> Path:
+    """Record that ``version`` is published on purpose although older (``snapshot rollback``)."""
+    body = {"version": version, "from": previous, "at": utc_timestamp(datetime.now(UTC))}
+    path = root / ROLLBACK
+    tmp = root / f"{TMP_PREFIX}{ROLLBACK}"
+    tmp.write_bytes(dumps(body))
+    os.replace(tmp, path)
+    fsync_dir(root)
+    return path
+
+
+def read_rollback(root: Path) -> tuple[str, bytes] | None:
+    """The version the last ``snapshot rollback`` went back to, with the marker's bytes."""
+    try:
+        raw = (root / ROLLBACK).read_bytes()
+        body = orjson.loads(raw)
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    version = body.get("version") if isinstance(body, dict) else None
+    return (version, raw) if isinstance(version, str) else None

@@ -26,7 +26,8 @@ from pyroaring import BitMap64
 
 from filterd import prefilter
 from filterd.snapshot import format as fmt
-from filterd.snapshot.errors import SnapshotCorrupt, SnapshotNotFound
+from filterd.snapshot.errors import SignatureError, SnapshotCorrupt, SnapshotNotFound
+from filterd.snapshot.signing import Verifier
 from filterd.snapshot.store import (
     _EMPTY,
     SPARSE_VALUES_PER_CONTAINER,
@@ -46,8 +47,13 @@ __all__ = ["load_snapshot", "load_snapshot_async", "verify_snapshot"]
 # validation helpers
 
 
-def _read_manifest(vdir: Path, version: str) -> dict[str, object]:
-    """Read and schema-check ``manifest.json``; raises SnapshotCorrupt."""
+def _read_manifest(vdir: Path, version: str, verifier: Verifier | None = None) -> dict[str, object]:
+    """Read and schema-check ``manifest.json``; raises SnapshotCorrupt.
+
+    With a ``verifier``, the manifest's bytes must carry a valid signature first
+    (:class:`~filterd.snapshot.errors.SignatureError` otherwise): the manifest holds the
+    hash of every other file, so this signs the whole version.
+    """
     path = vdir / fmt.MANIFEST
     try:
         raw = path.read_bytes()
@@ -57,6 +63,8 @@ def _read_manifest(vdir: Path, version: str) -> dict[str, object]:
         ) from None
     except OSError as exc:
         raise SnapshotCorrupt(version, [f"{fmt.MANIFEST}: unreadable: {exc}"]) from exc
+    if verifier is not None:
+        verifier.verify(vdir, version, raw)
     try:
         manifest = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -315,49 +323,57 @@ def _load_steps(
     )
 
 
-def load_snapshot(root: Path, version: str | None = None) -> ConsentSnapshot:
+def load_snapshot(
+    root: Path, version: str | None = None, *, verifier: Verifier | None = None
+) -> ConsentSnapshot:
     """Load and fully validate a snapshot version (default: the current one).
 
     Raises :class:`SnapshotNotFound` when there is none, :class:`SnapshotCorrupt`
-    (with every problem found) when any check fails. Blocking: use
+    (with every problem found) when any check fails, :class:`SignatureError` when a
+    ``verifier`` is given and the version is not signed by its key. Blocking: use
     :func:`load_snapshot_async` on a running event loop.
     """
     root = Path(root)
     version = fmt.resolve_version(root, version)
     vdir = root / version
-    manifest = _read_manifest(vdir, version)
+    manifest = _read_manifest(vdir, version, verifier)
     contents, problems = _hash_files(vdir, manifest)
     if problems:
         raise SnapshotCorrupt(version, problems)
     return drive(_load_steps(vdir, version, manifest, contents))
 
 
-async def load_snapshot_async(root: Path, version: str | None = None) -> ConsentSnapshot:
+async def load_snapshot_async(
+    root: Path, version: str | None = None, *, verifier: Verifier | None = None
+) -> ConsentSnapshot:
     """Like :func:`load_snapshot`, without stalling the running event loop.
 
     File reading and hashing run in a worker thread; deserializing runs on the
-    loop in slices of about :data:`ASYNC_SLICE_S`, each a bounded piece.
+    loop in slices of about :data:`ASYNC_SLICE_S`, each a bounded piece; so does the
+    signature check (one Ed25519 verification, ~0.1 ms).
     """
     root = Path(root)
     version = fmt.resolve_version(root, version)
     vdir = root / version
-    manifest = _read_manifest(vdir, version)
+    manifest = await asyncio.to_thread(_read_manifest, vdir, version, verifier)
     contents, problems = await asyncio.to_thread(_hash_files, vdir, manifest)
     if problems:
         raise SnapshotCorrupt(version, problems)
     return await run_sliced(_load_steps(vdir, version, manifest, contents))
 
 
-def verify_snapshot(root: Path, version: str | None = None) -> list[str]:
+def verify_snapshot(
+    root: Path, version: str | None = None, *, verifier: Verifier | None = None
+) -> list[str]:
     """Every problem of a snapshot version (default: current); an empty list means valid.
 
     Runs the full load: manifest schema, sizes and checksums, deserialization
     of every chunk, the chunk index and the counts.
     """
     try:
-        load_snapshot(root, version)
+        load_snapshot(root, version, verifier=verifier)
     except SnapshotCorrupt as exc:
         return list(exc.problems)
-    except SnapshotNotFound as exc:
+    except (SnapshotNotFound, SignatureError) as exc:
         return [str(exc)]
     return []

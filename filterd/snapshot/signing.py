@@ -109,25 +109,29 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def sign_version(vdir: Path, key_path: Path) -> str:
-    """Sign ``vdir/manifest.json`` with the private key; return the key id."""
+def sign_file(path: Path, key_path: Path, sig_path: Path) -> str:
+    """Sign the bytes of ``path`` into ``sig_path`` (written atomically); return the key id."""
     private = read_private_key(key_path)
-    manifest = (vdir / "manifest.json").read_bytes()
-    signature = private.sign(manifest)
+    signature = private.sign(path.read_bytes())
     kid = key_id(private.public_key())
     body = {
         "algorithm": ALGORITHM,
         "key_id": kid,
         "signature": base64.b64encode(signature).decode(),
     }
-    tmp = vdir / f".{SIGNATURE}.tmp"
+    tmp = sig_path.with_name(f".{sig_path.name}.tmp")
     tmp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(tmp, vdir / SIGNATURE)
+    os.replace(tmp, sig_path)
     return kid
 
 
+def sign_version(vdir: Path, key_path: Path) -> str:
+    """Sign ``vdir/manifest.json`` with the private key; return the key id."""
+    return sign_file(vdir / "manifest.json", key_path, vdir / SIGNATURE)
+
+
 class Verifier:
-    """Checks versions against one public key (read once, at start-up)."""
+    """Checks signatures against one public key (read once, at start-up)."""
 
     def __init__(self, public_key_path: Path) -> None:
         self.path = public_key_path
@@ -136,27 +140,40 @@ class Verifier:
 
     def verify(self, vdir: Path, version: str, manifest: bytes) -> None:
         """Raise :class:`SignatureError` unless ``manifest`` carries a valid signature."""
+        self.verify_bytes(manifest, vdir / SIGNATURE, f"version {version}")
+
+    def verify_bytes(self, data: bytes, sig_path: Path, what: str) -> None:
+        """Raise :class:`SignatureError` (naming ``what``) unless ``sig_path`` signs ``data``."""
         from cryptography.exceptions import InvalidSignature
 
-        sig_path = vdir / SIGNATURE
+        name = sig_path.name
         try:
             body = orjson.loads(sig_path.read_bytes())
         except FileNotFoundError:
-            raise SignatureError(f"version {version} is not signed ({SIGNATURE} missing)") from None
+            raise SignatureError(f"{what} is not signed ({name} missing)") from None
         except (OSError, orjson.JSONDecodeError) as exc:
-            raise SignatureError(f"version {version}: unreadable {SIGNATURE}: {exc}") from exc
+            raise SignatureError(f"{what}: unreadable {name}: {exc}") from exc
         if not isinstance(body, dict) or body.get("algorithm") != ALGORITHM:
-            raise SignatureError(f"version {version}: {SIGNATURE} is not an {ALGORITHM} signature")
+            raise SignatureError(f"{what}: {name} is not an {ALGORITHM} signature")
         signed_by = body.get("key_id")
         if signed_by != self.key_id:
             raise SignatureError(
-                f"version {version} is signed by key {signed_by}, not by {self.key_id} "
-                f"({self.path})"
+                f"{what} is signed by key {signed_by}, not by {self.key_id} ({self.path})"
             )
         try:
             signature = base64.b64decode(str(body.get("signature", "")), validate=True)
-            self._key.verify(signature, manifest)
+            self._key.verify(signature, data)
         except (InvalidSignature, ValueError):
-            raise SignatureError(
-                f"version {version}: bad signature (manifest changed after signing?)"
-            ) from None
+            raise SignatureError(f"{what}: bad signature (changed after signing?)") from None
+
+
+def verifier_for(public_key: str, key: str = "snapshot.public_key") -> Verifier | None:
+    """The verifier of a configured public key path (None when empty); errors name ``key``."""
+    from filterd.errors import ConfigError
+
+    if not public_key:
+        return None
+    try:
+        return Verifier(Path(public_key))
+    except SnapshotError as exc:
+        raise ConfigError(key, str(exc)) from None

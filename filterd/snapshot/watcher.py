@@ -24,8 +24,10 @@ from pathlib import Path
 from types import TracebackType
 
 from filterd.errors import SnapshotError
-from filterd.snapshot.format import current_version
+from filterd.snapshot.errors import SignatureError
+from filterd.snapshot.format import ROLLBACK, current_version, read_rollback
 from filterd.snapshot.load import load_snapshot_async
+from filterd.snapshot.signing import Verifier
 from filterd.snapshot.store import ConsentSnapshot, release_steps, run_sliced
 
 __all__ = ["Lease", "SnapshotWatcher"]
@@ -76,6 +78,12 @@ class SnapshotWatcher:
     collection; an old snapshot is still emptied once its last lease ends (see
     :meth:`release_retired`). Cyclic garbage created during a load waits until
     the load ends.
+
+    With a ``verifier`` (config ``snapshot.public_key``) a version must be signed by its
+    key. Either way a version older than the one in force (by ``created_at``, then name)
+    is refused unless ``filterd snapshot rollback`` published it, which the root's
+    ``rollback.json`` says (signed too, when there is a verifier): pointing ``current`` back
+    at an old version is how a stale registry, or an attacker, would revive old consents.
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class SnapshotWatcher:
         on_swap: OnSwap | None = None,
         on_refused: OnRefused | None = None,
         freeze_gc: bool = True,
+        verifier: Verifier | None = None,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
@@ -94,6 +103,7 @@ class SnapshotWatcher:
         self._on_swap = on_swap
         self._on_refused = on_refused
         self.freeze_gc = freeze_gc
+        self.verifier = verifier
         self._current: ConsentSnapshot | None = None
         self._seen: str | None = None  # pointer text last acted on (loaded or refused)
         self._ready = asyncio.Event()
@@ -190,9 +200,16 @@ class SnapshotWatcher:
                 self._seen = seen
                 self._refuse("(pointer)", exc)
             return
-        if version is None or version == self._seen:
+        if version is None:
             return
-        self._seen = version
+        # A version refused as older is looked at again once `snapshot rollback` names it.
+        marker = read_rollback(self.root)
+        seen = f"{version} (rollback {marker[1]!r})" if marker and marker[0] == version else version
+        if seen == self._seen:
+            return
+        self._seen = seen
+        if self._current is not None and self._current.version == version:
+            return  # in force already
         started = time.perf_counter()
         # While loading, the cyclic collector would re-walk the growing snapshot
         # again and again (full collections of 30-60 ms at 20k senders, measured);
@@ -202,7 +219,8 @@ class SnapshotWatcher:
         if pause_gc:
             gc.disable()
         try:
-            snapshot = await load_snapshot_async(self.root, version)
+            snapshot = await load_snapshot_async(self.root, version, verifier=self.verifier)
+            self._check_not_older(snapshot)
         except SnapshotError as exc:
             self._refuse(version, exc)
             return
@@ -235,6 +253,34 @@ class SnapshotWatcher:
                 self._on_swap(snapshot, elapsed)
             except Exception:
                 log.exception("on_swap callback failed")
+
+    def _check_not_older(self, snapshot: ConsentSnapshot) -> None:
+        """Refuse going back to an older version unless ``snapshot rollback`` did it."""
+        current = self._current
+        if current is None:
+            return
+        if (snapshot.created_at, snapshot.version) >= (current.created_at, current.version):
+            return
+        marker = read_rollback(self.root)
+        if marker is None or marker[0] != snapshot.version:
+            raise SnapshotError(
+                f"version {snapshot.version} is older than {current.version} in force; "
+                "go back with `filterd snapshot rollback`"
+            )
+        if self.verifier is not None:
+            try:
+                self.verifier.verify_bytes(
+                    marker[1], self.root / f"{ROLLBACK}.sig", f"rollback to {snapshot.version}"
+                )
+            except SignatureError as exc:
+                raise SnapshotError(
+                    f"{exc}: sign it with `filterd snapshot rollback --key`"
+                ) from None
+        log.warning(
+            "rolling back from %s to older %s (filterd snapshot rollback)",
+            current.version,
+            snapshot.version,
+        )
 
     def _refuse(self, version: str, exc: BaseException) -> None:
         log.warning(

@@ -89,9 +89,7 @@ def run(consents: int, swaps: int, workdir: Path) -> dict[str, object]:
     n = 2000
     sign_us = _per_call_us(lambda: private.sign(manifest), n)
     verify_us = _per_call_us(lambda: public.verify(signature, manifest), n)
-    check_us = _per_call_us(
-        lambda: verifier.verify(root / versions[-1], versions[-1], manifest), n
-    )
+    check_us = _per_call_us(lambda: verifier.verify(root / versions[-1], versions[-1], manifest), n)
     # Alternate the two variants so drift of the machine hits both alike.
     plain: list[dict[str, float]] = []
     signed: list[dict[str, float]] = []

@@ -163,6 +163,44 @@ def _mounted_config(docs: list[Doc], deployment: Doc) -> tuple[Path, dict[str, A
     return config_path, {"text": text}
 
 
+def _secret_paths(deployment: Doc) -> dict[str, str]:
+    """Files the container sees from Secret volumes: path -> secret name (a whole-Secret
+    mount is listed as its directory, ending in /)."""
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    found: dict[str, str] = {}
+    for mount in _container(deployment)["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        assert mount.get("readOnly") is True, mount
+        items = secret.get("items")
+        if items is None:
+            found[mount["mountPath"].rstrip("/") + "/"] = secret["secretName"]
+        for item in items or ():
+            found[f"{mount['mountPath']}/{item['path']}"] = secret["secretName"]
+    return found
+
+
+def _check_secrets(raw: dict[str, Any], deployment: Doc) -> dict[str, str]:
+    """Every secret the config names is a read-only Secret file; never a plain env value."""
+    secrets = _secret_paths(deployment)
+    container = _container(deployment)
+    plain = {e["name"] for e in container.get("env", []) if "value" in e}
+    assert "FILTERD_KAFKA_SASL_PASSWORD" not in plain, "a password in the manifest"
+    named = {
+        "kafka.sasl_password_file": raw.get("kafka", {}).get("sasl_password_file", ""),
+        "kafka.ssl_cafile": raw.get("kafka", {}).get("ssl_cafile", ""),
+        "snapshot.public_key": raw.get("snapshot", {}).get("public_key", ""),
+    }
+    for key, path in named.items():
+        if path:
+            assert path in secrets or any(
+                d.endswith("/") and path.startswith(d) for d in secrets
+            ), f"{key} = {path} is not a file of a mounted Secret"
+    return {k: v for k, v in named.items() if v}
+
+
 def _check_deployment(docs: list[Doc], tmp_path: Path) -> None:
     deployment = _one(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -171,8 +209,13 @@ def _check_deployment(docs: list[Doc], tmp_path: Path) -> None:
     _, config = _mounted_config(docs, deployment)
     path = tmp_path / "filterd.toml"
     path.write_text(config["text"])
-    tomllib.loads(config["text"])  # a TOML error names the line
+    raw = tomllib.loads(config["text"])  # a TOML error names the line
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    if "kafka.sasl_password_file" in _check_secrets(raw, deployment):
+        # Stand in for the mounted Secret so the config loads as in the pod.
+        stand_in = tmp_path / "password"
+        stand_in.write_text("from-the-secret\n")
+        env["FILTERD_KAFKA_SASL_PASSWORD_FILE"] = str(stand_in)
     cfg = config_from(path, env)
 
     # Probes on the metrics port, at the product's paths.
@@ -245,6 +288,15 @@ def test_base_deployment_keeps_its_promises(tmp_path: Path) -> None:
 def test_overlay_deployment_keeps_its_promises(overlay: list[Doc], tmp_path: Path) -> None:
     _check_deployment(overlay, tmp_path)
     deployment = _one(overlay, "Deployment")
+    # The secured path: SASL_SSL, the password, CA and snapshot key from Secrets.
+    _, config = _mounted_config(overlay, deployment)
+    raw = tomllib.loads(config["text"])
+    assert raw["kafka"]["security_protocol"] == "SASL_SSL"
+    assert set(_check_secrets(raw, deployment)) == {
+        "kafka.sasl_password_file",
+        "kafka.ssl_cafile",
+        "snapshot.public_key",
+    }
     assert deployment["spec"]["replicas"] == 6
     assert _container(deployment)["image"].endswith(":0.1.0")
     # The generated ConfigMap's hashed name is what the pods mount.
@@ -285,6 +337,13 @@ def test_snapshot_publisher_runs_the_documented_build(overlay: list[Doc]) -> Non
     argv = container["command"][1:] + container["args"]
     parse_cli(argv)
     assert argv[:2] == ["snapshot", "build"]
+    # It signs with the private half of the key whose public half the pods check.
+    key = argv[argv.index("--sign-key") + 1]
+    key_mount = next(m for m in container["volumeMounts"] if key.startswith(m["mountPath"]))
+    key_volume = next(v for v in pod["volumes"] if v["name"] == key_mount["name"])
+    deployment = _one(overlay, "Deployment")
+    pod_key = _secret_paths(deployment)
+    assert key_volume["secret"]["secretName"] in pod_key.values()
     out = argv[argv.index("--out") + 1]
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == out)
     assert not mount.get("readOnly", False)

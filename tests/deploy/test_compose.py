@@ -265,3 +265,52 @@ def test_every_bind_mount_exists(stack: dict[str, Any]) -> None:
             if source in named:
                 continue
             assert (COMPOSE_DIR / source).exists(), f"{name}: {source} does not exist"
+
+
+SECURE_FILE = COMPOSE_DIR / "compose.secure.yaml"
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Compose's merge of an override file: mappings merge, sequences and scalars replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def test_secure_override_uses_secrets_for_every_credential(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    override = yaml.safe_load(interpolate(SECURE_FILE.read_text(), {}))
+    secure = _merged(stack, override)
+    _validate(secure)
+    filterd = secure["services"]["filterd"]
+    env = {k: str(v) for k, v in filterd["environment"].items()}
+    assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in env), env
+    mounted = {f"/run/secrets/{name}": name for name in filterd["secrets"]}
+    for key in ("KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CAFILE", "SNAPSHOT_PUBLIC_KEY"):
+        assert env[f"FILTERD_{key}"] in mounted, key
+    for name in mounted.values():
+        source = secure["secrets"][name]["file"]
+        assert source.startswith("./secrets/")
+    assert "deploy/compose/secrets/" in (DEPLOY.parent / ".gitignore").read_text()
+    # filterd loads that environment as a SASL_SSL config (stand-ins for the secret files).
+    stand_in = tmp_path / "password"
+    stand_in.write_text("from-a-secret")
+    env["FILTERD_KAFKA_SASL_PASSWORD_FILE"] = str(stand_in)
+    mounts = dict(m.split(":")[:2][::-1] for m in filterd["volumes"])
+    config_path = filterd["command"][filterd["command"].index("--config") + 1]
+    cfg = config_from((COMPOSE_DIR / mounts[config_path]).resolve(), env)
+    assert cfg.kafka.security_protocol == "SASL_SSL"
+    assert cfg.kafka.sasl_password == "from-a-secret"
+    assert cfg.snapshot.public_key == "/run/secrets/snapshot_pub"
+    # The one-shot that builds snapshots signs them with the private half.
+    init = secure["services"]["snapshot-init"]
+    (build,) = [c for c in _filterd_commands(init) if c[1:3] == ["snapshot", "build"]]
+    parse_cli(build[1:])
+    assert build[build.index("--sign-key") + 1] == "/run/secrets/snapshot_key"
+    assert "snapshot_key" in init["secrets"]
+    assert "snapshot_key" not in filterd["secrets"], "the private key stays with the publisher"

@@ -239,6 +239,18 @@ class Config:
 _SECTIONS: dict[str, type] = {
     f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
 }
+_FIELD_HINTS: dict[str, dict[str, object]] = {
+    name: typing.get_type_hints(cls) for name, cls in _SECTIONS.items()
+}
+
+
+def policy_line(policy: PolicyConfig) -> str:
+    """The effective policy in one log line (start-up says what it will enforce)."""
+    rules = " ".join(f"{name}={rule}" for name, rule in sorted(policy.categories.items()))
+    return (
+        f"policy ◆ {rules} ◆ any other category: {policy.default_rule} "
+        f"◆ country code {policy.default_country_code}"
+    )
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -294,7 +306,30 @@ def _apply_env(raw: dict[str, object], env: Mapping[str, str]) -> dict[str, obje
         target = merged.setdefault(section, {})
         if isinstance(target, dict):
             target[key] = _EnvValue(value)
+            if typing.get_origin(_FIELD_HINTS[section].get(key)) is Mapping:
+                # A table from the environment changes the entries it names and keeps the
+                # others: FILTERD_POLICY_CATEGORIES="promo=exempt" must not drop the
+                # exemptions of the file or of the defaults.
+                target[key] = _merge_table(section, key, raw.get(section), value)
     return merged
+
+
+def _merge_table(section: str, key: str, file_values: object, text: str) -> dict[str, object]:
+    full = f"{section}.{key}"
+    base: object = None
+    if isinstance(file_values, dict):
+        base = file_values.get(key)
+    if base is None:
+        base = getattr(_SECTIONS[section](), key)
+    if not isinstance(base, Mapping):
+        raise ConfigError(full, f"expected a table, got {base!r}")
+    table: dict[str, object] = dict(base)
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, rule = item.partition("=")
+        if not sep:
+            raise ConfigError(full, f"expected name=rule pairs, got {item!r}")
+        table[name.strip()] = rule.strip()
+    return table
 
 
 class _EnvValue(str):
@@ -369,21 +404,16 @@ def _coerce(key: str, hint: object, value: object) -> object:
             _one_of(key, str(value), allowed_values(hint))
             return str(value)
         raise ConfigError(key, f"expected a string, got {value!r}")
-    # Mapping[str, Rule]: category -> rule.
-    if from_env:
-        # FILTERD_POLICY_CATEGORIES="marketing=require-consent,promo=exempt"
-        pairs: dict[str, str] = {}
-        for item in filter(None, (p.strip() for p in str(value).split(","))):
-            name, sep, rule = item.partition("=")
-            if not sep:
-                raise ConfigError(key, f"expected name=rule pairs, got {item!r}")
-            pairs[name.strip()] = rule.strip()
-    elif isinstance(value, dict) and all(
+    # Mapping[str, Rule]: category -> rule (an environment value is merged into the file's
+    # table by _apply_env before it gets here).
+    pairs: dict[str, str]
+    if isinstance(value, Mapping) and all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         pairs = dict(value)
     else:
         raise ConfigError(key, f"expected a table of strings, got {value!r}")
+    del from_env
     rule_type = typing.get_args(hint)[1]
     for name, rule in pairs.items():
         _one_of(f"{key}.{name}", rule, allowed_values(rule_type))

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from filterd import __version__, native
 from filterd.acls import not_authorized
-from filterd.config import Config
+from filterd.config import Config, policy_line
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from filterd.errors import BrokerError, FilterdError
 from filterd.http import Health, HealthServer
@@ -158,6 +158,7 @@ class Service:
             on_fetch=self.health.fetched,
         )  # fmt: skip
         consumer.subscribe([cfg.topics.input], listener=_Rebalance(self.batch_loop, self.health))
+        log.info("%s", policy_line(cfg.policy))
         log.info(
             "filterd %s started ◆ %s → %s | %s | %s ◆ group %s ◆ snapshot %s ◆ %s ◆ %s",
             __version__, cfg.topics.input, cfg.topics.deliver, cfg.topics.block,

@@ -194,3 +194,37 @@ def test_sasl_password_from_a_file(tmp_path: Path) -> None:
     secret.write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         load_config(None, env=env)
+
+
+def test_a_categories_override_merges_into_the_table(tmp_path: Path) -> None:
+    # The README's own example: it adds promo and keeps the exemptions it does not name.
+    env = {"FILTERD_POLICY_CATEGORIES": "marketing=require-consent,promo=exempt"}
+    categories = dict(load_config(None, env=env).policy.categories)
+    assert categories == {
+        "marketing": "require-consent",
+        "transactional": "exempt",
+        "verification": "exempt",
+        "promo": "exempt",
+    }
+    # ... into the file's table when the file has one; a category can still be made strict.
+    path = tmp_path / "f.toml"
+    path.write_text('[policy.categories]\nmarketing = "require-consent"\notp = "exempt"\n')
+    env = {"FILTERD_POLICY_CATEGORIES": "otp=require-consent,promo=exempt"}
+    categories = dict(load_config(path, env=env).policy.categories)
+    assert categories == {
+        "marketing": "require-consent",
+        "otp": "require-consent",
+        "promo": "exempt",
+    }
+    with pytest.raises(ConfigError, match=r"policy\.categories: expected name=rule pairs"):
+        load_config(None, env={"FILTERD_POLICY_CATEGORIES": "promo"})
+
+
+def test_policy_line_states_the_effective_rules() -> None:
+    from filterd.config import policy_line
+
+    env = {"FILTERD_POLICY_CATEGORIES": "promo=exempt"}
+    assert policy_line(load_config(None, env=env).policy) == (
+        "policy ◆ marketing=require-consent promo=exempt transactional=exempt "
+        "verification=exempt ◆ any other category: require-consent ◆ country code 86"
+    )

@@ -16,7 +16,7 @@ NATIVE_SRC := setup.py filterd/native.py \
 .PHONY: help install native lint typecheck unit test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: kafka-up-secure kafka-down-secure
 .PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot bench-signing
-.PHONY: faults faults-quick fuzz
+.PHONY: faults faults-quick fuzz image image-test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -81,6 +81,19 @@ test: $(NATIVE) ## lint, typecheck, then pytest against the broker (PYTEST_ARGS=
 	$(MAKE) --no-print-directory lint typecheck
 	FILTERD__EXPECT_HOT_PATH=$(HOT_PATH) \
 		$(BIN)/pytest $(PYTEST_ARGS)
+
+# The container image (docs/deploy.md): podman (through deploy/docker/podman.sh, this project's
+# machines) or docker; the base images are built from Debian's packages when no registry answers.
+IMAGE_SH := deploy/docker/image.sh
+
+image: ## build the container image localhost/filterd:VERSION (podman or docker)
+	$(IMAGE_SH) build
+
+# The test builds the image first (once, cached), as `make test` does.
+image-test: $(NATIVE) ## build the image, route traffic through it on the local broker, check it
+	$(KAFKA_SH) up
+	$(BIN)/pytest tests/deploy/test_image.py $(PYTEST_ARGS)
+	@echo "$$($(IMAGE_SH) name): $$($(IMAGE_SH) size)"
 
 demo: $(NATIVE) ## the main job: local broker, sample snapshot, a traffic burst through filterd, a routing table
 	$(KAFKA_SH) up

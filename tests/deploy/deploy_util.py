@@ -19,12 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from filterd import __version__
 from filterd.cli import build_parser
 from filterd.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 SAMPLE_CONFIG = REPO / "config" / "filterd.toml"
+#: The image name and tag `make image` builds (deploy/docker/image.sh), which the Compose
+#: and Kubernetes files run.
+IMAGE = f"localhost/filterd:{__version__}"
 
 METRICS_PATHS = {"/healthz", "/readyz", "/metrics"}
 

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_util import DEPLOY, config_from, parse_cli, require_tool, seconds
+from deploy_util import DEPLOY, IMAGE, config_from, parse_cli, require_tool, seconds
 
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
@@ -91,6 +91,16 @@ def test_the_stack_has_every_part(stack: dict[str, Any]) -> None:
     assert "broker" in env["KAFKA_PROCESS_ROLES"]
     assert not any("ZOOKEEPER" in key for key in env), "KRaft only"
     assert kafka["healthcheck"]["test"]
+
+
+def test_filterd_services_run_the_image_make_image_builds(stack: dict[str, Any]) -> None:
+    filterd = {
+        name: service
+        for name, service in stack["services"].items()
+        if "deploy/docker/Dockerfile" in str(service.get("build", {}).get("dockerfile", ""))
+    }
+    assert {"snapshot-init", "filterd", "loadgen"} <= set(filterd)
+    assert {name: s["image"] for name, s in filterd.items()} == dict.fromkeys(filterd, IMAGE)
 
 
 def test_filterd_waits_for_topics_and_snapshot(stack: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_util import DEPLOY, config_from, parse_cli, tool
+from deploy_util import DEPLOY, IMAGE, config_from, parse_cli, tool
 
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
@@ -285,6 +285,12 @@ def test_base_deployment_keeps_its_promises(tmp_path: Path) -> None:
     _check_deployment(docs, tmp_path)
 
 
+def test_base_runs_the_image_make_image_builds() -> None:
+    (image,) = yaml.safe_load((BASE / "kustomization.yaml").read_text())["images"]
+    assert image["name"] == _container(_one(_base_docs(), "Deployment"))["image"]
+    assert f"{image['newName']}:{image['newTag']}" == IMAGE
+
+
 def test_overlay_deployment_keeps_its_promises(overlay: list[Doc], tmp_path: Path) -> None:
     _check_deployment(overlay, tmp_path)
     deployment = _one(overlay, "Deployment")
@@ -298,7 +304,8 @@ def test_overlay_deployment_keeps_its_promises(overlay: list[Doc], tmp_path: Pat
         "snapshot.public_key",
     }
     assert deployment["spec"]["replicas"] == 6
-    assert _container(deployment)["image"].endswith(":0.1.0")
+    # The overlay runs the image `make image` built, pushed to its registry (docs/deploy.md).
+    assert _container(deployment)["image"].endswith(":" + IMAGE.partition(":")[2])
     # The generated ConfigMap's hashed name is what the pods mount.
     names = {d["metadata"]["name"] for d in overlay if d["kind"] == "ConfigMap"}
     volumes = deployment["spec"]["template"]["spec"]["volumes"]

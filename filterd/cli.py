@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -74,6 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Operator-facing errors: one clear line, no traceback.
         logging.getLogger("filterd").debug("command failed", exc_info=True)
         print(f"filterd: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`filterd snapshot inspect ROOT | head`). Python would print
+        # a second error when it flushes stdout at exit: point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        print("filterd: error: output closed before it was all written", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A file problem the command did not foresee (an --out that is a file, a directory
+        # without write permission): what and where, in one line.
+        logging.getLogger("filterd").debug("command failed", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"filterd: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

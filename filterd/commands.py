@@ -76,6 +76,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if not args.input.is_file():
         raise ConfigError("--input", f"no such file: {args.input}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError("--out", f"{args.out} is a file, not a directory")
     from filterd.snapshot.signing import verifier_for
 
     verifier = verifier_for(config.snapshot.public_key)

@@ -264,6 +264,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
                 raw = tomllib.load(fh)
         except FileNotFoundError as exc:
             raise ConfigError("--config", f"file not found: {path}") from exc
+        except IsADirectoryError as exc:
+            raise ConfigError("--config", f"{path} is a directory, not a TOML file") from exc
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not UTF-8 text ({exc.reason})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
     merged = _apply_env(raw, os.environ if env is None else env)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ from filterd import __version__, native
 from filterd.acls import not_authorized
 from filterd.config import Config, policy_line
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
-from filterd.errors import BrokerError, FilterdError
+from filterd.errors import BrokerError, ConfigError, FilterdError
 from filterd.http import Health, HealthServer
 from filterd.logs import flush_rate_limited
 from filterd.loop import BatchLoop, LoopMetrics, NoMetrics
@@ -120,7 +121,12 @@ class Service:
             server = HealthServer(
                 self.health, self.registry, host=cfg.metrics.host, port=cfg.metrics.port
             )
-            await stack.enter_async_context(server)
+            try:
+                await stack.enter_async_context(server)
+            except OSError as exc:
+                where = f"{cfg.metrics.host}:{cfg.metrics.port}"
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ConfigError("metrics.port", f"cannot listen on {where}: {reason}") from None
             monitor = LoopLagMonitor(self.metrics, on_tick=self.health.beat)
             await stack.enter_async_context(monitor)
         await stack.enter_async_context(self.watcher)

@@ -1,8 +1,14 @@
 """``filterd topics create``: create the input and output topics of a config.
 
-Idempotent: topics that already exist are reported and left alone. Output
-topics need at least as many partitions as the input topic for every output
-partition to be used (input partition p writes output partition p % n).
+Idempotent, and honest about what exists: a topic that is there already is compared with
+what would be created (partitions, replication, retention, cleanup policy, timestamp type,
+min.insync.replicas) and every difference is printed; ``--apply`` alters the topic configs
+(safe at any time) and says what it leaves (partition and replica counts: adding partitions
+re-maps keys, and replicas move by reassignment). Exit 3 while a difference remains.
+
+Output topics need at least as many partitions as the input topic for every output partition
+to be used (input partition p writes output partition p % n). The block topic keeps its
+evidence for 180 days by default (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     create.add_argument("--partitions", type=int, default=6, help="partitions per topic (6)")
     create.add_argument("--replication", type=int, default=1, help="replication factor (1)")
     create.add_argument(
-        "--retention-ms", type=int, default=None,
-        help="retention.ms of the block topic (audit evidence; default: broker's)",
+        "--retention-ms", type=int, default=BLOCK_RETENTION_MS,
+        help=f"retention.ms of the block topic (audit evidence; default {BLOCK_RETENTION_MS}, "
+        "180 days)",
     )  # fmt: skip
+    create.add_argument("--apply", action="store_true",
+                        help="alter the configs of existing topics that differ")  # fmt: skip
     create.set_defaults(func=cmd_create)
 
     from filterd.acls import ROLES, cmd_acls
@@ -66,18 +75,42 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     acls.set_defaults(func=cmd_acls)
 
 
+#: The block topic's evidence period (docs/audit.md, "Retention"): 180 days, time-based only.
+BLOCK_RETENTION_MS = 15_552_000_000
+
+#: Exit status while an existing topic differs from what ``topics create`` would make.
+DIFFERENT = 3
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     if args.partitions < 1:
         raise ConfigError("--partitions", f"must be >= 1, got {args.partitions}")
+    if args.retention_ms is not None and args.retention_ms < 1:
+        raise ConfigError("--retention-ms", f"must be >= 1, got {args.retention_ms}")
     config = load_config(args.config)
-    created = asyncio.run(
-        create_topics(
-            config, args.partitions, args.replication, block_retention_ms=args.retention_ms
-        )
-    )
-    for name, was_created in created.items():
-        print(f"{name}: {'created' if was_created else 'exists'}")
-    return 0
+    specs = topic_specs(config, args.partitions, args.replication, args.retention_ms)
+    options = config.kafka.client_options()
+    created = asyncio.run(create(options, specs))
+    existing = {name: spec for name, spec in specs.items() if not created[name]}
+    found = asyncio.run(differences(options, existing)) if existing else {}
+    altered: dict[str, set[str]] = {}
+    if args.apply and found:
+        altered = asyncio.run(alter_configs(options, found))
+    left = 0
+    for name in specs:
+        if created[name]:
+            print(f"{name}: created")
+            continue
+        diffs = found.get(name, [])
+        print(f"{name}: exists" + ("" if diffs else ", as configured"))
+        for diff in diffs:
+            if diff.setting in altered.get(name, ()):
+                print(f"  {diff.setting}: {diff.have} -> {diff.want} (altered)")
+                continue
+            left += 1
+            hint = "run again with --apply" if diff.alterable else diff.why
+            print(f"  {diff.setting}: {diff.have}, wanted {diff.want} ({hint})")
+    return DIFFERENT if left else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,18 +122,152 @@ class TopicSpec:
     config: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One way an existing topic differs from its :class:`TopicSpec`."""
+
+    setting: str
+    have: str
+    want: str
+    #: Whether ``--apply`` may change it (topic configs); else :attr:`why` not.
+    alterable: bool
+    why: str = ""
+
+
+def topic_specs(
+    config: Config,
+    partitions: int,
+    replication: int = 1,
+    block_retention_ms: int | None = BLOCK_RETENTION_MS,
+) -> dict[str, TopicSpec]:
+    """What ``topics create`` makes of the config's four topics."""
+    t = config.topics
+    common = {
+        "cleanup.policy": "delete",
+        # The time of a message is its record timestamp: the producer's, not the broker's.
+        "message.timestamp.type": "CreateTime",
+        "min.insync.replicas": str(min(2, replication)),
+    }
+    block = dict(common)
+    if block_retention_ms is not None:
+        # Evidence goes by age only: a bombing campaign must not push it out by size.
+        block.update({"retention.ms": str(block_retention_ms), "retention.bytes": "-1"})
+    return {
+        t.input: TopicSpec(partitions, replication, common),
+        t.deliver: TopicSpec(partitions, replication, common),
+        t.block: TopicSpec(partitions, replication, block),
+        t.invalid: TopicSpec(partitions, replication, common),
+    }
+
+
 async def create_topics(
-    config: Config, partitions: int, replication: int = 1, *, block_retention_ms: int | None = None
+    config: Config,
+    partitions: int,
+    replication: int = 1,
+    *,
+    block_retention_ms: int | None = BLOCK_RETENTION_MS,
 ) -> dict[str, bool]:
     """Create the four topics; return name -> True if created, False if it existed."""
-    t = config.topics
-    specs = {name: TopicSpec(partitions, replication) for name in (t.input, t.deliver, t.block)}
-    if block_retention_ms is not None:
-        specs[t.block] = TopicSpec(
-            partitions, replication, {"retention.ms": str(block_retention_ms)}
-        )
-    specs[t.invalid] = TopicSpec(partitions, replication)
+    specs = topic_specs(config, partitions, replication, block_retention_ms)
     return await create(config.kafka.client_options(), specs)
+
+
+async def differences(
+    client_options: Mapping[str, Any], specs: Mapping[str, TopicSpec]
+) -> dict[str, list[Difference]]:
+    """How each existing topic differs from its spec (topics without a difference left out)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = await _admin(client_options)
+    found: dict[str, list[Difference]] = {}
+    try:
+        described = await admin.describe_topics(list(specs))
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in specs]
+        )
+    finally:
+        await admin.close()
+    configs = {
+        name: {entry[0]: entry[1] for entry in entries}
+        for response in responses
+        for _code, _msg, _type, name, entries in response.resources
+    }
+    for topic in described:
+        name, spec = topic["topic"], specs[topic["topic"]]
+        diffs = found.setdefault(name, [])
+        have_partitions = len(topic["partitions"])
+        if have_partitions != spec.partitions:
+            why = (
+                "not altered: adding partitions re-maps keys, so per-recipient order and "
+                "counts break across the change; do it deliberately with kafka-topics --alter"
+                if have_partitions < spec.partitions
+                else "partitions cannot be removed"
+            )
+            diffs.append(
+                Difference("partitions", str(have_partitions), str(spec.partitions), False, why)
+            )
+        replicas = {len(p["replicas"]) for p in topic["partitions"]}
+        if replicas != {spec.replication}:
+            have = "/".join(str(n) for n in sorted(replicas))
+            why = "not altered: replicas move by partition reassignment (kafka-reassign-partitions)"
+            diffs.append(Difference("replication", have, str(spec.replication), False, why))
+        for setting, want in sorted(spec.config.items()):
+            have_value = configs.get(name, {}).get(setting)
+            if have_value != want:
+                diffs.append(Difference(setting, str(have_value), want, True))
+    return {name: diffs for name, diffs in found.items() if diffs}
+
+
+async def alter_configs(
+    client_options: Mapping[str, Any], found: Mapping[str, list[Difference]]
+) -> dict[str, set[str]]:
+    """Set the alterable differences; return the settings changed per topic.
+
+    Kafka's AlterConfigs replaces a topic's whole set of dynamic configs, so the ones the
+    topic has already (source ``DYNAMIC_TOPIC_CONFIG``) are sent again with the changes.
+    """
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    wanted = {
+        name: {d.setting: d.want for d in diffs if d.alterable} for name, diffs in found.items()
+    }
+    wanted = {name: changes for name, changes in wanted.items() if changes}
+    if not wanted:
+        return {}
+    admin = await _admin(client_options)
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+        )
+        dynamic_topic_config = 1  # DescribeConfigs config_source
+        current = {
+            name: {e[0]: e[1] for e in entries if e[3] == dynamic_topic_config}
+            for response in responses
+            for _code, _msg, _type, name, entries in response.resources
+        }
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs={**current[name], **changes})
+            for name, changes in wanted.items()
+        ]
+        for response in await admin.alter_configs(resources):
+            for code, message, _type, name in response.resources:
+                if code:
+                    raise BrokerError(
+                        f"altering topic {name!r}: {for_code(code).__name__} {message or ''}"
+                    )
+    finally:
+        await admin.close()
+    return {name: set(changes) for name, changes in wanted.items()}
+
+
+async def _admin(client_options: Mapping[str, Any]) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(**client_options)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        where = client_options.get("bootstrap_servers")
+        raise BrokerError(f"cannot reach {where}: {exc!r}") from exc
+    return admin
 
 
 async def create(
@@ -115,12 +282,7 @@ async def create(
     A topic that exists is an error unless ``exist_ok``. With ``ready_timeout_s``, waits until
     every partition of every topic has a leader (a producer started next then finds them).
     """
-    admin = AIOKafkaAdminClient(**client_options)
-    try:
-        await admin.start()
-    except KafkaError as exc:
-        where = client_options.get("bootstrap_servers")
-        raise BrokerError(f"cannot reach {where}: {exc!r}") from exc
+    admin = await _admin(client_options)
     result: dict[str, bool] = {}
     try:
         for name, spec in specs.items():

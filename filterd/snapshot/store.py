@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import builtins
 import sys
 import time
 from array import array
@@ -25,7 +26,10 @@ from filterd import prefilter
 from filterd.snapshot import format as fmt
 
 __all__ = [
+    "FOREVER",
+    "REFUSED_ONLY",
     "ConsentSnapshot",
+    "ConsentTerms",
     "Counts",
     "NumberSet",
     "SenderConsent",
@@ -103,6 +107,10 @@ class SortedNumbers:
     def __contains__(self, number: object) -> bool:
         if not isinstance(number, int):
             return False
+        return self.rank(number) >= 0
+
+    def rank(self, number: int) -> int:
+        """The rank of ``number`` in the set (0 is the smallest), or -1 when it is absent."""
         b = (number >> self._shift) - self._first
         if 0 <= b < self._nbuckets:
             low = number & self._mask
@@ -114,8 +122,8 @@ class SortedNumbers:
             hi = starts[b + 1]
             lows = self._lows
             i = bisect.bisect_left(lows, low, starts[b], hi)
-            return i < hi and lows[i] == low
-        return False
+            return i if i < hi and lows[i] == low else -1
+        return -1
 
     def __len__(self) -> int:
         return self._len
@@ -166,8 +174,10 @@ def _word(buf: bytes, index: int, size: int) -> int:
     return value
 
 
-def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int, low: int) -> bool:
-    """``low`` among the sorted low words of ``bucket``: a binary search over the raw bytes.
+def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int, low: int) -> int:
+    """The rank of ``low`` among the sorted low words of ``bucket`` (-1: absent).
+
+    A binary search over the raw bytes.
 
     The same search as the interpreted path's ``bisect_left``, written out so that
     the compiled build runs it on machine integers (~10x faster than bisecting a
@@ -182,7 +192,7 @@ def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int,
             lo = mid + 1
         else:
             hi = mid
-    return lo < end and _word(lows, lo, lowsize) == low
+    return lo if lo < end and _word(lows, lo, lowsize) == low else -1
 
 
 #: Buckets are sized for about this many numbers each (a 3-probe bisect).
@@ -294,20 +304,67 @@ def drive(steps: Generator[None, None, _T]) -> _T:
 _EMPTY = cast(NumberSet, FrozenBitMap64())
 
 
+#: ``until`` of a pair that has an accepted consent without expiry.
+FOREVER: Final = (1 << 63) - 1
+#: ``until`` of a pair whose consents are all of methods the build did not accept.
+REFUSED_ONLY: Final = -1
+
+
+class ConsentTerms:
+    """A sender's consents that are not plain: expiring, refused, or with a ``max_per_day``.
+
+    Most consents are accepted, never expire and state no frequency: they are only
+    numbers in :attr:`SenderConsent.consents`. The others are here, sized by their
+    count: the numbers (a :class:`SortedNumbers`) and, at the same rank, ``until``
+    (epoch milliseconds up to which an accepted consent of the pair is valid;
+    :data:`FOREVER` when one never expires, and then the number is in
+    ``consents`` too; :data:`REFUSED_ONLY` when the pair has only consents of
+    methods that are not accepted) and ``caps`` (the smallest ``max_per_day`` of
+    the pair's accepted consents, 0 for none; empty when no pair states one).
+    """
+
+    __slots__ = ("caps", "numbers", "until")
+
+    def __init__(self, numbers: SortedNumbers, until: array[int], caps: array[int]) -> None:
+        self.numbers = numbers
+        self.until = until
+        self.caps = caps
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def max_per_day(self, number: int) -> int:
+        """The pair's ``max_per_day`` (0: none stated, or no such pair here)."""
+        i = self.numbers.rank(number)
+        return self.caps[i] if i >= 0 and self.caps else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the numbers and their terms."""
+        return (
+            self.numbers.nbytes + self.until.itemsize * len(self.until)
+            + self.caps.itemsize * len(self.caps)
+        )  # fmt: skip
+
+
 class SenderConsent(NamedTuple):
-    """One sender's numbers. Both sets support ``number in x`` for an int E.164 number."""
+    """One sender's numbers. The sets support ``number in x`` for an int E.164 number."""
 
     consents: NumberSet
-    """Numbers that consented to this sender."""
+    """Numbers with an accepted consent to this sender that never expires."""
     optouts: NumberSet
     """Numbers that opted out of this sender (wins over consent)."""
     optout_filter: bytes
     """:mod:`filterd.prefilter` of ``optouts``: the inline "surely not opted out"."""
+    terms: ConsentTerms | None = None
+    """The other consents (expiring, refused, capped); None when there are none."""
 
     @classmethod
-    def of(cls, consents: NumberSet, optouts: NumberSet) -> SenderConsent:
+    def of(
+        cls, consents: NumberSet, optouts: NumberSet, terms: ConsentTerms | None = None
+    ) -> SenderConsent:
         """An entry with its opt-out filter built at once (tools and tests)."""
-        return cls(consents, optouts, prefilter.build(optouts))
+        return cls(consents, optouts, prefilter.build(optouts), terms)
 
 
 class Counts(NamedTuple):
@@ -315,8 +372,13 @@ class Counts(NamedTuple):
 
     senders: int
     consents: int
+    """Distinct (sender, number) pairs with at least one consent row, of any method."""
     optouts: int
     dnd: int
+    global_optouts: int = 0
+    """Numbers opted out of every sender (sender ``*``)."""
+    terms: int = 0
+    """Pairs with consent terms (expiring, refused or capped), see :class:`ConsentTerms`."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -337,6 +399,10 @@ class ConsentSnapshot:
     bytes: int
     """Total size of the version's files on disk."""
     manifest: dict[str, object]
+    global_optouts: NumberSet = _EMPTY
+    """Numbers opted out of every sender (sender ``*`` in the opt-outs input)."""
+    global_optout_filter: builtins.bytes = b""  # (the field ``bytes`` shadows the type here)
+    """:mod:`filterd.prefilter` of ``global_optouts``."""
 
     @property
     def consents(self) -> int:
@@ -358,12 +424,36 @@ class ConsentSnapshot:
         return sender.strip() in self.senders
 
     def consented(self, sender: str, number: int) -> bool:
-        """Whether ``number`` consented to ``sender``."""
+        """Whether ``number`` has an accepted consent to ``sender`` that never expires."""
         entry = self.senders.get(sender.strip())
         return entry is not None and number in entry.consents
 
+    def consent_until(self, sender: str, number: int) -> int | None:
+        """Epoch ms up to which an accepted consent of the pair is valid.
+
+        :data:`FOREVER` for one that never expires, :data:`REFUSED_ONLY` when the
+        pair only has consents of methods not accepted, None for no consent at all.
+        """
+        entry = self.senders.get(sender.strip())
+        if entry is None:
+            return None
+        if number in entry.consents:
+            return FOREVER
+        if entry.terms is not None and (i := entry.terms.numbers.rank(number)) >= 0:
+            return int(entry.terms.until[i])
+        return None
+
+    def max_per_day(self, sender: str, number: int) -> int:
+        """The pair's ``max_per_day`` from its accepted consents (0: none stated)."""
+        entry = self.senders.get(sender.strip())
+        if entry is None or entry.terms is None:
+            return 0
+        return entry.terms.max_per_day(number)
+
     def opted_out(self, sender: str, number: int) -> bool:
-        """Whether ``number`` opted out of ``sender``."""
+        """Whether ``number`` opted out of ``sender``, or of every sender."""
+        if number in self.global_optouts:
+            return True
         entry = self.senders.get(sender.strip())
         return entry is not None and number in entry.optouts
 
@@ -380,8 +470,13 @@ class ConsentSnapshot:
             "consents": self.counts.consents,
             "optouts": self.counts.optouts,
             "dnd": self.counts.dnd,
+            "global_optouts": self.counts.global_optouts,
+            "consent_terms": self.counts.terms,
             "bytes": self.bytes,
             "format_version": self.manifest.get("format_version"),
+            "accept_methods": self.manifest.get("accept_methods"),
+            "method_column": self.manifest.get("method_column"),
+            "refused_rows": self.manifest.get("refused_rows"),
             "inputs": self.manifest.get("inputs"),
             "checksums_verified": True,
         }
@@ -411,6 +506,7 @@ def release_steps(snapshot: ConsentSnapshot) -> Generator[None, None, None]:
         yield from _empty_sender(senders.popitem()[1])
         yield
     yield from _empty_bitmap(snapshot.dnd_numbers)
+    yield from _empty_bitmap(snapshot.global_optouts)
 
 
 def _empty_sender(entry: SenderConsent) -> Generator[None, None, None]:

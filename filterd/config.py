@@ -31,6 +31,11 @@ RULES: tuple[str, ...] = ("require-consent", "exempt")
 DEFAULT_CATEGORY_RULES: Mapping[str, str] = types.MappingProxyType(
     {"marketing": "require-consent", "transactional": "exempt", "verification": "exempt"}
 )
+#: ``[policy] marketing_markers`` by default (DESIGN.md step 2, honest category).
+DEFAULT_MARKETING_MARKERS: tuple[str, ...] = (
+    "退订", "回T", "回TD", "拒收请回复", "unsubscribe", "reply STOP", "优惠", "折扣", "满减",
+    "秒杀", "促销", "特价", "包邮", "领券", "红包",
+)  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -108,6 +113,9 @@ class PolicyConfig:
     #: when ``marketing`` is not listed). Fail closed: require consent.
     default_rule: str = "require-consent"
     categories: Mapping[str, str] = field(default_factory=lambda: DEFAULT_CATEGORY_RULES)
+    #: Exempt-category messages whose text holds one of these (NFKC, case-folded
+    #: substring) are decided as marketing. Empty: no such check.
+    marketing_markers: tuple[str, ...] = DEFAULT_MARKETING_MARKERS
 
 
 @dataclass(slots=True, frozen=True)
@@ -304,6 +312,13 @@ def _coerce(key: str, hint: object, value: object) -> object:
         if isinstance(value, str):
             return str(value)
         raise ConfigError(key, f"expected a string, got {value!r}")
+    if hint == tuple[str, ...]:
+        # FILTERD_POLICY_MARKETING_MARKERS="退订,回T,unsubscribe" (empty: none)
+        if from_env:
+            return tuple(p.strip() for p in str(value).split(",") if p.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, f"expected an array of strings, got {value!r}")
     # Mapping[str, str]: category -> rule.
     if from_env:
         # FILTERD_POLICY_CATEGORIES="marketing=require-consent,promo=exempt"
@@ -378,6 +393,11 @@ def _validate(config: Config) -> None:
     _one_of("policy.default_rule", p.default_rule, RULES)
     for category, rule in p.categories.items():
         _one_of(f"policy.categories.{category}", rule, RULES)
+    for marker in p.marketing_markers:
+        if not marker.strip():
+            raise ConfigError(
+                "policy.marketing_markers", f"a marker must not be empty, got {marker!r}"
+            )
 
     b = config.batch
     for name in (

@@ -153,8 +153,10 @@ def test_global_optouts_apply_to_every_sender_and_star_is_no_sender(tmp_path: Pa
     )
     snap = load_snapshot(root)
     assert set(snap.senders) == {"a", "b"}
-    assert snap.counts.global_optouts == 1 and snap.counts.optouts == 1
-    assert snap.opted_out("a", 8613800000009) and snap.opted_out("zzz", 8613800000009)
+    assert snap.counts.global_optouts == 1
+    assert snap.counts.optouts == 1
+    assert snap.opted_out("a", 8613800000009)
+    assert snap.opted_out("zzz", 8613800000009)
     assert not snap.opted_out("a", 8613800000002)
     assert snap.global_optout_filter  # the decision's inline test has a table
 
@@ -180,7 +182,8 @@ def test_bad_evidence_is_a_bad_row_with_file_and_line(
     path = write_csv(tmp_path / "c.csv", HEADER, rows)
     with pytest.raises(SnapshotInputError) as err:
         build_snapshot(tmp_path / "snap", path)
-    assert err.value.line == 7 and why in err.value.reason
+    assert err.value.line == 7
+    assert why in err.value.reason
     assert not (tmp_path / "snap" / "current").exists()
 
 
@@ -244,7 +247,8 @@ def test_format_version_1_still_loads_and_an_unknown_one_is_refused(tmp_path: Pa
     )
     _downgrade_to_v1(root / version)
     snap = load_snapshot(root)
-    assert snap.consented("a", 8613800000001) and snap.counts.terms == 0
+    assert snap.consented("a", 8613800000001)
+    assert snap.counts.terms == 0
     manifest = orjson.loads((root / version / fmt.MANIFEST).read_bytes())
     manifest["format_version"] = 3
     (root / version / fmt.MANIFEST).write_bytes(fmt.dumps(manifest))

@@ -47,9 +47,7 @@ def published(tmp_path: Path) -> tuple[Path, str]:
             ["sender", "recipient", "method", "expires_at", "max_per_day"],
             evidence,
         ),
-        write_csv(
-            tmp_path / "o.csv", ["sender", "recipient"], rows[:20] + [("*", rows[20][1])]
-        ),
+        write_csv(tmp_path / "o.csv", ["sender", "recipient"], [*rows[:20], ("*", rows[20][1])]),
         write_csv(tmp_path / "d.csv", ["recipient"], [(r,) for _, r in rows[:30]]),
     )
     return root, version

@@ -19,14 +19,15 @@ marketing traffic pays nothing.
 Folding is the larger cost: ``unicodedata.normalize("NFKC", ...)`` takes several
 microseconds for a Chinese text that holds one full-width comma, and most do.
 So a raw text is first scanned (one C-level regular-expression pass over a
-character class) for any character that can become the first character of a
-marker once folded; a text without one cannot carry a marker, and most
-verification codes and notices stop there. The class is exact: it holds every
-character whose fold (or compatibility decomposition, folded) contains such a
-first character, found by folding every code point once per process
-(:func:`_fold_table`, ~0.5 s, only when markers are configured). Markers whose
-first character is itself composed (which combining marks could produce) turn
-the scan off, and every text is folded.
+character class) for any character that can become a marker's *anchor* once
+folded: per marker its rarest character (an English letter-frequency
+heuristic; CJK characters count as rare). A text without one cannot carry that
+marker, and most verification codes and notices stop there. The class is exact:
+it holds every character whose fold (or compatibility decomposition, folded)
+contains an anchor, found by folding every code point once per process
+(:func:`_fold_table`, ~0.5 s, only when markers are configured). An anchor that
+is itself a composed character (which combining marks could produce) turns the
+scan off, and every text is folded.
 """
 
 from __future__ import annotations
@@ -66,22 +67,42 @@ def _fold_table() -> dict[str, str]:
     return table
 
 
-def _first_chars_pattern(markers: Iterable[str]) -> re.Pattern[str] | None:
-    """A class of every raw character that can fold into a marker's first character.
+#: ASCII letters from the most to the least frequent in English text.
+_LETTERS_BY_FREQUENCY = "etaoinshrdlcumwfgypbvkjxqz"
 
-    None when a marker starts with a composed character: combining marks could
-    produce it from characters the class would not hold.
+
+def _rarity(ch: str) -> int:
+    """How rarely ``ch`` shows in message text: higher is rarer (a heuristic)."""
+    if ch in _LETTERS_BY_FREQUENCY:
+        return 10 + _LETTERS_BY_FREQUENCY.index(ch)
+    if ch.isascii():
+        return 0  # digits, space, punctuation: everywhere
+    return 30  # CJK and the like: a marker's own characters are rare in other text
+
+
+def _anchor(marker: str) -> str:
+    """The character of ``marker`` the prefilter looks for: its rarest, earliest first."""
+    return max(marker, key=_rarity)
+
+
+def _anchor_pattern(markers: Iterable[str]) -> re.Pattern[str] | None:
+    """A class of every raw character that can fold into one marker's anchor character.
+
+    A text that carries a marker holds its anchor once folded, so some raw
+    character of it is in the class. None when an anchor is a composed
+    character: combining marks could produce it from characters the class
+    would not hold.
     """
-    firsts = {m[0] for m in markers}
-    if any(unicodedata.normalize("NFD", f) != f for f in firsts):
+    anchors = {_anchor(m) for m in markers}
+    if any(unicodedata.normalize("NFD", f) != f for f in anchors):
         return None
-    chars = set(firsts)
-    chars.update(c for c, folded in _fold_table().items() if not firsts.isdisjoint(folded))
+    chars = set(anchors)
+    chars.update(c for c, folded in _fold_table().items() if not anchors.isdisjoint(folded))
     # Only the Basic Multilingual Plane in the class, which the regular expression
     # engine then tests with one table lookup (astral characters would make it a
     # list walked per character); any astral character sends the text to folding.
     bmp = "".join(re.escape(c) for c in sorted(chars) if ord(c) <= 0xFFFF)
-    return re.compile(f"[{bmp}\U00010000-\U0010ffff]")
+    return re.compile(f"[{bmp}\\U00010000-\\U0010FFFF]")
 
 
 _Trie = dict[str, "_Trie"]
@@ -115,17 +136,17 @@ def _emit(node: _Trie) -> str:
 class MarkerMatcher:
     """Finds whether a text carries any of a set of markers, in one pass."""
 
-    __slots__ = ("_first", "_pattern", "markers")
+    __slots__ = ("_anchors", "_pattern", "markers")
 
     def __init__(self, markers: Iterable[str]) -> None:
         #: The markers as given (config order, without duplicates).
         self.markers: tuple[str, ...] = tuple(dict.fromkeys(markers))
         self._pattern: re.Pattern[str] | None = None
-        self._first: re.Pattern[str] | None = None
+        self._anchors: re.Pattern[str] | None = None
         folded = {fold(m) for m in self.markers}
         folded.discard("")
         if folded:
-            self._first = _first_chars_pattern(folded)
+            self._anchors = _anchor_pattern(folded)
             self._pattern = re.compile(_trie_pattern(folded))
 
     def __bool__(self) -> bool:
@@ -136,6 +157,10 @@ class MarkerMatcher:
         pattern = self._pattern
         if pattern is None:
             return False
-        if self._first is not None and self._first.search(text) is None:
+        anchors = self._anchors
+        if anchors is not None and anchors.search(text) is None:
             return False
-        return pattern.search(fold(text)) is not None
+        if text.isascii():
+            # ASCII is NFKC already, and lower() is its case folding.
+            return pattern.search(text.lower()) is not None
+        return pattern.search(unicodedata.normalize("NFKC", text).casefold()) is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ EVIDENCE_COLUMNS: tuple[str, ...] = ("method", "expires_at", "max_per_day")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _MAX_PER_DAY = re.compile(r"[1-9][0-9]{0,8}")
+_EXPIRIES_KEPT = 100_000  # parsed expiry times remembered at most
 
 
 def parse_accept_methods(text: str) -> tuple[str, ...]:
@@ -144,6 +146,8 @@ class ConsentRows:
         self.refused: Counter[tuple[str, str]] = Counter()
         self.method_column = False
         self.special_rows = 0
+        # expires_at text -> epoch ms: exports repeat the same few expiry times.
+        self._expiries: dict[str, int] = {}
 
     def add_block(self, present: list[str], cols: list[list[str]]) -> None:
         senders, recipients = cols[0], cols[1]
@@ -170,39 +174,43 @@ class ConsentRows:
             plain[i] = 0
         self.plain.add_block(list(compress(senders, plain)), list(compress(recipients, plain)))
         self.special_rows += len(special)
+        # The per-row loop of the rows with terms, written out with locals (no call
+        # per row but the parsing ones): about a third of a big input comes here.
+        accept, cc, refused, entries = self.accept, self.country_code, self.refused, self._special
+        known_expiry = self._expiries
+        check_method = self.method_column
+        bitmaps = self.plain.bitmaps
         for i in sorted(special):
-            self._add_special(
-                senders[i],
-                recipients[i],
-                methods[i] if methods is not None else "",
-                expiries[i] if expiries is not None else "",
-                caps[i] if caps is not None else "",
-            )
-
-    def _add_special(self, sender: str, recipient: str, method: str, expiry: str, cap: str) -> None:
-        key = sender.strip()
-        if not key:
-            raise _NeedsRescan
-        try:
-            number = normalize(recipient.strip(), self.country_code)
-            until = parse_expiry(expiry.strip()) if expiry.strip() else FOREVER
-            per_day = parse_max_per_day(cap.strip()) if cap.strip() else 0
-        except (InvalidNumber, ValueError) as exc:
-            raise _NeedsRescan from exc
-        method = method.strip()
-        if self.method_column and method not in self.accept:
-            self.refused[(key, method)] += 1
-            until, per_day = REFUSED_ONLY, 0
-        elif until == FOREVER and not per_day:
-            # Plain after all (white space around an accepted method, say).
-            self.plain.bitmaps.setdefault(key, BitMap64()).add(number)
-            return
-        entry = self._special.get(key)
-        if entry is None:
-            entry = self._special[key] = (array("Q"), array("q"), array("I"))
-        entry[0].append(number)
-        entry[1].append(until)
-        entry[2].append(per_day)
+            key = senders[i].strip()
+            expiry = expiries[i].strip() if expiries is not None else ""
+            cap = caps[i].strip() if caps is not None else ""
+            if not key:
+                raise _NeedsRescan
+            try:
+                number = normalize(recipients[i].strip(), cc)
+                until = FOREVER
+                if expiry:
+                    until = known_expiry.get(expiry, 0)
+                    if not until:
+                        until = known_expiry[expiry] = parse_expiry(expiry)
+                per_day = parse_max_per_day(cap) if cap else 0
+            except (InvalidNumber, ValueError) as exc:
+                raise _NeedsRescan from exc
+            if check_method and methods is not None and (m := methods[i].strip()) not in accept:
+                refused[(key, m)] += 1
+                until, per_day = REFUSED_ONLY, 0
+            elif until == FOREVER and not per_day:
+                # Plain after all (white space around an accepted method, say).
+                bitmaps.setdefault(key, BitMap64()).add(number)
+                continue
+            entry = entries.get(key)
+            if entry is None:
+                entry = entries[key] = (array("Q"), array("q"), array("I"))
+            entry[0].append(number)
+            entry[1].append(until)
+            entry[2].append(per_day)
+        if len(known_expiry) > _EXPIRIES_KEPT:
+            known_expiry.clear()
 
     def finish(self) -> tuple[dict[str, BitMap64], dict[str, SenderTerms]]:
         """Plain bitmaps and terms per trimmed sender.
@@ -213,49 +221,62 @@ class ConsentRows:
         bitmaps = self.plain.finish()
         terms: dict[str, SenderTerms] = {}
         for sender, (numbers, untils, caps) in self._special.items():
+            out = _sorted_terms(numbers, untils, caps)
+            n = len(out.numbers)
             plain = bitmaps.get(sender)
-            out = SenderTerms(array("Q"), array("q"), array("I"))
-            order = sorted(range(len(numbers)), key=numbers.__getitem__)
-            added = BitMap64()
-            last = -1
-            for i in order:
-                number, until, cap = numbers[i], untils[i], caps[i]
-                if number == last:
-                    # Several rows for one pair: the longest validity, the smallest cap.
-                    if until > out.until[-1]:
-                        out.until[-1] = until
-                    if cap and (not out.caps[-1] or cap < out.caps[-1]):
-                        out.caps[-1] = cap
-                    continue
-                last = number
-                out.numbers.append(number)
-                out.until.append(until)
-                out.caps.append(cap)
-            keep = bytearray(len(out.numbers))
-            for j, number in enumerate(out.numbers):
-                if plain is not None and number in plain:
-                    out.until[j] = FOREVER
-                if out.until[j] == FOREVER:
-                    added.add(number)
-                    keep[j] = 1 if out.caps[j] else 0
-                else:
-                    keep[j] = 1
-            if added:
+            if plain is not None:
+                # A number in the plain set has an accepted consent without expiry.
+                for number in BitMap64(out.numbers) & plain:
+                    out.until[bisect_left(out.numbers, number)] = FOREVER
+            forever = [i for i, until in enumerate(out.until) if until == FOREVER]
+            if forever:
+                added = BitMap64(out.numbers[i] for i in forever)
                 if plain is None:
-                    bitmaps[sender] = added
+                    plain = bitmaps[sender] = added
                 else:
                     plain |= added
-                bitmaps[sender].run_optimize()
-                bitmaps[sender].shrink_to_fit()
-            if keep.count(0):
-                out = SenderTerms(
-                    array("Q", compress(out.numbers, keep)),
-                    array("q", compress(out.until, keep)),
-                    array("I", compress(out.caps, keep)),
-                )
+                plain.run_optimize()
+                plain.shrink_to_fit()
+                # Kept in the terms only for a max_per_day.
+                keep = bytearray(b"\x01") * n
+                for i in forever:
+                    if not out.caps[i]:
+                        keep[i] = 0
+                if keep.count(0):
+                    out = SenderTerms(
+                        array("Q", compress(out.numbers, keep)),
+                        array("q", compress(out.until, keep)),
+                        array("I", compress(out.caps, keep)),
+                    )
             if out.numbers:
                 terms[sender] = out
         return bitmaps, terms
+
+
+def _sorted_terms(numbers: array[int], untils: array[int], caps: array[int]) -> SenderTerms:
+    """One sender's term rows sorted by number, several rows of a number merged.
+
+    A merged entry has the longest validity and the smallest stated cap.
+    """
+    order = sorted(range(len(numbers)), key=numbers.__getitem__)
+    out = SenderTerms(
+        array("Q", map(numbers.__getitem__, order)),
+        array("q", map(untils.__getitem__, order)),
+        array("I", map(caps.__getitem__, order)),
+    )
+    if len(BitMap64(out.numbers)) == len(out.numbers):
+        return out  # no number twice: the common case, no Python step per entry
+    merged = SenderTerms(array("Q"), array("q"), array("I"))
+    for number, until, cap in zip(out.numbers, out.until, out.caps, strict=True):
+        if merged.numbers and merged.numbers[-1] == number:
+            merged.until[-1] = max(merged.until[-1], until)
+            if cap and (not merged.caps[-1] or cap < merged.caps[-1]):
+                merged.caps[-1] = cap
+            continue
+        merged.numbers.append(number)
+        merged.until.append(until)
+        merged.caps.append(cap)
+    return merged
 
 
 def read_consents(

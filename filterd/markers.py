@@ -39,7 +39,7 @@ from functools import lru_cache
 
 from filterd.config import DEFAULT_MARKETING_MARKERS
 
-__all__ = ["DEFAULT_MARKERS", "MarkerMatcher", "fold"]
+__all__ = ["DEFAULT_MARKERS", "MarkerMatcher", "fold", "matcher"]
 
 #: DESIGN.md's default list (``[policy] marketing_markers``).
 DEFAULT_MARKERS: tuple[str, ...] = DEFAULT_MARKETING_MARKERS
@@ -131,6 +131,12 @@ def _emit(node: _Trie) -> str:
         return ""
     branches = [re.escape(ch) + _emit(child) for ch, child in sorted(node.items())]
     return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+
+@lru_cache(maxsize=8)
+def matcher(markers: tuple[str, ...]) -> MarkerMatcher:
+    """The matcher of ``markers``, built once per process (a Decider per snapshot reuses it)."""
+    return MarkerMatcher(markers)
 
 
 class MarkerMatcher:

@@ -25,7 +25,7 @@ import orjson
 from filterd.config import DEFAULT_CATEGORY_RULES, PolicyConfig
 from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
-from filterd.markers import DEFAULT_MARKERS, MarkerMatcher
+from filterd.markers import DEFAULT_MARKERS, MarkerMatcher, matcher
 from filterd.numbers import normalize
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,9 @@ class Decider:
         # views of tests and tools) has none.
         self._global: Container[int] = getattr(snapshot, "global_optouts", ())
         self._global_filter: bytes = getattr(snapshot, "global_optout_filter", b"")
-        # The matcher is built once per policy, not per snapshot: callers that build
-        # a Decider per version pass theirs in.
+        # The matcher is built once per marker list, not per snapshot version.
         self._markers: MarkerMatcher = (
-            markers if markers is not None else MarkerMatcher(policy.marketing_markers)
+            markers if markers is not None else matcher(tuple(policy.marketing_markers))
         )
         self._event_time: bool = event_time
         #: The declared category of the record :meth:`decide` last decided, when step 2

@@ -88,8 +88,6 @@ REQUIRE_CONSENT: Final = "require-consent"
 EXEMPT: Final = "exempt"
 #: The category a message with a marketing marker is decided as (step 2).
 MARKETING: Final = "marketing"
-#: ``until`` values of :class:`filterd.snapshot.store.ConsentTerms` (kept equal there).
-_REFUSED_ONLY: Final = -1
 
 
 class TermsLookup(Protocol):
@@ -100,7 +98,17 @@ class TermsLookup(Protocol):
 
     @property
     def until(self) -> Sequence[int]:
-        """Epoch ms an accepted consent is valid up to; -1: only refused consents."""
+        """Up to when an accepted consent is valid, in units of ``scale`` ms since the epoch."""
+        ...
+
+    @property
+    def scale(self) -> int:
+        """Milliseconds per unit of ``until``."""
+        ...
+
+    @property
+    def refused(self) -> int:
+        """The ``until`` of a pair with only consents of methods not accepted."""
         ...
 
 
@@ -308,13 +316,13 @@ class Decider:
                 rank = terms.numbers.rank(number)
                 if rank >= 0:
                     until = terms.until[rank]
-                    if until == _REFUSED_ONLY:
+                    if until == terms.refused:
                         return CONSENT_NOT_EXPLICIT
                     if self._event_time and ts is not None:
                         at_ms = int(ts)
                     elif at_ms < 0:
                         at_ms = time.time_ns() // 1_000_000
-                    return CONSENT if until > at_ms else CONSENT_EXPIRED
+                    return CONSENT if until * terms.scale > at_ms else CONSENT_EXPIRED
             if number in self._dnd:
                 return RECIPIENT_DND
             return NO_CONSENT

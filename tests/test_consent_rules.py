@@ -36,7 +36,6 @@ from filterd.snapshot.store import (
     ConsentTerms,
     Counts,
     SenderConsent,
-    SortedNumbers,
 )
 
 SHOP = "106900001234"
@@ -46,8 +45,8 @@ PLAIN, EXPIRING, REFUSED, BOTH, CAPPED, DND_ONLY, GLOBAL = (8613800000000 + i fo
 
 def terms(entries: dict[int, tuple[int, int]]) -> ConsentTerms:
     numbers = sorted(entries)
-    return ConsentTerms(
-        SortedNumbers.from_sorted(array("Q", numbers)),
+    return ConsentTerms.of(
+        array("Q", numbers),
         array("q", [entries[n][0] for n in numbers]),
         array("I", [entries[n][1] for n in numbers]),
     )
@@ -187,3 +186,27 @@ def test_default_markers_any_text(text: str) -> None:
     folded = unicodedata.normalize("NFKC", text).casefold()
     expected = any(unicodedata.normalize("NFKC", m).casefold() in folded for m in DEFAULT_MARKERS)
     assert MarkerMatcher(DEFAULT_MARKERS).search(text) == expected
+
+
+def test_terms_in_whole_seconds_keep_4_bytes_and_the_same_decisions() -> None:
+    # Validities in whole seconds are held in 4-byte seconds, the rest in 8-byte ms: the
+    # boundary (valid while expires_at is later than the message's time) is the same.
+    second = 1_790_000_000
+    for shift, itemsize in ((0, 4), (1, 8)):
+        until = (second * 1000) + shift
+        t = terms({EXPIRING: (until, 0), REFUSED: (REFUSED_ONLY, 0), CAPPED: (FOREVER, 7)})
+        assert t.until.itemsize == itemsize
+        assert len(t.numbers) == 2  # the capped plain pair is only in the caps table
+        assert t.max_per_day(CAPPED) == 7
+        assert t.max_per_day(EXPIRING) == 0
+        entry = SenderConsent.of(BitMap64([CAPPED]), BitMap64(), t)
+        snap = ConsentSnapshot("v", datetime.now(UTC), {SHOP: entry}, BitMap64(),
+                               Counts(1, 3, 0, 0, 0, 3), 0, {})  # fmt: skip
+        decider = Decider(snap, Policy())
+        assert decider.decide(ev(EXPIRING), until - 1) == CONSENT
+        assert decider.decide(ev(EXPIRING), until) == CONSENT_EXPIRED
+        assert decider.decide(ev(REFUSED), until) == CONSENT_NOT_EXPLICIT
+        assert decider.decide(ev(CAPPED), until) == CONSENT
+        assert snap.consent_until(SHOP, EXPIRING) == until
+        assert snap.consent_until(SHOP, REFUSED) == REFUSED_ONLY
+        assert snap.max_per_day(SHOP, CAPPED) == 7

@@ -30,7 +30,6 @@ from filterd.snapshot import format as fmt
 from filterd.snapshot.errors import SnapshotCorrupt, SnapshotNotFound
 from filterd.snapshot.store import (
     _EMPTY,
-    FOREVER,
     REFUSED_ONLY,
     SPARSE_VALUES_PER_CONTAINER,
     ConsentSnapshot,
@@ -41,6 +40,7 @@ from filterd.snapshot.store import (
     drive,
     run_sliced,
     sorted_numbers_steps,
+    terms_steps,
 )
 
 __all__ = ["load_snapshot", "load_snapshot_async", "verify_snapshot"]
@@ -283,10 +283,13 @@ def _load_terms(
     if min(until) < REFUSED_ONLY:
         problems.append(f"{name}: terms of {what}: a validity below {REFUSED_ONLY}")
         return None, 0
-    if caps and max(caps) < 1 << 16:
-        caps = array("H", caps)  # most stated frequencies are small: half the memory
-    sorted_numbers = yield from sorted_numbers_steps(numbers)
-    return ConsentTerms(sorted_numbers, until, caps), count - until.count(FOREVER)
+    terms = yield from terms_steps(numbers, until, caps)
+    return terms, len(terms.numbers)
+
+
+def _terms_count(entry: object) -> int:
+    """Entries of a sender's terms record, as its index says (checked by _load_terms)."""
+    return entry[2] if isinstance(entry, list) and len(entry) == 3 else 0
 
 
 def _load_steps(
@@ -339,7 +342,7 @@ def _load_steps(
             break
         optout_filter = yield from prefilter.filter_steps(members[1], sizes[1])
         senders[sender] = SenderConsent(members[0], members[1], optout_filter, terms)
-        n_terms += len(terms) if terms is not None else 0
+        n_terms += _terms_count(entry.get("terms"))
         n_consents += sizes[0] + special
         n_optouts += sizes[1]
         yield

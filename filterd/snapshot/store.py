@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import compress
 from typing import Final, Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast
 
 from pyroaring import BitMap64, FrozenBitMap64
@@ -314,37 +315,111 @@ class ConsentTerms:
     """A sender's consents that are not plain: expiring, refused, or with a ``max_per_day``.
 
     Most consents are accepted, never expire and state no frequency: they are only
-    numbers in :attr:`SenderConsent.consents`. The others are here, sized by their
-    count: the numbers (a :class:`SortedNumbers`) and, at the same rank, ``until``
-    (epoch milliseconds up to which an accepted consent of the pair is valid;
-    :data:`FOREVER` when one never expires, and then the number is in
-    ``consents`` too; :data:`REFUSED_ONLY` when the pair has only consents of
-    methods that are not accepted) and ``caps`` (the smallest ``max_per_day`` of
-    the pair's accepted consents, 0 for none; empty when no pair states one).
+    numbers in :attr:`SenderConsent.consents`. The others are here, in two tables
+    sized by their counts:
+
+    * ``numbers`` (a :class:`SortedNumbers`) and ``until`` at the same rank: the
+      pairs with no accepted consent that never expires, and up to when one of
+      their accepted consents is valid: ``until * scale`` epoch milliseconds, or
+      ``refused`` when the pair only has consents of methods not accepted;
+    * ``cap_numbers`` and ``caps``: the pairs whose accepted consents state a
+      ``max_per_day``, and the smallest one (for the frequency-cap rule).
+
+    ``until`` holds 4-byte seconds (``scale`` 1000, ``refused`` 0) when every
+    validity is a whole second, as exports nearly always have it, else 8-byte
+    milliseconds (``scale`` 1, ``refused`` :data:`REFUSED_ONLY`).
     """
 
-    __slots__ = ("caps", "numbers", "until")
+    __slots__ = ("cap_numbers", "caps", "numbers", "refused", "scale", "until")
 
-    def __init__(self, numbers: SortedNumbers, until: array[int], caps: array[int]) -> None:
+    def __init__(
+        self,
+        numbers: SortedNumbers,
+        until: array[int],
+        cap_numbers: SortedNumbers,
+        caps: array[int],
+        scale: int = 1,
+        refused: int = REFUSED_ONLY,
+    ) -> None:
         self.numbers = numbers
         self.until = until
+        self.cap_numbers = cap_numbers
         self.caps = caps
+        self.scale = scale
+        self.refused = refused
 
-    def __len__(self) -> int:
-        return len(self.numbers)
+    @classmethod
+    def of(cls, numbers: array[int], until: array[int], caps: array[int]) -> ConsentTerms:
+        """From parallel arrays of sorted numbers, validities (ms) and caps (tools, tests)."""
+        return drive(terms_steps(numbers, until, caps))
+
+    def until_ms(self, rank: int) -> int:
+        """``until`` of this rank in epoch ms, or :data:`REFUSED_ONLY`."""
+        value = self.until[rank]
+        return REFUSED_ONLY if value == self.refused else value * self.scale
 
     def max_per_day(self, number: int) -> int:
         """The pair's ``max_per_day`` (0: none stated, or no such pair here)."""
-        i = self.numbers.rank(number)
-        return self.caps[i] if i >= 0 and self.caps else 0
+        i = self.cap_numbers.rank(number)
+        return self.caps[i] if i >= 0 else 0
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the numbers and their terms."""
         return (
             self.numbers.nbytes + self.until.itemsize * len(self.until)
-            + self.caps.itemsize * len(self.caps)
+            + self.cap_numbers.nbytes + self.caps.itemsize * len(self.caps)
         )  # fmt: skip
+
+
+#: Entries per step of :func:`terms_steps`.
+_TERMS_STEP = 1 << 16
+_MAX_SECONDS = (1 << 32) - 1
+
+
+def terms_steps(
+    numbers: array[int], until: array[int], caps: array[int]
+) -> Generator[None, None, ConsentTerms]:
+    """Index a sender's terms (sorted distinct ``numbers``; ``until`` in ms, FOREVER for a
+    pair in the plain set, REFUSED_ONLY; ``caps``, 0 for none, or empty); yields between
+    bounded pieces of work."""
+    n = len(numbers)
+    timed: array[int] = array("Q")
+    timed_until: array[int] = array("q")
+    capped: array[int] = array("Q")
+    capped_values: array[int] = array("I")
+    whole = True
+    for a in range(0, n, _TERMS_STEP):
+        piece = until[a : a + _TERMS_STEP]
+        keep = bytes(map(FOREVER.__ne__, piece))
+        timed.extend(compress(numbers[a : a + _TERMS_STEP], keep))
+        timed_until.extend(compress(piece, keep))
+        if caps:
+            some = bytes(map(bool, caps[a : a + _TERMS_STEP]))
+            capped.extend(compress(numbers[a : a + _TERMS_STEP], some))
+            capped_values.extend(compress(caps[a : a + _TERMS_STEP], some))
+        yield
+    # Whole seconds (and no validity at or before the epoch) fit 4 bytes: the rule.
+    for a in range(0, len(timed_until), _TERMS_STEP):
+        piece = timed_until[a : a + _TERMS_STEP]
+        if whole and not all(
+            u == REFUSED_ONLY or (u % 1000 == 0 and 0 < u <= _MAX_SECONDS * 1000) for u in piece
+        ):
+            whole = False
+        yield
+    scale, refused = 1, REFUSED_ONLY
+    if whole:
+        seconds: array[int] = array("I")
+        for a in range(0, len(timed_until), _TERMS_STEP):
+            piece = timed_until[a : a + _TERMS_STEP]
+            seconds.extend(0 if u == REFUSED_ONLY else u // 1000 for u in piece)
+            yield
+        timed_until, scale, refused = seconds, 1000, 0
+    if capped_values and max(capped_values) < 1 << 16:
+        capped_values = array("H", capped_values)  # most stated frequencies are small
+    timed_numbers = yield from sorted_numbers_steps(timed)
+    cap_numbers = yield from sorted_numbers_steps(capped)
+    return ConsentTerms(timed_numbers, timed_until, cap_numbers, capped_values, scale, refused)
 
 
 class SenderConsent(NamedTuple):
@@ -440,7 +515,7 @@ class ConsentSnapshot:
         if number in entry.consents:
             return FOREVER
         if entry.terms is not None and (i := entry.terms.numbers.rank(number)) >= 0:
-            return int(entry.terms.until[i])
+            return entry.terms.until_ms(i)
         return None
 
     def max_per_day(self, sender: str, number: int) -> int:

@@ -47,6 +47,8 @@ class Summary:
         #: declared category -> reason -> count, for messages decided as marketing
         #: because their text carried a marketing marker (step 2).
         self.by_declared_category: dict[str, Counter[str]] = {}
+        #: sender -> such messages (for the report's consent-evidence section).
+        self.declared_by_sender: Counter[str] = Counter()
         #: hour key -> reason -> count, for the chart over time.
         self.hour_reason: dict[int, Counter[str]] = {}
         #: sender -> hour key -> count, only with ``sender_hours=True``.
@@ -81,6 +83,7 @@ class Summary:
                 if declared is None:
                     declared = self.by_declared_category[record.declared_category] = Counter()
                 declared[reason] += 1
+                self.declared_by_sender[sender] += 1
             per_hour = hour_reason.get(hour)
             if per_hour is None:
                 per_hour = hour_reason[hour] = Counter()

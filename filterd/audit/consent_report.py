@@ -11,6 +11,11 @@ are tables, not charts, so that they print: a regulator's case file is paper.
 * the provenance of every snapshot version that decided: build time, counts,
   the inputs with their SHA-256, the accepted methods, the refused rows;
 * a glossary of the reason codes.
+
+Partial: the report reads the block topic (and the invalid one with
+``--invalid``), not the deliver topic, so it has no per-sender delivered counts
+and block rates yet, and invalid records still share the totals table with the
+blocks.
 """
 
 from __future__ import annotations

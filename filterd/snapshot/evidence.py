@@ -257,6 +257,10 @@ def _sorted_terms(numbers: array[int], untils: array[int], caps: array[int]) -> 
     """One sender's term rows sorted by number, several rows of a number merged.
 
     A merged entry has the longest validity and the smallest stated cap.
+
+    Partial, for the frequency-cap rule (another issue): the contract applies the
+    smallest ``max_per_day`` of the pair's consents *valid at the message's time*;
+    this keeps the smallest over all its accepted consents, expired ones included.
     """
     order = sorted(range(len(numbers)), key=numbers.__getitem__)
     out = SenderTerms(

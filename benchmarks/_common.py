@@ -130,7 +130,12 @@ def throughput(count: int, first_ms: float, last_ms: float) -> float:
 
 
 def load_events(
-    dataset_dir: str, count: int, *, seed: int = 1, bad_rate: float | None = None
+    dataset_dir: str,
+    count: int,
+    *,
+    seed: int = 1,
+    bad_rate: float | None = None,
+    mix: Mapping[str, float] | None = None,
 ) -> list[Event]:
     """``count`` realistic events from filterd's own traffic generator, in memory.
 
@@ -142,6 +147,8 @@ def load_events(
     kwargs: dict[str, object] = {"seed": seed}
     if bad_rate is not None:
         kwargs["bad_rate"] = bad_rate
+    if mix is not None:
+        kwargs["mix"] = mix
     return list(iter_events(dataset, count, **kwargs))  # type: ignore[arg-type]
 
 

@@ -60,8 +60,17 @@ HUGE_SHARES = (0.25, 0.15, 0.10, 0.06, 0.04)
 # ------------------------------------------------------------------------- data
 
 
-def generate(workdir: Path, n: int, seed: int = 1) -> dict[str, Path]:
-    """Write consents, opt-outs and dnd CSVs of the benchmark shape; return their paths."""
+#: Shares of consent rows with evidence (the consent-evidence issue's shape): an
+#: ``expires_at``, a ``max_per_day``, a method that is not accepted.
+EVIDENCE = {"expiring": 0.15, "capped": 0.10, "refused": 0.08}
+
+
+def generate(workdir: Path, n: int, seed: int = 1, evidence: bool = True) -> dict[str, Path]:
+    """Write consents, opt-outs and dnd CSVs of the benchmark shape; return their paths.
+
+    With ``evidence`` the consents carry ``method,granted_at,expires_at,max_per_day``
+    in the shares of :data:`EVIDENCE`, drawn independently per row.
+    """
     rng = random.Random(seed)
     huge = [f"10690000{i:04d}" for i in range(len(HUGE_SHARES))]
     n_tail = max(50, n // 500)
@@ -83,14 +92,33 @@ def generate(workdir: Path, n: int, seed: int = 1) -> dict[str, Path]:
         # Three in four rows in E.164 with '+', the rest national.
         return f"+{x}" if randrange(4) else str(x - 86_00_000_000_000)
 
+    # A thousand expiry times over the next two years, with an offset as the contract wants.
+    expiries = [
+        time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(1_795_000_000 + i * 63_113))
+        for i in range(1000)
+    ]
+    random_ = rng.random
+
+    def terms() -> str:
+        method = "default-registration" if random_() < EVIDENCE["refused"] else "explicit"
+        expires = expiries[randrange(1000)] if random_() < EVIDENCE["expiring"] else ""
+        cap = str(1 + randrange(9)) if random_() < EVIDENCE["capped"] else ""
+        return f"{method},2026-01-01T00:00:00+08:00,{expires},{cap}"
+
     paths = {k: workdir / f"{k}.csv" for k in ("consents", "optouts", "dnd")}
     with open(paths["consents"], "w") as f:
-        f.write("sender,recipient,source\n")
+        if evidence:
+            f.write("sender,recipient,method,granted_at,expires_at,max_per_day\n")
+        else:
+            f.write("sender,recipient,source\n")
         done = 0
         while done < n:
             k = min(200_000, n - done)
             picks = rng.choices(senders, cum_weights=cum, k=k)
-            f.write("".join(f"{s},{number()},web\n" for s in picks))
+            if evidence:
+                f.write("".join(f"{s},{number()},{terms()}\n" for s in picks))
+            else:
+                f.write("".join(f"{s},{number()},web\n" for s in picks))
             done += k
     with open(paths["optouts"], "w") as f:
         f.write("sender,recipient\n")
@@ -496,7 +524,7 @@ def run_size(n: int, workdir: Path, args: argparse.Namespace) -> Result:
 
     print(f"\n== {n:,} consents: generating CSV ...", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    paths = generate(workdir, n)
+    paths = generate(workdir, n, evidence=args.evidence)
     print(f"   generated in {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
     rows = n + n // 50 + n // 10
     csv_bytes = sum(p.stat().st_size for p in paths.values())
@@ -515,6 +543,7 @@ def run_size(n: int, workdir: Path, args: argparse.Namespace) -> Result:
         "input_csv_bytes": csv_bytes,
         "build_s": build_s,
         "build_rows_per_s": rows / build_s,
+        "evidence": EVIDENCE if args.evidence else None,
         "disk_bytes": disk,
     }
     load = _child("load", str(root))
@@ -616,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
         help="compare key layouts (roaring64, 32-bit buckets, hybrid)",
     )
     parser.add_argument("--layouts-max", type=float, default=1e7)
+    parser.add_argument(
+        "--no-evidence",
+        dest="evidence",
+        action="store_false",
+        help="consents without method/expires_at/max_per_day columns (the older corpus)",
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,23 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     replay.add_argument("--config", type=Path, help="config file for the policy section")
     replay.add_argument("--compare", type=Path, metavar="ROOT2",
                         help="a second snapshot root: report how decisions change")  # fmt: skip
+    replay.add_argument("--at", metavar="ISO-TIME", type=_iso_time,
+                        help="the time of lines without a ts field, ISO 8601 with offset "
+                        "(default: now): consent expiry is judged at a message's time")  # fmt: skip
     replay.set_defaults(func=cmd_replay)
+
+
+def _iso_time(text: str) -> int:
+    """``--at``: epoch milliseconds of an ISO 8601 date-time with a UTC offset."""
+    from filterd.snapshot.evidence import parse_expiry
+
+    try:
+        return parse_expiry(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected an ISO 8601 date-time with offset, e.g. 2026-11-11T20:00:00+08:00;"
+            f" got {text!r}"
+        ) from None
 
 
 def _config(path: Path | None) -> Config:
@@ -81,7 +98,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from filterd.snapshot.signing import verifier_for
 
     verifier = verifier_for(config.snapshot.public_key)
+    at_ms = args.at if args.at is not None else time.time_ns() // 1_000_000
     result = replay(args.snapshot, args.input, args.out, config.policy,
-                    compare_root=args.compare, verifier=verifier)  # fmt: skip
+                    compare_root=args.compare, at_ms=at_ms, verifier=verifier)  # fmt: skip
     print(format_summary(result), file=sys.stdout)
     return 0

@@ -53,6 +53,11 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 DEFAULT_CATEGORY_RULES: Mapping[str, Rule] = types.MappingProxyType(
     {"marketing": "require-consent", "transactional": "exempt", "verification": "exempt"}
 )
+#: ``[policy] marketing_markers`` by default (docs/contract.md step 2, honest category).
+DEFAULT_MARKETING_MARKERS: tuple[str, ...] = (
+    "退订", "回T", "回TD", "拒收请回复", "unsubscribe", "reply STOP", "优惠", "折扣", "满减",
+    "秒杀", "促销", "特价", "包邮", "领券", "红包",
+)  # fmt: skip
 
 
 def allowed_values(literal: object) -> tuple[str, ...]:
@@ -148,6 +153,9 @@ class PolicyConfig:
     default_rule: Rule = "require-consent"
     #: category -> rule.
     categories: Mapping[str, Rule] = field(default_factory=lambda: DEFAULT_CATEGORY_RULES)
+    #: Exempt-category messages whose text holds one of these (NFKC, case-folded
+    #: substring) are decided as marketing. Empty: no such check.
+    marketing_markers: tuple[str, ...] = DEFAULT_MARKETING_MARKERS
 
 
 @dataclass(slots=True, frozen=True)
@@ -410,6 +418,13 @@ def _coerce(key: str, hint: object, value: object) -> object:
             _one_of(key, str(value), allowed_values(hint))
             return str(value)
         raise ConfigError(key, f"expected a string, got {value!r}")
+    if hint == tuple[str, ...]:
+        # FILTERD_POLICY_MARKETING_MARKERS="退订,回T,unsubscribe" (empty: none)
+        if from_env:
+            return tuple(p.strip() for p in str(value).split(",") if p.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, f"expected an array of strings, got {value!r}")
     # Mapping[str, Rule]: category -> rule (an environment value is merged into the file's
     # table by _apply_env before it gets here).
     pairs: dict[str, str]
@@ -473,6 +488,11 @@ def _validate(config: Config) -> None:
             "policy.default_country_code", f"expected 1-3 digits, got {p.default_country_code!r}"
         )
     _positive("policy.max_event_bytes", p.max_event_bytes)
+    for marker in p.marketing_markers:
+        if not marker.strip():
+            raise ConfigError(
+                "policy.marketing_markers", f"a marker must not be empty, got {marker!r}"
+            )
 
     b = config.batch
     for name in (

@@ -33,6 +33,7 @@ SOURCES = (
     "filterd/prefilter.py",
     "filterd/router.py",
     "filterd/pipeline.py",
+    "filterd/markers.py",
     "filterd/snapshot/store.py",
 )
 
@@ -70,9 +71,15 @@ def _in_checkout(file: Path) -> bool:
 def modules() -> list[Module]:
     """Each module of :data:`SOURCES`, imported, and whether it is the compiled one."""
     found = []
+    package = Path(__file__).resolve().parent
     for source in SOURCES:
         name = source.removesuffix(".py").replace("/", ".")
-        file = Path(importlib.import_module(name).__file__ or "")
+        # The directory from the module's name: a compiled module imported by another
+        # one of the group during its initialization gets a wrong __file__ (mypyc).
+        file = (
+            package.joinpath(*name.split(".")[1:-1])
+            / Path(importlib.import_module(name).__file__ or "").name
+        )
         compiled = file.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
         found.append(Module(name, file, compiled))
     return found

@@ -6,11 +6,14 @@ and the offline replay, so a number means the same thing everywhere (docs/contra
 forms take a fast path, separators are dropped with C-level ``str.replace``
 and the checks are C-level string methods. ``str.isdigit`` alone would accept
 non-ASCII digits ('²', Arabic-Indic digits, fullwidth digits) that ``int()``
-then happily converts, so every string is checked with ``isascii`` first.
+then happily converts, so every string is checked with ``isascii`` first. A
+non-ASCII string is NFKC-normalized first (the contract's step 0: full-width
+digits and ``＋`` become ASCII); only what that leaves non-ASCII is refused.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Final
 
 from filterd.errors import InvalidNumber
@@ -30,7 +33,7 @@ _INTERNATIONAL_FLOOR: Final[dict[int, int]] = {
 def normalize(raw: str, country_code: str = "86") -> int:
     """Return the E.164 digits of ``raw`` as an integer, or raise :class:`InvalidNumber`.
 
-    Rules (docs/contract.md): remove spaces, ``-``, ``.``, ``(`` and ``)``; ``+DIGITS``
+    Rules (docs/contract.md): Unicode NFKC; remove spaces, ``-``, ``.``, ``(`` and ``)``; ``+DIGITS``
     and ``00DIGITS`` are international; any other all-digit string is national:
     ``country_code`` + the digits, with one leading trunk ``0`` removed. The
     result must be 8 to 15 ASCII digits, not starting with 0.
@@ -67,6 +70,9 @@ def normalize(raw: str, country_code: str = "86") -> int:
                 digits = raw[2:]  # 00: international
             if MIN_DIGITS <= len(digits) <= MAX_DIGITS and digits[0] != "0":
                 return int(digits)
+    if not raw.isascii():
+        # Step 0: full-width digits, "＋" and the ideographic space become ASCII.
+        raw = unicodedata.normalize("NFKC", raw)
     # Chained replace() is C-level and ~3x faster than str.translate here.
     s = raw.replace(" ", "").replace("-", "").replace(".", "").replace("(", "").replace(")", "")
     if not s.isascii():

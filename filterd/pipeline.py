@@ -25,6 +25,8 @@ HEADER_ROUTE: Final = "filterd-route"
 HEADER_REASON: Final = "filterd-reason"
 HEADER_SNAPSHOT: Final = "filterd-snapshot"
 HEADER_SOURCE: Final = "filterd-source"
+#: Where step 2 decided an exempt-category message as marketing: the category it was sent with.
+HEADER_DECLARED_CATEGORY: Final = "filterd-declared-category"
 
 Header = tuple[str, bytes]
 
@@ -133,7 +135,8 @@ def decide_partition(
     get_builder = builders.get
     for record in records:
         value = record.value
-        outcome = decide(value)
+        # The record timestamp is the message's time (consent expiry).
+        outcome = decide(value, record.timestamp)
         add_outcome(outcome)
         route_h, reason_h, snapshot_h = by_outcome[outcome]
         # A list, not a tuple: aiokafka's C record builder accepts only lists.
@@ -143,6 +146,9 @@ def decide_partition(
             snapshot_h,
             (HEADER_SOURCE, f"{source_prefix}{record.offset}".encode()),
         ]
+        declared = decider.declared_category
+        if declared is not None:
+            hdrs.append((HEADER_DECLARED_CATEGORY, declared.encode()))
         route = outcome.route
         builder = get_builder(route)
         if (

@@ -9,6 +9,7 @@ reports how decisions change between the two.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,19 +50,26 @@ def replay(
     policy: Policy,
     *,
     compare_root: Path | None = None,
+    at_ms: int = -1,
     verifier: Verifier | None = None,
 ) -> ReplayResult:
     """Decide every line of ``input_path``; write decisions and routed lines to ``out_dir``.
 
-    With a ``verifier`` (config ``snapshot.public_key``) both snapshots must be signed.
+    A line's time is its ``ts``; ``at_ms`` (epoch ms, -1: now) is the time of lines
+    without one. A line whose exempt category step 2 overruled has
+    ``"declared_category"`` in its decision. With a ``verifier`` (config
+    ``snapshot.public_key``) both snapshots must be signed.
     """
+    if at_ms < 0:
+        at_ms = time.time_ns() // 1_000_000  # one "now" for the whole file
     snapshot = load_snapshot(snapshot_root, verifier=verifier)
-    decide = Decider(snapshot, policy).decide
+    decider = Decider(snapshot, policy, event_time=True)
+    decide = decider.decide
     other = None
     result = ReplayResult(snapshot.version)
     if compare_root is not None:
         other_snapshot = load_snapshot(compare_root, verifier=verifier)
-        other = Decider(other_snapshot, policy).decide
+        other = Decider(other_snapshot, policy, event_time=True).decide
         result.compare_version = other_snapshot.version
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -72,15 +80,18 @@ def replay(
         decisions = stack.enter_context(open(out_dir / "decisions.jsonl", "wb"))
         src = stack.enter_context(open(input_path, "rb"))
         for number, line in enumerate(iter_lines(src), start=1):
-            outcome = decide(line)
+            outcome = decide(line, at_ms)
             mid = event_id(line)
-            decisions.write(orjson.dumps(
-                {"line": number, "id": mid, "route": outcome.route, "reason": outcome.reason}
-            ) + b"\n")  # fmt: skip
+            decision: dict[str, object] = {
+                "line": number, "id": mid, "route": outcome.route, "reason": outcome.reason
+            }  # fmt: skip
+            if decider.declared_category is not None:
+                decision["declared_category"] = decider.declared_category
+            decisions.write(orjson.dumps(decision) + b"\n")
             routed[outcome.route].write(line + b"\n")
             result.counts[outcome] += 1
             if other is not None and changes is not None:
-                new = other(line)
+                new = other(line, at_ms)
                 if new != outcome:
                     result.changes[(outcome.reason, new.reason)] += 1
                     changes.write(orjson.dumps({

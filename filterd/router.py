@@ -14,8 +14,9 @@ well-formed event) takes a single fast path.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from typing import Final, NamedTuple, Protocol
 
 import orjson
@@ -23,6 +24,7 @@ import orjson
 from filterd.config import PolicyConfig
 from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
+from filterd.markers import MarkerMatcher, matcher
 from filterd.numbers import normalize
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ OPTED_OUT: Final = Outcome(BLOCK, "opted-out")
 UNKNOWN_SENDER: Final = Outcome(BLOCK, "unknown-sender")
 RECIPIENT_DND: Final = Outcome(BLOCK, "recipient-dnd")
 NO_CONSENT: Final = Outcome(BLOCK, "no-consent")
+CONSENT_EXPIRED: Final = Outcome(BLOCK, "consent-expired")
+CONSENT_NOT_EXPLICIT: Final = Outcome(BLOCK, "consent-not-explicit")
 OVERSIZED: Final = Outcome(INVALID, "oversized")
 MALFORMED_JSON: Final = Outcome(INVALID, "malformed-json")
 MISSING_FIELD: Final = Outcome(INVALID, "missing-field")
@@ -73,6 +77,7 @@ INTERNAL_ERROR: Final = Outcome(INVALID, "internal-error")
 
 OUTCOMES: tuple[Outcome, ...] = (
     CONSENT, EXEMPT_CATEGORY, OPTED_OUT, UNKNOWN_SENDER, RECIPIENT_DND, NO_CONSENT,
+    CONSENT_EXPIRED, CONSENT_NOT_EXPLICIT,
     OVERSIZED, MALFORMED_JSON, MISSING_FIELD, BAD_FIELD_TYPE, BAD_RECIPIENT, INTERNAL_ERROR,
 )  # fmt: skip
 #: reason -> route, for validating and reading output records.
@@ -80,13 +85,50 @@ REASONS: Mapping[str, str] = {o.reason: o.route for o in OUTCOMES}
 
 REQUIRE_CONSENT: Final = "require-consent"
 EXEMPT: Final = "exempt"
+#: The category a message with a marketing marker is decided as (step 2).
+MARKETING: Final = "marketing"
+
+
+class TermsLookup(Protocol):
+    """A sender's consents with terms (filterd.snapshot.store.ConsentTerms)."""
+
+    @property
+    def numbers(self) -> RankedNumbers: ...
+
+    @property
+    def until(self) -> Sequence[int]:
+        """Up to when an accepted consent is valid, in units of ``scale`` ms since the epoch."""
+        ...
+
+    @property
+    def scale(self) -> int:
+        """Milliseconds per unit of ``until``."""
+        ...
+
+    @property
+    def refused(self) -> int:
+        """The ``until`` of a pair with only consents of methods not accepted."""
+        ...
+
+
+class RankedNumbers(Protocol):
+    def rank(self, number: int) -> int:
+        """The rank of ``number``, -1 when absent."""
+        ...
 
 
 class SenderLookup(Protocol):
     """One sender's consent and opt-out sets (roaring bitmaps in practice)."""
 
     @property
-    def consents(self) -> Container[int]: ...
+    def consents(self) -> Container[int]:
+        """Numbers with an accepted consent that never expires."""
+        ...
+
+    @property
+    def terms(self) -> TermsLookup | None:
+        """The sender's other consents: expiring, refused, capped."""
+        ...
 
     @property
     def optouts(self) -> Container[int]: ...
@@ -109,6 +151,14 @@ class SnapshotView(Protocol):
     @property
     def dnd_numbers(self) -> Container[int]: ...
 
+    @property
+    def global_optouts(self) -> Container[int]:
+        """Numbers opted out of every sender."""
+        ...
+
+    @property
+    def global_optout_filter(self) -> bytes: ...
+
 
 #: The category rules and input limits that decisions follow: the config's
 #: ``[policy]`` section, as loaded (one type, under the name the decision uses).
@@ -120,14 +170,27 @@ class Decider:
 
     A Decider is cheap to build; the service builds one per snapshot version,
     so a batch is decided by exactly one version (``decider.version``).
+
+    The time of a message (docs/contract.md "The time of a message"), against which
+    consent expiry is evaluated, is the ``at_ms`` given to :meth:`decide` (the
+    stream passes the record timestamp); with ``event_time`` (``filterd
+    replay``) an event's own ``ts`` wins, and ``at_ms`` is for lines without one.
     """
 
     __slots__ = (
-        "_cc", "_default_exempt", "_dnd", "_exempt", "_max_bytes", "_senders", "snapshot",
-        "version",
+        "_cc", "_default_exempt", "_dnd", "_event_time", "_exempt", "_global", "_global_filter",
+        "_markers", "_marketing_exempt", "_max_bytes", "_senders", "declared_category",
+        "snapshot", "version",
     )  # fmt: skip
 
-    def __init__(self, snapshot: SnapshotView, policy: Policy) -> None:
+    def __init__(
+        self,
+        snapshot: SnapshotView,
+        policy: Policy,
+        *,
+        event_time: bool = False,
+        markers: MarkerMatcher | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.version: str = snapshot.version
         senders = snapshot.senders
@@ -139,14 +202,31 @@ class Decider:
         # category -> exempt?, one dict lookup per event.
         self._exempt: dict[str, bool] = {c: r == EXEMPT for c, r in policy.categories.items()}
         self._default_exempt: bool = policy.default_rule == EXEMPT
+        self._marketing_exempt: bool = self._exempt.get(MARKETING, self._default_exempt)
+        # getattr: a view without global opt-outs or terms (format 1, the plain-set
+        # views of tests and tools) has none.
+        self._global: Container[int] = getattr(snapshot, "global_optouts", ())
+        self._global_filter: bytes = getattr(snapshot, "global_optout_filter", b"")
+        # The matcher is built once per marker list, not per snapshot version.
+        self._markers: MarkerMatcher = (
+            markers if markers is not None else matcher(tuple(policy.marketing_markers))
+        )
+        self._event_time: bool = event_time
+        #: The declared category of the record :meth:`decide` last decided, when step 2
+        #: decided it as marketing (the output's ``filterd-declared-category``); else None.
+        self.declared_category: str | None = None
 
-    def decide(self, value: bytes | None) -> Outcome:
-        """Route one record value. Never raises: a bug becomes ``internal-error``."""
+    def decide(self, value: bytes | None, at_ms: int = -1) -> Outcome:
+        """Route one record value at time ``at_ms`` (epoch ms; -1: now).
+
+        Never raises: a bug becomes ``internal-error``.
+        """
         # One function, no helper calls on the common path: a Python call costs
         # as much here as a bitmap lookup. The checks are written so that the
         # compiled build (mypyc, see setup.py) turns them into C-level type
         # checks and dict lookups: orjson returns exact dicts and strs, so
         # isinstance() means type() is here.
+        self.declared_category = None
         try:
             if value is None:
                 return MALFORMED_JSON
@@ -185,11 +265,22 @@ class Decider:
             except InvalidNumber:
                 return BAD_RECIPIENT
             if self._exempt.get(category, self._default_exempt):
-                return EXEMPT_CATEGORY
+                # Step 2, honest category: only exempt messages with a text are searched.
+                if text is None or not self._markers.search(text):
+                    return EXEMPT_CATEGORY
+                self.declared_category = category
+                if self._marketing_exempt:
+                    return EXEMPT_CATEGORY
             # require-consent, first match wins (docs/contract.md "Policy and reason codes").
+            global_filter = self._global_filter
+            if global_filter:
+                # Rule 1 for every sender (`*`): the same inline filter test as below.
+                i = (number ^ (number >> 21)) & ((len(global_filter) << 3) - 1)
+                if global_filter[i >> 3] >> (i & 7) & 1 and number in self._global:
+                    return OPTED_OUT
             entry = self._senders.get(sender)
             if entry is None:
-                # Rules 1 and 2 cannot match a sender the snapshot does not know.
+                # Rules 1 to 4 cannot match a sender the snapshot does not know.
                 return UNKNOWN_SENDER
             optout_filter = entry.optout_filter
             if optout_filter:
@@ -199,6 +290,20 @@ class Decider:
                     return OPTED_OUT
             if number in entry.consents:
                 return CONSENT
+            terms: TermsLookup | None = getattr(entry, "terms", None)
+            if terms is not None:
+                # Only pairs with an expiring or refused consent get here: the time
+                # of the message is read when it matters.
+                rank = terms.numbers.rank(number)
+                if rank >= 0:
+                    until = terms.until[rank]
+                    if until == terms.refused:
+                        return CONSENT_NOT_EXPLICIT
+                    if self._event_time and ts is not None:
+                        at_ms = int(ts)
+                    elif at_ms < 0:
+                        at_ms = time.time_ns() // 1_000_000
+                    return CONSENT if until * terms.scale > at_ms else CONSENT_EXPIRED
             if number in self._dnd:
                 return RECIPIENT_DND
             return NO_CONSENT
@@ -219,9 +324,11 @@ def _missing_or_bad_type(mid: object, sender: object, recipient: object) -> Outc
     return BAD_FIELD_TYPE
 
 
-def decide_value(value: bytes | None, snapshot: SnapshotView, policy: Policy) -> Outcome:
-    """Decide one value; for tools that decide a single record (audit ``why``)."""
-    return Decider(snapshot, policy).decide(value)
+def decide_value(
+    value: bytes | None, snapshot: SnapshotView, policy: Policy, at_ms: int = -1
+) -> Outcome:
+    """Decide one value at ``at_ms`` (-1: now); for tools that decide a single record."""
+    return Decider(snapshot, policy).decide(value, at_ms)
 
 
 def text_field(value: bytes | None, name: str) -> str | None:

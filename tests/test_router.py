@@ -181,6 +181,8 @@ def test_reason_table_is_the_contract() -> None:
         "unknown-sender": "block",
         "recipient-dnd": "block",
         "no-consent": "block",
+        "consent-expired": "block",
+        "consent-not-explicit": "block",
         "oversized": "invalid",
         "malformed-json": "invalid",
         "missing-field": "invalid",

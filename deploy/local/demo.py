@@ -1,7 +1,9 @@
 """``make demo``: a Double-11 burst through filterd on a local broker, end to end.
 
 1. creates the demo topics (recreated on every run, so the figures are this run's),
-2. writes a synthetic consent data set and builds a snapshot from it,
+2. writes a synthetic consent data set, adds consent evidence to it (senders
+   relying on default-registration and other consent that does not count,
+   expired consents, opt-outs of every sender) and builds a snapshot from it,
 3. starts ``filterd run --workers 2``,
 4. streams a burst of synthetic carrier traffic into the input topic,
 5. shows live progress, then a table of what was routed where and why.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from filterd.loadgen import iter_events, load_dataset, write_dataset
+from filterd.loadgen.evidence import evidence_events, write_evidence_inputs
 from filterd.loadgen.produce import produce_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +108,16 @@ async def watch(bootstrap: str, total: int, produced: asyncio.Task[object], limi
         await consumer.stop()
 
 
+#: Counted under this route/reason key: records whose exempt category step 2 overruled.
+DECLARED = ("declared", "category")
+
+
 async def tally(bootstrap: str) -> tuple[Counter[tuple[str, str]], float]:
-    """Count the output records by route and reason; measure throughput from arrival times."""
+    """Count the output records by route and reason; measure throughput from arrival times.
+
+    Records decided as marketing although sent with an exempt category are also
+    counted under ``(DECLARED[0], their declared category)``.
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
     await consumer.start()
@@ -124,6 +136,8 @@ async def tally(bootstrap: str) -> tuple[Counter[tuple[str, str]], float]:
                 for rec in records:
                     h = dict(rec.headers)
                     counts[(h["filterd-route"].decode(), h["filterd-reason"].decode())] += 1
+                    if (declared := h.get("filterd-declared-category")) is not None:
+                        counts[(DECLARED[0], declared.decode())] += 1
                     first = min(first, rec.timestamp)
                     last = max(last, rec.timestamp)
                 remaining -= len(records)
@@ -134,13 +148,18 @@ async def tally(bootstrap: str) -> tuple[Counter[tuple[str, str]], float]:
 
 
 def table(counts: Counter[tuple[str, str]], rate: float) -> str:
-    total = sum(counts.values())
-    rows = ["", f"{'route':<9}{'reason':<18}{'messages':>10}{'share':>9}", "-" * 46]
+    declared = {c: n for (r, c), n in counts.items() if r == DECLARED[0]}
+    routed = {k: n for k, n in counts.items() if k[0] != DECLARED[0]}
+    total = sum(routed.values())
+    rows = ["", f"{'route':<9}{'reason':<22}{'messages':>10}{'share':>9}", "-" * 50]
     order = {"deliver": 0, "block": 1, "invalid": 2}
-    for (route, reason), n in sorted(counts.items(), key=lambda kv: (order[kv[0][0]], -kv[1])):
-        rows.append(f"{route:<9}{reason:<18}{n:>10,}{n / total:>9.1%}")
-    rows += ["-" * 46, f"{'total':<27}{total:>10,}", "",
-             f"throughput (first to last output record): {rate:,.0f} msgs/s"]  # fmt: skip
+    for (route, reason), n in sorted(routed.items(), key=lambda kv: (order[kv[0][0]], -kv[1])):
+        rows.append(f"{route:<9}{reason:<22}{n:>10,}{n / total:>9.1%}")
+    rows += ["-" * 50, f"{'total':<31}{total:>10,}"]
+    for category, n in sorted(declared.items()):
+        rows.append(f"  of which sent as {category} with a marketing text, decided as"
+                    f" marketing: {n:,}")  # fmt: skip
+    rows += ["", f"throughput (first to last output record): {rate:,.0f} msgs/s"]
     return "\n".join(rows)
 
 
@@ -155,12 +174,12 @@ async def stream(
     await producing
 
 
-def build_snapshot(dataset: Path, snapshots: Path) -> str:
+def build_snapshot(evidence: Path, snapshots: Path) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "filterd", "snapshot", "build",
-         "--consents", str(dataset / "consents.csv.gz"),
-         "--optouts", str(dataset / "optouts.csv.gz"),
-         "--dnd", str(dataset / "dnd.csv.gz"), "--out", str(snapshots)],
+         "--consents", str(evidence / "consents.csv.gz"),
+         "--optouts", str(evidence / "optouts.csv.gz"),
+         "--dnd", str(evidence / "dnd.csv.gz"), "--out", str(snapshots)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return done.stdout.strip()
@@ -192,8 +211,12 @@ def main() -> int:
     dataset = WORK / "dataset"
     if not (dataset / "population.json").exists():
         write_dataset(dataset, senders=200, recipients=400_000, consents=1_000_000, seed=11)
+    evidence = WORK / "evidence"
+    say("consent evidence: 4 senders relying on consent that does not count, expired consents,"
+        " opt-outs of every sender")  # fmt: skip
+    write_evidence_inputs(dataset, evidence, now_s=time.time())
     snapshots = WORK / "snapshots"
-    say(f"snapshot {build_snapshot(dataset, snapshots)} built under {snapshots}")
+    say(f"snapshot {build_snapshot(evidence, snapshots)} built under {snapshots}")
 
     config = WORK / "filterd.toml"
     write_config(bootstrap, config, snapshots)
@@ -205,9 +228,14 @@ def main() -> int:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            say(f"Double-11 burst: {args.events:,} SMS "
-                "(marketing, transactional, verification, bad input)")  # fmt: skip
-            records = list(iter_events(load_dataset(dataset), args.events, seed=int(time.time())))
+            say(f"Double-11 burst: {args.events:,} SMS (marketing, transactional, "
+                "verification, bad input; 5% aimed at the consent evidence, promotions "
+                "sent as codes)")  # fmt: skip
+            seed = int(time.time())
+            extra = args.events // 20
+            records = list(iter_events(load_dataset(dataset), args.events - extra, seed=seed))
+            records += evidence_events(dataset, extra, seed=seed, ts_ms=int(time.time() * 1000))
+            random.Random(seed).shuffle(records)
             asyncio.run(stream(bootstrap, records, args.rate))
         finally:
             proc.send_signal(signal.SIGTERM)

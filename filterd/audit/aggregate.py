@@ -44,6 +44,11 @@ class Summary:
         self.by_sender: dict[str, Counter[str]] = {}
         self.by_hour: Counter[int] = Counter()
         self.by_snapshot: Counter[str] = Counter()
+        #: declared category -> reason -> count, for messages decided as marketing
+        #: because their text carried a marketing marker (step 2).
+        self.by_declared_category: dict[str, Counter[str]] = {}
+        #: sender -> such messages (for the report's consent-evidence section).
+        self.declared_by_sender: Counter[str] = Counter()
         #: hour key -> reason -> count, for the chart over time.
         self.hour_reason: dict[int, Counter[str]] = {}
         #: sender -> hour key -> count, only with ``sender_hours=True``.
@@ -73,6 +78,12 @@ class Summary:
             per_sender[reason] += 1
             by_hour[hour] += 1
             by_snapshot[record.snapshot] += 1
+            if record.declared_category is not None:
+                declared = self.by_declared_category.get(record.declared_category)
+                if declared is None:
+                    declared = self.by_declared_category[record.declared_category] = Counter()
+                declared[reason] += 1
+                self.declared_by_sender[sender] += 1
             per_hour = hour_reason.get(hour)
             if per_hour is None:
                 per_hour = hour_reason[hour] = Counter()
@@ -111,6 +122,10 @@ class Summary:
             ],
             "by_hour": {label(h): self.by_hour[h] for h in sorted(self.by_hour)},
             "by_snapshot": dict(sorted(self.by_snapshot.items())),
+            "by_declared_category": {
+                category: _sorted_counts(reasons)
+                for category, reasons in sorted(self.by_declared_category.items())
+            },
         }
 
 

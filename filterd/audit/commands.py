@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 import orjson
 
 from filterd.audit.aggregate import Summary
+from filterd.audit.consent_report import load_versions
 from filterd.audit.export import ExportFilter, RowWriter, export_rows
 from filterd.audit.mask import full_recipient, mask_recipient
 from filterd.audit.output import format_why, write_summary_csv, write_summary_table
@@ -353,6 +354,7 @@ def _run_report(args: argparse.Namespace) -> int:
         generated_ms=int(time.time() * 1000),
         top=args.top,
         burst_rule=BurstRule(args.burst_window, args.burst_min, args.burst_ratio),
+        versions=load_versions(ctx.config.snapshot.root, sorted(summary.by_snapshot)),
     )
     document = render_report(summary, meta)
     tmp = f"{args.out}.tmp.{os.getpid()}"

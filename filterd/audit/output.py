@@ -31,6 +31,9 @@ def write_summary_csv(summary: Summary, top: int, out: TextIO) -> None:
         writer.writerow(("hour", summary.buckets.label(hour), "", summary.by_hour[hour]))
     for version, count in sorted(summary.by_snapshot.items()):
         writer.writerow(("snapshot", version, "", count))
+    for category, reasons in sorted(summary.by_declared_category.items()):
+        for reason, count in sorted(reasons.items()):
+            writer.writerow(("declared_category", category, reason, count))
 
 
 def write_summary_table(summary: Summary, top: int, out: TextIO) -> None:

@@ -19,6 +19,8 @@ ROUTE_HEADER = "filterd-route"
 REASON_HEADER = "filterd-reason"
 SNAPSHOT_HEADER = "filterd-snapshot"
 SOURCE_HEADER = "filterd-source"
+#: Present where step 2 decided an exempt-category message as marketing.
+DECLARED_CATEGORY_HEADER = "filterd-declared-category"
 
 #: Shown where a header is absent (a record not written by filterd).
 MISSING = "(missing)"
@@ -45,6 +47,9 @@ class AuditRecord(NamedTuple):
     snapshot: str
     #: ``topic/partition/offset`` of the input record; :data:`MISSING` if absent.
     source: str
+    #: The category the message was sent with, when filterd decided it as marketing
+    #: (its text carried a marketing marker); None otherwise.
+    declared_category: str | None = None
 
     @property
     def location(self) -> str:
@@ -61,6 +66,14 @@ def decode_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[str, str, str,
         _header_text(found.get(SNAPSHOT_HEADER)),
         _header_text(found.get(SOURCE_HEADER)),
     )
+
+
+def declared_category_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The ``filterd-declared-category`` header, or None when the record has none."""
+    for name, raw in headers:
+        if name == DECLARED_CATEGORY_HEADER:
+            return _header_text(raw)
+    return None
 
 
 def _header_text(raw: bytes | None) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import tzinfo
 
 from filterd import __version__
 from filterd.audit.aggregate import Burst, Summary, find_bursts
+from filterd.audit.consent_report import consent_sections
 from filterd.audit.timeutil import TimeRange, format_ms
 
 # Reasons keep their colour across charts and reports; other (future)
@@ -57,6 +58,8 @@ class ReportMeta:
     generated_ms: int
     top: int = 20
     burst_rule: BurstRule = BurstRule()
+    #: Manifest and refused-row report per snapshot version (consent_report.load_versions).
+    versions: Mapping[str, dict[str, object]] = field(default_factory=dict)
 
 
 def _e(text: object) -> str:
@@ -358,6 +361,7 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
         "<section><h2>Snapshot versions</h2>",
         _table(("snapshot version", "records"), sorted(summary.by_snapshot.items()), {1}),
         "</section>",
+        consent_sections(summary, meta.versions, meta.top),
         _MARKER,
         "</body></html>",
     ]

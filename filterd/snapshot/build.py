@@ -9,12 +9,17 @@ good.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
 import os
 import shutil
 import sys
 import time
+from array import array
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,10 +27,15 @@ from pyroaring import BitMap64
 
 from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
+from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, SenderTerms, read_consents
 from filterd.snapshot.inputs import InputFile, Progress, read_numbers, read_pairs
 from filterd.snapshot.signing import sign_version
+from filterd.snapshot.store import FOREVER
 
-__all__ = ["build_snapshot", "prune_versions"]
+__all__ = ["GLOBAL_SENDER", "build_snapshot", "prune_versions", "refused_report"]
+
+#: The opt-outs sender id that means every sender.
+GLOBAL_SENDER = "*"
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,19 @@ class _DataFile:
             self.size += len(data)
         return chunks
 
+    def write_terms(self, terms: SenderTerms | None) -> list[int]:
+        """[offset, length, count] of one sender's terms record ([] for none)."""
+        if terms is None:
+            return []
+        offset = self.size
+        parts = [terms.numbers, terms.until] + ([terms.caps] if any(terms.caps) else [])
+        for part in parts:
+            if sys.byteorder != "little":
+                part = array(part.typecode, part)
+                part.byteswap()
+            self.write_raw(part.tobytes())
+        return [offset, self.size - offset, len(terms.numbers)]
+
     def write_raw(self, data: bytes) -> None:
         self._f.write(data)
         self._hash.update(data)
@@ -63,40 +86,103 @@ class _DataFile:
         return {"bytes": self.size, "sha256": self._hash.hexdigest()}
 
 
+def refused_report(
+    refused: Counter[tuple[str, str]], accept: Sequence[str], method_column: bool
+) -> tuple[dict[str, object], bytes]:
+    """The refused-consent report: (JSON object, CSV bytes) per sender and method."""
+    by_sender: dict[str, dict[str, int]] = {}
+    for (sender, method), rows in sorted(refused.items()):
+        by_sender.setdefault(sender, {})[method] = rows
+    by_method: Counter[str] = Counter()
+    for (_sender, method), rows in refused.items():
+        by_method[method] += rows
+    report: dict[str, object] = {
+        "accept_methods": list(accept),
+        "method_column": method_column,
+        "total_rows": sum(refused.values()),
+        "by_method": dict(sorted(by_method.items())),
+        "by_sender": by_sender,
+    }
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["sender", "method", "rows"])
+    for (sender, method), rows in sorted(refused.items()):
+        writer.writerow([sender, method, rows])
+    return report, text.getvalue().encode()
+
+
+class _Consents:
+    """What the consents input gave: plain bitmaps, terms, refused rows, the methods."""
+
+    def __init__(
+        self,
+        bitmaps: dict[str, BitMap64],
+        terms: dict[str, SenderTerms],
+        refused: Counter[tuple[str, str]],
+        accept: Sequence[str],
+        method_column: bool,
+    ) -> None:
+        self.bitmaps = bitmaps
+        self.terms = terms
+        self.refused = refused
+        self.accept = accept
+        self.method_column = method_column
+
+
 def _write_version(
     tmp: Path,
     version: str,
     created_at: datetime,
     country_code: str,
     inputs: list[InputFile],
-    consents: dict[str, BitMap64],
+    consents: _Consents,
     optouts: dict[str, BitMap64],
+    global_optouts: BitMap64,
     dnd: BitMap64,
 ) -> None:
     files: dict[str, dict[str, object]] = {}
     consent_file = _DataFile(tmp / fmt.CONSENTS)
     optout_file = _DataFile(tmp / fmt.OPTOUTS)
     sender_file = _DataFile(tmp / fmt.SENDERS)
+    terms_file = _DataFile(tmp / fmt.TERMS)
     empty = BitMap64()
-    n_consents = n_optouts = 0
-    senders = sorted(consents.keys() | optouts.keys())
+    n_consents = n_optouts = n_terms = 0
+    senders = sorted(consents.bitmaps.keys() | consents.terms.keys() | optouts.keys())
     for sender in senders:
-        c = consents.get(sender, empty)
+        c = consents.bitmaps.get(sender, empty)
         o = optouts.get(sender, empty)
+        t = consents.terms.get(sender)
         n_consents += len(c)
         n_optouts += len(o)
+        if t is not None:
+            n_terms += len(t.numbers)
+            # Terms of numbers outside the plain set are consents of their own.
+            n_consents += sum(1 for until in t.until if until != FOREVER)
         entry = {
             "id": sender,
             "consents": consent_file.write_bitmap(c),
             "optouts": optout_file.write_bitmap(o),
+            "terms": terms_file.write_terms(t),
         }
         sender_file.write_raw(fmt.dumps(entry) + b"\n")
     files[fmt.CONSENTS] = consent_file.close()
     files[fmt.OPTOUTS] = optout_file.close()
     files[fmt.SENDERS] = sender_file.close()
+    files[fmt.TERMS] = terms_file.close()
     dnd_file = _DataFile(tmp / fmt.DND)
     dnd_chunks = dnd_file.write_bitmap(dnd)
     files[fmt.DND] = dnd_file.close()
+    global_file = _DataFile(tmp / fmt.GLOBAL_OPTOUTS)
+    global_chunks = global_file.write_bitmap(global_optouts)
+    files[fmt.GLOBAL_OPTOUTS] = global_file.close()
+    report, report_csv = refused_report(consents.refused, consents.accept, consents.method_column)
+    for name, data in (
+        (fmt.REFUSED_JSON, fmt.dumps(report) + b"\n"),
+        (fmt.REFUSED_CSV, report_csv),
+    ):
+        report_file = _DataFile(tmp / name)
+        report_file.write_raw(data)
+        files[name] = report_file.close()
     manifest = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,
@@ -108,10 +194,16 @@ def _write_version(
             "consents": n_consents,
             "optouts": n_optouts,
             "dnd": len(dnd),
+            "global_optouts": len(global_optouts),
+            "terms": n_terms,
         },
         "files": files,
         "dnd_chunks": dnd_chunks,
+        "global_optout_chunks": global_chunks,
         "chunk_max_containers": fmt.CHUNK_MAX_CONTAINERS,
+        "accept_methods": list(consents.accept),
+        "method_column": consents.method_column,
+        "refused_rows": {"total": report["total_rows"], "by_method": report["by_method"]},
         "inputs": [
             {
                 "kind": i.kind,
@@ -142,6 +234,7 @@ def build_snapshot(
     progress: Progress | None = None,
     now: datetime | None = None,
     sign_key: Path | None = None,
+    accept_methods: Sequence[str] = DEFAULT_ACCEPT_METHODS,
 ) -> str:
     """Build a new snapshot version under ``root`` from CSV inputs, publish it, return its name.
 
@@ -151,8 +244,15 @@ def build_snapshot(
     raises :class:`SnapshotInputError` naming file and line, and nothing is
     published. After publishing, only the newest ``keep`` versions are kept.
     ``country_code`` is the default for national numbers in the inputs;
-    ``progress`` receives a status line at most about once a second. With ``sign_key`` the
-    manifest is signed before the version appears (docs/security.md).
+    ``progress`` receives a status line at most about once a second.
+
+    Consent rows whose ``method`` is not in ``accept_methods`` are kept as
+    refused consents and counted per sender and method (``refused.json``,
+    ``refused.csv``); a consents file without a ``method`` column has every row
+    accepted, which the manifest (``method_column``) and the log say. Opt-outs of
+    sender ``*`` apply to every sender.
+    With ``sign_key`` the manifest is signed before the version appears
+    (docs/security.md).
     """
     if keep < 1:
         raise SnapshotError("keep must be at least 1")
@@ -160,12 +260,19 @@ def build_snapshot(
     started = time.monotonic()
     created_at = now or datetime.now(UTC)
     inputs: list[InputFile] = []
-    record, consent_maps = read_pairs(Path(consents), "consents", country_code, progress)
+    accept = tuple(accept_methods)
+    record, rows, consent_maps, terms = read_consents(
+        Path(consents), country_code, accept, progress
+    )
     inputs.append(record)
+    if not rows.method_column:
+        log.info("%s has no method column: every consent row counts as accepted", record.path.name)
+    consent_set = _Consents(consent_maps, terms, rows.refused, accept, rows.method_column)
     optout_maps: dict[str, BitMap64] = {}
     if optouts is not None:
         record, optout_maps = read_pairs(Path(optouts), "optouts", country_code, progress)
         inputs.append(record)
+    global_optouts = optout_maps.pop(GLOBAL_SENDER, BitMap64())
     dnd_map = BitMap64()
     if dnd is not None:
         record, dnd_map = read_numbers(Path(dnd), "dnd", country_code, progress)
@@ -177,8 +284,9 @@ def build_snapshot(
     tmp.mkdir()
     try:
         _write_version(
-            tmp, version, created_at, country_code, inputs, consent_maps, optout_maps, dnd_map
-        )
+            tmp, version, created_at, country_code, inputs, consent_set, optout_maps,
+            global_optouts, dnd_map,
+        )  # fmt: skip
         if sign_key is not None:
             sign_version(tmp, sign_key)
         os.rename(tmp, root / version)
@@ -189,10 +297,12 @@ def build_snapshot(
     fmt.publish_pointer(root, version)
     removed = prune_versions(root, keep)
     log.info(
-        "snapshot %s published: %d senders, %d rows in %.1fs, %d old versions removed",
+        "snapshot %s published: %d senders, %d rows (%d consent rows of methods not"
+        " accepted) in %.1fs, %d old versions removed",
         version,
-        len(consent_maps.keys() | optout_maps.keys()),
+        len(consent_maps.keys() | terms.keys() | optout_maps.keys()),
         sum(i.rows for i in inputs),
+        sum(rows.refused.values()),
         time.monotonic() - started,
         len(removed),
     )

@@ -12,7 +12,8 @@ import orjson
 from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.build import build_snapshot, stderr_progress
-from filterd.snapshot.format import resolve_version
+from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, parse_accept_methods
+from filterd.snapshot.format import MANIFEST, REFUSED_CSV, resolve_version
 from filterd.snapshot.load import load_snapshot, verify_snapshot
 from filterd.snapshot.signing import (
     SIGNATURE,
@@ -44,8 +45,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Build a new snapshot version under ROOT from CSV (or .csv.gz) inputs, "
         "publish it atomically and print its version. Nothing is published if any row is bad.",
     )
-    build.add_argument("--consents", type=Path, required=True, help="CSV: sender,recipient")
-    build.add_argument("--optouts", type=Path, help="CSV: sender,recipient")
+    build.add_argument(
+        "--consents",
+        type=Path,
+        required=True,
+        help="CSV: sender,recipient[,method,granted_at,expires_at,max_per_day]",
+    )
+    build.add_argument("--optouts", type=Path, help="CSV: sender,recipient (sender * = all)")
     build.add_argument("--dnd", type=Path, help="CSV: recipient (do-not-disturb)")
     build.add_argument("--out", type=Path, required=True, metavar="ROOT", help="snapshot root")
     build.add_argument(
@@ -56,6 +62,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="86",
         metavar="CC",
         help="country code for national numbers in the inputs (default 86)",
+    )
+    build.add_argument(
+        "--accept-methods",
+        type=_accept_methods,
+        default=DEFAULT_ACCEPT_METHODS,
+        metavar="M,...",
+        help="consent methods that count (default "
+        f"{','.join(DEFAULT_ACCEPT_METHODS)}); rows of other methods are kept as refused "
+        "consents and reported",
     )
     build.add_argument(
         "--progress", action="store_true", help="report progress on stderr even without a tty"
@@ -110,6 +125,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rollback.set_defaults(func=_rollback)
 
 
+def _accept_methods(text: str) -> tuple[str, ...]:
+    try:
+        return parse_accept_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _build(args: argparse.Namespace) -> int:
     progress = stderr_progress if args.progress or sys.stderr.isatty() else None
     version = build_snapshot(
@@ -121,7 +143,23 @@ def _build(args: argparse.Namespace) -> int:
         country_code=args.country_code,
         progress=progress,
         sign_key=args.sign_key,
+        accept_methods=args.accept_methods,
     )
+    manifest = orjson.loads((args.out / version / MANIFEST).read_bytes())
+    if not manifest.get("method_column"):
+        print(
+            f"filterd: note: {args.consents} has no method column: "
+            "every consent row counts as accepted",
+            file=sys.stderr,
+        )
+    refused = manifest.get("refused_rows", {})
+    if refused.get("total"):
+        print(
+            f"filterd: note: {refused['total']} consent rows of methods not accepted "
+            f"({', '.join(f'{m or chr(34) * 2}: {n}' for m, n in refused['by_method'].items())}),"
+            f" kept as refused consents: {args.out / version / REFUSED_CSV}",
+            file=sys.stderr,
+        )
     print(version)
     return 0
 

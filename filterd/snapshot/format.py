@@ -9,6 +9,9 @@ this module is the Python reference of that document. In short::
     ROOT/<version>/consents.roar    concatenated portable roaring64 chunks
     ROOT/<version>/optouts.roar     idem
     ROOT/<version>/dnd.roar         idem; its chunk index is in the manifest
+    ROOT/<version>/global-optouts.roar  opt-outs of every sender (``*``), idem
+    ROOT/<version>/terms.bin        per sender: consents with expiry, refused method or cap
+    ROOT/<version>/refused.json     refused consent rows per sender and method (and .csv)
 
 A bitmap is stored as one or more *chunks*, each a standard portable 64-bit
 roaring bitmap, range-partitioned (every value of a chunk is below every value
@@ -34,7 +37,9 @@ from pyroaring import BitMap64
 from filterd.snapshot.errors import SnapshotNotFound
 
 FORMAT_NAME = "filterd-consent-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this reader loads: 1 has no terms, no global opt-outs and no refused report.
+SUPPORTED_VERSIONS = (1, 2)
 
 CURRENT = "current"
 #: Written by ``filterd snapshot rollback``: the older version the operator chose to go back to.
@@ -44,7 +49,18 @@ SENDERS = "senders.jsonl"
 CONSENTS = "consents.roar"
 OPTOUTS = "optouts.roar"
 DND = "dnd.roar"
-DATA_FILES = (SENDERS, CONSENTS, OPTOUTS, DND)
+GLOBAL_OPTOUTS = "global-optouts.roar"
+TERMS = "terms.bin"
+REFUSED_JSON = "refused.json"
+REFUSED_CSV = "refused.csv"
+DATA_FILES_V1 = (SENDERS, CONSENTS, OPTOUTS, DND)
+DATA_FILES = (*DATA_FILES_V1, GLOBAL_OPTOUTS, TERMS, REFUSED_JSON, REFUSED_CSV)
+
+
+def data_files(format_version: object) -> tuple[str, ...]:
+    """The data files a version of this format version has (checksummed in its manifest)."""
+    return DATA_FILES_V1 if format_version == 1 else DATA_FILES
+
 
 #: Upper bound of 16-bit containers per chunk. Deserializing a sparse container
 #: costs ~0.5-5 µs with the GIL held (more while the heap grows), merging one into

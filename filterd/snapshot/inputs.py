@@ -130,15 +130,23 @@ def _split(line: str) -> list[str]:
     return line.split(",")
 
 
-def _header(record: InputFile, line: str, columns: tuple[str, ...]) -> tuple[list[int], int]:
-    """Indices of the wanted columns, and the number of columns of the header."""
+def _header(
+    record: InputFile, line: str, columns: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> tuple[list[int], int, list[str]]:
+    """Indices of the wanted columns, the number of columns, the optional columns present.
+
+    The indices are those of ``columns``, then those of the ``optional`` columns
+    the header has, in the order of ``optional``.
+    """
     names = [c.strip().lstrip("\ufeff").strip().lower() for c in _split(line)]
     want = []
     for name in columns:
         if name not in names:
             raise SnapshotInputError(str(record.path), 1, f"missing column {name!r} in header")
         want.append(names.index(name))
-    return want, len(names)
+    present = [name for name in optional if name in names]
+    want += [names.index(name) for name in present]
+    return want, len(names), present
 
 
 def _columns(
@@ -166,9 +174,17 @@ def _columns(
 
 
 def _rows(
-    record: InputFile, columns: tuple[str, ...], progress: Progress | None
+    record: InputFile,
+    columns: tuple[str, ...],
+    progress: Progress | None,
+    optional: tuple[str, ...] = (),
+    present: list[str] | None = None,
 ) -> Iterator[tuple[int, list[str], list[list[str]]]]:
-    """(first line number, lines, wanted columns) per block, after the header."""
+    """(first line number, lines, wanted columns) per block, after the header.
+
+    The columns are ``columns``, then the ``optional`` ones the header has,
+    whose names are appended to ``present`` once the header is read.
+    """
     want: list[int] = []
     width = 0
     started = last = time.monotonic()
@@ -176,7 +192,9 @@ def _rows(
         if not want:
             if not lines:
                 continue
-            want, width = _header(record, lines[0], columns)
+            want, width, found = _header(record, lines[0], columns, optional)
+            if present is not None:
+                present += found
             lines = lines[1:]
             first += 1
         cols = _columns(record, first, lines, want, width)
@@ -280,14 +298,25 @@ class _Buffers:
         return merged
 
 
-def _locate_bad_row(record: InputFile, columns: tuple[str, ...], country_code: str) -> None:
-    """Re-read the file line by line and raise SnapshotInputError at the first bad row."""
+def _locate_bad_row(
+    record: InputFile,
+    columns: tuple[str, ...],
+    country_code: str,
+    optional: tuple[str, ...] = (),
+    check: Callable[[list[str], list[str]], str | None] | None = None,
+) -> None:
+    """Re-read the file line by line and raise SnapshotInputError at the first bad row.
+
+    ``check`` (for the optional columns) gets the names of the optional columns
+    present and their values in a row, and returns why the row is bad, or None.
+    """
     path = str(record.path)
     want: list[int] = []
+    present: list[str] = []
     for first, lines in _blocks(InputFile(record.kind, record.path)):
         for lineno, line in enumerate(lines, first):
             if not want:
-                want, _width = _header(record, line, columns)
+                want, _width, present = _header(record, line, columns, optional)
                 continue
             parts = _split(line)
             if len(parts) <= max(want):
@@ -296,11 +325,15 @@ def _locate_bad_row(record: InputFile, columns: tuple[str, ...], country_code: s
                 raise SnapshotInputError(path, lineno, "missing column")
             if len(columns) == 2 and not parts[want[0]].strip():
                 raise SnapshotInputError(path, lineno, "empty sender")
-            raw = parts[want[-1]].strip()
+            raw = parts[want[len(columns) - 1]].strip()
             try:
                 normalize(raw, country_code)
             except InvalidNumber as exc:
                 raise SnapshotInputError(path, lineno, f"bad recipient {raw!r}: {exc}") from exc
+            if check is not None:
+                reason = check(present, [parts[i] for i in want[len(columns) :]])
+                if reason is not None:
+                    raise SnapshotInputError(path, lineno, reason)
     raise SnapshotError(f"{path}: a value was refused but no bad row was found on re-reading")
 
 

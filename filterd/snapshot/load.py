@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from array import array
 from collections.abc import Generator
 from datetime import datetime
@@ -30,14 +31,17 @@ from filterd.snapshot.errors import SignatureError, SnapshotCorrupt, SnapshotNot
 from filterd.snapshot.signing import Verifier
 from filterd.snapshot.store import (
     _EMPTY,
+    REFUSED_ONLY,
     SPARSE_VALUES_PER_CONTAINER,
     ConsentSnapshot,
+    ConsentTerms,
     Counts,
     NumberSet,
     SenderConsent,
     drive,
     run_sliced,
     sorted_numbers_steps,
+    terms_steps,
 )
 
 __all__ = ["load_snapshot", "load_snapshot_async", "verify_snapshot"]
@@ -102,10 +106,12 @@ def _manifest_problems(manifest: object, version: str) -> list[str]:
         return [f"{m}: not a JSON object"]
     if manifest.get("format") != fmt.FORMAT_NAME:
         return [f"{m}: format is {manifest.get('format')!r}, expected {fmt.FORMAT_NAME!r}"]
-    if manifest.get("format_version") != fmt.FORMAT_VERSION:
+    format_version = manifest.get("format_version")
+    if format_version not in fmt.SUPPORTED_VERSIONS or isinstance(format_version, bool):
         return [
-            f"{m}: format_version {manifest.get('format_version')!r} is not supported "
-            f"(this filterd reads {fmt.FORMAT_VERSION})"
+            f"{m}: format_version {format_version!r} is not supported "
+            f"(this filterd reads {', '.join(map(str, fmt.SUPPORTED_VERSIONS))}):"
+            " upgrade filterd to load it"
         ]
     problems = []
     if manifest.get("version") != version:
@@ -113,15 +119,14 @@ def _manifest_problems(manifest: object, version: str) -> list[str]:
     if _parse_time(manifest.get("created_at")) is None:
         problems.append(f"{m}: created_at missing or not an RFC 3339 UTC time")
     counts = manifest.get("counts")
-    if not isinstance(counts, dict) or not all(
-        _is_int(counts.get(k)) for k in ("senders", "consents", "optouts", "dnd")
-    ):
-        problems.append(f"{m}: counts must hold senders, consents, optouts, dnd")
+    names = Counts._fields if format_version != 1 else ("senders", "consents", "optouts", "dnd")
+    if not isinstance(counts, dict) or not all(_is_int(counts.get(k)) for k in names):
+        problems.append(f"{m}: counts must hold {', '.join(names)}")
     files = manifest.get("files")
     if not isinstance(files, dict):
         problems.append(f"{m}: files missing")
     else:
-        for name in fmt.DATA_FILES:
+        for name in fmt.data_files(format_version):
             entry = files.get(name)
             if not (
                 isinstance(entry, dict)
@@ -131,6 +136,10 @@ def _manifest_problems(manifest: object, version: str) -> list[str]:
                 problems.append(f"{m}: no size and sha256 for {name}")
     if not _chunk_list_ok(manifest.get("dnd_chunks")):
         problems.append(f"{m}: dnd_chunks must be a list of [offset, length, cardinality]")
+    if format_version != 1 and not _chunk_list_ok(manifest.get("global_optout_chunks")):
+        problems.append(
+            f"{m}: global_optout_chunks must be a list of [offset, length, cardinality]"
+        )
     return problems
 
 
@@ -144,7 +153,7 @@ def _hash_files(vdir: Path, manifest: dict[str, object]) -> tuple[dict[str, byte
     assert isinstance(files, dict)
     contents: dict[str, bytes] = {}
     problems: list[str] = []
-    for name in fmt.DATA_FILES:
+    for name in fmt.data_files(manifest["format_version"]):
         expected = files[name]
         try:
             data = (vdir / name).read_bytes()
@@ -239,6 +248,58 @@ def _load_bitmap(
     return cast(NumberSet, acc), total
 
 
+_TERMS_STEP = 1 << 16  # numbers checked per loading step
+
+
+def _load_terms(
+    data: bytes, entry: object, what: str, problems: list[str], positions: dict[str, int]
+) -> Generator[None, None, tuple[ConsentTerms | None, int]]:
+    """A sender's terms record (docs/snapshot-format.md "terms.bin"); (terms, consents).
+
+    ``consents`` counts the numbers that are consents of their own (not also in
+    the plain set). Returns (None, 0) when the sender has no terms or on a problem.
+    """
+    name = fmt.TERMS
+    if entry == [] or entry is None:
+        return None, 0
+    if not (isinstance(entry, list) and len(entry) == 3 and all(_is_int(x) for x in entry)):
+        problems.append(f"{fmt.SENDERS}: terms of {what} is not [offset, length, count]")
+        return None, 0
+    offset, length, count = entry
+    if offset != positions.get(name, 0) or offset + length > len(data):
+        problems.append(f"{name}: terms of {what} at {offset}+{length} do not tile the file")
+        return None, 0
+    positions[name] = offset + length
+    if count == 0 or length not in (16 * count, 20 * count):
+        problems.append(f"{name}: terms of {what}: {length} bytes for {count} numbers")
+        return None, 0
+    numbers, until, caps = array("Q"), array("q"), array("I")
+    numbers.frombytes(data[offset : offset + 8 * count])
+    until.frombytes(data[offset + 8 * count : offset + 16 * count])
+    if length == 20 * count:
+        caps.frombytes(data[offset + 16 * count : offset + length])
+    if sys.byteorder != "little":
+        for part in (numbers, until, caps):
+            part.byteswap()
+    # Sorted and distinct, checked in C a slice at a time (slices overlap by one).
+    for a in range(0, count, _TERMS_STEP):
+        piece = numbers[a : a + _TERMS_STEP + 1]
+        if BitMap64(piece).to_array() != piece:
+            problems.append(f"{name}: terms of {what}: numbers not sorted and distinct")
+            return None, 0
+        yield
+    if min(until) < REFUSED_ONLY:
+        problems.append(f"{name}: terms of {what}: a validity below {REFUSED_ONLY}")
+        return None, 0
+    terms = yield from terms_steps(numbers, until, caps)
+    return terms, len(terms.numbers)
+
+
+def _terms_count(entry: object) -> int:
+    """Entries of a sender's terms record, as its index says (checked by _load_terms)."""
+    return entry[2] if isinstance(entry, list) and len(entry) == 3 else 0
+
+
 def _load_steps(
     vdir: Path, version: str, manifest: dict[str, object], contents: dict[str, bytes]
 ) -> _Steps:
@@ -246,7 +307,7 @@ def _load_steps(
     counts_m = manifest["counts"]
     assert isinstance(counts_m, dict)
     senders: dict[str, SenderConsent] = {}
-    n_consents = n_optouts = 0
+    n_consents = n_optouts = n_terms = 0
     positions: dict[str, int] = {}  # where the next chunk of each file must start
     lines = contents[fmt.SENDERS].split(b"\n")
     if lines and lines[-1] == b"":
@@ -278,12 +339,19 @@ def _load_steps(
             sizes.append(size)
         if problems:
             break
-        if not sizes[0] and not sizes[1]:
+        terms, special = yield from _load_terms(
+            contents.get(fmt.TERMS, b""), entry.get("terms"), f"sender {sender!r}", problems,
+            positions,
+        )  # fmt: skip
+        if problems:
+            break
+        if not sizes[0] and not sizes[1] and terms is None:
             problems.append(f"{fmt.SENDERS}:{lineno}: sender {sender!r} has no numbers")
             break
         optout_filter = yield from prefilter.filter_steps(members[1], sizes[1])
-        senders[sender] = SenderConsent(members[0], members[1], optout_filter)
-        n_consents += sizes[0]
+        senders[sender] = SenderConsent(members[0], members[1], optout_filter, terms)
+        n_terms += _terms_count(entry.get("terms"))
+        n_consents += sizes[0] + special
         n_optouts += sizes[1]
         yield
     dnd_chunks = manifest["dnd_chunks"]
@@ -294,13 +362,22 @@ def _load_steps(
         dnd, n_dnd = yield from _load_bitmap(
             contents[fmt.DND], fmt.DND, dnd_chunks, "dnd", problems, positions
         )
+    global_optouts: NumberSet = _EMPTY
+    n_global = 0
+    global_chunks = manifest.get("global_optout_chunks", [])
+    assert isinstance(global_chunks, list)
+    if not problems and global_chunks:
+        global_optouts, n_global = yield from _load_bitmap(
+            contents[fmt.GLOBAL_OPTOUTS], fmt.GLOBAL_OPTOUTS, global_chunks, "global opt-outs",
+            problems, positions,
+        )  # fmt: skip
     if not problems:
-        for name in (fmt.CONSENTS, fmt.OPTOUTS, fmt.DND):
-            unindexed = len(contents[name]) - positions.get(name, 0)
+        for name in (fmt.CONSENTS, fmt.OPTOUTS, fmt.DND, fmt.GLOBAL_OPTOUTS, fmt.TERMS):
+            unindexed = len(contents.get(name, b"")) - positions.get(name, 0)
             if unindexed:
                 problems.append(f"{name}: {unindexed} bytes not indexed")
-        found = Counts(len(senders), n_consents, n_optouts, n_dnd)
-        expected = Counts(*(counts_m[k] for k in Counts._fields))
+        found = Counts(len(senders), n_consents, n_optouts, n_dnd, n_global, n_terms)
+        expected = Counts(*(counts_m.get(k, 0) for k in Counts._fields))
         if found != expected:
             problems.append(
                 f"{fmt.MANIFEST}: counts {expected._asdict()} but files hold {found._asdict()}"
@@ -316,10 +393,12 @@ def _load_steps(
         created_at=created_at,
         senders=senders,
         dnd_numbers=dnd,
-        counts=Counts(len(senders), n_consents, n_optouts, n_dnd),
-        bytes=sum(int(files[n]["bytes"]) for n in fmt.DATA_FILES)
+        counts=found,
+        bytes=sum(int(files[n]["bytes"]) for n in fmt.data_files(manifest["format_version"]))
         + (vdir / fmt.MANIFEST).stat().st_size,
         manifest=manifest,
+        global_optouts=global_optouts,
+        global_optout_filter=(yield from prefilter.filter_steps(global_optouts, n_global)),
     )
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import builtins
 import sys
 import time
 from array import array
 from collections.abc import Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import compress
 from typing import Final, Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast
 
 from pyroaring import BitMap64, FrozenBitMap64
@@ -25,7 +27,10 @@ from filterd import prefilter
 from filterd.snapshot import format as fmt
 
 __all__ = [
+    "FOREVER",
+    "REFUSED_ONLY",
     "ConsentSnapshot",
+    "ConsentTerms",
     "Counts",
     "NumberSet",
     "SenderConsent",
@@ -103,6 +108,10 @@ class SortedNumbers:
     def __contains__(self, number: object) -> bool:
         if not isinstance(number, int):
             return False
+        return self.rank(number) >= 0
+
+    def rank(self, number: int) -> int:
+        """The rank of ``number`` in the set (0 is the smallest), or -1 when it is absent."""
         b = (number >> self._shift) - self._first
         if 0 <= b < self._nbuckets:
             low = number & self._mask
@@ -114,8 +123,8 @@ class SortedNumbers:
             hi = starts[b + 1]
             lows = self._lows
             i = bisect.bisect_left(lows, low, starts[b], hi)
-            return i < hi and lows[i] == low
-        return False
+            return i if i < hi and lows[i] == low else -1
+        return -1
 
     def __len__(self) -> int:
         return self._len
@@ -166,8 +175,10 @@ def _word(buf: bytes, index: int, size: int) -> int:
     return value
 
 
-def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int, low: int) -> bool:
-    """``low`` among the sorted low words of ``bucket``: a binary search over the raw bytes.
+def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int, low: int) -> int:
+    """The rank of ``low`` among the sorted low words of ``bucket`` (-1: absent).
+
+    A binary search over the raw bytes.
 
     The same search as the interpreted path's ``bisect_left``, written out so that
     the compiled build runs it on machine integers (~10x faster than bisecting a
@@ -182,7 +193,7 @@ def _find(lows: bytes, lowsize: int, starts: bytes, startsize: int, bucket: int,
             lo = mid + 1
         else:
             hi = mid
-    return lo < end and _word(lows, lo, lowsize) == low
+    return lo if lo < end and _word(lows, lo, lowsize) == low else -1
 
 
 #: Buckets are sized for about this many numbers each (a 3-probe bisect).
@@ -294,20 +305,141 @@ def drive(steps: Generator[None, None, _T]) -> _T:
 _EMPTY = cast(NumberSet, FrozenBitMap64())
 
 
+#: ``until`` of a pair that has an accepted consent without expiry.
+FOREVER: Final = (1 << 63) - 1
+#: ``until`` of a pair whose consents are all of methods the build did not accept.
+REFUSED_ONLY: Final = -1
+
+
+class ConsentTerms:
+    """A sender's consents that are not plain: expiring, refused, or with a ``max_per_day``.
+
+    Most consents are accepted, never expire and state no frequency: they are only
+    numbers in :attr:`SenderConsent.consents`. The others are here, in two tables
+    sized by their counts:
+
+    * ``numbers`` (a :class:`SortedNumbers`) and ``until`` at the same rank: the
+      pairs with no accepted consent that never expires, and up to when one of
+      their accepted consents is valid: ``until * scale`` epoch milliseconds, or
+      ``refused`` when the pair only has consents of methods not accepted;
+    * ``cap_numbers`` and ``caps``: the pairs whose accepted consents state a
+      ``max_per_day``, and the smallest one (for the frequency-cap rule).
+
+    ``until`` holds 4-byte seconds (``scale`` 1000, ``refused`` 0) when every
+    validity is a whole second, as exports nearly always have it, else 8-byte
+    milliseconds (``scale`` 1, ``refused`` :data:`REFUSED_ONLY`).
+    """
+
+    __slots__ = ("cap_numbers", "caps", "numbers", "refused", "scale", "until")
+
+    def __init__(
+        self,
+        numbers: SortedNumbers,
+        until: array[int],
+        cap_numbers: SortedNumbers,
+        caps: array[int],
+        scale: int = 1,
+        refused: int = REFUSED_ONLY,
+    ) -> None:
+        self.numbers = numbers
+        self.until = until
+        self.cap_numbers = cap_numbers
+        self.caps = caps
+        self.scale = scale
+        self.refused = refused
+
+    @classmethod
+    def of(cls, numbers: array[int], until: array[int], caps: array[int]) -> ConsentTerms:
+        """From parallel arrays of sorted numbers, validities (ms) and caps (tools, tests)."""
+        return drive(terms_steps(numbers, until, caps))
+
+    def until_ms(self, rank: int) -> int:
+        """``until`` of this rank in epoch ms, or :data:`REFUSED_ONLY`."""
+        value = self.until[rank]
+        return REFUSED_ONLY if value == self.refused else value * self.scale
+
+    def max_per_day(self, number: int) -> int:
+        """The pair's ``max_per_day`` (0: none stated, or no such pair here)."""
+        i = self.cap_numbers.rank(number)
+        return self.caps[i] if i >= 0 else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the numbers and their terms."""
+        return (
+            self.numbers.nbytes + self.until.itemsize * len(self.until)
+            + self.cap_numbers.nbytes + self.caps.itemsize * len(self.caps)
+        )  # fmt: skip
+
+
+#: Entries per step of :func:`terms_steps`.
+_TERMS_STEP = 1 << 16
+_MAX_SECONDS = (1 << 32) - 1
+
+
+def terms_steps(
+    numbers: array[int], until: array[int], caps: array[int]
+) -> Generator[None, None, ConsentTerms]:
+    """Index a sender's terms (sorted distinct ``numbers``; ``until`` in ms, FOREVER for a
+    pair in the plain set, REFUSED_ONLY; ``caps``, 0 for none, or empty); yields between
+    bounded pieces of work."""
+    n = len(numbers)
+    timed: array[int] = array("Q")
+    timed_until: array[int] = array("q")
+    capped: array[int] = array("Q")
+    capped_values: array[int] = array("I")
+    whole = True
+    for a in range(0, n, _TERMS_STEP):
+        piece = until[a : a + _TERMS_STEP]
+        keep = bytes(map(FOREVER.__ne__, piece))
+        timed.extend(compress(numbers[a : a + _TERMS_STEP], keep))
+        timed_until.extend(compress(piece, keep))
+        if caps:
+            some = bytes(map(bool, caps[a : a + _TERMS_STEP]))
+            capped.extend(compress(numbers[a : a + _TERMS_STEP], some))
+            capped_values.extend(compress(caps[a : a + _TERMS_STEP], some))
+        yield
+    # Whole seconds (and no validity at or before the epoch) fit 4 bytes: the rule.
+    for a in range(0, len(timed_until), _TERMS_STEP):
+        piece = timed_until[a : a + _TERMS_STEP]
+        if whole and not all(
+            u == REFUSED_ONLY or (u % 1000 == 0 and 0 < u <= _MAX_SECONDS * 1000) for u in piece
+        ):
+            whole = False
+        yield
+    scale, refused = 1, REFUSED_ONLY
+    if whole:
+        seconds: array[int] = array("I")
+        for a in range(0, len(timed_until), _TERMS_STEP):
+            piece = timed_until[a : a + _TERMS_STEP]
+            seconds.extend(0 if u == REFUSED_ONLY else u // 1000 for u in piece)
+            yield
+        timed_until, scale, refused = seconds, 1000, 0
+    if capped_values and max(capped_values) < 1 << 16:
+        capped_values = array("H", capped_values)  # most stated frequencies are small
+    timed_numbers = yield from sorted_numbers_steps(timed)
+    cap_numbers = yield from sorted_numbers_steps(capped)
+    return ConsentTerms(timed_numbers, timed_until, cap_numbers, capped_values, scale, refused)
+
+
 class SenderConsent(NamedTuple):
-    """One sender's numbers. Both sets support ``number in x`` for an int E.164 number."""
+    """One sender's numbers. The sets support ``number in x`` for an int E.164 number."""
 
     consents: NumberSet
-    """Numbers that consented to this sender."""
+    """Numbers with an accepted consent to this sender that never expires."""
     optouts: NumberSet
     """Numbers that opted out of this sender (wins over consent)."""
     optout_filter: bytes
     """:mod:`filterd.prefilter` of ``optouts``: the inline "surely not opted out"."""
+    terms: ConsentTerms | None = None
+    """The other consents (expiring, refused, capped); None when there are none."""
 
     @classmethod
-    def of(cls, consents: NumberSet, optouts: NumberSet) -> SenderConsent:
+    def of(
+        cls, consents: NumberSet, optouts: NumberSet, terms: ConsentTerms | None = None
+    ) -> SenderConsent:
         """An entry with its opt-out filter built at once (tools and tests)."""
-        return cls(consents, optouts, prefilter.build(optouts))
+        return cls(consents, optouts, prefilter.build(optouts), terms)
 
 
 class Counts(NamedTuple):
@@ -315,8 +447,13 @@ class Counts(NamedTuple):
 
     senders: int
     consents: int
+    """Distinct (sender, number) pairs with at least one consent row, of any method."""
     optouts: int
     dnd: int
+    global_optouts: int = 0
+    """Numbers opted out of every sender (sender ``*``)."""
+    terms: int = 0
+    """Pairs with consent terms (expiring, refused or capped), see :class:`ConsentTerms`."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -337,6 +474,10 @@ class ConsentSnapshot:
     bytes: int
     """Total size of the version's files on disk."""
     manifest: dict[str, object]
+    global_optouts: NumberSet = _EMPTY
+    """Numbers opted out of every sender (sender ``*`` in the opt-outs input)."""
+    global_optout_filter: builtins.bytes = b""  # (the field ``bytes`` shadows the type here)
+    """:mod:`filterd.prefilter` of ``global_optouts``."""
 
     @property
     def consents(self) -> int:
@@ -358,12 +499,36 @@ class ConsentSnapshot:
         return sender.strip() in self.senders
 
     def consented(self, sender: str, number: int) -> bool:
-        """Whether ``number`` consented to ``sender``."""
+        """Whether ``number`` has an accepted consent to ``sender`` that never expires."""
         entry = self.senders.get(sender.strip())
         return entry is not None and number in entry.consents
 
+    def consent_until(self, sender: str, number: int) -> int | None:
+        """Epoch ms up to which an accepted consent of the pair is valid.
+
+        :data:`FOREVER` for one that never expires, :data:`REFUSED_ONLY` when the
+        pair only has consents of methods not accepted, None for no consent at all.
+        """
+        entry = self.senders.get(sender.strip())
+        if entry is None:
+            return None
+        if number in entry.consents:
+            return FOREVER
+        if entry.terms is not None and (i := entry.terms.numbers.rank(number)) >= 0:
+            return entry.terms.until_ms(i)
+        return None
+
+    def max_per_day(self, sender: str, number: int) -> int:
+        """The pair's ``max_per_day`` from its accepted consents (0: none stated)."""
+        entry = self.senders.get(sender.strip())
+        if entry is None or entry.terms is None:
+            return 0
+        return entry.terms.max_per_day(number)
+
     def opted_out(self, sender: str, number: int) -> bool:
-        """Whether ``number`` opted out of ``sender``."""
+        """Whether ``number`` opted out of ``sender``, or of every sender."""
+        if number in self.global_optouts:
+            return True
         entry = self.senders.get(sender.strip())
         return entry is not None and number in entry.optouts
 
@@ -380,8 +545,13 @@ class ConsentSnapshot:
             "consents": self.counts.consents,
             "optouts": self.counts.optouts,
             "dnd": self.counts.dnd,
+            "global_optouts": self.counts.global_optouts,
+            "consent_terms": self.counts.terms,
             "bytes": self.bytes,
             "format_version": self.manifest.get("format_version"),
+            "accept_methods": self.manifest.get("accept_methods"),
+            "method_column": self.manifest.get("method_column"),
+            "refused_rows": self.manifest.get("refused_rows"),
             "inputs": self.manifest.get("inputs"),
             "checksums_verified": True,
         }
@@ -411,6 +581,7 @@ def release_steps(snapshot: ConsentSnapshot) -> Generator[None, None, None]:
         yield from _empty_sender(senders.popitem()[1])
         yield
     yield from _empty_bitmap(snapshot.dnd_numbers)
+    yield from _empty_bitmap(snapshot.global_optouts)
 
 
 def _empty_sender(entry: SenderConsent) -> Generator[None, None, None]:

@@ -104,3 +104,33 @@ def test_hour_gap_listing() -> None:
     summary = Summary(HourBuckets())
     summary.add_batch(as_audit(generate(2, seed=1, step_ms=5 * HOUR_MS)))
     assert len(summary.hours()) == 6
+
+
+def test_summary_counts_recategorized_messages_by_declared_category() -> None:
+    import io
+
+    from filterd.audit.output import write_summary_csv
+    from filterd.audit.records import declared_category_of
+
+    headers = [("filterd-reason", b"no-consent"), ("filterd-declared-category", b"verification")]
+    assert declared_category_of(headers) == "verification"
+    assert declared_category_of(headers[:1]) is None
+    value = b'{"id": "m", "sender": "S", "recipient": "+8613800000001"}'
+    rows = [
+        ("no-consent", "verification"),
+        ("no-consent", "verification"),
+        ("consent-not-explicit", "transactional"),
+        ("no-consent", None),
+    ]
+    summary = Summary(HourBuckets())
+    summary.add_batch([
+        AuditRecord("t", 0, i, 0, None, value, "block", reason, "v", "s", declared)
+        for i, (reason, declared) in enumerate(rows)
+    ])  # fmt: skip
+    assert summary.to_json()["by_declared_category"] == {
+        "transactional": {"consent-not-explicit": 1},
+        "verification": {"no-consent": 2},
+    }
+    out = io.StringIO()
+    write_summary_csv(summary, 10, out)
+    assert "declared_category,verification,no-consent,2" in out.getvalue().splitlines()

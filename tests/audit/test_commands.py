@@ -79,6 +79,7 @@ async def test_summary_json_csv_and_table_with_invalid_topic(
         "by_sender": top_by_total(senders),
         "by_hour": dict(sorted(Counter(cst_hour(r.ts_ms) for r in inside).items())),
         "by_snapshot": dict(sorted(Counter(r.snapshot for r in inside).items())),
+        "by_declared_category": {},  # no recategorized message in this stream
     }
     assert "malformed-json" in got["by_reason"]
 

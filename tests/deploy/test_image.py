@@ -25,12 +25,12 @@ from pathlib import Path
 import orjson
 import pytest
 from deploy_util import DEPLOY
-from kafka_util import NewTopicFactory, drain
-from reference import Reference
-from stream_util import build_snapshot, cli
 
 from filterd.loadgen import iter_events, load_dataset, write_dataset
 from filterd.loadgen.produce import produce_events
+from tests.support.kafka import NewTopicFactory, drain
+from tests.support.reference import Reference
+from tests.support.stream import build_snapshot, cli
 
 IMAGE_SH = DEPLOY / "docker" / "image.sh"
 # A first build on a fresh machine: debootstrap, apt, pip, the mypyc compile (docs/deploy.md).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import snapshot_bench
-from filterd.snapshot import build_snapshot, load_snapshot
+from filterd.snapshot import SenderConsent, build_snapshot, load_snapshot
 
 
 def test_generated_shape_builds(tmp_path: Path) -> None:
@@ -13,9 +13,19 @@ def test_generated_shape_builds(tmp_path: Path) -> None:
     root = tmp_path / "snap"
     build_snapshot(root, paths["consents"], paths["optouts"], paths["dnd"])
     snap = load_snapshot(root)
-    # Five huge senders hold 60%: the biggest holds about a quarter of the consents.
-    biggest = max(len(e.consents) for e in snap.senders.values())
+
+    # Five huge senders hold 60%: the biggest holds about a quarter of the consents
+    # (plain ones, and those with terms that are not also plain).
+    def consents(entry: SenderConsent) -> int:
+        terms = entry.terms
+        return len(entry.consents) + (0 if terms is None else len(terms.numbers))
+
+    biggest = max(consents(e) for e in snap.senders.values())
     assert 0.2 * 5000 < biggest < 0.3 * 5000
+    # The evidence columns: about 30 % of the consents have terms, 8 % refused.
+    refused = snap.manifest["refused_rows"]["by_method"]["default-registration"]
+    assert 0.05 * 5000 < refused < 0.11 * 5000
+    assert 0.2 * 5000 < snap.counts.terms < 0.4 * 5000
     assert snap.counts.senders > 50
     assert snap.counts.dnd > 0.9 * 500
     assert snap.counts.optouts > 0.9 * 100

@@ -105,7 +105,7 @@ def test_country_code_for_national_numbers(tmp_path: Path) -> None:
         (["sender", "recipient"], [("a", "13812345678"), ("  ", "13812345678")], 3, "empty sender"),
         (["sender", "recipient"], [("a", "13812345678"), ("b",)], 3, "missing column"),
         (["sender", "number"], [("a", "13812345678")], 1, "missing column 'recipient'"),
-        (["sender", "recipient"], [("a", "+86138１２３45678")], 2, "bad recipient"),
+        (["sender", "recipient"], [("a", "+٨٦١٣٨١٢٣٤٥٦٧٨")], 2, "bad recipient"),
         (["sender", "recipient"], [("a", "+0123456789")], 2, "leading zero"),
     ],
 )

@@ -99,7 +99,10 @@ def test_byte_search_matches_a_set(base: int, spread: int, data: st.DataObject) 
             numbers._lowbytes, numbers._lowsize, numbers._startbytes, numbers._startsize,
             b, p & mask,
         )  # fmt: skip
-        assert found == (p in values), p
+        assert (found >= 0) == (p in values), p
+        if found >= 0:
+            assert numbers[found] == p  # the rank, which the consent terms index by
+            assert numbers.rank(p) == found
 
 
 @pytest.mark.parametrize("size", [2, 4, 8])

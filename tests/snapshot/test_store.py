@@ -33,11 +33,21 @@ from .data import Model, write_csv
 @pytest.fixture
 def published(tmp_path: Path) -> tuple[Path, str]:
     rows = [(f"s{i % 7}", f"1{3 + i % 7}{i * 7919 % 10**9:09d}") for i in range(400)]
+    # Every file of the format holds something: terms (expiring, refused, capped
+    # consents), global opt-outs, the refused-consent report.
+    methods = ["explicit", "default-registration", "written", "explicit"]
+    expiries = ["", "", "2030-01-01T00:00:00+08:00", ""]
+    caps = ["", "", "", "4"]
+    evidence = [(*r, methods[i % 4], expiries[i % 4], caps[i % 4]) for i, r in enumerate(rows)]
     root = tmp_path / "snap"
     version = build_snapshot(
         root,
-        write_csv(tmp_path / "c.csv", ["sender", "recipient"], rows),
-        write_csv(tmp_path / "o.csv", ["sender", "recipient"], rows[:20]),
+        write_csv(
+            tmp_path / "c.csv",
+            ["sender", "recipient", "method", "expires_at", "max_per_day"],
+            evidence,
+        ),
+        write_csv(tmp_path / "o.csv", ["sender", "recipient"], [*rows[:20], ("*", rows[20][1])]),
         write_csv(tmp_path / "d.csv", ["recipient"], [(r,) for _, r in rows[:30]]),
     )
     return root, version

@@ -11,10 +11,10 @@ new :class:`Rule` in the table of its step, not a new copy of the model:
 
 - step 1, invalid input: ``INVALID_INPUT``;
 - step 2, honest category: ``CATEGORY_REWRITES`` turns the declared category into the one
-  decided on (today none: the declared category stands), then ``CATEGORY`` routes the
-  exempt ones;
-- step 3, consent: ``CONSENT`` (``consent-expired``, ``consent-not-explicit`` and the global
-  opt-out ``*`` are entries to come here), ending in ``no-consent``;
+  decided on (an exempt category whose text carries a marketing marker is decided as
+  marketing), then ``CATEGORY`` routes the exempt ones;
+- step 3, consent: ``CONSENT`` (opt-outs of this sender or of every sender ``*``, a valid
+  consent, ``consent-expired``, ``consent-not-explicit``, ...), ending in ``no-consent``;
 - step 4, limits on what step 3 delivers: ``LIMITS`` (today empty; quiet hours and
   frequency caps keep their counters on the :class:`Reference`).
 
@@ -28,8 +28,11 @@ import gzip
 import io
 import json
 import re
-from collections.abc import Callable, Set
+import time
+import unicodedata
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -40,8 +43,19 @@ MAX_EVENT_BYTES = 65_536
 EXEMPT_CATEGORIES = frozenset({"transactional", "verification"})
 DEFAULT_CATEGORY = "marketing"
 
+#: `snapshot build --accept-methods` by default.
+ACCEPT_METHODS = frozenset({"explicit", "double-opt-in", "written"})
+#: `[policy] marketing_markers` by default.
+MARKETING_MARKERS = (
+    "退订", "回T", "回TD", "拒收请回复", "unsubscribe", "reply STOP", "优惠", "折扣", "满减",
+    "秒杀", "促销", "特价", "包邮", "领券", "红包",
+)  # fmt: skip
+
 Decision = tuple[str, str]
 """(route, reason)."""
+
+#: One consent row's evidence: (method accepted?, expires_at in epoch microseconds or None).
+ConsentRow = tuple[bool, "int | None"]
 
 # --------------------------------------------------------------------------- numbers
 
@@ -52,7 +66,7 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def ref_normalize(raw: str, country_code: str = COUNTRY_CODE) -> int | None:
     """docs/contract.md "Numbers", step by step; None where the event is ``bad-recipient``."""
-    s = _SEPARATORS.sub("", raw)
+    s = _SEPARATORS.sub("", unicodedata.normalize("NFKC", raw))
     if s.startswith("+"):
         s = s[1:]
     elif s.startswith("00"):
@@ -130,11 +144,30 @@ _OPTIONAL_TEXT = ("category", "text")
 
 
 class Message:
-    """One record value as the rules see it; each field is worked out when a rule first asks."""
+    """One record value as the rules see it; each field is worked out when a rule first asks.
 
-    def __init__(self, value: bytes | None, model: Reference) -> None:
+    ``at_ms`` is the time of the message (the record timestamp in the stream, the time given
+    to replay; None: now); with ``event_time`` an event's own ``ts`` wins (replay).
+    """
+
+    def __init__(
+        self,
+        value: bytes | None,
+        model: Reference,
+        at_ms: int | None = None,
+        event_time: bool = False,
+    ) -> None:
         self.value = value
         self.model = model
+        self._at_ms = at_ms
+        self._event_time = event_time
+
+    @cached_property
+    def at_ms(self) -> int:
+        ts = self.get("ts") if self.doc is not None else None
+        if self._event_time and ts is not None:
+            return int(ts)
+        return self._at_ms if self._at_ms is not None else time.time_ns() // 1_000_000
 
     @cached_property
     def doc(self) -> dict[str, Any] | None:
@@ -161,6 +194,10 @@ class Message:
         """A JSON null counts as absent: the default category."""
         category = self.get("category")
         return DEFAULT_CATEGORY if category is None else str(category)
+
+    @cached_property
+    def consent_rows(self) -> list[ConsentRow]:
+        return list(self.model.consent_rows.get((self.sender, self.number or 0), ()))
 
     @cached_property
     def category(self) -> str:
@@ -211,8 +248,47 @@ INVALID_INPUT: tuple[Rule, ...] = (
     Rule("bad-recipient", "invalid", lambda m: m.number is None),
 )
 
+
+def rule_expiry_us(text: str) -> int | None:
+    """A consents file's ``expires_at``: epoch microseconds; None for empty (no expiry)."""
+    if not text.strip():
+        return None
+    moment = datetime.fromisoformat(text.strip())
+    assert moment.tzinfo is not None, text
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def rule_has_marker(text: str, markers: tuple[str, ...]) -> bool:
+    """Step 2: a marker is a substring of the text, both NFKC-normalized and case-folded."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return any(
+        m and m in folded for m in (unicodedata.normalize("NFKC", x).casefold() for x in markers)
+    )
+
+
+def rule_consent(rows: list[ConsentRow], at_ms: int) -> str | None:
+    """Step 3 rules 2-4 for one (sender, recipient)'s consent rows; None: no consent row."""
+    if not rows:
+        return None
+    accepted = [expires for ok, expires in rows if ok]
+    if any(expires is None or expires > at_ms * 1000 for expires in accepted):
+        return "consent"
+    if accepted:
+        return "consent-expired"
+    return "consent-not-explicit"
+
+
+def _disguised(m: Message) -> str | None:
+    """An exempt category whose text carries a marketing marker is decided as marketing."""
+    text = m.get("text")
+    exempt = m.declared_category in m.model.exempt
+    if exempt and isinstance(text, str) and rule_has_marker(text, m.model.markers):
+        return DEFAULT_CATEGORY
+    return None
+
+
 #: Step 2, honest category: functions returning the category to decide on, or None.
-CATEGORY_REWRITES: tuple[Callable[[Message], str | None], ...] = ()
+CATEGORY_REWRITES: tuple[Callable[[Message], str | None], ...] = (_disguised,)
 
 #: Step 2, then the category's rule: ``exempt`` categories are delivered.
 CATEGORY: tuple[Rule, ...] = (
@@ -221,8 +297,26 @@ CATEGORY: tuple[Rule, ...] = (
 
 #: Step 3, consent (``require-consent`` categories), first match wins.
 CONSENT: tuple[Rule, ...] = (
-    Rule("opted-out", "block", lambda m: m.pair in m.model.optouts),
-    Rule("consent", "deliver", lambda m: m.pair in m.model.consents),
+    Rule(
+        "opted-out",
+        "block",
+        lambda m: m.pair in m.model.optouts or m.number in m.model.global_optouts,
+    ),
+    Rule(
+        "consent",
+        "deliver",
+        lambda m: m.pair in m.model.consents or rule_consent(m.consent_rows, m.at_ms) == "consent",
+    ),
+    Rule(
+        "consent-expired",
+        "block",
+        lambda m: rule_consent(m.consent_rows, m.at_ms) == "consent-expired",
+    ),
+    Rule(
+        "consent-not-explicit",
+        "block",
+        lambda m: rule_consent(m.consent_rows, m.at_ms) == "consent-not-explicit",
+    ),
     Rule("unknown-sender", "block", lambda m: m.sender not in m.model.senders),
     Rule("recipient-dnd", "block", lambda m: m.number in m.model.dnd),
     Rule("no-consent", "block", lambda m: True),
@@ -269,29 +363,53 @@ class Reference:
     country_code: str = COUNTRY_CODE
     max_bytes: int = MAX_EVENT_BYTES
     exempt: Set[str] = EXEMPT_CATEGORIES
+    #: Consent rows with a refused method or an expiry, per (sender, number); the plain
+    #: accepted ones without expiry are in ``consents``.
+    consent_rows: Mapping[tuple[str, int], list[ConsentRow]] = field(default_factory=dict)
+    #: Numbers opted out of every sender (opt-out rows of sender ``*``).
+    global_optouts: Set[int] = frozenset()
+    accept: Set[str] = ACCEPT_METHODS
+    markers: tuple[str, ...] = MARKETING_MARKERS
     #: Counters of stateful rules (step 4), keyed as each rule likes.
     counters: dict[object, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.senders is None:
             senders = {s for s, _ in self.consents} | {s for s, _ in self.optouts}
+            senders |= {s for s, _ in self.consent_rows}
             object.__setattr__(self, "senders", frozenset(senders))
 
     @classmethod
     def from_dataset(cls, directory: Path, **policy: Any) -> Reference:
         """The model of a loadgen data set (``consents.csv.gz``, ``optouts.csv.gz``, ``dnd``)."""
+        accept = policy.get("accept", ACCEPT_METHODS)
         pairs: dict[str, set[tuple[str, int]]] = {"consents": set(), "optouts": set()}
+        rows: dict[tuple[str, int], list[ConsentRow]] = {}
+        global_optouts: set[int] = set()
         for name, target in pairs.items():
             for row in _rows(directory / f"{name}.csv.gz"):
+                sender = row["sender"].strip()
                 number = ref_normalize(row["recipient"])
                 assert number is not None, row
-                target.add((row["sender"].strip(), number))
+                if name == "optouts" and sender == "*":
+                    global_optouts.add(number)
+                    continue
+                # Without a method column every row counts as accepted.
+                accepted = "method" not in row or (row["method"] or "").strip() in accept
+                expires = rule_expiry_us(row.get("expires_at") or "")
+                if name == "consents" and (not accepted or expires is not None):
+                    rows.setdefault((sender, number), []).append((accepted, expires))
+                    continue
+                target.add((sender, number))
         dnd = set()
         for row in _rows(directory / "dnd.csv.gz"):
             number = ref_normalize(row["recipient"])
             assert number is not None, row
             dnd.add(number)
-        return cls(pairs["consents"], pairs["optouts"], dnd=dnd, **policy)
+        return cls(
+            pairs["consents"], pairs["optouts"], dnd=dnd, consent_rows=rows,
+            global_optouts=frozenset(global_optouts), **policy,
+        )  # fmt: skip
 
     def with_consents(self, extra: Set[tuple[str, int]]) -> Reference:
         """The next version: ``extra`` consents granted (their senders become known)."""
@@ -302,14 +420,25 @@ class Reference:
             counters={},
         )
 
-    def decide(self, value: bytes | None) -> Decision:
-        """The route and reason the contract prescribes for one input value."""
-        m = Message(value, self)
-        found = _first(INVALID_INPUT, m) or _first(CATEGORY, m)
+    def decide(
+        self, value: bytes | None, at_ms: int | None = None, *, event_time: bool = False
+    ) -> Decision:
+        """The route and reason the contract prescribes for one input value at ``at_ms``."""
+        route, reason, _declared = self.decide_full(value, at_ms, event_time=event_time)
+        return route, reason
+
+    def decide_full(
+        self, value: bytes | None, at_ms: int | None = None, *, event_time: bool = False
+    ) -> tuple[str, str, str | None]:
+        """(route, reason, the declared category when step 2 decided it as marketing)."""
+        m = Message(value, self, at_ms, event_time)
+        found = _first(INVALID_INPUT, m)
         if found is not None:
-            return found
-        consent = _first(CONSENT, m)
-        assert consent is not None, "the consent table ends in a rule that always matches"
-        if consent[0] == "deliver":
-            return _first(LIMITS, m) or consent
-        return consent
+            return (*found, None)
+        declared = m.declared_category if m.category != m.declared_category else None
+        found = _first(CATEGORY, m)
+        if found is None:
+            consent = _first(CONSENT, m)
+            assert consent is not None, "the consent table ends in a rule that always matches"
+            found = (_first(LIMITS, m) or consent) if consent[0] == "deliver" else consent
+        return (*found, declared)

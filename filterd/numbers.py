@@ -33,8 +33,8 @@ _INTERNATIONAL_FLOOR: Final[dict[int, int]] = {
 def normalize(raw: str, country_code: str = "86") -> int:
     """Return the E.164 digits of ``raw`` as an integer, or raise :class:`InvalidNumber`.
 
-    Rules (docs/contract.md): Unicode NFKC; remove spaces, ``-``, ``.``, ``(`` and ``)``; ``+DIGITS``
-    and ``00DIGITS`` are international; any other all-digit string is national:
+    Rules (docs/contract.md): Unicode NFKC; remove spaces, ``-``, ``.``, ``(`` and ``)``;
+    ``+DIGITS`` and ``00DIGITS`` are international; any other all-digit string is national:
     ``country_code`` + the digits, with one leading trunk ``0`` removed. The
     result must be 8 to 15 ASCII digits, not starting with 0.
 

@@ -42,6 +42,14 @@ final class Decider {
     private static final int INTEGER = 2;
     private static final int OTHER = 3;
 
+    // The six fields of an event.
+    private static final int ID = 0;
+    private static final int SENDER = 1;
+    private static final int RECIPIENT = 2;
+    private static final int CATEGORY = 3;
+    private static final int TEXT = 4;
+    private static final int TS = 5;
+
     private final JsonFactory json;
     private final Snapshot snapshot;
     private final String countryCode;
@@ -59,7 +67,6 @@ final class Decider {
                         .maxStringLength(Integer.MAX_VALUE)
                         .build())
                 .build();
-        this.json.disable(JsonFactory.Feature.CANONICALIZE_FIELD_NAMES);
         this.snapshot = snapshot;
         this.countryCode = policy.countryCode;
         this.maxEventBytes = policy.maxEventBytes;
@@ -101,12 +108,25 @@ final class Decider {
                 if (checkSurrogates && Utf8.loneSurrogate(name)) {
                     return Outcome.MALFORMED_JSON;
                 }
+                int field = switch (name) {
+                    case "id" -> ID;
+                    case "sender" -> SENDER;
+                    case "recipient" -> RECIPIENT;
+                    case "category" -> CATEGORY;
+                    case "text" -> TEXT;
+                    case "ts" -> TS;
+                    default -> -1;
+                };
                 t = p.nextToken();
                 int kind;
                 String text = null;
                 if (t == JsonToken.VALUE_STRING) {
-                    text = p.getText();
-                    if (checkSurrogates && Utf8.loneSurrogate(text)) {
+                    if (field >= ID && field <= CATEGORY) {
+                        text = p.getText();
+                        if (checkSurrogates && Utf8.loneSurrogate(text)) {
+                            return Outcome.MALFORMED_JSON;
+                        }
+                    } else if (!stringOk(p, checkSurrogates)) {
                         return Outcome.MALFORMED_JSON;
                     }
                     kind = STRING;
@@ -123,13 +143,13 @@ final class Decider {
                     }
                     kind = OTHER;
                 }
-                switch (name) {
-                    case "id" -> { idKind = kind; id = text; }
-                    case "sender" -> { senderKind = kind; sender = text; }
-                    case "recipient" -> { recipientKind = kind; recipient = text; }
-                    case "category" -> { categoryKind = kind; category = text; }
-                    case "text" -> textKind = kind;
-                    case "ts" -> tsKind = kind;
+                switch (field) {
+                    case ID -> { idKind = kind; id = text; }
+                    case SENDER -> { senderKind = kind; sender = text; }
+                    case RECIPIENT -> { recipientKind = kind; recipient = text; }
+                    case CATEGORY -> { categoryKind = kind; category = text; }
+                    case TEXT -> textKind = kind;
+                    case TS -> tsKind = kind;
                     default -> { }
                 }
             }
@@ -196,6 +216,15 @@ final class Decider {
         return kind == NONE || (kind == STRING && PyText.isBlank(value));
     }
 
+    /**
+     * Decode the current string (that is what validates its escapes and characters) into the
+     * parser's buffer, no String made; false for a lone surrogate.
+     */
+    private static boolean stringOk(JsonParser p, boolean checkSurrogates) throws IOException {
+        char[] chars = p.getTextCharacters();
+        return !checkSurrogates || !Utf8.loneSurrogate(chars, p.getTextOffset(), p.getTextLength());
+    }
+
     /** INTEGER, OTHER (a float to orjson), or -1: a number orjson refuses. */
     private static int integerKind(JsonParser p) throws IOException {
         JsonParser.NumberType type = p.getNumberType();
@@ -225,9 +254,7 @@ final class Decider {
                     }
                 }
                 case VALUE_STRING -> {
-                    // Decoding the string is what validates its escapes and characters.
-                    String s = p.getText();
-                    if (checkSurrogates && Utf8.loneSurrogate(s)) {
+                    if (!stringOk(p, checkSurrogates)) {
                         return false;
                     }
                 }

@@ -74,7 +74,8 @@ public final class FilterApp {
                     Path.of(Config.required(props, "snapshot.consents")),
                     optionalPath(props, "snapshot.optouts"),
                     optionalPath(props, "snapshot.dnd"),
-                    Config.required(props, "snapshot.country.code"));
+                    Config.required(props, "snapshot.country.code"),
+                    policy.nfkc);
             byte[] version = Config.required(props, "snapshot.version").getBytes(StandardCharsets.UTF_8);
             System.err.printf("filterd-peer: %d senders, %d rows loaded in %.1f s%n",
                     snapshot.senders.size(), snapshot.rows, (System.nanoTime() - t0) / 1e9);

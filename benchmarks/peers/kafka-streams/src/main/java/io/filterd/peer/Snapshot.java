@@ -31,6 +31,11 @@ final class Snapshot {
     final Map<String, Sender> senders = new HashMap<>();
     final Roaring64Bitmap dnd = new Roaring64Bitmap();
     long rows;
+    private final boolean nfkc;
+
+    private Snapshot(boolean nfkc) {
+        this.nfkc = nfkc;
+    }
 
     /** Thrown for an unreadable input or a bad row; the message names file and line. */
     static final class InputException extends RuntimeException {
@@ -39,8 +44,10 @@ final class Snapshot {
         }
     }
 
-    static Snapshot load(Path consents, Path optouts, Path dnd, String countryCode) throws IOException {
-        Snapshot s = new Snapshot();
+    /** {@code nfkc}: numbers are read as events' recipients are (the contract's step 0). */
+    static Snapshot load(Path consents, Path optouts, Path dnd, String countryCode, boolean nfkc)
+            throws IOException {
+        Snapshot s = new Snapshot(nfkc);
         s.readPairs(consents, countryCode, true);
         if (optouts != null) {
             s.readPairs(optouts, countryCode, false);
@@ -119,10 +126,9 @@ final class Snapshot {
         }
     }
 
-    private static long number(Path path, long lineno, String raw, String cc) {
+    private long number(Path path, long lineno, String raw, String cc) {
         String value = PyText.strip(raw);
-        // Snapshot inputs are normalized without NFKC, as filterd's builder does today.
-        long n = Numbers.normalize(value, cc, false);
+        long n = Numbers.normalize(value, cc, nfkc);
         if (n == Numbers.INVALID) {
             throw new InputException(path + ":" + lineno + ": bad recipient '" + value + "'");
         }

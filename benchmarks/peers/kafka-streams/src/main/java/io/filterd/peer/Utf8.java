@@ -77,10 +77,14 @@ final class Utf8 {
 
     /** A high surrogate not followed by a low one, or a low one on its own. */
     static boolean loneSurrogate(String s) {
-        for (int i = 0, n = s.length(); i < n; i++) {
-            char c = s.charAt(i);
+        return loneSurrogate(s.toCharArray(), 0, s.length());
+    }
+
+    static boolean loneSurrogate(char[] s, int offset, int length) {
+        for (int i = offset, n = offset + length; i < n; i++) {
+            char c = s[i];
             if (Character.isHighSurrogate(c)) {
-                if (i + 1 < n && Character.isLowSurrogate(s.charAt(i + 1))) {
+                if (i + 1 < n && Character.isLowSurrogate(s[i + 1])) {
                     i++;
                 } else {
                     return true;

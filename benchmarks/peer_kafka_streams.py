@@ -94,13 +94,18 @@ def cache_root() -> Path:
 
 
 def source_digest(peer_dir: Path = PEER_DIR) -> str:
-    """A digest of the peer's pom and sources: a changed source is a new build."""
-    h = hashlib.sha256()
+    """A digest of the Kafka version, the peer's pom and sources: a change is a new build."""
+    h = hashlib.sha256(kafka_version().encode() + b"\0")
     for path in sorted([peer_dir / "pom.xml", *(peer_dir / "src").rglob("*")]):
         if path.is_file():
             h.update(str(path.relative_to(peer_dir)).encode() + b"\0")
             h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def kafka_version() -> str:
+    """Kafka Streams' version: the local broker's (``$KAFKA_VERSION``, as deploy/local/kafka.sh)."""
+    return os.environ.get("KAFKA_VERSION", "4.4.0")
 
 
 def tools_missing() -> list[str]:
@@ -136,7 +141,11 @@ def build(*, quiet: bool = False) -> Path:
     shutil.copytree(PEER_DIR / "src", partial / "src")
     started = time.monotonic()
     res = subprocess.run(
-        ["mvn", "-B", "-q", "package"], cwd=partial, capture_output=True, text=True, check=False
+        ["mvn", "-B", "-q", f"-Dkafka.version={kafka_version()}", "package"],
+        cwd=partial,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if res.returncode != 0 or not (partial / "target" / JAR).is_file():
         shutil.rmtree(partial, ignore_errors=True)

@@ -110,3 +110,27 @@ def test_window_per_record_divides_the_window() -> None:
     assert per_record >= (0.2 - 2 * tick) * 1e6 / 100
     # What the window saw since, divided the same way, is no less.
     assert window.seconds() * 1e6 / 100 >= per_record
+
+
+def test_warm_summary_splits_cold_and_warm_at_the_warmup() -> None:
+    from benchmarks.warm import summarize
+
+    # First output at 2 s; 100k records per second and 20 µs each until 200k, then
+    # 200k records per second and 5 µs each.
+    checkpoints = [
+        {"records": 1_000, "t_s": 2.0, "cpu_s": 10.0},
+        {"records": 101_000, "t_s": 3.0, "cpu_s": 12.0},
+        {"records": 201_000, "t_s": 4.0, "cpu_s": 14.0},
+        {"records": 401_000, "t_s": 5.0, "cpu_s": 15.0},
+    ]
+    s = summarize(checkpoints, warmup=200_000, total=401_000)
+    assert s["first_output_s"] == 2.0
+    assert s["cold"] == {
+        "from_records": 1_000, "to_records": 201_000, "msgs_per_s": 100_000.0,
+        "cpu_us_per_record": 20.0,
+    }  # fmt: skip
+    assert s["warm"] == {
+        "from_records": 201_000, "to_records": 401_000, "msgs_per_s": 200_000.0,
+        "cpu_us_per_record": 5.0,
+    }  # fmt: skip
+    assert len(s["stretches"]) == 3  # type: ignore[arg-type]

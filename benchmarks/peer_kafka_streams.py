@@ -89,8 +89,8 @@ class PeerError(Exception):
 
 
 def cache_root() -> Path:
-    """Where builds go: ``$FILTERD_PEER_CACHE`` or ``~/.cache/filterd/peers``."""
-    return Path(os.environ.get("FILTERD_PEER_CACHE", "~/.cache/filterd/peers")).expanduser()
+    """Where builds go: ``$XDG_CACHE_HOME/filterd/peers`` (``~/.cache/filterd/peers``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "filterd" / "peers"
 
 
 def source_digest(peer_dir: Path = PEER_DIR) -> str:
@@ -676,7 +676,12 @@ def gate_records(
     dataset: Path, *, events: int, fuzz: int, seed: int = 11, bad_rate: float = 0.02
 ) -> list[tuple[bytes | None, bytes | None]]:
     """Benchmark-like events, hand-written edge cases and mutated events, as (key, value)."""
-    from benchmarks.fuzz_mutation import Mutator
+    try:
+        # The mutation fuzzer's module: tests/chaos/ in trees that keep the fault and
+        # fuzz harnesses under tests/, benchmarks/ before.
+        from tests.chaos.fuzz_mutation import Mutator
+    except ImportError:
+        from benchmarks.fuzz_mutation import Mutator
     from filterd.loadgen import load_dataset
     from filterd.loadgen.events import iter_labelled_events
 

@@ -407,10 +407,13 @@ def filterd_decisions(
     values: Sequence[bytes | None], snapshot_root: Path, policy: PolicyConfig
 ) -> list[tuple[str, str]]:
     """filterd's (route, reason) per value: its own Decider on the same snapshot."""
-    from filterd.router import Decider, Policy
+    from filterd import router
     from filterd.snapshot import load_snapshot
 
-    decide = Decider(load_snapshot(snapshot_root), Policy.from_config(policy)).decide
+    # The Decider takes the [policy] section itself where router.Policy is PolicyConfig.
+    from_config = getattr(router.Policy, "from_config", None)
+    rules = from_config(policy) if from_config is not None else policy
+    decide = router.Decider(load_snapshot(snapshot_root), rules).decide
     return [tuple(decide(v)) for v in values]  # type: ignore[misc]
 
 

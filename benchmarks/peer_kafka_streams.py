@@ -19,7 +19,7 @@ the real broker, must get filterd's route and reason (filterd's own
 output must keep the contract (value, key, headers, partition).
 
     python -m benchmarks.peer_kafka_streams build
-    python -m benchmarks.peer_kafka_streams run --threads 1 --config run.toml   # a variant
+    python -m benchmarks.peer_kafka_streams run --threads 1 [--set NAME=VALUE] --config run.toml
     python -m benchmarks.peer_kafka_streams check [--events 20000] [--fuzz 5000]
 """
 
@@ -256,7 +256,9 @@ def write_properties(path: Path, props: Mapping[str, str]) -> Path:
     return path
 
 
-def properties_from_config(config: Config, threads: int) -> dict[str, str]:
+def properties_from_config(
+    config: Config, threads: int, streams: Mapping[str, object] | None = None
+) -> dict[str, str]:
     """The peer's settings for a benchmark run's filterd config file."""
     k = config.kafka
     if k.security_protocol != "PLAINTEXT":
@@ -269,6 +271,7 @@ def properties_from_config(config: Config, threads: int) -> dict[str, str]:
         snapshot_root=config.snapshot.root,
         policy=config.policy,
         threads=threads,
+        streams=streams,
     )
 
 
@@ -719,12 +722,17 @@ def _run_command(args: argparse.Namespace) -> int:
     from filterd.config import load_config
 
     config = load_config(args.config)
+    streams: dict[str, object] = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise PeerError(f"--set {item!r}: not NAME=VALUE")
+        streams[name.strip()] = value.strip()
     built = build()
-    props = properties_from_config(config, args.threads)
-    fd, name = tempfile.mkstemp(prefix="filterd-peer-", suffix=".properties")
-    os.close(fd)
-    write_properties(Path(name), props)
-    argv = java_argv(built, Path(name))
+    props = properties_from_config(config, args.threads, streams)
+    # Beside the run's config: the harness's work directory keeps both.
+    path = write_properties(Path(args.config).with_suffix(".kafka-streams.properties"), props)
+    argv = java_argv(built, path)
     sys.stdout.flush()
     sys.stderr.flush()
     # The JVM takes this process's place: its pid is the variant's, for the harness's
@@ -763,6 +771,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the peer for a benchmark run (until SIGTERM)")
     run.add_argument("--config", required=True, help="the run's filterd TOML config")
     run.add_argument("--threads", type=int, default=1, help="num.stream.threads (default 1)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Kafka Streams setting over the peer's tuned ones, e.g. producer.linger.ms=50",
+    )
     check = sub.add_parser("check", help="the correctness gate: agreement with filterd")
     check.add_argument("--events", type=int, default=20_000, help="benchmark-like events")
     check.add_argument("--fuzz", type=int, default=5_000, help="mutated events besides")

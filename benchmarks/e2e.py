@@ -41,6 +41,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -117,6 +118,10 @@ class Variant:
     #: Consumer group members it runs (``--workers``): figures count from the
     #: moment the group settled with all of them (see ``wait_for_group``).
     members: int = 1
+    #: Programs that must be on PATH for the variant to run (none: always).
+    tools: tuple[str, ...] = ()
+    #: Run once before the session's first run (a build); raises to skip the variant.
+    prepare: Callable[[], object] | None = None
 
 
 def make_variants(workers: int | None = None) -> dict[str, Variant]:
@@ -166,6 +171,27 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
             label="decision skipped",
         ),
         "naive": Variant("naive", (py, "-m", "benchmarks.naive_filter")),
+        # The strongest peer: a tuned Java Kafka Streams filter (benchmarks/peers/kafka-streams),
+        # built with Maven before the first run; one stream thread, or two (both cores).
+        # Partial: a session times it like the others, from a fresh start, so its figure
+        # includes the JIT's warm-up; warm figures and CPU per record come from
+        # benchmarks/warm.py, and the correctness gate (peer_kafka_streams.check_agreement)
+        # is not yet run by the session before timing.
+        "kafka_streams": Variant(
+            "kafka_streams",
+            (py, "-m", "benchmarks.peer_kafka_streams", "run", "--threads", "1"),
+            label="Kafka Streams, 1 thread",
+            tools=_PEER_TOOLS,
+            prepare=_build_kafka_streams,
+        ),
+        "kafka_streams_x2": Variant(
+            "kafka_streams_x2",
+            (py, "-m", "benchmarks.peer_kafka_streams", "run", "--threads", "2"),
+            label="Kafka Streams, 2 threads",
+            members=2,
+            tools=_PEER_TOOLS,
+            prepare=_build_kafka_streams,
+        ),
         "peer": Variant(
             "peer", (py, "-m", "benchmarks.peer_quix"), requires="quixstreams", label="quixstreams"
         ),
@@ -174,7 +200,16 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
 
 DEFAULT_ORDER = (
     "raw_pipe", "filterd", "filterd_x2", "filterd_nometrics", "filterd_eos", "naive", "peer",
+    "kafka_streams",
 )  # fmt: skip
+
+_PEER_TOOLS = ("mvn", "java", "javac")
+
+
+def _build_kafka_streams() -> object:
+    from benchmarks.peer_kafka_streams import build
+
+    return build()
 
 
 def to_toml(sections: Mapping[str, Mapping[str, object]]) -> str:
@@ -935,6 +970,19 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         if req and importlib.util.find_spec(req) is None:
             skipped[name] = f"{req} is not installed (pip install -e '.[bench]')"
             order.remove(name)
+    for name in list(order):
+        variant = variants[name]
+        missing = [tool for tool in variant.tools if shutil.which(tool) is None]
+        if missing:
+            skipped[name] = f"{', '.join(missing)} not found on PATH"
+            order.remove(name)
+        elif variant.prepare is not None:
+            try:
+                await asyncio.to_thread(variant.prepare)
+            except Exception as exc:
+                log.error("%s: preparing failed: %s", name, exc)
+                skipped[name] = f"preparing failed: {str(exc)[:500]}"
+                order.remove(name)
     workdir: Path = args.workdir
     workload = await asyncio.to_thread(
         prepare_workload,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import statistics
 import tomllib
 from pathlib import Path
@@ -256,7 +257,8 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> e2e.Workload:
 
 
 @pytest.mark.parametrize(
-    "name", ["raw_pipe", "filterd", "filterd_x2", "filterd_floor", "naive", "peer"]
+    "name",
+    ["raw_pipe", "filterd", "filterd_x2", "filterd_floor", "naive", "peer", "kafka_streams"],
 )
 async def test_each_variant_routes_every_record_and_is_measured(
     name: str, kafka_bootstrap: str, workload: e2e.Workload, tmp_path: Path
@@ -264,6 +266,11 @@ async def test_each_variant_routes_every_record_and_is_measured(
     variant = e2e.make_variants()[name]
     if variant.requires and importlib.util.find_spec(variant.requires) is None:
         pytest.skip(f"{variant.requires} is not installed: pip install -e '.[bench]'")
+    missing = [tool for tool in variant.tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not found: the variant needs them")
+    if variant.prepare is not None:
+        variant.prepare()
     # Small batches: a few thousand events in one 5,000-record batch can all land
     # within one broker millisecond, and a zero-length window cannot be timed.
     session = e2e.Session(

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Operator-facing errors: one clear line, no traceback.
         logging.getLogger("filterd").debug("command failed", exc_info=True)
         print(f"filterd: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except BrokenPipeError:
         # The reader went away (`filterd snapshot inspect ROOT | head`). Python would print
         # a second error when it flushes stdout at exit: point stdout at /dev/null first.

@@ -15,6 +15,8 @@ class FilterdError(Exception):
     #: error until ``service.startup_timeout_s`` and stops at once on any other: a wrong
     #: password or an untrusted certificate does not heal by waiting.
     retriable: bool = False
+    #: The exit status of a command that stops with this error.
+    exit_code: int = 1
 
 
 class ConfigError(FilterdError):

@@ -62,13 +62,14 @@ def replay(
     """
     if at_ms < 0:
         at_ms = time.time_ns() // 1_000_000  # one "now" for the whole file
-    snapshot = load_snapshot(snapshot_root, verifier=verifier)
+    cc = policy.default_country_code
+    snapshot = load_snapshot(snapshot_root, verifier=verifier, country_code=cc)
     decider = Decider(snapshot, policy, event_time=True)
     decide = decider.decide
     other = None
     result = ReplayResult(snapshot.version)
     if compare_root is not None:
-        other_snapshot = load_snapshot(compare_root, verifier=verifier)
+        other_snapshot = load_snapshot(compare_root, verifier=verifier, country_code=cc)
         other = Decider(other_snapshot, policy, event_time=True).decide
         result.compare_version = other_snapshot.version
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,7 @@ class Service:
             on_swap=self._on_swap,
             on_refused=self._on_refused,
             verifier=verifier_for(config.snapshot.public_key),
+            country_code=config.policy.default_country_code,
         )
         #: The batch loop, built by :meth:`startup` once Kafka is reachable.
         self.batch_loop: BatchLoop | None = None

@@ -313,7 +313,8 @@ def _run_why(args: argparse.Namespace) -> int:
         )
     )
     root = args.snapshot_root if args.snapshot_root is not None else cfg.snapshot.root
-    redecider = Redecider(root, cfg.policy, snapshot_loader(cfg.snapshot.public_key))
+    loader = snapshot_loader(cfg.snapshot.public_key, cfg.policy.default_country_code)
+    redecider = Redecider(root, cfg.policy, loader)
     country = cfg.policy.default_country_code
     show = full_recipient if args.unmask else mask_recipient
     sightings = [Sighting(record, redecider.redecide(record)) for record in found]

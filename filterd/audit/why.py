@@ -74,8 +74,9 @@ async def find_message(
 SnapshotLoader = Callable[[Path, str], SnapshotView]
 
 
-def snapshot_loader(public_key: str = "") -> SnapshotLoader:
-    """Load versions as the service would: signed by ``public_key``'s key when one is set."""
+def snapshot_loader(public_key: str = "", country_code: str | None = None) -> SnapshotLoader:
+    """Load versions as the service would: signed by ``public_key``'s key when one is set,
+    built for ``country_code``."""
     # Imported on first use: only a re-decision needs the snapshot reader.
     from filterd.snapshot import load_snapshot
     from filterd.snapshot.signing import verifier_for
@@ -83,7 +84,9 @@ def snapshot_loader(public_key: str = "") -> SnapshotLoader:
     verifier = verifier_for(public_key)
 
     def load(root: Path, version: str) -> SnapshotView:
-        snapshot: SnapshotView = load_snapshot(root, version, verifier=verifier)
+        snapshot: SnapshotView = load_snapshot(
+            root, version, verifier=verifier, country_code=country_code
+        )
         return snapshot
 
     return load

@@ -19,7 +19,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, SenderTerms, read_consents
 from filterd.snapshot.inputs import InputFile, Progress, read_numbers, read_pairs
+from filterd.snapshot.publish import DEFAULT_MAX_DROP, publish_version
 from filterd.snapshot.signing import sign_version
 from filterd.snapshot.store import FOREVER
 
@@ -235,6 +236,9 @@ def build_snapshot(
     now: datetime | None = None,
     sign_key: Path | None = None,
     accept_methods: Sequence[str] = DEFAULT_ACCEPT_METHODS,
+    publish: bool = True,
+    max_drop: float = DEFAULT_MAX_DROP,
+    force: bool = False,
 ) -> str:
     """Build a new snapshot version under ``root`` from CSV inputs, publish it, return its name.
 
@@ -253,6 +257,12 @@ def build_snapshot(
     sender ``*`` apply to every sender.
     With ``sign_key`` the manifest is signed before the version appears
     (docs/security.md).
+
+    It becomes current through the publish guards (:mod:`filterd.snapshot.publish`: not
+    empty, no count dropped by more than ``max_drop``; ``force`` overrides them), unless
+    ``publish`` is false. A refused version stays built: :class:`PublishRefused` names it.
+    Pruning keeps the newest ``keep`` versions, and never the one in force or the one it
+    replaced (``audit why`` re-decides with older versions).
     """
     if keep < 1:
         raise SnapshotError("keep must be at least 1")
@@ -294,8 +304,12 @@ def build_snapshot(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fmt.publish_pointer(root, version)
-    removed = prune_versions(root, keep)
+    if not publish:
+        log.info("snapshot %s built, not published (--no-publish)", version)
+        return version
+    previous = fmt.current_version(root)
+    publish_version(root, version, max_drop=max_drop, force=force)
+    removed = prune_versions(root, keep, protect={previous} if previous else set())
     log.info(
         "snapshot %s published: %d senders, %d rows (%d consent rows of methods not"
         " accepted) in %.1fs, %d old versions removed",
@@ -309,15 +323,18 @@ def build_snapshot(
     return version
 
 
-def prune_versions(root: Path, keep: int) -> list[str]:
-    """Remove all but the newest ``keep`` versions (never the current one); return them.
+def prune_versions(root: Path, keep: int, protect: Set[str] = frozenset()) -> list[str]:
+    """Remove all but the newest ``keep`` versions (never the current one, nor ``protect``);
+    return them.
 
     Temp directories of crashed builds older than an hour go too; younger ones
     may belong to a build in progress.
     """
     current = fmt.current_version(root)
     versions = fmt.list_versions(root)
-    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+    doomed = [
+        v for v in versions[: max(0, len(versions) - keep)] if v != current and v not in protect
+    ]
     for version in doomed:
         shutil.rmtree(root / version, ignore_errors=True)
     cutoff = time.time() - _STALE_TMP_S

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import orjson
 
+from filterd.config import load_config
 from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.build import build_snapshot, stderr_progress
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, parse_accept_methods
 from filterd.snapshot.format import MANIFEST, REFUSED_CSV, resolve_version
 from filterd.snapshot.load import load_snapshot, verify_snapshot
+from filterd.snapshot.publish import DEFAULT_MAX_DROP, publish_version
 from filterd.snapshot.signing import (
     SIGNATURE,
     Verifier,
@@ -43,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "build",
         help="build a snapshot from CSV inputs and make it current",
         description="Build a new snapshot version under ROOT from CSV (or .csv.gz) inputs, "
-        "publish it atomically and print its version. Nothing is published if any row is bad.",
+        "publish it atomically and print its version. Nothing is published if any row is bad, "
+        "if the version is empty, or if a count dropped by more than --max-drop against the "
+        "version in force (exit 3; the version stays built, see `snapshot publish`).",
     )
     build.add_argument(
         "--consents",
@@ -55,14 +59,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.add_argument("--dnd", type=Path, help="CSV: recipient (do-not-disturb)")
     build.add_argument("--out", type=Path, required=True, metavar="ROOT", help="snapshot root")
     build.add_argument(
-        "--keep", type=int, default=5, metavar="N", help="versions to keep (default 5)"
-    )
+        "--config", type=Path, metavar="F",
+        help="a filterd config: [snapshot] keep_versions and [policy] default_country_code",
+    )  # fmt: skip
+    build.add_argument(
+        "--keep", type=int, default=None, metavar="N",
+        help="versions to keep (default: the config's keep_versions, else 5)",
+    )  # fmt: skip
     build.add_argument(
         "--country-code",
-        default="86",
+        default=None,
         metavar="CC",
-        help="country code for national numbers in the inputs (default 86)",
+        help="country code for national numbers in the inputs "
+        "(default: the config's default_country_code, else 86)",
     )
+    _publish_options(build)
+    build.add_argument("--no-publish", action="store_true",
+                       help="build the version, leave `current` alone")  # fmt: skip
     build.add_argument(
         "--accept-methods",
         type=_accept_methods,
@@ -98,6 +111,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="also require a valid signature by this key")  # fmt: skip
     verify.set_defaults(func=_verify)
 
+    publish = commands.add_parser(
+        "publish", help="make a built version current, through the same guards as build",
+    )  # fmt: skip
+    publish.add_argument("root", type=Path, metavar="ROOT")
+    publish.add_argument("version", metavar="VERSION")
+    _publish_options(publish)
+    publish.set_defaults(func=_publish)
+
     keygen = commands.add_parser(
         "keygen", help="make an Ed25519 key pair for signing snapshots",
         description="Write NAME.key (private, mode 600: keep it with whoever builds snapshots) "
@@ -132,16 +153,42 @@ def _accept_methods(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _publish_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-drop", type=float, default=DEFAULT_MAX_DROP, metavar="FRACTION",
+        help="refuse to publish when consents, opt-outs or do-not-disturb numbers fell by more "
+        f"than this against the version in force (default {DEFAULT_MAX_DROP})",
+    )  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="publish even when a guard refuses (logged)")  # fmt: skip
+
+
+def _publish(args: argparse.Namespace) -> int:
+    publish_version(args.root, args.version, max_drop=args.max_drop, force=args.force)
+    print(args.version)
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
     progress = stderr_progress if args.progress or sys.stderr.isatty() else None
+    config = load_config(args.config) if args.config is not None else None
+    keep = args.keep
+    if keep is None:
+        keep = config.snapshot.keep_versions if config is not None else 5
+    country_code = args.country_code
+    if country_code is None:
+        country_code = config.policy.default_country_code if config is not None else "86"
     version = build_snapshot(
         args.out,
         args.consents,
         args.optouts,
         args.dnd,
-        keep=args.keep,
-        country_code=args.country_code,
+        keep=keep,
+        country_code=country_code,
         progress=progress,
+        publish=not args.no_publish,
+        max_drop=args.max_drop,
+        force=args.force,
         sign_key=args.sign_key,
         accept_methods=args.accept_methods,
     )

@@ -26,6 +26,7 @@ import orjson
 from pyroaring import BitMap64
 
 from filterd import prefilter
+from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.errors import SignatureError, SnapshotCorrupt, SnapshotNotFound
 from filterd.snapshot.signing import Verifier
@@ -403,7 +404,11 @@ def _load_steps(
 
 
 def load_snapshot(
-    root: Path, version: str | None = None, *, verifier: Verifier | None = None
+    root: Path,
+    version: str | None = None,
+    *,
+    verifier: Verifier | None = None,
+    country_code: str | None = None,
 ) -> ConsentSnapshot:
     """Load and fully validate a snapshot version (default: the current one).
 
@@ -416,6 +421,7 @@ def load_snapshot(
     version = fmt.resolve_version(root, version)
     vdir = root / version
     manifest = _read_manifest(vdir, version, verifier)
+    check_country_code(manifest, version, country_code)
     contents, problems = _hash_files(vdir, manifest)
     if problems:
         raise SnapshotCorrupt(version, problems)
@@ -423,7 +429,11 @@ def load_snapshot(
 
 
 async def load_snapshot_async(
-    root: Path, version: str | None = None, *, verifier: Verifier | None = None
+    root: Path,
+    version: str | None = None,
+    *,
+    verifier: Verifier | None = None,
+    country_code: str | None = None,
 ) -> ConsentSnapshot:
     """Like :func:`load_snapshot`, without stalling the running event loop.
 
@@ -435,10 +445,29 @@ async def load_snapshot_async(
     version = fmt.resolve_version(root, version)
     vdir = root / version
     manifest = await asyncio.to_thread(_read_manifest, vdir, version, verifier)
+    check_country_code(manifest, version, country_code)
     contents, problems = await asyncio.to_thread(_hash_files, vdir, manifest)
     if problems:
         raise SnapshotCorrupt(version, problems)
     return await run_sliced(_load_steps(vdir, version, manifest, contents))
+
+
+def check_country_code(
+    manifest: dict[str, object], version: str, country_code: str | None
+) -> None:
+    """Refuse a version whose national numbers were read with another country code.
+
+    A snapshot built for 86 used where national numbers mean 91 would match no national
+    recipient at all: every marketing message blocked, silently.
+    """
+    built_for = manifest.get("country_code")
+    if country_code is None or built_for is None or built_for == country_code:
+        return
+    raise SnapshotError(
+        f"version {version} was built for country code {built_for}, this filterd reads "
+        f"national numbers as {country_code} ([policy] default_country_code): rebuild it "
+        f"with --country-code {country_code}, or fix the config"
+    )
 
 
 def verify_snapshot(

@@ -541,6 +541,7 @@ class ConsentSnapshot:
         return {
             "version": self.version,
             "created_at": fmt.utc_timestamp(self.created_at),
+            "country_code": self.manifest.get("country_code"),
             "senders": self.counts.senders,
             "consents": self.counts.consents,
             "optouts": self.counts.optouts,

@@ -95,6 +95,7 @@ class SnapshotWatcher:
         on_refused: OnRefused | None = None,
         freeze_gc: bool = True,
         verifier: Verifier | None = None,
+        country_code: str | None = None,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
@@ -104,6 +105,7 @@ class SnapshotWatcher:
         self._on_refused = on_refused
         self.freeze_gc = freeze_gc
         self.verifier = verifier
+        self.country_code = country_code
         self._current: ConsentSnapshot | None = None
         self._seen: str | None = None  # pointer text last acted on (loaded or refused)
         self._ready = asyncio.Event()
@@ -219,7 +221,9 @@ class SnapshotWatcher:
         if pause_gc:
             gc.disable()
         try:
-            snapshot = await load_snapshot_async(self.root, version, verifier=self.verifier)
+            snapshot = await load_snapshot_async(
+                self.root, version, verifier=self.verifier, country_code=self.country_code
+            )
             self._check_not_older(snapshot)
         except SnapshotError as exc:
             self._refuse(version, exc)

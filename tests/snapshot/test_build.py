@@ -165,9 +165,9 @@ def test_keep_n_prunes_old_versions_never_current(tmp_path: Path) -> None:
     assert len(set(versions)) == 5
     assert fmt.list_versions(root) == versions[-3:]
     assert current_version(root) == versions[-1]
-    # keep=1 leaves only the current one.
+    # keep=1 leaves the current one and the one it replaced (audit why re-decides with it).
     last = build_snapshot(root, path, keep=1)
-    assert fmt.list_versions(root) == [last]
+    assert fmt.list_versions(root) == [versions[-1], last]
 
 
 def test_manifest_records_inputs_and_checksums(tmp_path: Path) -> None:

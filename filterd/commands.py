@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     replay.add_argument("--out", type=Path, required=True, help="output directory")
     replay.add_argument("--config", type=Path, help="config file for the policy section")
     replay.add_argument("--compare", type=Path, metavar="ROOT2",
-                        help="a second snapshot root: report how decisions change")  # fmt: skip
+                        help="a second snapshot root, or one version directory ROOT/VERSION: "
+                        "report how decisions change")  # fmt: skip
     replay.add_argument("--at", metavar="ISO-TIME", type=_iso_time,
                         help="the time of lines without a ts field, ISO 8601 with offset "
                         "(default: now): consent expiry is judged at a message's time")  # fmt: skip

@@ -20,6 +20,7 @@ import orjson
 
 from filterd.router import ROUTES, Decider, Outcome, Policy, event_id
 from filterd.snapshot import load_snapshot
+from filterd.snapshot.format import MANIFEST
 from filterd.snapshot.signing import Verifier
 
 
@@ -69,7 +70,14 @@ def replay(
     other = None
     result = ReplayResult(snapshot.version)
     if compare_root is not None:
-        other_snapshot = load_snapshot(compare_root, verifier=verifier, country_code=cc)
+        # A root (its current version), or one version directory of a root (a version
+        # built with `snapshot build --no-publish`, before it is published).
+        other_root, other_version = compare_root, None
+        if (compare_root / MANIFEST).is_file():
+            other_root, other_version = compare_root.parent, compare_root.name
+        other_snapshot = load_snapshot(
+            other_root, other_version, verifier=verifier, country_code=cc
+        )
         other = Decider(other_snapshot, policy, event_time=True).decide
         result.compare_version = other_snapshot.version
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,20 @@ async def test_the_watcher_keeps_nothing_built_for_another_code(tmp_path: Path) 
         "numbers as 91 ([policy] default_country_code): rebuild it with --country-code 91, "
         "or fix the config"
     ]
+
+
+def test_staged_workflow_compares_an_unpublished_version(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    build_snapshot(root, _consents(tmp_path, 100))
+    staged = _cli("snapshot", "build", "--consents", str(_consents(tmp_path, 40, "s.csv")),
+                  "--out", str(root), "--no-publish")  # fmt: skip
+    new = staged.stdout.strip()
+    events = tmp_path / "e.jsonl"
+    events.write_text(
+        "".join(f'{{"id":"{i}","sender":"shop","recipient":"138{i:08d}"}}\n' for i in range(100))
+    )
+    proc = _cli("replay", "--snapshot", str(root), "--input", str(events), "--out",
+                str(tmp_path / "cmp"), "--compare", str(root / new))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    changes = (tmp_path / "cmp" / "changes.jsonl").read_text().splitlines()
+    assert len(changes) == 60  # consents 40..99 are gone in the staged version

@@ -34,7 +34,7 @@ from filterd.config import Config, policy_line
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from filterd.errors import BrokerError, ConfigError, FilterdError
 from filterd.http import Health, HealthServer
-from filterd.logs import flush_rate_limited
+from filterd.logs import flush_rate_limited, json_fields
 from filterd.loop import BatchLoop, LoopMetrics, NoMetrics
 from filterd.metrics import LoopLagMonitor, Metrics
 from filterd.pipeline import OutputTopics
@@ -202,6 +202,10 @@ class Service:
         log.info(
             "shutdown ◆ %d records in %d batches ◆ %s ◆ %.1fs",
             total, batches, " ".join(f"{r} {n}" for r, n in routed.items()), elapsed,
+            extra=json_fields(
+                event="shutdown", records=total, batches=batches, **routed,
+                elapsed_s=round(elapsed, 3),
+            ),
         )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------

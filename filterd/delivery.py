@@ -30,9 +30,13 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
+    KafkaConnectionError,
     KafkaError,
     ProducerFenced,
+    UnknownTopicOrPartitionError,
+    for_code,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from filterd.acls import not_authorized
 from filterd.config import Config
@@ -55,7 +59,9 @@ class Delivery(Protocol):
 
     def new_builder(self, tp: TopicPartition) -> Builder: ...
 
-    async def partitions_for(self, topic: str) -> int: ...
+    async def partitions_for(self, topic: str) -> int:
+        """The topic's partition count; 0 when it does not exist."""
+        ...
 
     #: Whether acknowledgement and commit may run apart from submission (the
     #: pipelined loop); False means ``submit`` already did everything.
@@ -74,6 +80,32 @@ class Delivery(Protocol):
     #: An error met in the background that no retry can fix (a missing ACL); the batch loop
     #: stops with it.
     fatal: FilterdError | None
+
+
+async def topic_partitions(producer: AIOKafkaProducer, topic: str) -> int:
+    """The partition count of ``topic`` in one metadata request; 0 when it does not exist.
+
+    ``AIOKafkaProducer.partitions_for`` waits for a missing topic until its timeout and logs
+    "not found in cluster metadata" about ten times a second meanwhile: one question, one
+    answer is what start-up needs. Any other topic error (an ACL refusal:
+    ``TopicAuthorizationFailedError``) is raised.
+    """
+    client = producer.client
+    node = client.get_random_node()
+    if node is None:
+        raise KafkaConnectionError("no broker known")
+    response = await client.send(node, MetadataRequest([topic]))
+    for entry in response.topics:
+        error_code, name, partitions = entry[0], entry[1], entry[-1]
+        if name != topic:
+            continue
+        error = for_code(error_code)
+        if error is UnknownTopicOrPartitionError:
+            return 0
+        if error_code:
+            raise error(topic)
+        return len(partitions)
+    return 0
 
 
 def producer_options(config: Config) -> dict[str, object]:
@@ -142,7 +174,7 @@ class AtLeastOnce:
         return builder
 
     async def partitions_for(self, topic: str) -> int:
-        return len(await self._producer.partitions_for(topic))
+        return await topic_partitions(self._producer, topic)
 
     async def deliver(self, outputs: Sequence[PartitionOutput]) -> list[PartitionOutput]:
         return await self.complete(await self.submit(outputs))
@@ -244,7 +276,7 @@ class ExactlyOnce:
         return builder
 
     async def partitions_for(self, topic: str) -> int:
-        return len(await self._metadata.partitions_for(topic))
+        return await topic_partitions(self._metadata, topic)
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         """Make each new partition safe to consume before any of its records is read.

@@ -50,6 +50,8 @@ class Health:
     snapshot_version: str | None = None
     #: Why the broker cannot be used right now (e.g. unreachable), set by start-up.
     broker_problem: str | None = None
+    #: A topic the service needs that is missing (the input topic, waited for).
+    topic_problem: str | None = None
     assigned: bool = False
     stopping: bool = False
     last_fetch_monotonic: float | None = None
@@ -87,6 +89,8 @@ class Health:
             reasons.append("no snapshot loaded")
         if self.broker_problem is not None:
             reasons.append(self.broker_problem)
+        if self.topic_problem is not None:
+            reasons.append(self.topic_problem)
         if not self.assigned:
             reasons.append("no partitions assigned")
         elif self.last_fetch_monotonic is None:

@@ -3,9 +3,11 @@
 ``[logging] format = "json"`` switches every logger in the process (filterd's
 and aiokafka's) to one JSON object per line; nothing else changes, because
 modules only ever call ``logging.getLogger(__name__)``. Extra fields passed as
-``extra={...}`` become JSON keys (and ``key=value`` suffixes in text), which is
-how the start line, the shutdown summary and snapshot swaps carry their
-numbers in a machine-readable way.
+``extra={...}`` become JSON keys (and ``key=value`` suffixes in text); fields
+given with :func:`json_fields` become JSON keys only, which is how the shutdown
+summary and snapshot swaps carry their numbers in a machine-readable way while
+their text lines stay as they are. Under ``filterd run --workers N`` every line
+says which worker wrote it (``[w1]`` in text, ``"worker": 1`` in JSON).
 """
 
 from __future__ import annotations
@@ -28,8 +30,21 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+#: The ``extra`` key of fields that JSON lines carry as keys and text lines leave out.
+JSON_FIELDS = "json_fields"
+
+
+def json_fields(**fields: object) -> dict[str, object]:
+    """``extra=`` for numbers a text line already says in words: JSON lines get them as keys
+    (``log.info("shutdown ◆ %d records", n, extra=json_fields(records=n))``), the text line
+    stays as it is."""
+    return {JSON_FIELDS: fields}
+
+
 def _extra_fields(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and k != JSON_FIELDS
+    }
 
 
 def _timestamp(created: float) -> str:
@@ -39,11 +54,16 @@ def _timestamp(created: float) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-01-01T12:00:00.123Z INFO    filterd.service: message key=value``."""
+    """``2026-01-01T12:00:00.123Z INFO    filterd.service: message key=value``; a worker of
+    ``filterd run --workers N`` says which: ``INFO    [w1] filterd.service: ...``."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._tag = f"[w{worker}] " if worker is not None else ""
 
     def format(self, record: logging.LogRecord) -> str:
         line = (
-            f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: "
+            f"{_timestamp(record.created)} {record.levelname:<7} {self._tag}{record.name}: "
             f"{record.getMessage()}"
         )
         extras = _extra_fields(record)
@@ -57,7 +77,12 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, extra fields, ``exc``."""
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, ``worker`` (under
+    ``--workers N``), extra fields, ``exc``."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -66,6 +91,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self._worker is not None:
+            entry["worker"] = self._worker
+        fields = record.__dict__.get(JSON_FIELDS)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                entry.setdefault(str(key), value)
         for key, value in _extra_fields(record).items():
             entry.setdefault(key, value)
         if record.exc_info:
@@ -89,10 +120,13 @@ def setup_logging(
     a level name or number (``[logging] level``). Calling it again replaces
     the handler it installed before. Returns the handler.
     """
+    from filterd.supervisor import worker_index
+
+    worker = worker_index()
     if format == "text":
-        formatter: logging.Formatter = TextFormatter()
+        formatter: logging.Formatter = TextFormatter(worker)
     elif format == "json":
-        formatter = JsonFormatter()
+        formatter = JsonFormatter(worker)
     else:
         raise ValueError(f"unknown log format {format!r}: expected 'text' or 'json'")
     root = logging.getLogger()

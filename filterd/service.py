@@ -34,7 +34,7 @@ from filterd.config import Config, policy_line
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from filterd.errors import BrokerError, ConfigError, FilterdError
 from filterd.http import Health, HealthServer
-from filterd.logs import flush_rate_limited
+from filterd.logs import flush_rate_limited, json_fields
 from filterd.loop import BatchLoop, LoopMetrics, NoMetrics
 from filterd.metrics import LoopLagMonitor, Metrics
 from filterd.pipeline import OutputTopics
@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 #: At most one "still retrying" line per this many seconds while start-up waits for Kafka.
 RETRY_LOG_INTERVAL_S = 10.0
+
+#: How often a missing input topic is looked for.
+INPUT_TOPIC_POLL_S = 2.0
+
+#: The command that creates the topics a config names.
+TOPICS_CREATE = "filterd topics create --config FILE"
 
 
 class Service:
@@ -165,6 +171,9 @@ class Service:
             on_fetch=self.health.fetched,
         )  # fmt: skip
         consumer.subscribe([cfg.topics.input], listener=_Rebalance(self.batch_loop, self.health))
+        if self.health.topic_problem is not None:
+            watch = asyncio.create_task(self._await_input_topic(delivery, consumer))
+            stack.push_async_callback(_cancel, watch)
         log.info("%s", policy_line(cfg.policy))
         log.info(
             "filterd %s started ◆ %s → %s | %s | %s ◆ group %s ◆ snapshot %s ◆ %s ◆ %s",
@@ -194,6 +203,10 @@ class Service:
         log.info(
             "shutdown ◆ %d records in %d batches ◆ %s ◆ %.1fs",
             total, batches, " ".join(f"{r} {n}" for r, n in routed.items()), elapsed,
+            extra=json_fields(
+                event="shutdown", records=total, batches=batches, **routed,
+                elapsed_s=round(elapsed, 3),
+            ),
         )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------
@@ -218,29 +231,64 @@ class Service:
         partitions: dict[str, int] = {}
         for name in (t.deliver, t.block, t.invalid):
             try:
-                count = await asyncio.wait_for(delivery.partitions_for(name), 30)
+                partitions[name] = await asyncio.wait_for(delivery.partitions_for(name), 30)
             except (KafkaError, TimeoutError) as exc:
                 denied = not_authorized(exc, self.config)
                 if denied is not None:
                     raise denied from None
                 raise BrokerError(f"cannot read metadata of topic {name!r}: {exc!r}") from exc
-            if not count:
-                raise BrokerError(f"output topic {name!r} does not exist; create it first")
-            partitions[name] = count
+        missing = [name for name, count in partitions.items() if not count]
+        if len(missing) == 1:
+            raise BrokerError(
+                f"output topic {missing[0]!r} does not exist; create it with `{TOPICS_CREATE}`"
+            )
+        if missing:
+            raise BrokerError(
+                f"output topics {', '.join(map(repr, missing))} do not exist; create them with "
+                f"`{TOPICS_CREATE}`"
+            )
         return OutputTopics(t.deliver, t.block, t.invalid, partitions)
 
     async def _check_input_topic(self, delivery: Delivery) -> None:
-        """Refuse a missing READ on the input topic now, in one line.
+        """Refuse a missing READ on the input topic now, in one line; say once that the
+        input topic does not exist.
 
-        The consumer itself would only log the refusal and sit without partitions. Anything
-        else (the topic not there yet, a slow answer) is left to the consumer, which waits.
+        The consumer itself would only log the refusal and sit without partitions. A missing
+        input topic is waited for (the consumer takes it once it appears); ``/readyz`` says
+        why meanwhile. Anything else (a slow answer) is left to the consumer, which waits.
         """
+        name = self.config.topics.input
         try:
-            await asyncio.wait_for(delivery.partitions_for(self.config.topics.input), 5)
+            count = await asyncio.wait_for(delivery.partitions_for(name), 5)
         except (KafkaError, TimeoutError) as exc:
             denied = not_authorized(exc, self.config)
             if denied is not None:
                 raise denied from None
+            return
+        if not count:
+            problem = (
+                f"input topic {name!r} does not exist; waiting for it "
+                f"(create it with `{TOPICS_CREATE}`)"
+            )
+            self.health.topic_problem = problem
+            log.warning("%s", problem)
+
+    async def _await_input_topic(self, delivery: Delivery, consumer: AIOKafkaConsumer) -> None:
+        """Look for the missing input topic every few seconds; when it appears, have the
+        consumer refresh its metadata at once (by itself it would only at its next periodic
+        refresh, ``metadata.max.age.ms``: five minutes by default)."""
+        name = self.config.topics.input
+        while True:
+            await asyncio.sleep(INPUT_TOPIC_POLL_S)
+            try:
+                count = await delivery.partitions_for(name)
+            except KafkaError:
+                continue
+            if count:
+                log.info("input topic %r now exists", name)
+                # aiokafka has no public call for this; subscribe() itself does the same.
+                consumer._client.force_metadata_update()
+                return
 
     async def _preflight(self) -> None:
         try:
@@ -314,6 +362,12 @@ class Service:
         self.should_exit = True
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Finish the batch in flight before partitions move; track the assignment."""
 
@@ -327,6 +381,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.batch_loop.assigned(assigned)
         self.health.assigned = bool(assigned)
+        if assigned:
+            self.health.topic_problem = None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

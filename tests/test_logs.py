@@ -6,10 +6,11 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from filterd.logs import RateLimitedLogger, setup_logging
+from filterd.logs import RateLimitedLogger, json_fields, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -135,3 +136,75 @@ async def test_service_shutdown_flushes_rate_limited_lines(
         ("filterd.test", 2),
         ("filterd.test2", 2),
     ]
+
+
+def test_json_fields_are_json_keys_and_leave_the_text_line_as_it_is() -> None:
+    out = io.StringIO()
+    setup_logging("json", "INFO", stream=out)
+    logging.getLogger("filterd.service").info(
+        "shutdown ◆ %d records", 7, extra=json_fields(event="shutdown", records=7, block=2)
+    )
+    entry = json.loads(out.getvalue())
+    assert (entry["event"], entry["records"], entry["block"]) == ("shutdown", 7, 2)
+    assert "json_fields" not in entry
+    assert "worker" not in entry
+
+    text = io.StringIO()
+    setup_logging("text", "INFO", stream=text)
+    logging.getLogger("filterd.service").info(
+        "shutdown ◆ %d records", 7, extra=json_fields(records=7)
+    )
+    assert text.getvalue().rstrip("\n").endswith(" INFO    filterd.service: shutdown ◆ 7 records")
+
+
+def test_each_worker_says_which_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILTERD__WORKER_INDEX", "1")
+    text = io.StringIO()
+    setup_logging("text", "INFO", stream=text)
+    logging.getLogger("filterd.service").info("started")
+    assert text.getvalue().rstrip("\n").endswith(" INFO    [w1] filterd.service: started")
+    out = io.StringIO()
+    setup_logging("json", "INFO", stream=out)
+    logging.getLogger("filterd.service").info("started")
+    assert json.loads(out.getvalue())["worker"] == 1
+
+    monkeypatch.delenv("FILTERD__WORKER_INDEX")
+    single = io.StringIO()
+    setup_logging("text", "INFO", stream=single)
+    logging.getLogger("filterd.service").info("started")
+    assert " INFO    filterd.service: started" in single.getvalue()
+
+
+async def test_shutdown_and_swap_lines_carry_their_counts_as_fields(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from filterd.config import load_config
+    from filterd.service import Service
+    from filterd.snapshot import SnapshotWatcher
+    from tests.snapshot.test_watcher import _build
+
+    root = tmp_path / "snap"
+    version = _build(tmp_path, root, 1)
+    with caplog.at_level(logging.INFO):
+        watcher = SnapshotWatcher(root, 60)
+        await watcher.start()
+        await watcher.stop()
+        service = Service(load_config(None, env={"FILTERD_METRICS_ENABLED": "false"}))
+        await service.shutdown()
+    (swap,) = [r for r in caplog.records if "in force" in r.getMessage()]
+    fields = swap.json_fields  # type: ignore[attr-defined]
+    assert fields["event"] == "snapshot_swap"
+    assert fields["snapshot"] == version
+    assert fields["previous"] is None
+    assert (fields["senders"], fields["consents"]) == (1, 1)
+    assert fields["load_s"] >= 0
+    (stop,) = [r for r in caplog.records if r.getMessage().startswith("shutdown")]
+    assert stop.json_fields == {  # type: ignore[attr-defined]
+        "event": "shutdown",
+        "records": 0,
+        "batches": 0,
+        "deliver": 0,
+        "block": 0,
+        "invalid": 0,
+        "elapsed_s": stop.json_fields["elapsed_s"],  # type: ignore[attr-defined]
+    }

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from filterd.audit.reader import NO_LATE
 from filterd.audit.records import AuditRecord, sender_of
 from filterd.audit.timeutil import HourBuckets
 
@@ -53,6 +54,8 @@ class Summary:
         self.hour_reason: dict[int, Counter[str]] = {}
         #: sender -> hour key -> count, only with ``sender_hours=True``.
         self.sender_hours: dict[str, Counter[int]] | None = {} if sender_hours else None
+        #: Records stamped in the range that the read's late margin missed.
+        self.late = NO_LATE
 
     def add_batch(self, records: Iterable[AuditRecord]) -> None:
         """Count a batch of records."""

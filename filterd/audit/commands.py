@@ -23,10 +23,17 @@ import orjson
 
 from filterd.audit.aggregate import Summary
 from filterd.audit.consent_report import load_versions
-from filterd.audit.export import ExportFilter, RowWriter, export_rows
+from filterd.audit.coverage import Coverage
+from filterd.audit.export import ExportFilter, RowWriter, check_reasons, export_rows
 from filterd.audit.mask import full_recipient, mask_recipient
 from filterd.audit.output import format_why, write_summary_csv, write_summary_table
-from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader, ReadProgress
+from filterd.audit.reader import (
+    KafkaParams,
+    LateRecords,
+    ProgressCallback,
+    RangeReader,
+    ReadProgress,
+)
 from filterd.audit.records import event_fields
 from filterd.audit.report import BurstRule, ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time, parse_tz
@@ -157,6 +164,14 @@ class _Context:
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         self.progress: ProgressCallback | None = _print_progress if show else None
 
+    def coverage(self, late: LateRecords) -> Coverage:
+        """What was read, after the read; its warning (if any) goes to the log too."""
+        coverage = Coverage(self.time_range, self.tz, self.tz_label, self.late_ms, late)
+        warning = coverage.warning()
+        if warning is not None:
+            logger.warning("%s", warning.removeprefix("warning: "))
+        return coverage
+
 
 def kafka_params(config: Config) -> KafkaParams:
     """The reader's broker parameters from a loaded config."""
@@ -210,6 +225,7 @@ async def summarize(
     ) as reader:
         async for batch in reader.batches():
             summary.add_batch(batch)
+    summary.late = reader.late()
     if reader.skipped_out_of_range:
         logger.info(
             "%d records between the range's offsets had timestamps outside it (skipped)",
@@ -230,14 +246,16 @@ def _run_summary(args: argparse.Namespace) -> int:
             late_ms=ctx.late_ms,
         )
     )
+    coverage = ctx.coverage(summary.late)
     out = sys.stdout
     if args.format == "json":
-        out.write(orjson.dumps(summary.to_json(args.top), option=orjson.OPT_INDENT_2).decode())
+        doc = {"range": coverage.to_json(), **summary.to_json(args.top)}
+        out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         out.write("\n")
     elif args.format == "csv":
-        write_summary_csv(summary, args.top, out)
+        write_summary_csv(summary, args.top, out, coverage)
     else:
-        write_summary_table(summary, args.top, out)
+        write_summary_table(summary, args.top, out, coverage)
     return 0
 
 
@@ -260,8 +278,9 @@ async def export(
     unmask: bool = False,
     progress: ProgressCallback | None = None,
     late_ms: int = 0,
-) -> int:
-    """Write the evidence rows of ``topics`` over the range; return the count."""
+) -> tuple[int, LateRecords]:
+    """Write the evidence rows of ``topics`` over the range; return the count
+    and the records the late margin missed."""
     async with RangeReader(
         params, topics, time_range, progress=progress, late_ms=late_ms
     ) as reader:
@@ -271,23 +290,25 @@ async def export(
                     batch, selection=selection, tz=tz, country_code=country_code, unmask=unmask
                 )
             )
-    return writer.rows
+    return writer.rows, reader.late()
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    # Before anything connects: a misspelt reason would export nothing.
+    reasons = check_reasons(args.reason)
     ctx = _Context(args)
     if args.unmask:
         _log_unmask(f"export to {args.out}")
     out, close = _open_out(args.out)
     try:
         writer = RowWriter(out, args.format)
-        rows = asyncio.run(
+        rows, late = asyncio.run(
             export(
                 ctx.params,
                 _topics(ctx.config, args.invalid),
                 ctx.time_range,
                 writer,
-                selection=ExportFilter(frozenset(args.sender), frozenset(args.reason)),
+                selection=ExportFilter(frozenset(args.sender), reasons),
                 tz=ctx.tz,
                 country_code=ctx.config.policy.default_country_code,
                 unmask=args.unmask,
@@ -297,7 +318,9 @@ def _run_export(args: argparse.Namespace) -> int:
         )
     finally:
         close()
-    logger.info("exported %d rows to %s", rows, args.out)
+    # The evidence file holds rows only; what it covers goes to stderr.
+    coverage = ctx.coverage(late)
+    print(f"exported {rows} rows to {args.out}; {coverage.describe()}", file=sys.stderr)
     return 0
 
 
@@ -356,6 +379,8 @@ def _run_report(args: argparse.Namespace) -> int:
         top=args.top,
         burst_rule=BurstRule(args.burst_window, args.burst_min, args.burst_ratio),
         versions=load_versions(ctx.config.snapshot.root, sorted(summary.by_snapshot)),
+        late_ms=ctx.late_ms,
+        late=ctx.coverage(summary.late).late,
     )
     document = render_report(summary, meta)
     tmp = f"{args.out}.tmp.{os.getpid()}"

@@ -11,13 +11,15 @@ import csv
 import re
 from collections.abc import Iterable, Sequence
 from datetime import tzinfo
-from typing import IO, NamedTuple
+from typing import IO, Final, NamedTuple
 
 import orjson
 
+from filterd import router
 from filterd.audit.mask import full_recipient, mask_recipient
 from filterd.audit.records import AuditRecord, event_fields
 from filterd.audit.timeutil import format_ms
+from filterd.errors import ConfigError
 
 #: Columns of the evidence file, in order (CSV header and JSON-lines keys).
 COLUMNS: tuple[str, ...] = (
@@ -35,6 +37,46 @@ COLUMNS: tuple[str, ...] = (
     "event_ts",
     "event_time",
 )
+
+
+#: Every reason code an output record may carry (docs/contract.md "Policy and
+#: reason codes"), including those of rules to come, so that an auditor's query
+#: for them keeps working when they arrive.
+KNOWN_REASONS: Final = tuple(
+    sorted(
+        {
+            outcome.reason
+            for outcome in (
+                router.CONSENT,
+                router.EXEMPT_CATEGORY,
+                router.OPTED_OUT,
+                router.UNKNOWN_SENDER,
+                router.RECIPIENT_DND,
+                router.NO_CONSENT,
+                router.OVERSIZED,
+                router.MALFORMED_JSON,
+                router.MISSING_FIELD,
+                router.BAD_FIELD_TYPE,
+                router.BAD_RECIPIENT,
+                router.INTERNAL_ERROR,
+            )
+        }
+        | {"consent-expired", "consent-not-explicit", "quiet-hours", "frequency-cap", "monitored"}
+    )
+)
+
+
+def check_reasons(reasons: Iterable[str]) -> frozenset[str]:
+    """The ``--reason`` values, refused (naming the valid ones) unless all are known."""
+    chosen = frozenset(reasons)
+    unknown = sorted(chosen.difference(KNOWN_REASONS))
+    if unknown:
+        raise ConfigError(
+            "--reason",
+            f"unknown reason code {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(KNOWN_REASONS)}",
+        )
+    return chosen
 
 
 class ExportFilter(NamedTuple):

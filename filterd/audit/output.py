@@ -9,6 +9,7 @@ from datetime import tzinfo
 from typing import TYPE_CHECKING, TextIO
 
 from filterd.audit.aggregate import Summary
+from filterd.audit.coverage import Coverage
 from filterd.audit.records import event_fields
 from filterd.audit.timeutil import format_ms
 
@@ -16,10 +17,12 @@ if TYPE_CHECKING:
     from filterd.audit.why import Sighting
 
 
-def write_summary_csv(summary: Summary, top: int, out: TextIO) -> None:
-    """CSV form: ``section,key,reason,count`` rows, one section per count."""
+def write_summary_csv(summary: Summary, top: int, out: TextIO, coverage: Coverage) -> None:
+    """CSV form: ``section,key,reason,count`` rows, one section per count; the
+    ``range`` rows first say what was read."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(("section", "key", "reason", "count"))
+    writer.writerows(coverage.csv_rows())
     writer.writerow(("total", "", "", summary.total))
     for reason, count in summary.by_reason.most_common():
         writer.writerow(("reason", reason, "", count))
@@ -36,8 +39,8 @@ def write_summary_csv(summary: Summary, top: int, out: TextIO) -> None:
             writer.writerow(("declared_category", category, reason, count))
 
 
-def write_summary_table(summary: Summary, top: int, out: TextIO) -> None:
-    """Plain-text tables for a terminal."""
+def write_summary_table(summary: Summary, top: int, out: TextIO, coverage: Coverage) -> None:
+    """Plain-text tables for a terminal, after the range read."""
 
     def table(title: str, rows: list[tuple[str, str]]) -> None:
         out.write(f"\n{title}\n")
@@ -45,6 +48,10 @@ def write_summary_table(summary: Summary, top: int, out: TextIO) -> None:
         for key, value in rows:
             out.write(f"  {key:<{width}}  {value:>10}\n")
 
+    out.write(f"{coverage.describe()}\n")
+    warning = coverage.warning()
+    if warning is not None:
+        out.write(f"{warning}\n")
     out.write(f"total  {summary.total}\n")
     table("by reason", [(r, str(c)) for r, c in summary.by_reason.most_common()])
     rows = summary.top_senders(top)

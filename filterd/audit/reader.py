@@ -46,6 +46,9 @@ class PartitionRange(NamedTuple):
     partition: int
     start: int
     stop: int
+    #: Offsets after ``stop`` read only to detect records stamped inside the
+    #: range that ``late_ms`` did not reach: ``[stop, probe_stop)``.
+    probe_stop: int = -1
 
 
 class ReadProgress(NamedTuple):
@@ -61,6 +64,19 @@ class ReadProgress(NamedTuple):
 
 
 ProgressCallback = Callable[[ReadProgress], None]
+
+
+class LateRecords(NamedTuple):
+    """Records stamped inside the range that the late margin did not reach."""
+
+    #: Found just past the stop offsets; at least this many were missed.
+    records: int = 0
+    #: The smallest ``late_ms`` that reaches all of them; 0 when none.
+    needed_ms: int = 0
+
+
+#: No late record found.
+NO_LATE = LateRecords()
 
 
 class RangeReader:
@@ -79,6 +95,12 @@ class RangeReader:
     sit after the first one stamped ``>= end``; ``late_ms`` reads that much
     further to catch such records. With ``late_ms`` at least the worst
     disorder (the lag between input partitions), the end is exact too.
+
+    A margin too small is not silent: past each stop offset the reader looks
+    at up to ``probe_offsets`` more offsets, counts the records stamped inside
+    the range among them (``late_beyond``, not returned) and works out the
+    ``late_ms`` that would have reached them (``late_needed_ms``). The count
+    is a lower bound: records further on are not looked at.
     """
 
     def __init__(
@@ -91,8 +113,10 @@ class RangeReader:
         progress_interval_s: float = 1.0,
         max_records: int = 5000,
         late_ms: int = 0,
+        probe_offsets: int = 1000,
     ) -> None:
         self._params = params
+        self._probe_offsets = probe_offsets
         self._late_ms = late_ms
         self._topics = tuple(topics)
         self._range = time_range
@@ -106,6 +130,12 @@ class RangeReader:
         self.records = 0
         #: Records inside the offset window but outside the time range.
         self.skipped_out_of_range = 0
+        #: Records stamped inside the range found just past the stop offsets
+        #: (``late_ms`` too small for them): at least this many were missed.
+        self.late_beyond = 0
+        #: The smallest ``late_ms`` that would have read every record counted
+        #: in ``late_beyond``; 0 when there is none.
+        self.late_needed_ms = 0
 
     async def __aenter__(self) -> RangeReader:
         consumer = AIOKafkaConsumer(
@@ -186,10 +216,13 @@ class RangeReader:
             stops = await self._offsets_at(consumer, tps, end_ms, ends)
         except KafkaError as exc:
             raise BrokerError(f"cannot look up offsets: {exc}") from exc
-        plan = [
-            PartitionRange(tp.topic, tp.partition, starts[tp], min(stops[tp], ends[tp]))
-            for tp in tps
-        ]
+        plan = []
+        for tp in tps:
+            stop = min(stops[tp], ends[tp])
+            probe_stop = stop
+            if end_ms is not None and starts[tp] < stop:
+                probe_stop = min(stop + self._probe_offsets, ends[tp])
+            plan.append(PartitionRange(tp.topic, tp.partition, starts[tp], stop, probe_stop))
         logger.debug("audit read plan: %s", plan)
         return plan
 
@@ -207,29 +240,39 @@ class RangeReader:
         found = await consumer.offsets_for_times({tp: max(ts_ms, 0) for tp in tps})
         return {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
 
+    def late(self) -> LateRecords:
+        """What the probe past the stop offsets found (after ``batches``)."""
+        return LateRecords(self.late_beyond, self.late_needed_ms)
+
     async def batches(self) -> AsyncIterator[list[AuditRecord]]:
         """Yield the records in range, in batches, partition order kept."""
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("RangeReader used outside 'async with'")
         time_range = self._range
+        end_ms = time_range.end_ms
         stops: dict[TopicPartition, int] = {}
+        #: Where each partition's read ends, the probe included.
+        reads: dict[TopicPartition, int] = {}
+        #: Per partition, the highest timestamp seen from the stop offset on.
+        probe_max: dict[TopicPartition, int] = {}
         total = 0
         for r in self.ranges:
             tp = TopicPartition(r.topic, r.partition)
             if r.start < r.stop:
                 consumer.seek(tp, r.start)
                 stops[tp] = r.stop
-                total += r.stop - r.start
+                reads[tp] = max(r.stop, r.probe_stop)
+                total += reads[tp] - r.start
             else:
                 consumer.pause(tp)
         starts = {TopicPartition(r.topic, r.partition): r.start for r in self.ranges}
         finished = 0
         last_report = time.monotonic()
-        while stops:
+        while reads:
             try:
                 fetched = await consumer.getmany(
-                    *stops, timeout_ms=500, max_records=self._max_records
+                    *reads, timeout_ms=500, max_records=self._max_records
                 )
             except KafkaError as exc:
                 raise BrokerError(f"fetch failed: {exc}") from exc
@@ -237,12 +280,16 @@ class RangeReader:
             append = batch.append
             contains = time_range.contains
             for tp, messages in fetched.items():
-                stop = stops.get(tp)
-                if stop is None:
+                read_stop = reads.get(tp)
+                if read_stop is None:
                     continue
+                stop = stops[tp]
                 for msg in messages:
                     if msg.offset >= stop:
-                        break
+                        if msg.offset >= read_stop or end_ms is None:
+                            break
+                        self._probe(tp, msg.timestamp, end_ms, probe_max)
+                        continue
                     if not contains(msg.timestamp):
                         self.skipped_out_of_range += 1
                         continue
@@ -265,19 +312,31 @@ class RangeReader:
             # The position, not the last record, says when a partition is
             # done: transaction markers and aborted batches take offsets but
             # yield no record, and may sit just before the stop offset.
-            for tp in list(stops):
+            for tp in list(reads):
                 position = await consumer.position(tp)
-                if position >= stops[tp]:
-                    finished += stops.pop(tp) - starts[tp]
+                if position >= reads[tp]:
+                    finished += reads.pop(tp) - starts[tp]
                     consumer.pause(tp)
             self.records += len(batch)
             if batch:
                 yield batch
             if self._progress is not None:
                 now = time.monotonic()
-                if now - last_report >= self._progress_interval_s or not stops:
+                if now - last_report >= self._progress_interval_s or not reads:
                     last_report = now
                     done = finished
-                    for tp in stops:
+                    for tp in reads:
                         done += max(0, await consumer.position(tp) - starts[tp])
                     self._progress(ReadProgress(done, total, self.records))
+
+    def _probe(
+        self, tp: TopicPartition, ts_ms: int, end_ms: int, probe_max: dict[TopicPartition, int]
+    ) -> None:
+        """Look at one record past the stop offset (not returned)."""
+        highest = max(probe_max.get(tp, ts_ms), ts_ms)
+        probe_max[tp] = highest
+        if self._range.contains(ts_ms):
+            self.late_beyond += 1
+            # The stop offset is the first stamped >= end + late_ms: every
+            # record up to this one is stamped below end + needed.
+            self.late_needed_ms = max(self.late_needed_ms, highest - end_ms + 1)

@@ -18,6 +18,8 @@ from datetime import tzinfo
 from filterd import __version__
 from filterd.audit.aggregate import Burst, Summary, find_bursts
 from filterd.audit.consent_report import consent_sections
+from filterd.audit.coverage import Coverage
+from filterd.audit.reader import NO_LATE, LateRecords
 from filterd.audit.timeutil import TimeRange, format_ms
 
 # Reasons keep their colour across charts and reports; other (future)
@@ -60,6 +62,9 @@ class ReportMeta:
     burst_rule: BurstRule = BurstRule()
     #: Manifest and refused-row report per snapshot version (consent_report.load_versions).
     versions: Mapping[str, dict[str, object]] = field(default_factory=dict)
+    #: The late margin read and what it missed.
+    late_ms: int = 0
+    late: LateRecords = NO_LATE
 
 
 def _e(text: object) -> str:
@@ -284,11 +289,16 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
             min_count=rule.min_count,
             min_ratio=rule.min_ratio,
         )
-    start = meta.time_range.start_ms
-    end = meta.time_range.end_ms
-    first = _e(format_ms(start, tz)) if start is not None else "the first retained record"
-    last = _e(format_ms(end, tz)) if end is not None else "the end offsets at the start of the read"
-    range_text = f"from {first} (inclusive) to {last} (exclusive)"
+    coverage = Coverage(meta.time_range, tz, meta.tz_label, meta.late_ms, meta.late)
+    range_text = (
+        f"from {_e(coverage.start_text)} (inclusive) to {_e(coverage.end_text)} (exclusive)"
+    )
+    margin = (
+        f"Read {meta.late_ms} ms past the end for records stamped out of order (--late-ms).<br>"
+        if meta.time_range.end_ms is not None
+        else ""
+    )
+    warning = coverage.warning()
     tz_name = _e(meta.tz_label)
     out: list[str] = [
         "<!DOCTYPE html>",
@@ -302,8 +312,10 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
         "<h1>filterd audit report</h1>",
         f'<p class="meta">Topics: {_e(", ".join(meta.topics))}<br>'
         f"Records {range_text}, by the output record's Kafka timestamp.<br>"
+        f"{margin}"
         f"Hours are shown in {tz_name}. Generated {_e(format_ms(meta.generated_ms, tz))} "
         f"by filterd {_e(__version__)}.</p>",
+        f'<p class="warning"><strong>{_e(warning)}</strong></p>' if warning else "",
         "<section><h2>Totals</h2>",
         f"<p><strong>{summary.total}</strong> records.</p>",
     ]

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from filterd.errors import SnapshotError
+from filterd.logs import json_fields
 from filterd.snapshot.errors import SignatureError
 from filterd.snapshot.format import ROLLBACK, current_version, read_rollback
 from filterd.snapshot.load import load_snapshot_async
@@ -251,6 +252,16 @@ class SnapshotWatcher:
             snapshot.counts.dnd,
             elapsed,
             previous.version if previous else "none",
+            extra=json_fields(
+                event="snapshot_swap",
+                snapshot=snapshot.version,
+                previous=previous.version if previous else None,
+                senders=snapshot.counts.senders,
+                consents=snapshot.counts.consents,
+                optouts=snapshot.counts.optouts,
+                dnd=snapshot.counts.dnd,
+                load_s=round(elapsed, 3),
+            ),
         )
         if self._on_swap is not None:
             try:

@@ -72,6 +72,15 @@ async def test_summary_json_csv_and_table_with_invalid_topic(
     for r in inside:
         senders.setdefault(r.sender or "(none)", Counter())[r.reason] += 1
     assert got == {
+        "range": {
+            "from": datetime.fromtimestamp(start / 1000, CST).isoformat(timespec="milliseconds"),
+            "to": datetime.fromtimestamp(end / 1000, CST).isoformat(timespec="milliseconds"),
+            "tz": "+08:00",
+            "late_ms": 300_000,
+            "late_beyond_margin": 0,
+            "suggested_late_ms": None,
+            "warning": None,
+        },
         "total": len(inside),
         "by_reason": dict(
             sorted(Counter(r.reason for r in inside).items(), key=lambda kv: (-kv[1], kv[0]))
@@ -96,7 +105,8 @@ async def test_summary_json_csv_and_table_with_invalid_topic(
 
     assert await run_cli("audit", "summary", "--config", config, *window) == 0
     table = capsys.readouterr().out
-    assert table.startswith(f"total  {len(only_block)}\n")
+    assert table.startswith("range: from 20")
+    assert table.splitlines()[1] == f"total  {len(only_block)}"
     assert "by reason" in table
     assert cst_hour(start) in table
 

@@ -109,8 +109,12 @@ def test_hour_gap_listing() -> None:
 def test_summary_counts_recategorized_messages_by_declared_category() -> None:
     import io
 
+    from datetime import UTC
+
+    from filterd.audit.coverage import Coverage
     from filterd.audit.output import write_summary_csv
     from filterd.audit.records import declared_category_of
+    from filterd.audit.timeutil import TimeRange
 
     headers = [("filterd-reason", b"no-consent"), ("filterd-declared-category", b"verification")]
     assert declared_category_of(headers) == "verification"
@@ -132,5 +136,5 @@ def test_summary_counts_recategorized_messages_by_declared_category() -> None:
         "verification": {"no-consent": 2},
     }
     out = io.StringIO()
-    write_summary_csv(summary, 10, out)
+    write_summary_csv(summary, 10, out, Coverage(TimeRange(None, None), UTC, "UTC", 0))
     assert "declared_category,verification,no-consent,2" in out.getvalue().splitlines()

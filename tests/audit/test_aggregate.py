@@ -108,7 +108,6 @@ def test_hour_gap_listing() -> None:
 
 def test_summary_counts_recategorized_messages_by_declared_category() -> None:
     import io
-
     from datetime import UTC
 
     from filterd.audit.coverage import Coverage

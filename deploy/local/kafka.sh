@@ -184,6 +184,14 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$STATE/data
+EOF
+	one_node_properties >>"$STATE/server.properties"
+	cp -f "$HERE/log4j2.properties" "$STATE/log4j2.properties"
+}
+
+# What both local brokers share: one node, and the settings tests rely on.
+one_node_properties() {
+	cat <<EOF
 
 # Tests create every topic they use; a typo must fail, not create a topic.
 auto.create.topics.enable=false
@@ -203,7 +211,6 @@ share.coordinator.state.topic.min.isr=1
 # Tests start consumers one after another; the default 3 s delay would slow every group.
 group.initial.rebalance.delay.ms=0
 EOF
-	cp -f "$HERE/log4j2.properties" "$STATE/log4j2.properties"
 }
 
 # --- the secured broker ------------------------------------------------------------------------
@@ -304,21 +311,8 @@ listener.name.controller.ssl.client.auth=required
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:admin;User:$BROKER_DN
-
-auto.create.topics.enable=false
-delete.topic.enable=true
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=10
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
 EOF
+		one_node_properties >>"$STATE/server.properties"
 	)
 	cp -f "$HERE/log4j2.properties" "$STATE/log4j2.properties"
 	write_client_configs

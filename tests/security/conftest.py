@@ -34,6 +34,17 @@ class SecureBroker:
         return self.state / "tls" / "ca.pem"
 
 
+def one_consent_snapshot(tmp_path: Path, sender: str, recipient: str) -> Path:
+    """A snapshot root whose only consent is (``sender``, ``recipient``)."""
+    from filterd.snapshot import build_snapshot
+
+    consents = tmp_path / "consents.csv"
+    consents.write_text(f"sender,recipient\n{sender},{recipient}\n")
+    root = tmp_path / "snapshots"
+    build_snapshot(root, consents)
+    return root
+
+
 @pytest.fixture(scope="session")
 def secure_kafka() -> SecureBroker:
     proc = subprocess.run(

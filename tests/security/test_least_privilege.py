@@ -24,7 +24,7 @@ from filterd.config import Config, load_config
 from filterd.topics import create_topics, delete
 from tests.support.kafka import drain
 
-from .conftest import REPO, SecureBroker
+from .conftest import REPO, SecureBroker, one_consent_snapshot
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -48,18 +48,6 @@ def _config(broker: SecureBroker, user: str, suffix: str, mode: str, snapshots: 
         + f'\n[delivery]\nmode = "{mode}"\n\n[service]\nstartup_timeout_s = 20\n'
     )
     return path
-
-
-def _snapshot(tmp_path: Path) -> Path:
-    consents = tmp_path / "consents.csv"
-    consents.write_text(f"sender,recipient\n{SENDER},{CONSENTED}\n")
-    root = tmp_path / "snapshots"
-    subprocess.run(
-        [sys.executable, "-m", "filterd", "snapshot", "build", "--consents", str(consents),
-         "--out", str(root)],
-        check=True, capture_output=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
-    return root
 
 
 async def _seed(admin: Config) -> None:
@@ -105,7 +93,7 @@ async def test_exactly_the_generated_acls(
     secure_kafka: SecureBroker, tmp_path: Path, mode: str
 ) -> None:
     suffix = uuid.uuid4().hex[:10]
-    snapshots = _snapshot(tmp_path)
+    snapshots = one_consent_snapshot(tmp_path, SENDER, CONSENTED)
     admin = load_config(_config(secure_kafka, "admin", suffix, mode, snapshots))
     service_path = _config(secure_kafka, "filterd", suffix, mode, snapshots)
     service = load_config(service_path)

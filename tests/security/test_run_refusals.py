@@ -13,23 +13,11 @@ import pytest
 
 from filterd.config import load_config
 
-from .conftest import REPO, SecureBroker
+from .conftest import REPO, SecureBroker, one_consent_snapshot
 
 pytestmark = pytest.mark.kafka
 
 WRONG = "wrong-password-8f3a"
-
-
-def _snapshot(tmp_path: Path) -> Path:
-    consents = tmp_path / "consents.csv"
-    consents.write_text("sender,recipient\n106900001234,13800001111\n")
-    root = tmp_path / "snapshots"
-    subprocess.run(
-        [sys.executable, "-m", "filterd", "snapshot", "build", "--consents", str(consents),
-         "--out", str(root)],
-        check=True, capture_output=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
-    return root
 
 
 def _run(config: Path, env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -67,9 +55,10 @@ def test_refused_in_one_line(
     if "SSL_CAFILE" in str(overrides) and not Path(overrides["FILTERD_KAFKA_SSL_CAFILE"]).exists():
         pytest.skip("no system CA bundle on this machine")
     config = tmp_path / "filterd.toml"
+    snapshots = one_consent_snapshot(tmp_path, "106900001234", "13800001111")
     config.write_text(
         secure_kafka.config("filterd").read_text()
-        + f'\n[snapshot]\nroot = "{_snapshot(tmp_path)}"\n\n[metrics]\nenabled = false\n'
+        + f'\n[snapshot]\nroot = "{snapshots}"\n\n[metrics]\nenabled = false\n'
     )
     proc = _run(config, overrides)
     output = proc.stdout + proc.stderr

@@ -5,8 +5,6 @@ Each test reproduces an operator's everyday mistake that used to change decision
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from filterd.errors import SnapshotError
 from filterd.snapshot import build_snapshot, load_snapshot
 from filterd.snapshot import format as fmt
 from filterd.snapshot.publish import PublishRefused, publish_version
+from tests.support.stream import run_cli
 
 from .data import write_csv
 
@@ -24,18 +23,11 @@ def _consents(tmp_path: Path, n: int, name: str = "c.csv") -> Path:
     return write_csv(tmp_path / name, ["sender", "recipient"], rows)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "filterd", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-
 def test_header_only_export_is_not_published(tmp_path: Path) -> None:
     root = tmp_path / "snap"
     good = build_snapshot(root, _consents(tmp_path, 100))
     empty = write_csv(tmp_path / "empty.csv", ["sender", "recipient"], [])
-    proc = _cli("snapshot", "build", "--consents", str(empty), "--out", str(root))
+    proc = run_cli("snapshot", "build", "--consents", str(empty), "--out", str(root))
     assert proc.returncode == 3
     (line,) = proc.stderr.strip().splitlines()
     built = [v for v in fmt.list_versions(root) if v != good]
@@ -71,15 +63,15 @@ def test_truncated_optouts_are_not_published(tmp_path: Path) -> None:
 def test_force_and_no_publish(tmp_path: Path) -> None:
     root = tmp_path / "snap"
     first = build_snapshot(root, _consents(tmp_path, 100))
-    staged = _cli("snapshot", "build", "--consents", str(_consents(tmp_path, 10, "s.csv")),
+    staged = run_cli("snapshot", "build", "--consents", str(_consents(tmp_path, 10, "s.csv")),
                   "--out", str(root), "--no-publish")  # fmt: skip
     assert staged.returncode == 0, staged.stderr
     version = staged.stdout.strip()
     assert fmt.current_version(root) == first
-    refused = _cli("snapshot", "publish", str(root), version)
+    refused = run_cli("snapshot", "publish", str(root), version)
     assert refused.returncode == 3
     assert "consents dropped by 90% (100 -> 10)" in refused.stderr
-    forced = _cli("snapshot", "publish", str(root), version, "--force")
+    forced = run_cli("snapshot", "publish", str(root), version, "--force")
     assert forced.returncode == 0, forced.stderr
     assert fmt.current_version(root) == version
 
@@ -90,11 +82,11 @@ def test_build_honours_keep_versions_from_the_config(tmp_path: Path) -> None:
     config.write_text("[snapshot]\nkeep_versions = 2\n")
     consents = _consents(tmp_path, 10)
     for _ in range(4):
-        proc = _cli("snapshot", "build", "--consents", str(consents), "--out", str(root),
+        proc = run_cli("snapshot", "build", "--consents", str(consents), "--out", str(root),
                     "--config", str(config))  # fmt: skip
         assert proc.returncode == 0, proc.stderr
     assert len(fmt.list_versions(root)) == 2
-    proc = _cli("snapshot", "build", "--consents", str(consents), "--out", str(root),
+    proc = run_cli("snapshot", "build", "--consents", str(consents), "--out", str(root),
                 "--config", str(config), "--keep", "4")  # fmt: skip
     assert len(fmt.list_versions(root)) == 3  # --keep overrides; nothing built comes back
 
@@ -115,12 +107,12 @@ def test_a_snapshot_for_another_country_code_is_refused(tmp_path: Path) -> None:
     config.write_text('[policy]\ndefault_country_code = "91"\n')
     events = tmp_path / "e.jsonl"
     events.write_text('{"id":"1","sender":"shop","recipient":"13800000001"}\n')
-    proc = _cli("replay", "--snapshot", str(root), "--input", str(events), "--out",
+    proc = run_cli("replay", "--snapshot", str(root), "--input", str(events), "--out",
                 str(tmp_path / "out"), "--config", str(config))  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"filterd: error: {err.value}"
     # The build reads the code from the config too.
-    proc = _cli("snapshot", "build", "--consents", str(_consents(tmp_path, 10)), "--out",
+    proc = run_cli("snapshot", "build", "--consents", str(_consents(tmp_path, 10)), "--out",
                 str(tmp_path / "snap91"), "--config", str(config))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert load_snapshot(tmp_path / "snap91").summary()["country_code"] == "91"
@@ -152,14 +144,14 @@ async def test_the_watcher_keeps_nothing_built_for_another_code(tmp_path: Path) 
 def test_staged_workflow_compares_an_unpublished_version(tmp_path: Path) -> None:
     root = tmp_path / "snap"
     build_snapshot(root, _consents(tmp_path, 100))
-    staged = _cli("snapshot", "build", "--consents", str(_consents(tmp_path, 40, "s.csv")),
+    staged = run_cli("snapshot", "build", "--consents", str(_consents(tmp_path, 40, "s.csv")),
                   "--out", str(root), "--no-publish")  # fmt: skip
     new = staged.stdout.strip()
     events = tmp_path / "e.jsonl"
     events.write_text(
         "".join(f'{{"id":"{i}","sender":"shop","recipient":"138{i:08d}"}}\n' for i in range(100))
     )
-    proc = _cli("replay", "--snapshot", str(root), "--input", str(events), "--out",
+    proc = run_cli("replay", "--snapshot", str(root), "--input", str(events), "--out",
                 str(tmp_path / "cmp"), "--compare", str(root / new))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     changes = (tmp_path / "cmp" / "changes.jsonl").read_text().splitlines()

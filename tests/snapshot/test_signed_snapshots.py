@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from filterd.errors import ConfigError
 from filterd.snapshot import SnapshotWatcher, build_snapshot
 from filterd.snapshot import format as fmt
 from filterd.snapshot.signing import SIGNATURE, Verifier, generate_keypair, verifier_for
+from tests.support.stream import run_cli
 
 from .data import write_csv
 
@@ -37,38 +36,31 @@ def _build(tmp: Path, root: Path, k: int, key: Path | None) -> str:
     return build_snapshot(root, path, keep=100, sign_key=key)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "filterd", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-
 def test_cli_keygen_build_sign_verify(tmp_path: Path) -> None:
-    assert _cli("snapshot", "keygen", "--out", str(tmp_path / "k")).returncode == 0
+    assert run_cli("snapshot", "keygen", "--out", str(tmp_path / "k")).returncode == 0
     key, pub = tmp_path / "k" / "snapshot.key", tmp_path / "k" / "snapshot.pub"
     consents = write_csv(tmp_path / "c.csv", ["sender", "recipient"], [("s", f"+{BASE}")])
     root = tmp_path / "root"
-    signed = _cli("snapshot", "build", "--consents", str(consents), "--out", str(root),
+    signed = run_cli("snapshot", "build", "--consents", str(consents), "--out", str(root),
                   "--sign-key", str(key)).stdout.strip()  # fmt: skip
-    ok = _cli("snapshot", "verify", str(root), "--public-key", str(pub))
+    ok = run_cli("snapshot", "verify", str(root), "--public-key", str(pub))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == f"{signed}: ok, signed by key {Verifier(pub).key_id}"
 
-    unsigned = _cli("snapshot", "build", "--consents", str(consents), "--out", str(root))
+    unsigned = run_cli("snapshot", "build", "--consents", str(consents), "--out", str(root))
     version = unsigned.stdout.strip()
-    refused = _cli("snapshot", "verify", str(root), "--public-key", str(pub))
+    refused = run_cli("snapshot", "verify", str(root), "--public-key", str(pub))
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
         f"{version}: version {version} is not signed ({SIGNATURE} missing)"
     )
-    inspect = _cli("snapshot", "inspect", str(root), "--public-key", str(pub))
+    inspect = run_cli("snapshot", "inspect", str(root), "--public-key", str(pub))
     assert inspect.returncode == 1
     assert inspect.stderr.strip() == (
         f"filterd: error: version {version} is not signed ({SIGNATURE} missing)"
     )
-    assert _cli("snapshot", "sign", str(root), "--key", str(key)).returncode == 0
-    assert _cli("snapshot", "verify", str(root), "--public-key", str(pub)).returncode == 0
+    assert run_cli("snapshot", "sign", str(root), "--key", str(key)).returncode == 0
+    assert run_cli("snapshot", "verify", str(root), "--public-key", str(pub)).returncode == 0
 
 
 def test_rewritten_files_and_hashes_fail_the_signature(
@@ -81,7 +73,7 @@ def test_rewritten_files_and_hashes_fail_the_signature(
     manifest = root / version / fmt.MANIFEST
     text = manifest.read_text()
     manifest.write_text(text.replace('"created_at":"', '"created_at":"1', 1))
-    proc = _cli("snapshot", "verify", str(root), "--public-key", str(keys[1]))
+    proc = run_cli("snapshot", "verify", str(root), "--public-key", str(keys[1]))
     assert proc.returncode == 1
     assert "bad signature" in proc.stderr
 
@@ -131,7 +123,7 @@ async def test_an_older_version_needs_a_rollback(tmp_path: Path, keys: tuple[Pat
         f"version {v1} is older than {v2} in force; go back with `filterd snapshot rollback`"
     )
     # An unsigned rollback is not enough where signatures are checked.
-    proc = _cli("snapshot", "rollback", str(root), "--to", v1)
+    proc = run_cli("snapshot", "rollback", str(root), "--to", v1)
     assert proc.stdout.strip() == f"rollback to {v1} recorded under {root} (already current)"
     await watcher.check()
     assert watcher.current.version == v2
@@ -139,7 +131,7 @@ async def test_an_older_version_needs_a_rollback(tmp_path: Path, keys: tuple[Pat
         f"rollback to {v1} is not signed (rollback.json.sig missing): "
         "sign it with `filterd snapshot rollback --key`"
     )
-    proc = _cli("snapshot", "rollback", str(root), "--to", v1, "--key", str(keys[0]))
+    proc = run_cli("snapshot", "rollback", str(root), "--to", v1, "--key", str(keys[0]))
     assert proc.returncode == 0, proc.stderr
     await watcher.check()
     assert watcher.current.version == v1
@@ -156,7 +148,7 @@ async def test_without_a_key_rollback_is_still_explicit(tmp_path: Path) -> None:
     assert watcher.current is not None
     assert watcher.current.version == v2
     fmt.publish_pointer(root, v2)
-    assert _cli("snapshot", "rollback", str(root)).returncode == 0
+    assert run_cli("snapshot", "rollback", str(root)).returncode == 0
     await watcher.check()
     assert watcher.current.version == v1
 
@@ -168,7 +160,7 @@ def test_replay_refuses_an_unsigned_snapshot(tmp_path: Path, keys: tuple[Path, P
     config.write_text(f'[snapshot]\npublic_key = "{keys[1]}"\n')
     events = tmp_path / "e.jsonl"
     events.write_text('{"id":"1","sender":"s","recipient":"13800000001"}\n')
-    proc = _cli("replay", "--snapshot", str(root), "--input", str(events),
+    proc = run_cli("replay", "--snapshot", str(root), "--input", str(events),
                 "--out", str(tmp_path / "out"), "--config", str(config))  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip() == (

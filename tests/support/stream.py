@@ -20,9 +20,11 @@ from tests.support.kafka import drain
 Record = ConsumerRecord[bytes, bytes]
 
 
-def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
-    """Run ``python -m filterd ARGS``; return stdout, fail with stderr shown."""
-    done = subprocess.run(
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m filterd ARGS`` whatever its exit status (tests of refusals)."""
+    return subprocess.run(
         [sys.executable, "-m", "filterd", *args],
         capture_output=True,
         text=True,
@@ -30,6 +32,11 @@ def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) 
         env=dict(os.environ, **(env or {})),
         check=False,
     )
+
+
+def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
+    """Run ``python -m filterd ARGS``; return stdout, fail with stderr shown."""
+    done = run_cli(*args, env=env, timeout=timeout)
     assert done.returncode == 0, f"filterd {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
 

@@ -529,6 +529,38 @@ def _slow_rows(
         yield out
 
 
+def _read_bitmaps(
+    record: InputFile,
+    columns: tuple[str, ...],
+    country_code: str,
+    progress: Progress | None,
+    rejects: Rejects | None,
+) -> dict[str, BitMap64]:
+    """Bitmaps per trimmed sender (``sender,recipient``), or under ``-`` (``recipient``).
+
+    Bad rows go to ``rejects``, and are left out; without ``rejects`` a bad row
+    raises :class:`SnapshotRowsRejected` once the file is read.
+    """
+    rejected = Rejects() if rejects is None else rejects
+
+    def add(buffers: _Buffers, cols: list[list[str]]) -> None:
+        buffers.add_block(cols[0] if len(cols) == 2 else ["-"] * len(cols[0]), cols[-1])
+
+    try:
+        buffers = _Buffers(country_code)
+        for _first, _lines, cols in _rows(record, columns, progress, country_code=country_code):
+            add(buffers, cols)
+        bitmaps = buffers.finish()
+    except _NeedsRescan:
+        buffers = _Buffers(country_code)
+        for cols in _slow_rows(record, columns, country_code, rejected):
+            add(buffers, cols)
+        bitmaps = buffers.finish()
+    if rejects is None:
+        rejected.check()
+    return bitmaps
+
+
 def read_pairs(
     path: Path,
     kind: str,
@@ -544,22 +576,7 @@ def read_pairs(
     """
     record = InputFile(kind, Path(path), encoding=encoding)
     columns = ("sender", "recipient")
-    rejected = Rejects() if rejects is None else rejects
-    try:
-        buffers = _Buffers(country_code)
-        for _first, _lines, (senders, recipients) in _rows(
-            record, columns, progress, country_code=country_code
-        ):
-            buffers.add_block(senders, recipients)
-        bitmaps = buffers.finish()
-    except _NeedsRescan:
-        buffers = _Buffers(country_code)
-        for senders, recipients in _slow_rows(record, columns, country_code, rejected):
-            buffers.add_block(senders, recipients)
-        bitmaps = buffers.finish()
-    if rejects is None:
-        rejected.check()
-    return record, bitmaps
+    return record, _read_bitmaps(record, columns, country_code, progress, rejects)
 
 
 def read_numbers(
@@ -572,20 +589,5 @@ def read_numbers(
 ) -> tuple[InputFile, BitMap64]:
     """Read a ``recipient`` input (do-not-disturb) into one bitmap; bad rows as in read_pairs."""
     record = InputFile(kind, Path(path), encoding=encoding)
-    columns = ("recipient",)
-    rejected = Rejects() if rejects is None else rejects
-    try:
-        buffers = _Buffers(country_code)
-        for _first, _lines, (recipients,) in _rows(
-            record, columns, progress, country_code=country_code
-        ):
-            buffers.add_block(["-"] * len(recipients), recipients)
-        bitmap = buffers.finish().get("-", BitMap64())
-    except _NeedsRescan:
-        buffers = _Buffers(country_code)
-        for (recipients,) in _slow_rows(record, columns, country_code, rejected):
-            buffers.add_block(["-"] * len(recipients), recipients)
-        bitmap = buffers.finish().get("-", BitMap64())
-    if rejects is None:
-        rejected.check()
-    return record, bitmap
+    bitmaps = _read_bitmaps(record, ("recipient",), country_code, progress, rejects)
+    return record, bitmaps.get("-", BitMap64())

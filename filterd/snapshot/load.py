@@ -452,9 +452,7 @@ async def load_snapshot_async(
     return await run_sliced(_load_steps(vdir, version, manifest, contents))
 
 
-def check_country_code(
-    manifest: dict[str, object], version: str, country_code: str | None
-) -> None:
+def check_country_code(manifest: dict[str, object], version: str, country_code: str | None) -> None:
     """Refuse a version whose national numbers were read with another country code.
 
     A snapshot built for 86 used where national numbers mean 91 would match no national

@@ -39,6 +39,7 @@ from filterd.snapshot.inputs import (
     Rejects,
     _Buffers,
     _NeedsRescan,
+    _refused_on_rereading,
     _rows,
     _slow_rows,
 )
@@ -315,13 +316,16 @@ def read_consents(
     except _NeedsRescan:
         rows = ConsentRows(country_code, accept)
         present = []
-        for cols in _slow_rows(
-            record, columns, country_code, rejected, EVIDENCE_COLUMNS, _row_problem, present
-        ):
+        try:
+            for cols in _slow_rows(
+                record, columns, country_code, rejected, EVIDENCE_COLUMNS, _row_problem, present
+            ):
+                rows.method_column = "method" in present
+                rows.add_block(present, cols)
             rows.method_column = "method" in present
-            rows.add_block(present, cols)
-        rows.method_column = "method" in present
-        bitmaps, terms = rows.finish()
+            bitmaps, terms = rows.finish()
+        except _NeedsRescan:
+            raise _refused_on_rereading(record) from None
     if rejects is None:
         rejected.check()
     return record, rows, bitmaps, terms

@@ -529,6 +529,16 @@ def _slow_rows(
         yield out
 
 
+def _refused_on_rereading(record: InputFile) -> SnapshotError:
+    """The error when the slow path finds no bad row where the fast path refused a value.
+
+    Fail closed: the two paths disagree, which is a bug, and nothing is published.
+    """
+    return SnapshotError(
+        f"{record.path}: a value was refused but no bad row was found on re-reading"
+    )
+
+
 def _read_bitmaps(
     record: InputFile,
     columns: tuple[str, ...],
@@ -553,9 +563,12 @@ def _read_bitmaps(
         bitmaps = buffers.finish()
     except _NeedsRescan:
         buffers = _Buffers(country_code)
-        for cols in _slow_rows(record, columns, country_code, rejected):
-            add(buffers, cols)
-        bitmaps = buffers.finish()
+        try:
+            for cols in _slow_rows(record, columns, country_code, rejected):
+                add(buffers, cols)
+            bitmaps = buffers.finish()
+        except _NeedsRescan:
+            raise _refused_on_rereading(record) from None
     if rejects is None:
         rejected.check()
     return bitmaps

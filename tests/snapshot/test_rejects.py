@@ -191,6 +191,35 @@ def test_quoted_field_with_newline_in_an_ignored_column(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["consents", "dnd"])
+def test_paths_that_disagree_fail_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Either input's fast path refusing a value its slow path accepts stops the build."""
+    from filterd.snapshot import inputs
+
+    def refuse(self: object) -> None:
+        raise inputs._NeedsRescan
+
+    if kind == "consents":
+        monkeypatch.setattr(inputs._Buffers, "flush", refuse)  # every value refused
+    else:
+        real = inputs._Buffers.flush
+
+        def refuse_dnd(self: inputs._Buffers) -> None:
+            if "-" in self.raw:  # the dnd reader keeps its numbers under "-"
+                raise inputs._NeedsRescan
+            real(self)
+
+        monkeypatch.setattr(inputs._Buffers, "flush", refuse_dnd)
+    consents = write_csv(tmp_path / "c.csv", ["sender", "recipient"], [("a", "13800001111")])
+    dnd = write_csv(tmp_path / "d.csv", ["recipient"], [("13800001111",)])
+    failing = consents if kind == "consents" else dnd
+    with pytest.raises(SnapshotError, match="no bad row was found on re-reading") as info:
+        build_snapshot(tmp_path / "snap", consents, dnd=dnd)
+    assert str(info.value).startswith(str(failing))
+
+
 # --------------------------------------------------------------------------- encodings
 
 

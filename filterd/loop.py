@@ -84,6 +84,8 @@ class LoopMetrics(Protocol):
 
     def produce_error(self, count: int = 1) -> None: ...
 
+    def recipients_without_plus(self, count: int) -> None: ...
+
     def rebalance(self) -> None: ...
 
     def commit(self) -> None: ...
@@ -111,6 +113,9 @@ class NoMetrics:
     def produce_error(self, count: int = 1) -> None:
         return None
 
+    def recipients_without_plus(self, count: int) -> None:
+        return None
+
     def rebalance(self) -> None:
         return None
 
@@ -131,6 +136,8 @@ class _Work:
     started: float
     todo: _Todo
     decided: list[PartitionOutput] = field(default_factory=list)
+    #: Recipients of the batch that looked like E.164 without "+" (first decision only).
+    without_plus: int = 0
 
 
 class BatchLoop:
@@ -301,7 +308,9 @@ class BatchLoop:
                 batch, lease, self._decider, self._headers, self.generation,
                 time.perf_counter(), todo,
             )  # fmt: skip
+            before = self._decider.without_plus
             work.decided = self._decide_partitions(work, todo)
+            work.without_plus = self._decider.without_plus - before
         except BaseException:
             lease.release()
             raise
@@ -371,6 +380,8 @@ class BatchLoop:
         # An Outcome is a (route, reason) tuple: the counter is the mapping it takes.
         by_reason = cast("Mapping[tuple[str, str], int]", counts)
         metrics.record_batch(by_reason, records, seconds)
+        if work.without_plus:
+            metrics.recipients_without_plus(work.without_plus)
         for tp, recs in batch.items():
             if recs:
                 metrics.observe_end_to_end(Timestamps(recs))

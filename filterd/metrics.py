@@ -216,6 +216,12 @@ class Metrics:
             "Output records the producer failed to deliver (each is retried or stops the batch).",
             registry=reg,
         )
+        self.recipients_without_plus_total = Counter(
+            "filterd_recipients_without_plus",
+            "Recipients without '+' whose digits start with the default country code and are"
+            " long enough to be E.164 without its '+'; read as national numbers (the contract).",
+            registry=reg,
+        )
         self.rebalances = Counter(
             "filterd_rebalances",
             "Consumer group rebalances this process took part in (partition assignments).",
@@ -365,6 +371,20 @@ class Metrics:
     def produce_error(self, count: int = 1) -> None:
         """Count output records the producer failed to deliver."""
         self.produce_errors.inc(count)
+
+    def recipients_without_plus(self, count: int) -> None:
+        """Count recipients of a batch that looked like E.164 without ``+``; log, rate-limited."""
+        if count <= 0:
+            return
+        self.recipients_without_plus_total.inc(count)
+        if self.bad_input_log is not None:
+            self.bad_input_log.log(
+                "without-plus",
+                "%d recipients without '+' start with the country code and were read as"
+                " national numbers (E.164 without '+'?)",
+                count,
+                events=count,
+            )
 
     def rebalance(self) -> None:
         """Count a partition assignment (call from ``on_partitions_assigned``)."""

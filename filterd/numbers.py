@@ -18,7 +18,7 @@ from typing import Final
 
 from filterd.errors import InvalidNumber
 
-__all__ = ["MAX_DIGITS", "MIN_DIGITS", "normalize"]
+__all__ = ["MAX_DIGITS", "MIN_DIGITS", "looks_without_plus", "normalize", "without_plus_ranges"]
 
 #: E.164 allows at most 15 digits; fewer than 8 is no routable mobile number.
 MIN_DIGITS: Final = 8
@@ -103,3 +103,32 @@ def _e164(digits: str) -> int:
     if digits[0] == "0":
         raise InvalidNumber("leading zero")
     return int(digits)
+
+
+def without_plus_ranges(country_code: str) -> tuple[tuple[int, int], ...]:
+    """The ranges of normalized national numbers that look like E.164 without ``+``.
+
+    A national number whose digits start with ``country_code`` and have at least
+    10 more (``8613800001111`` with 86) is read as ``country_code`` + the digits
+    (``868613800001111``), as the contract says, but probably lost its ``+``.
+    Normalized, such numbers are the code twice and 10 or more digits: one
+    (low, high) range per length up to 15 digits.
+    """
+    twice = country_code * 2
+    return tuple(
+        (int(twice + "0" * rest), int(twice + "9" * rest))
+        for rest in range(10, MAX_DIGITS - len(twice) + 1)
+    )
+
+
+def looks_without_plus(number: int, raw: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    """Whether ``raw``, normalized to ``number``, was given as E.164 without its ``+``.
+
+    ``ranges`` are :func:`without_plus_ranges`; a number in them came from the
+    national path unless ``raw`` has a ``+`` or a leading ``0`` (``00``, trunk).
+    """
+    for low, high in ranges:
+        if low <= number <= high:
+            first = unicodedata.normalize("NFKC", raw.lstrip()[:1])
+            return first not in ("+", "0")
+    return False

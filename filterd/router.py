@@ -25,7 +25,7 @@ from filterd.config import PolicyConfig
 from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
 from filterd.markers import MarkerMatcher, matcher
-from filterd.numbers import normalize
+from filterd.numbers import MAX_DIGITS, looks_without_plus, normalize, without_plus_ranges
 
 log = logging.getLogger(__name__)
 _internal_errors = RateLimitedLogger(log, 10.0, level=logging.ERROR)
@@ -179,8 +179,8 @@ class Decider:
 
     __slots__ = (
         "_cc", "_default_exempt", "_dnd", "_event_time", "_exempt", "_global", "_global_filter",
-        "_markers", "_marketing_exempt", "_max_bytes", "_senders", "declared_category",
-        "snapshot", "version",
+        "_markers", "_marketing_exempt", "_max_bytes", "_plus_low", "_plus_ranges", "_senders",
+        "declared_category", "snapshot", "version", "without_plus",
     )  # fmt: skip
 
     def __init__(
@@ -215,6 +215,12 @@ class Decider:
         #: The declared category of the record :meth:`decide` last decided, when step 2
         #: decided it as marketing (the output's ``filterd-declared-category``); else None.
         self.declared_category: str | None = None
+        # Recipients that look like E.164 without "+" (read as national numbers, as the
+        # contract says): one int comparison per event, the ranges only above _plus_low.
+        self._plus_ranges: tuple[tuple[int, int], ...] = without_plus_ranges(self._cc)
+        self._plus_low: int = min((r[0] for r in self._plus_ranges), default=10**MAX_DIGITS)
+        #: How many recipients decided so far looked like E.164 without "+".
+        self.without_plus: int = 0
 
     def decide(self, value: bytes | None, at_ms: int = -1) -> Outcome:
         """Route one record value at time ``at_ms`` (epoch ms; -1: now).
@@ -264,6 +270,10 @@ class Decider:
                 number = normalize(recipient, self._cc)
             except InvalidNumber:
                 return BAD_RECIPIENT
+            if number >= self._plus_low and looks_without_plus(
+                number, recipient, self._plus_ranges
+            ):
+                self.without_plus += 1
             if self._exempt.get(category, self._default_exempt):
                 # Step 2, honest category: only exempt messages with a text are searched.
                 if text is None or not self._markers.search(text):

@@ -238,6 +238,29 @@ def test_bad_input_bursts_are_logged_rate_limited(caplog: pytest.LogCaptureFixtu
     assert all(r.name == "filterd.input" for r in caplog.records)
 
 
+def test_recipients_without_plus_are_counted_and_logged_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    m = Metrics()
+    clock = FakeClock(0.0)
+    m.bad_input_log = RateLimitedLogger(logging.getLogger("filterd.input"), 10.0, clock=clock)
+    caplog.set_level(logging.WARNING, logger="filterd.input")
+    assert value(m.registry, "filterd_recipients_without_plus_total") == 0
+    m.recipients_without_plus(3)
+    clock.now += 1
+    m.recipients_without_plus(4)
+    m.recipients_without_plus(0)
+    clock.now += 10
+    m.recipients_without_plus(2)
+    assert value(m.registry, "filterd_recipients_without_plus_total") == 9
+    assert [r.getMessage() for r in caplog.records] == [
+        "3 recipients without '+' start with the country code and were read as national"
+        " numbers (E.164 without '+'?)",
+        "2 recipients without '+' start with the country code and were read as national"
+        " numbers (E.164 without '+'?) (4 more suppressed in the last 10s)",
+    ]
+
+
 def test_bad_input_warnings_can_be_turned_off(caplog: pytest.LogCaptureFixture) -> None:
     m = Metrics(bad_input_log_interval=None)
     caplog.set_level(logging.WARNING, logger="filterd.input")

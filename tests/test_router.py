@@ -173,6 +173,37 @@ def test_country_code_applies_to_national_numbers() -> None:
     assert decide(ev(recipient="5551234567"), snap) == ("block", "no-consent")
 
 
+@pytest.mark.parametrize(
+    ("cc", "recipient", "counted", "outcome"),
+    [
+        # E.164 without "+": read as national (the contract), and counted.
+        ("86", "8613800001111", True, ("block", "no-consent")),
+        ("86", "861380000111", True, ("block", "no-consent")),
+        ("86", " 86 138-0000-1111", True, ("block", "no-consent")),
+        ("86", "８６１３８００００１１１１", True, ("block", "no-consent")),
+        ("1", "14155550100", True, ("block", "no-consent")),
+        # Not counted: a "+", "00" or a trunk 0 says what was meant, or too short.
+        ("86", "+868613800001111", False, ("block", "no-consent")),
+        ("86", "+8613800001111", False, ("block", "no-consent")),
+        ("86", "008613800001111", False, ("block", "no-consent")),
+        ("86", "08613800001111", False, ("block", "no-consent")),
+        ("86", "86138000011", False, ("block", "no-consent")),
+        ("86", "86138000011112", False, ("invalid", "bad-recipient")),
+        ("86", "13812345678", False, ("deliver", "consent")),
+        ("1", "4155550100", False, ("block", "no-consent")),
+        ("86", "86abc", False, ("invalid", "bad-recipient")),
+    ],
+)
+def test_recipients_that_look_like_e164_without_plus_are_counted(
+    cc: str, recipient: str, counted: bool, outcome: tuple[str, str]
+) -> None:
+    decider = Decider(SNAP, Policy(default_country_code=cc))
+    assert decider.decide(ev(recipient=recipient)) == outcome
+    assert decider.without_plus == int(counted)
+    decider.decide(ev(recipient=recipient))
+    assert decider.without_plus == 2 * int(counted)
+
+
 def test_reason_table_is_the_contract() -> None:
     assert dict(REASONS) == {
         "consent": "deliver",

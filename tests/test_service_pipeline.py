@@ -37,24 +37,25 @@ class Record:
     value: bytes | None
 
 
-def _record(offset: int) -> Record:
-    value = orjson.dumps({"id": f"m{offset}", "sender": "s", "recipient": f"+{BASE + 1}"})
+def _record(offset: int, recipient: str = f"+{BASE + 1}") -> Record:
+    value = orjson.dumps({"id": f"m{offset}", "sender": "s", "recipient": recipient})
     return Record(offset, 0, None, value)
 
 
 class FakeConsumer:
     """First getmany() returns one batch; the next ones block like a rebalance."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: list[Record] | None = None) -> None:
         self.calls = 0
         self.rebalance_done = asyncio.Event()
+        self.records = records if records is not None else [_record(0), _record(1)]
 
     async def getmany(
         self, *, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[Record]]:
         self.calls += 1
         if self.calls == 1:
-            return {TP: [_record(0), _record(1)]}
+            return {TP: self.records}
         await self.rebalance_done.wait()
         return {}
 
@@ -125,16 +126,32 @@ def _build(tmp: Path, root: Path, k: int) -> str:
     return build_snapshot(root, path, keep=100)
 
 
+class CountingMetrics(NoMetrics):
+    """NoMetrics that keeps what the loop reports of recipients without "+"."""
+
+    def __init__(self) -> None:
+        self.without_plus: list[int] = []
+
+    def recipients_without_plus(self, count: int) -> None:
+        self.without_plus.append(count)
+
+
 class Harness:
-    def __init__(self, watcher: SnapshotWatcher) -> None:
+    def __init__(
+        self,
+        watcher: SnapshotWatcher,
+        consumer: FakeConsumer | None = None,
+        metrics: NoMetrics | None = None,
+    ) -> None:
         config = load_config(
             None,
             env={"FILTERD_METRICS_ENABLED": "false", "FILTERD_SERVICE_SHUTDOWN_TIMEOUT_S": "5"},
         )
-        self.consumer, self.delivery = FakeConsumer(), FakeDelivery()
+        self.consumer = consumer if consumer is not None else FakeConsumer()
+        self.delivery = FakeDelivery()
         self.should_exit = False
         self.loop = BatchLoop(
-            config, self.consumer, self.delivery, OUTPUTS, NoMetrics(), watcher,
+            config, self.consumer, self.delivery, OUTPUTS, metrics or NoMetrics(), watcher,
             policy=config.policy, should_exit=lambda: self.should_exit,
         )  # fmt: skip
         assert self.loop.pipelined
@@ -206,3 +223,22 @@ async def test_a_version_swapped_mid_batch_is_freed_after_the_batch(tmp_path: Pa
         # Batch 1 was decided by v1: number BASE + 1 had consent there.
         assert {o.reason for out in h.delivery.submitted for o in out.counts} == {"consent"}
         await h.stop(loop_task)
+
+
+async def test_recipients_without_plus_reach_the_metrics_once_per_batch(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    _build(tmp_path, root, 1)
+    records = [_record(0, "8613800001111"), _record(1), _record(2, "14155550100")]
+    records.append(_record(3, "８６１３８００００２２２２"))
+    metrics = CountingMetrics()
+    async with SnapshotWatcher(root, 3600) as watcher:
+        h = Harness(watcher, FakeConsumer(records), metrics)
+        loop_task = await h.until_in_flight()
+        assert metrics.without_plus == []  # counted with the batch, once acknowledged
+        h.delivery.acks.set()
+        for _ in range(100):
+            if h.loop.batches:
+                break
+            await asyncio.sleep(0.01)
+        await h.stop(loop_task)
+    assert metrics.without_plus == [2]

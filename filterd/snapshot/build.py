@@ -4,7 +4,8 @@ Reading the inputs is :mod:`filterd.snapshot.inputs`; this module writes the
 version into a temporary directory under the root, makes it durable (fsync of
 every file and directory), renames it into place and switches the ``current``
 pointer atomically. Nothing is published unless every row of every input is
-good.
+good, or at most ``max_rejects`` rows are bad: those are left out and listed in
+the version's ``rejects.csv``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ from pyroaring import BitMap64
 
 from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
+from filterd.snapshot.errors import BadRow
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, SenderTerms, read_consents
-from filterd.snapshot.inputs import InputFile, Progress, read_numbers, read_pairs
+from filterd.snapshot.inputs import (
+    InputFile,
+    Progress,
+    Rejects,
+    check_encoding,
+    read_numbers,
+    read_pairs,
+)
 from filterd.snapshot.publish import DEFAULT_MAX_DROP, publish_version
 from filterd.snapshot.signing import sign_version
 from filterd.snapshot.store import FOREVER
@@ -112,6 +121,15 @@ def refused_report(
     return report, text.getvalue().encode()
 
 
+def rejects_csv(rows: Sequence[BadRow]) -> bytes:
+    """``rejects.csv``: file, line, reason and the text of every bad row left out."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file", "line", "reason", "row"])
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
 class _Consents:
     """What the consents input gave: plain bitmaps, terms, refused rows, the methods."""
 
@@ -140,6 +158,7 @@ def _write_version(
     optouts: dict[str, BitMap64],
     global_optouts: BitMap64,
     dnd: BitMap64,
+    rejects: Rejects,
 ) -> None:
     files: dict[str, dict[str, object]] = {}
     consent_file = _DataFile(tmp / fmt.CONSENTS)
@@ -184,6 +203,10 @@ def _write_version(
         report_file = _DataFile(tmp / name)
         report_file.write_raw(data)
         files[name] = report_file.close()
+    if rejects.rows:
+        rejects_file = _DataFile(tmp / fmt.REJECTS_CSV)
+        rejects_file.write_raw(rejects_csv(rejects.rows))
+        files[fmt.REJECTS_CSV] = rejects_file.close()
     manifest = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,
@@ -205,6 +228,7 @@ def _write_version(
         "accept_methods": list(consents.accept),
         "method_column": consents.method_column,
         "refused_rows": {"total": report["total_rows"], "by_method": report["by_method"]},
+        "rejected_rows": {"total": len(rejects.rows), "max_rejects": rejects.limit},
         "inputs": [
             {
                 "kind": i.kind,
@@ -212,6 +236,8 @@ def _write_version(
                 "bytes": i.bytes,
                 "sha256": i.sha256,
                 "rows": i.rows,
+                "encoding": i.encoding,
+                "without_plus": {"count": i.without_plus, "lines": i.without_plus_lines},
             }
             for i in inputs
         ],
@@ -239,6 +265,8 @@ def build_snapshot(
     publish: bool = True,
     max_drop: float = DEFAULT_MAX_DROP,
     force: bool = False,
+    max_rejects: int = 0,
+    encoding: str = "utf-8",
 ) -> str:
     """Build a new snapshot version under ``root`` from CSV inputs, publish it, return its name.
 
@@ -246,7 +274,13 @@ def build_snapshot(
     ``dnd`` a ``recipient`` column (found by header name; other columns are
     ignored). Files ending in ``.gz`` are gunzipped while streaming. A bad row
     raises :class:`SnapshotInputError` naming file and line, and nothing is
-    published. After publishing, only the newest ``keep`` versions are kept.
+    published: every bad row of every input is listed (the first 100 in the
+    message, all in :attr:`SnapshotRowsRejected.rows`). With ``max_rejects`` N, a
+    build with at most N bad rows goes on without them and lists them in the
+    version's ``rejects.csv``. The inputs are read in ``encoding`` (``gbk``,
+    ``gb18030``...). Recipients that look like E.164 without ``+`` are read as
+    national numbers and counted per input in the manifest (``without_plus``).
+    After publishing, only the newest ``keep`` versions are kept.
     ``country_code`` is the default for national numbers in the inputs;
     ``progress`` receives a status line at most about once a second.
 
@@ -271,8 +305,10 @@ def build_snapshot(
     created_at = now or datetime.now(UTC)
     inputs: list[InputFile] = []
     accept = tuple(accept_methods)
+    encoding = check_encoding(encoding)
+    rejects = Rejects(max_rejects)
     record, rows, consent_maps, terms = read_consents(
-        Path(consents), country_code, accept, progress
+        Path(consents), country_code, accept, progress, rejects, encoding
     )
     inputs.append(record)
     if not rows.method_column:
@@ -280,13 +316,28 @@ def build_snapshot(
     consent_set = _Consents(consent_maps, terms, rows.refused, accept, rows.method_column)
     optout_maps: dict[str, BitMap64] = {}
     if optouts is not None:
-        record, optout_maps = read_pairs(Path(optouts), "optouts", country_code, progress)
+        record, optout_maps = read_pairs(
+            Path(optouts), "optouts", country_code, progress, rejects, encoding
+        )
         inputs.append(record)
     global_optouts = optout_maps.pop(GLOBAL_SENDER, BitMap64())
     dnd_map = BitMap64()
     if dnd is not None:
-        record, dnd_map = read_numbers(Path(dnd), "dnd", country_code, progress)
+        record, dnd_map = read_numbers(Path(dnd), "dnd", country_code, progress, rejects, encoding)
         inputs.append(record)
+    rejects.check()  # nothing is written when more rows are bad than allowed
+    if rejects.rows:
+        log.info("%d bad input rows left out (--max-rejects %d)", len(rejects.rows), max_rejects)
+    for record in inputs:
+        if record.without_plus:
+            log.info(
+                "%s: %d recipients without '+' start with country code %s: read as national"
+                " numbers (lines %s)",
+                record.path.name,
+                record.without_plus,
+                country_code,
+                ", ".join(map(str, record.without_plus_lines)),
+            )
 
     root.mkdir(parents=True, exist_ok=True)
     version = fmt.new_version(root, created_at)
@@ -295,7 +346,7 @@ def build_snapshot(
     try:
         _write_version(
             tmp, version, created_at, country_code, inputs, consent_set, optout_maps,
-            global_optouts, dnd_map,
+            global_optouts, dnd_map, rejects,
         )  # fmt: skip
         if sign_key is not None:
             sign_version(tmp, sign_key)

@@ -14,7 +14,7 @@ from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.build import build_snapshot, stderr_progress
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, parse_accept_methods
-from filterd.snapshot.format import MANIFEST, REFUSED_CSV, resolve_version
+from filterd.snapshot.format import MANIFEST, REFUSED_CSV, REJECTS_CSV, resolve_version
 from filterd.snapshot.load import load_snapshot, verify_snapshot
 from filterd.snapshot.publish import DEFAULT_MAX_DROP, publish_version
 from filterd.snapshot.signing import (
@@ -85,6 +85,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{','.join(DEFAULT_ACCEPT_METHODS)}); rows of other methods are kept as refused "
         "consents and reported",
     )
+    build.add_argument(
+        "--max-rejects", type=_max_rejects, default=0, metavar="N",
+        help="build while at most N input rows are bad; they are left out and listed in"
+        " the version's rejects.csv (default 0: any bad row refuses the build)",
+    )  # fmt: skip
+    build.add_argument(
+        "--encoding", default="utf-8", metavar="ENC",
+        help="text encoding of the input files (default utf-8; gbk and gb18030 exports too)",
+    )  # fmt: skip
     build.add_argument(
         "--progress", action="store_true", help="report progress on stderr even without a tty"
     )
@@ -169,6 +178,16 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _max_rejects(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count of rows (0 or more): {text!r}")
+    return value
+
+
 def _build(args: argparse.Namespace) -> int:
     progress = stderr_progress if args.progress or sys.stderr.isatty() else None
     config = load_config(args.config) if args.config is not None else None
@@ -191,8 +210,27 @@ def _build(args: argparse.Namespace) -> int:
         force=args.force,
         sign_key=args.sign_key,
         accept_methods=args.accept_methods,
+        max_rejects=args.max_rejects,
+        encoding=args.encoding,
     )
     manifest = orjson.loads((args.out / version / MANIFEST).read_bytes())
+    rejected = manifest.get("rejected_rows", {})
+    if rejected.get("total"):
+        print(
+            f"filterd: note: {rejected['total']} bad input rows left out"
+            f" (--max-rejects {rejected['max_rejects']}): {args.out / version / REJECTS_CSV}",
+            file=sys.stderr,
+        )
+    for record in manifest.get("inputs", []):
+        plus = record.get("without_plus", {})
+        if plus.get("count"):
+            print(
+                f"filterd: note: {record['path']}: {plus['count']} recipients without '+' start"
+                f" with country code {manifest['country_code']} and are read as national numbers"
+                f" (E.164 without '+'?), lines {', '.join(map(str, plus['lines']))}"
+                f"{', ...' if plus['count'] > len(plus['lines']) else ''}",
+                file=sys.stderr,
+            )
     if not manifest.get("method_column"):
         print(
             f"filterd: note: {args.consents} has no method column: "

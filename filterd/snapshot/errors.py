@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from filterd.errors import SnapshotError
 
-__all__ = ["SignatureError", "SnapshotCorrupt", "SnapshotInputError", "SnapshotNotFound"]
+__all__ = [
+    "BadRow",
+    "SignatureError",
+    "SnapshotCorrupt",
+    "SnapshotInputError",
+    "SnapshotNotFound",
+    "SnapshotRowsRejected",
+]
+
+#: Bad rows listed in an error message at most; the rest are counted.
+LISTED_REJECTS = 100
 
 
 class SnapshotNotFound(SnapshotError):
@@ -32,6 +44,41 @@ class SnapshotInputError(SnapshotError):
         self.path = path
         self.line = line
         self.reason = reason
+
+
+class BadRow(NamedTuple):
+    """A bad row of a build input: where it is, why it is bad, its text."""
+
+    path: str
+    line: int
+    reason: str
+    row: str
+
+
+class SnapshotRowsRejected(SnapshotInputError):
+    """More input rows are bad than ``--max-rejects`` allows; nothing was published.
+
+    ``rows`` lists every bad row; the message lists the first
+    :data:`LISTED_REJECTS` as ``file:line: reason`` and counts the rest. One bad
+    row with no rejects allowed keeps the one-line ``file:line: reason`` message.
+    """
+
+    def __init__(self, rows: list[BadRow], limit: int) -> None:
+        first = rows[0]
+        super().__init__(first.path, first.line, first.reason)
+        self.rows = rows
+        self.limit = limit
+        if len(rows) > 1 or limit:
+            listed = [f"  {r.path}:{r.line}: {r.reason}" for r in rows[:LISTED_REJECTS]]
+            if len(rows) > LISTED_REJECTS:
+                listed.append(f"  ... and {len(rows) - LISTED_REJECTS} more")
+            self.args = (
+                f"{len(rows)} bad input rows, more than --max-rejects {limit} allows;"
+                " nothing was published:\n" + "\n".join(listed),
+            )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class SignatureError(SnapshotError):

@@ -31,15 +31,17 @@ from pathlib import Path
 
 from pyroaring import BitMap64
 
-from filterd.errors import InvalidNumber, SnapshotError
+from filterd.errors import InvalidNumber
 from filterd.numbers import normalize
 from filterd.snapshot.inputs import (
     InputFile,
     Progress,
+    Rejects,
     _Buffers,
-    _locate_bad_row,
     _NeedsRescan,
+    _refused_on_rereading,
     _rows,
+    _slow_rows,
 )
 from filterd.snapshot.store import FOREVER, REFUSED_ONLY
 
@@ -288,23 +290,42 @@ def read_consents(
     country_code: str,
     accept: Iterable[str],
     progress: Progress | None,
+    rejects: Rejects | None = None,
+    encoding: str = "utf-8",
 ) -> tuple[InputFile, ConsentRows, dict[str, BitMap64], dict[str, SenderTerms]]:
     """Read a consents input with its optional evidence columns.
 
     Returns the input's record, the rows' bookkeeping (refused counts, whether a
     ``method`` column was there), the plain bitmaps and the terms per sender.
+    Bad rows go to ``rejects`` and are left out; without ``rejects`` a bad row
+    raises :class:`~filterd.snapshot.errors.SnapshotRowsRejected` once the file is read.
     """
-    record = InputFile("consents", Path(path))
-    rows = ConsentRows(country_code, accept)
-    present: list[str] = []
+    record = InputFile("consents", Path(path), encoding=encoding)
+    rejected = Rejects() if rejects is None else rejects
     columns = ("sender", "recipient")
     try:
-        for _first, _lines, cols in _rows(record, columns, progress, EVIDENCE_COLUMNS, present):
+        rows = ConsentRows(country_code, accept)
+        present: list[str] = []
+        for _first, _lines, cols in _rows(
+            record, columns, progress, EVIDENCE_COLUMNS, present, country_code
+        ):
             rows.method_column = "method" in present
             rows.add_block(present, cols)
         rows.method_column = "method" in present
         bitmaps, terms = rows.finish()
     except _NeedsRescan:
-        _locate_bad_row(record, columns, country_code, EVIDENCE_COLUMNS, _row_problem)
-        raise SnapshotError("not reached") from None  # _locate_bad_row always raises
+        rows = ConsentRows(country_code, accept)
+        present = []
+        try:
+            for cols in _slow_rows(
+                record, columns, country_code, rejected, EVIDENCE_COLUMNS, _row_problem, present
+            ):
+                rows.method_column = "method" in present
+                rows.add_block(present, cols)
+            rows.method_column = "method" in present
+            bitmaps, terms = rows.finish()
+        except _NeedsRescan:
+            raise _refused_on_rereading(record) from None
+    if rejects is None:
+        rejected.check()
     return record, rows, bitmaps, terms

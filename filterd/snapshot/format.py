@@ -53,6 +53,8 @@ GLOBAL_OPTOUTS = "global-optouts.roar"
 TERMS = "terms.bin"
 REFUSED_JSON = "refused.json"
 REFUSED_CSV = "refused.csv"
+#: The bad input rows a build left out (``--max-rejects``); only in a version that has some.
+REJECTS_CSV = "rejects.csv"
 DATA_FILES_V1 = (SENDERS, CONSENTS, OPTOUTS, DND)
 DATA_FILES = (*DATA_FILES_V1, GLOBAL_OPTOUTS, TERMS, REFUSED_JSON, REFUSED_CSV)
 

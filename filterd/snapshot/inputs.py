@@ -9,12 +9,25 @@ plain form (``+E164``, ``00E164``, national with or without trunk 0), and then
 ``map(int, ...)`` turns them into numbers in C. The result is identical to
 :func:`filterd.numbers.normalize` (the tests check that); anything else (separators,
 white space, quotes, a bad number) falls back to ``normalize`` per value, and a
-row that is really bad is then located by re-reading the file slowly, to
-report its file and line. Duplicate rows are harmless: bitmaps are sets.
+block with a bad row sends the input to the slow path: the file is read again
+line by line, every bad row is collected with its file, line and reason
+(:class:`Rejects`) and the good rows are read as before. Duplicate rows are
+harmless: bitmaps are sets.
+
+Files are read in ``encoding`` (UTF-8 by default; GBK and GB18030 exports too):
+any codec that writes ``\n``, ``,`` and ``"`` as those ASCII bytes, so that
+blocks can be cut at line ends before they are decoded.
+
+A recipient without ``+`` whose digits start with the default country code
+and have at least 10 more (``8613800001111`` with 86) looks like E.164 without
+its ``+``. It is read as a national number, as the contract says
+(``868613800001111``), and counted per input with the first few line numbers
+(:attr:`InputFile.without_plus`), found with one C-level scan per block.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import re
@@ -23,7 +36,7 @@ import zlib
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain, repeat
 from pathlib import Path
@@ -32,13 +45,24 @@ from pyroaring import BitMap64
 
 from filterd.errors import InvalidNumber, SnapshotError
 from filterd.numbers import MAX_DIGITS, MIN_DIGITS, normalize
-from filterd.snapshot.errors import SnapshotInputError
+from filterd.snapshot.errors import BadRow, SnapshotInputError, SnapshotRowsRejected
 
-__all__ = ["InputFile", "convert_numbers", "read_numbers", "read_pairs"]
+__all__ = [
+    "InputFile",
+    "Rejects",
+    "check_encoding",
+    "convert_numbers",
+    "read_numbers",
+    "read_pairs",
+    "without_plus_form",
+]
 
 _BLOCK = 4 << 20  # bytes read per step: large blocks amortize the per-block Python work
 _BUFFERED = 1 << 20  # raw strings held across all senders before converting them
 _ROW_REPORT_S = 1.0  # progress lines at most this often
+_SLOW_CHUNK = 1 << 16  # good rows handed on at once by the slow path
+WITHOUT_PLUS_LINES = 5  # line numbers kept of the recipients that look like E.164 without +
+QUOTE_SPANS_LINES = "a quoted field spans lines (unclosed quote?)"
 
 Progress = Callable[[str], None]
 
@@ -52,6 +76,46 @@ class InputFile:
     sha256: str = ""
     bytes: int = 0
     rows: int = 0
+    encoding: str = "utf-8"
+    without_plus: int = 0
+    """Recipients without ``+`` that start with the country code (E.164 without ``+``?)."""
+    without_plus_lines: list[int] = field(default_factory=list)
+    """The first :data:`WITHOUT_PLUS_LINES` of their line numbers."""
+
+
+class Rejects:
+    """The bad rows of a build's inputs and how many of them a build accepts.
+
+    The slow path of every reader adds the bad rows it finds; :meth:`check`
+    raises :class:`SnapshotRowsRejected` when there are more than ``limit``.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        if limit < 0:
+            raise SnapshotError("--max-rejects must be 0 or more")
+        self.limit = limit
+        self.rows: list[BadRow] = []
+
+    def check(self) -> None:
+        if len(self.rows) > self.limit:
+            raise SnapshotRowsRejected(self.rows, self.limit)
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec name of ``--encoding``; raises SnapshotError naming the option."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise SnapshotError(f"--encoding: unknown encoding {encoding!r}") from None
+    try:
+        ascii_compatible = '\n,"0+'.encode(name) == b'\n,"0+'
+    except (UnicodeError, LookupError):
+        ascii_compatible = False
+    if not ascii_compatible:
+        raise SnapshotError(
+            f"--encoding: {encoding!r} does not write ASCII as ASCII (UTF-16?); not supported"
+        )
+    return name
 
 
 class _NeedsRescan(Exception):
@@ -104,7 +168,7 @@ def _blocks(record: InputFile) -> Iterator[tuple[int, list[str]]]:
         cut = data.rfind(b"\n") + 1
         tail = data[cut:]
         if cut:
-            text = _decode(record.path, data[:cut], lineno)
+            text = _decode(record, data[:cut], lineno)
             if "\r" in text:
                 text = text.replace("\r\n", "\n")  # CRLF files take the fast path too
             lines = text.split("\n")
@@ -112,15 +176,46 @@ def _blocks(record: InputFile) -> Iterator[tuple[int, list[str]]]:
             yield lineno, lines
             lineno += len(lines)
     if tail:
-        yield lineno, [_decode(record.path, tail, lineno).rstrip("\r")]
+        yield lineno, [_decode(record, tail, lineno).rstrip("\r")]
 
 
-def _decode(path: Path, data: bytes, lineno: int) -> str:
+def _decode(record: InputFile, data: bytes, lineno: int) -> str:
     try:
-        return data.decode("utf-8")
+        return data.decode(record.encoding)
     except UnicodeDecodeError as exc:
-        bad_line = lineno + data.count(b"\n", 0, exc.start)
-        raise SnapshotInputError(str(path), bad_line, "not UTF-8 text") from exc
+        if lineno == 1 and b"\n" not in data[: exc.start]:
+            raise SnapshotInputError(
+                str(record.path), 1, f"header is not {_encoding_name(record)} text"
+            ) from exc
+        raise _NeedsRescan from exc  # the slow path reports each line that is not
+
+
+def _encoding_name(record: InputFile) -> str:
+    return "UTF-8" if record.encoding in ("utf-8", "utf_8") else record.encoding
+
+
+def _lines(record: InputFile) -> Iterator[tuple[int, str | None, bytes]]:
+    """(line number, decoded line or None when it is not text, raw line) one by one."""
+    tail = b""
+    lineno = 1
+    encoding = record.encoding
+    for data in _raw_blocks(record):
+        data = tail + data
+        raw_lines = data.split(b"\n")
+        tail = raw_lines.pop()
+        for raw in raw_lines:
+            raw = raw.removesuffix(b"\r")
+            try:
+                yield lineno, raw.decode(encoding), raw
+            except UnicodeDecodeError:
+                yield lineno, None, raw
+            lineno += 1
+    if tail:
+        raw = tail.removesuffix(b"\r")
+        try:
+            yield lineno, raw.decode(encoding), raw
+        except UnicodeDecodeError:
+            yield lineno, None, raw
 
 
 def _split(line: str) -> list[str]:
@@ -149,9 +244,7 @@ def _header(
     return want, len(names), present
 
 
-def _columns(
-    record: InputFile, first: int, lines: list[str], want: list[int], width: int
-) -> list[list[str]]:
+def _columns(lines: list[str], want: list[int], width: int) -> list[list[str]]:
     """The wanted columns of a block of lines, one list per column; blank lines dropped."""
     if not lines:
         return [[] for _ in want]
@@ -162,15 +255,58 @@ def _columns(
         fields = text.split(",")
         return [fields[i::width] for i in want]
     out: list[list[str]] = [[] for _ in want]
-    for offset, line in enumerate(lines):
+    for line in lines:
+        if line.count('"') & 1:
+            raise _NeedsRescan  # a quoted field spanning lines: reported by the slow path
         parts = _split(line)
         if len(parts) <= max(want):
             if not line.strip():
                 continue  # a blank line is no row
-            raise SnapshotInputError(str(record.path), first + offset, "missing column")
+            raise _NeedsRescan  # a missing column: reported by the slow path
         for column, i in zip(out, want, strict=True):
             column.append(parts[i])
     return out
+
+
+@lru_cache(maxsize=8)
+def without_plus_form(country_code: str) -> re.Pattern[str] | None:
+    """The plain national form that looks like E.164 without ``+`` (one value per line).
+
+    The country code's digits and at least 10 more, as long as the national
+    number stays valid: ``86`` and 10 or 11 digits with 86. None when no valid
+    national number can look like that.
+    """
+    most = MAX_DIGITS - 2 * len(country_code)
+    if most < 10:
+        return None
+    return re.compile(f"^{country_code}[0-9]{{10,{most}}}$", re.MULTILINE)
+
+
+def _count_without_plus(
+    record: InputFile,
+    form: re.Pattern[str],
+    prefix: str,
+    first: int,
+    lines: list[str],
+    recipients: list[str],
+    index: int,
+) -> None:
+    """Count the block's recipients in ``form``, in C; find line numbers only if some are."""
+    joined = "\n" + "\n".join(recipients)
+    if prefix not in joined:
+        return  # the common case: no recipient starts with the country code
+    found = len(form.findall(joined))
+    if not found:
+        return
+    record.without_plus += found
+    if len(record.without_plus_lines) >= WITHOUT_PLUS_LINES:
+        return
+    for offset, line in enumerate(lines):
+        parts = _split(line)
+        if len(parts) > index and form.match(parts[index]):
+            record.without_plus_lines.append(first + offset)
+            if len(record.without_plus_lines) >= WITHOUT_PLUS_LINES:
+                return
 
 
 def _rows(
@@ -179,14 +315,19 @@ def _rows(
     progress: Progress | None,
     optional: tuple[str, ...] = (),
     present: list[str] | None = None,
+    country_code: str = "",
 ) -> Iterator[tuple[int, list[str], list[list[str]]]]:
     """(first line number, lines, wanted columns) per block, after the header.
 
     The columns are ``columns``, then the ``optional`` ones the header has,
-    whose names are appended to ``present`` once the header is read.
+    whose names are appended to ``present`` once the header is read. With a
+    ``country_code``, recipients that look like E.164 without ``+`` are counted.
     """
     want: list[int] = []
     width = 0
+    form = without_plus_form(country_code) if country_code else None
+    recipient = columns.index("recipient")
+    prefix = "\n" + country_code
     started = last = time.monotonic()
     for first, lines in _blocks(record):
         if not want:
@@ -197,8 +338,12 @@ def _rows(
                 present += found
             lines = lines[1:]
             first += 1
-        cols = _columns(record, first, lines, want, width)
+        cols = _columns(lines, want, width)
         record.rows += len(cols[0])
+        if form is not None and cols[recipient]:
+            _count_without_plus(
+                record, form, prefix, first, lines, cols[recipient], want[recipient]
+            )
         yield first, lines, cols
         if progress is not None and (now := time.monotonic()) - last >= _ROW_REPORT_S:
             last = now
@@ -298,72 +443,164 @@ class _Buffers:
         return merged
 
 
-def _locate_bad_row(
+def _slow_rows(
     record: InputFile,
     columns: tuple[str, ...],
     country_code: str,
+    rejects: Rejects,
     optional: tuple[str, ...] = (),
     check: Callable[[list[str], list[str]], str | None] | None = None,
-) -> None:
-    """Re-read the file line by line and raise SnapshotInputError at the first bad row.
+    present: list[str] | None = None,
+) -> Iterator[list[list[str]]]:
+    """Re-read the file line by line: the good rows' wanted columns, in chunks.
 
-    ``check`` (for the optional columns) gets the names of the optional columns
-    present and their values in a row, and returns why the row is bad, or None.
+    Every bad row goes to ``rejects`` with its line and reason; ``record``'s
+    counts are those of the good rows. ``check`` (for the optional columns) gets
+    the names of the optional columns present and their values in a row, and
+    returns why the row is bad, or None.
     """
     path = str(record.path)
+    record.rows = record.without_plus = 0
+    record.without_plus_lines.clear()
+    form = without_plus_form(country_code)
+    pairs = len(columns) == 2
+    at = len(columns) - 1  # the recipient's index in the wanted columns
     want: list[int] = []
-    present: list[str] = []
-    for first, lines in _blocks(InputFile(record.kind, record.path)):
-        for lineno, line in enumerate(lines, first):
+    found: list[str] = []
+    out: list[list[str]] = []
+    quote_opened = 0  # the line of a quoted field that spans lines and is still open
+    not_text = f"not {_encoding_name(record)} text"
+    for lineno, line, raw in _lines(InputFile(record.kind, record.path, encoding=record.encoding)):
+        if line is None:
             if not want:
-                want, _width, present = _header(record, line, columns, optional)
-                continue
+                raise SnapshotInputError(path, lineno, f"header is {not_text}")
+            shown = raw.decode(record.encoding, "backslashreplace")
+            rejects.rows.append(BadRow(path, lineno, not_text, shown))
+            continue
+        if not want:
+            want, _width, found = _header(record, line, columns, optional)
+            if present is not None:
+                present += found
+            out = [[] for _ in want]
+            continue
+        reason = None
+        if quote_opened:
+            if line.count('"') & 1:
+                reason = f"closes the quoted field opened on line {quote_opened}"
+                quote_opened = 0
+            else:
+                reason = f"inside the quoted field opened on line {quote_opened}"
+        elif line.count('"') & 1:
+            reason = QUOTE_SPANS_LINES
+            quote_opened = lineno
+        else:
             parts = _split(line)
             if len(parts) <= max(want):
                 if not line.strip():
-                    continue
-                raise SnapshotInputError(path, lineno, "missing column")
-            if len(columns) == 2 and not parts[want[0]].strip():
-                raise SnapshotInputError(path, lineno, "empty sender")
-            raw = parts[want[len(columns) - 1]].strip()
-            try:
-                normalize(raw, country_code)
-            except InvalidNumber as exc:
-                raise SnapshotInputError(path, lineno, f"bad recipient {raw!r}: {exc}") from exc
-            if check is not None:
-                reason = check(present, [parts[i] for i in want[len(columns) :]])
-                if reason is not None:
-                    raise SnapshotInputError(path, lineno, reason)
-    raise SnapshotError(f"{path}: a value was refused but no bad row was found on re-reading")
+                    continue  # a blank line is no row
+                reason = "missing column"
+            elif pairs and not parts[want[0]].strip():
+                reason = "empty sender"
+            else:
+                value = parts[want[at]].strip()
+                try:
+                    normalize(value, country_code)
+                except InvalidNumber as exc:
+                    reason = f"bad recipient {value!r}: {exc}"
+                else:
+                    if check is not None:
+                        reason = check(found, [parts[i] for i in want[len(columns) :]])
+                    if reason is None and form is not None and form.match(value):
+                        record.without_plus += 1
+                        if len(record.without_plus_lines) < WITHOUT_PLUS_LINES:
+                            record.without_plus_lines.append(lineno)
+        if reason is not None:
+            rejects.rows.append(BadRow(path, lineno, reason, line))
+            continue
+        for column, i in zip(out, want, strict=True):
+            column.append(parts[i])
+        record.rows += 1
+        if len(out[0]) >= _SLOW_CHUNK:
+            yield out
+            out = [[] for _ in want]
+    if not want:
+        raise SnapshotInputError(path, 1, "empty file: no header row")
+    if out[0]:
+        yield out
+
+
+def _refused_on_rereading(record: InputFile) -> SnapshotError:
+    """The error when the slow path finds no bad row where the fast path refused a value.
+
+    Fail closed: the two paths disagree, which is a bug, and nothing is published.
+    """
+    return SnapshotError(
+        f"{record.path}: a value was refused but no bad row was found on re-reading"
+    )
+
+
+def _read_bitmaps(
+    record: InputFile,
+    columns: tuple[str, ...],
+    country_code: str,
+    progress: Progress | None,
+    rejects: Rejects | None,
+) -> dict[str, BitMap64]:
+    """Bitmaps per trimmed sender (``sender,recipient``), or under ``-`` (``recipient``).
+
+    Bad rows go to ``rejects``, and are left out; without ``rejects`` a bad row
+    raises :class:`SnapshotRowsRejected` once the file is read.
+    """
+    rejected = Rejects() if rejects is None else rejects
+
+    def add(buffers: _Buffers, cols: list[list[str]]) -> None:
+        buffers.add_block(cols[0] if len(cols) == 2 else ["-"] * len(cols[0]), cols[-1])
+
+    try:
+        buffers = _Buffers(country_code)
+        for _first, _lines, cols in _rows(record, columns, progress, country_code=country_code):
+            add(buffers, cols)
+        bitmaps = buffers.finish()
+    except _NeedsRescan:
+        buffers = _Buffers(country_code)
+        try:
+            for cols in _slow_rows(record, columns, country_code, rejected):
+                add(buffers, cols)
+            bitmaps = buffers.finish()
+        except _NeedsRescan:
+            raise _refused_on_rereading(record) from None
+    if rejects is None:
+        rejected.check()
+    return bitmaps
 
 
 def read_pairs(
-    path: Path, kind: str, country_code: str, progress: Progress | None
+    path: Path,
+    kind: str,
+    country_code: str,
+    progress: Progress | None,
+    rejects: Rejects | None = None,
+    encoding: str = "utf-8",
 ) -> tuple[InputFile, dict[str, BitMap64]]:
-    """Read a ``sender,recipient`` input into one bitmap per trimmed sender id."""
-    record = InputFile(kind, Path(path))
-    buffers = _Buffers(country_code)
-    try:
-        for _first, _lines, (senders, recipients) in _rows(
-            record, ("sender", "recipient"), progress
-        ):
-            buffers.add_block(senders, recipients)
-        return record, buffers.finish()
-    except _NeedsRescan:
-        _locate_bad_row(record, ("sender", "recipient"), country_code)
-        raise  # not reached: _locate_bad_row always raises
+    """Read a ``sender,recipient`` input into one bitmap per trimmed sender id.
+
+    Bad rows go to ``rejects``, and are left out; without ``rejects`` a bad row
+    raises :class:`SnapshotRowsRejected` once the file is read.
+    """
+    record = InputFile(kind, Path(path), encoding=encoding)
+    columns = ("sender", "recipient")
+    return record, _read_bitmaps(record, columns, country_code, progress, rejects)
 
 
 def read_numbers(
-    path: Path, kind: str, country_code: str, progress: Progress | None
+    path: Path,
+    kind: str,
+    country_code: str,
+    progress: Progress | None,
+    rejects: Rejects | None = None,
+    encoding: str = "utf-8",
 ) -> tuple[InputFile, BitMap64]:
-    """Read a ``recipient`` input (do-not-disturb) into one bitmap."""
-    record = InputFile(kind, Path(path))
-    buffers = _Buffers(country_code)
-    try:
-        for _first, _lines, (recipients,) in _rows(record, ("recipient",), progress):
-            buffers.add_block(["-"] * len(recipients), recipients)
-        return record, buffers.finish().get("-", BitMap64())
-    except _NeedsRescan:
-        _locate_bad_row(record, ("recipient",), country_code)
-        raise
+    """Read a ``recipient`` input (do-not-disturb) into one bitmap; bad rows as in read_pairs."""
+    record = InputFile(kind, Path(path), encoding=encoding)
+    bitmaps = _read_bitmaps(record, ("recipient",), country_code, progress, rejects)
+    return record, bitmaps.get("-", BitMap64())

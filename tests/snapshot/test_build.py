@@ -186,6 +186,8 @@ def test_manifest_records_inputs_and_checksums(tmp_path: Path) -> None:
             "bytes": path.stat().st_size,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "rows": 3,
+            "encoding": "utf-8",
+            "without_plus": {"count": 0, "lines": []},
         }
     ]
     for name in fmt.DATA_FILES:

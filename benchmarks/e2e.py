@@ -1389,8 +1389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="offered load in msgs/s (overrides --load)")
     p.add_argument(
         "--variants",
-        default=",".join(DEFAULT_ORDER),
-        help=f"comma-separated, run in this order (default {','.join(DEFAULT_ORDER)})",
+        help=f"comma-separated, run in this order (default {','.join(DEFAULT_ORDER)}; "
+        "the full run adds kafka_streams_x2)",
     )
     p.add_argument("--workers", type=int, help="filterd run --workers N")
     p.add_argument("--no-perf-test", dest="perf_test", action="store_false")
@@ -1409,6 +1409,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.reps = args.reps or (2 if quick else 3)
     args.latency_reps = args.latency_reps or (1 if quick else 2)
     args.latency_seconds = args.latency_seconds or (6.0 if quick else 20.0)
+    # The full run times both Kafka Streams configurations (one thread, two threads).
+    args.variants = args.variants or ",".join(
+        DEFAULT_ORDER if quick else (*DEFAULT_ORDER, "kafka_streams_x2")
+    )
     if args.warmup is None:
         args.warmup = WARMUP_QUICK if quick else WARMUP_FULL
     args.warmup_note = (

@@ -204,6 +204,11 @@ def test_latency_is_offered_at_a_share_of_filterds_own_maximum() -> None:
     assert e2e.offered_rate(args, tput) == (1234.0, "--rate")
     assert args.warmup == e2e.WARMUP_QUICK
     assert "not fully warm" in args.warmup_note
+    # The quick run times one peer thread; the full run both configurations, fully warm.
+    assert "kafka_streams_x2" not in args.variants.split(",")
+    full = e2e.resolve_defaults(e2e.build_parser().parse_args([]))
+    assert full.variants.split(",")[-2:] == ["kafka_streams", "kafka_streams_x2"]
+    assert (full.warmup, full.warmup_note) == (e2e.WARMUP_FULL, "")
 
 
 def test_missing_variant_gives_no_ratio_not_zero() -> None:

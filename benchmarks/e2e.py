@@ -1160,6 +1160,28 @@ def write_outputs(results: dict[str, object], order: Sequence[str], stem: Path) 
 # --------------------------------------------------------------------------- main
 
 
+async def prepare_variants(variants: Mapping[str, Variant], order: list[str]) -> dict[str, str]:
+    """Drop from ``order`` the variants that cannot run here (build them first); why, by name."""
+    skipped: dict[str, str] = {}
+    for name in list(order):
+        variant = variants[name]
+        req = variant.requires
+        missing = [tool for tool in variant.tools if shutil.which(tool) is None]
+        if req and importlib.util.find_spec(req) is None:
+            skipped[name] = f"{req} is not installed (pip install -e '.[bench]')"
+        elif missing:
+            skipped[name] = f"{', '.join(missing)} not found on PATH"
+        elif variant.prepare is not None:
+            try:
+                await asyncio.to_thread(variant.prepare)
+            except Exception as exc:
+                log.error("%s: preparing failed: %s", name, exc)
+                skipped[name] = f"preparing failed: {str(exc)[:500]}"
+        if name in skipped:
+            order.remove(name)
+    return skipped
+
+
 async def run_session(args: argparse.Namespace) -> dict[str, object]:
     """The whole benchmark: throughput repetitions, latency repetitions, Kafka's tools."""
     started_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
@@ -1170,25 +1192,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
     for name in order:
         if name not in variants:
             raise SystemExit(f"unknown variant {name!r}; known: {', '.join(variants)}")
-    skipped: dict[str, str] = {}
-    for name in list(order):
-        req = variants[name].requires
-        if req and importlib.util.find_spec(req) is None:
-            skipped[name] = f"{req} is not installed (pip install -e '.[bench]')"
-            order.remove(name)
-    for name in list(order):
-        variant = variants[name]
-        missing = [tool for tool in variant.tools if shutil.which(tool) is None]
-        if missing:
-            skipped[name] = f"{', '.join(missing)} not found on PATH"
-            order.remove(name)
-        elif variant.prepare is not None:
-            try:
-                await asyncio.to_thread(variant.prepare)
-            except Exception as exc:
-                log.error("%s: preparing failed: %s", name, exc)
-                skipped[name] = f"preparing failed: {str(exc)[:500]}"
-                order.remove(name)
+    skipped = await prepare_variants(variants, order)
     workdir: Path = args.workdir
     workload = await asyncio.to_thread(
         prepare_workload,

@@ -182,10 +182,7 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
         "naive": Variant("naive", (py, "-m", "benchmarks.naive_filter")),
         # The strongest peer: a tuned Java Kafka Streams filter (benchmarks/peers/kafka-streams),
         # built with Maven before the first run; one stream thread, or two (both cores).
-        # Partial: a session times it like the others, from a fresh start, so its figure
-        # includes the JIT's warm-up; warm figures and CPU per record come from
-        # benchmarks/warm.py, and the correctness gate (peer_kafka_streams.check_agreement)
-        # is not yet run by the session before timing.
+        # The session gates it first (gate_peer) and times it warm (WARM_VARIANTS).
         "kafka_streams": Variant(
             "kafka_streams",
             (py, "-m", "benchmarks.peer_kafka_streams", "run", "--threads", "1"),

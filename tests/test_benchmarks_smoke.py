@@ -368,9 +368,10 @@ async def test_each_variant_routes_every_record_and_is_measured(
     t = await session.throughput_run(variant)
     assert t["records_out"] >= SMOKE_EVENTS
     if variant.members > 1:
-        # Counted from the moment both workers were in the group.
+        # Counted from the moment both workers were in the group (on a busy machine both
+        # may join before the first output record: then every record counts).
         assert 0 < t["settle_s"] < 30  # type: ignore[operator]
-        assert 0 < t["records_after_settle"] < t["records_out"]  # type: ignore[operator]
+        assert 0 < t["records_after_settle"] <= t["records_out"]  # type: ignore[operator]
     assert t["msgs_per_s"] > 0  # type: ignore[operator]
     if name == "filterd_floor":
         # The decision stops at its first check: every record is over the size limit.

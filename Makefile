@@ -111,11 +111,11 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	FILTERD__PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench: bench-deps ## end-to-end: filterd vs raw pipe, naive and Quix peer (full, ~20-30 min)
+bench: bench-deps ## end-to-end: filterd vs raw pipe, naive, Quix and Kafka Streams peers, warm (full, ~40-60 min)
 	$(KAFKA_SH) up
 	$(BIN)/python -m benchmarks.e2e $(BENCH_ARGS)
 
-bench-quick: bench-deps ## end-to-end, quick (100k events, under 5 minutes)
+bench-quick: bench-deps ## end-to-end, quick (100k events, 500k warm-up, ~10 minutes)
 	$(KAFKA_SH) up
 	$(BIN)/python -m benchmarks.e2e --quick $(BENCH_ARGS)
 

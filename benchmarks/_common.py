@@ -334,6 +334,10 @@ class OutputWatcher:
             out[tp.topic] += end
         return out
 
+    async def total(self) -> int:
+        """Records over every output topic right now."""
+        return sum((await self.counts()).values())
+
     async def wait_for(
         self,
         expected: int,

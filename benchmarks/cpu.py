@@ -13,11 +13,22 @@ divided by the records that window processed. Linux only (``/proc/PID/stat``).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-__all__ = ["CpuWindow", "cpu_seconds", "descendants", "parse_stat", "tree_cpu_seconds"]
+__all__ = [
+    "CpuWindow",
+    "cpu_seconds",
+    "descendants",
+    "follow",
+    "parse_stat",
+    "summarize",
+    "tree_cpu_seconds",
+]
 
 PROC = Path("/proc")
 #: Clock ticks per second of the times in /proc/PID/stat.
@@ -130,3 +141,91 @@ class CpuWindow:
         if records <= 0:
             raise ValueError(f"records must be > 0, got {records}")
         return self.seconds() * 1e6 / records
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+async def follow(
+    pid: int,
+    count: Callable[[], Awaitable[int]],
+    *,
+    total: int,
+    step: int,
+    started: float,
+    ready: Callable[[], bool] = lambda: True,
+    alive: Callable[[], bool] = lambda: True,
+    stall_timeout_s: float = 120.0,
+    poll_s: float = 0.05,
+) -> list[dict[str, float]]:
+    """Follow a variant's output until ``total`` records; checkpoints of records, time, CPU.
+
+    ``count`` returns the records out so far; ``started`` is the ``time.monotonic()``
+    of the variant's start. A checkpoint is taken at the first output record, every
+    ``step`` records after it, and at the end: ``records``, ``t_s`` (since the start),
+    ``cpu_s`` (:func:`tree_cpu_seconds` of ``pid``) and ``ready`` (1.0 once ``ready()``
+    held, e.g. a multi-worker group settled; 0.0 before). Raises ``TimeoutError`` when
+    the output stops growing, ``RuntimeError`` when ``alive()`` turns false.
+    """
+    checkpoints: list[dict[str, float]] = []
+    next_mark = 1  # the first checkpoint is the first output record
+    last_change = time.monotonic()
+    last_count = -1
+    while True:
+        records = await count()
+        now = time.monotonic()
+        if records >= next_mark or (records >= total and checkpoints[-1]["records"] < records):
+            # Start-up (interpreter or JVM, snapshot, group join) is before the first one.
+            checkpoints.append(
+                {
+                    "records": records,
+                    "t_s": now - started,
+                    "cpu_s": tree_cpu_seconds(pid),
+                    "ready": 1.0 if ready() else 0.0,
+                }
+            )
+            next_mark = max(1, (records // step + 1) * step)
+        if records >= total:
+            return checkpoints
+        if records != last_count:
+            last_count, last_change = records, now
+        elif now - last_change > stall_timeout_s:
+            raise TimeoutError(f"output stalled at {records}/{total} records")
+        if not alive():
+            raise RuntimeError(f"variant exited with {records}/{total} records out")
+        await asyncio.sleep(poll_s)
+
+
+def _stretch(a: dict[str, float], b: dict[str, float]) -> dict[str, float | None]:
+    records = b["records"] - a["records"]
+    seconds = b["t_s"] - a["t_s"]
+    return {
+        "from_records": int(a["records"]),
+        "to_records": int(b["records"]),
+        "msgs_per_s": round(records / seconds, 1) if seconds > 0 else None,
+        "cpu_us_per_record": round((b["cpu_s"] - a["cpu_s"]) * 1e6 / records, 2)
+        if records > 0
+        else None,
+    }
+
+
+def summarize(checkpoints: list[dict[str, float]], *, warmup: int, total: int) -> dict[str, object]:
+    """Cold (first output to the end of the warm-up), warm (the rest) and every stretch.
+
+    The warm stretch starts at the first checkpoint past ``warmup`` records that was
+    ``ready`` (a checkpoint without the key counts as ready). A stretch too short to
+    time (no records or no time between its ends) has ``None`` figures.
+    """
+    first = checkpoints[0]
+    last = checkpoints[-1]
+    warm_start = next(
+        (c for c in checkpoints if c["records"] >= warmup and c.get("ready", 1.0)), last
+    )
+    return {
+        "records": total,
+        "warmup_records": warmup,
+        "first_output_s": round(first["t_s"], 2),
+        "cold": _stretch(first, warm_start),
+        "warm": _stretch(warm_start, last),
+        "stretches": [_stretch(a, b) for a, b in itertools.pairwise(checkpoints)],
+    }

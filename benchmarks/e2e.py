@@ -56,6 +56,7 @@ from typing import ClassVar, TypeVar
 
 from benchmarks._common import (
     Event,
+    OutputSpan,
     OutputWatcher,
     bootstrap_from_env,
     create_topics,
@@ -75,6 +76,7 @@ from benchmarks._common import (
     unique_name,
     wait_for_group,
 )
+from benchmarks.cpu import follow, summarize
 
 log = logging.getLogger("benchmarks.e2e")
 
@@ -97,7 +99,14 @@ GOALS = {
     "filterd_vs_peer": 2.0,
     "p99_delta_ms_vs_raw_pipe": 5.0,
     "metrics_overhead": 0.02,
+    # Warm, against the Kafka Streams peer.
+    "filterd_cpu_vs_kafka_streams": 0.8,
+    "filterd_x2_vs_kafka_streams": 1.2,
 }
+#: Goals where lower is better.
+LOWER_IS_BETTER = frozenset(
+    {"p99_delta_ms_vs_raw_pipe", "metrics_overhead", "filterd_cpu_vs_kafka_streams"}
+)
 
 
 # --------------------------------------------------------------------------- variants
@@ -173,10 +182,7 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
         "naive": Variant("naive", (py, "-m", "benchmarks.naive_filter")),
         # The strongest peer: a tuned Java Kafka Streams filter (benchmarks/peers/kafka-streams),
         # built with Maven before the first run; one stream thread, or two (both cores).
-        # Partial: a session times it like the others, from a fresh start, so its figure
-        # includes the JIT's warm-up; warm figures and CPU per record come from
-        # benchmarks/warm.py, and the correctness gate (peer_kafka_streams.check_agreement)
-        # is not yet run by the session before timing.
+        # The session gates it first (gate_peer) and times it warm (WARM_VARIANTS).
         "kafka_streams": Variant(
             "kafka_streams",
             (py, "-m", "benchmarks.peer_kafka_streams", "run", "--threads", "1"),
@@ -204,6 +210,26 @@ DEFAULT_ORDER = (
 )  # fmt: skip
 
 _PEER_TOOLS = ("mvn", "java", "javac")
+
+#: Variants warmed up before their timed window (``--warmup``): the peer's JIT needs
+#: it; filterd gets the same for fairness. The others are timed from a fresh start.
+WARM_VARIANTS = ("filterd", "filterd_x2", "kafka_streams", "kafka_streams_x2")
+#: Warm-up records: about what the peer's JIT needs here (full) and a quick stand-in.
+WARMUP_FULL = 2_000_000
+WARMUP_QUICK = 500_000
+#: Checkpoints of a throughput run's output (time to full speed, CPU per record).
+CHECKPOINTS = 10
+
+
+def with_warmup(events: Sequence[Event], warmup: int) -> list[Event]:
+    """``warmup`` records taken from ``events`` over and over, then ``events`` themselves.
+
+    Ids repeat: runs that preload these read only counts, never match ids.
+    """
+    if warmup <= 0 or not events:
+        return list(events)
+    repeats = -(-warmup // len(events))
+    return (list(events) * repeats)[:warmup] + list(events)
 
 
 def _build_kafka_streams() -> object:
@@ -382,8 +408,13 @@ class Session:
         keep_topics: bool = False,
         stall_timeout_s: float = 60.0,
         multi_worker_events: int = MULTI_WORKER_EVENTS,
+        warmup: int = 0,
+        warm_variants: Sequence[str] = WARM_VARIANTS,
     ) -> None:
         self.multi_worker_events = multi_worker_events
+        #: Records each variant of ``warm_variants`` routes before its timed window.
+        self.warmup = warmup
+        self.warm_variants = frozenset(warm_variants)
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.workload = workload
@@ -430,10 +461,19 @@ class Session:
             with contextlib.suppress(Exception):
                 await delete_topics(self.bootstrap, list(topics.values()))
 
+    def warmup_for(self, variant: Variant) -> int:
+        """Records ``variant`` routes before its timed window (0: timed from the start)."""
+        return self.warmup if variant.name in self.warm_variants else 0
+
     async def throughput_run(
         self, variant: Variant, *, partitions: int | None = None
     ) -> dict[str, object]:
-        """Preload the events, start the variant, time first → last output record."""
+        """Preload the events, start the variant, time first → last output record.
+
+        A warm variant (:meth:`warmup_for`) gets its warm-up records first; its
+        figures are then those of the records after the warm-up. CPU per record is
+        its process tree's CPU time over the timed window (:mod:`benchmarks.cpu`).
+        """
         self._runs += 1
         parts = partitions or self.partitions
         events = self.workload.throughput_events
@@ -442,6 +482,8 @@ class Session:
             # most of them are decided with every worker busy (ids repeat; only
             # counts are read in a throughput run).
             events = list(events) * -(-self.multi_worker_events // len(events))
+        warmup = self.warmup_for(variant)
+        events = with_warmup(events, warmup)
         topics = await self._topics(variant, parts)
         outputs = [topics[r] for r in variant.routes]
         group = unique_name("bench-group")
@@ -452,35 +494,32 @@ class Session:
         )
         try:
             await preload(self.bootstrap, topics["input"], parts, events)
-            started = time.time()
+            started, started_mono = time.time(), time.monotonic()
             proc.start()
+            assert proc.proc is not None
             settled: asyncio.Task[int] | None = None
             if variant.members > 1:
                 settled = asyncio.create_task(
                     wait_for_group(self.bootstrap, group, variant.members, alive=proc.alive)
                 )
             async with OutputWatcher(self.bootstrap, outputs) as watcher:
-                await watcher.wait_for(
-                    len(events), stall_timeout_s=self.stall_timeout_s, alive=proc.alive
+                checkpoints = await follow(
+                    proc.proc.pid,
+                    watcher.total,
+                    total=len(events),
+                    # A checkpoint falls right after the warm-up: the timed window
+                    # holds nearly all the records after it.
+                    step=max(1, (warmup or len(events)) // CHECKPOINTS),
+                    started=started_mono,
+                    ready=lambda: settled is None or settled.done(),
+                    alive=proc.alive,
+                    stall_timeout_s=self.stall_timeout_s,
                 )
             await proc.stop()
             span = await asyncio.wait_for(output_span(self.bootstrap, outputs), READ_TIMEOUT_S)
             sustained: dict[str, object] = {}
             if settled is not None:
-                settled_ms = await settled
-                after = await records_since(self.bootstrap, outputs, settled_ms)
-                if span.last_ms <= settled_ms or after < len(events) // 4:
-                    raise RuntimeError(
-                        f"only {after} of {len(events)} records after the group settled: "
-                        "use more --events for a multi-worker variant"
-                    )
-                sustained = {
-                    # From the group settling to the last output: all workers busy.
-                    "msgs_per_s": round(throughput(after, settled_ms, span.last_ms), 1),
-                    "msgs_per_s_from_first_output": round(span.msgs_per_s(), 1),
-                    "settle_s": round(settled_ms / 1000.0 - started, 3),
-                    "records_after_settle": after,
-                }
+                sustained = await self._since_settled(await settled, span, outputs, started)
             return {
                 "msgs_per_s": round(span.msgs_per_s(), 1),
                 "records_in": len(events),
@@ -492,12 +531,74 @@ class Session:
                 "per_topic": {r: span.per_topic[topics[r]] for r in variant.routes},
                 "partitions": parts,
                 **sustained,
+                **(await self._timed_window(checkpoints, warmup, len(events), outputs, started)),
             }
         except Exception as exc:
             raise RunFailed(f"{variant.name}: {exc}\n{proc.tail()}") from exc
         finally:
             await proc.stop()
             await self._cleanup(topics)
+
+    async def _since_settled(
+        self, settled_ms: int, span: OutputSpan, outputs: Sequence[str], started: float
+    ) -> dict[str, object]:
+        """A multi-worker run's throughput from its group settling to the last output."""
+        after = await records_since(self.bootstrap, outputs, settled_ms)
+        if span.last_ms <= settled_ms or after < span.count // 4:
+            raise RuntimeError(
+                f"only {after} of {span.count} records after the group settled: "
+                "use more --events for a multi-worker variant"
+            )
+        return {
+            # From the group settling to the last output: all workers busy.
+            "msgs_per_s": round(throughput(after, settled_ms, span.last_ms), 1),
+            "msgs_per_s_from_first_output": round(span.msgs_per_s(), 1),
+            "settle_s": round(settled_ms / 1000.0 - started, 3),
+            "records_after_settle": after,
+        }
+
+    async def _timed_window(
+        self,
+        checkpoints: list[dict[str, float]],
+        warmup: int,
+        total: int,
+        outputs: Sequence[str],
+        started: float,
+    ) -> dict[str, object]:
+        """CPU per record over the timed window; with a warm-up, the warm throughput.
+
+        The window opens at the first checkpoint past the warm-up (and, for several
+        workers, past the group settling); without a warm-up, at the first output.
+        Warm throughput counts by LogAppendTime from that checkpoint to the last output.
+        """
+        summary = summarize(checkpoints, warmup=warmup, total=total)
+        warm = summary["warm"]
+        cold = summary["cold"]
+        assert isinstance(warm, Mapping)
+        assert isinstance(cold, Mapping)
+        out: dict[str, object] = {
+            "cpu_us_per_record": warm["cpu_us_per_record"],
+            "first_output_s": summary["first_output_s"],
+            "stretches": summary["stretches"],
+        }
+        if warmup:
+            opened = next(c for c in checkpoints if c["records"] == warm["from_records"])
+            opened_ms = int((started + opened["t_s"]) * 1000)
+            span = await asyncio.wait_for(output_span(self.bootstrap, outputs), READ_TIMEOUT_S)
+            after = await records_since(self.bootstrap, outputs, opened_ms)
+            if span.last_ms <= opened_ms or after <= 0:
+                raise RuntimeError(
+                    f"no output after the {warmup}-record warm-up could be timed: use more --events"
+                )
+            out.update(
+                warmup_records=warmup,
+                msgs_per_s_cold=cold["msgs_per_s"],
+                cpu_us_per_record_cold=cold["cpu_us_per_record"],
+                msgs_per_s_from_first_output=round(span.msgs_per_s(), 1),
+                msgs_per_s=round(throughput(after, opened_ms, span.last_ms), 1),
+                timed_records=after,
+            )
+        return out
 
     async def latency_run(
         self, variant: Variant, rate: float, *, partitions: int | None = None
@@ -516,24 +617,30 @@ class Session:
             self.workdir / f"run-{self._runs:03d}-{variant.name}-latency.log",
         )
         warm = self.workload.warmup_events
+        # A warm variant routes its warm-up (ids of the throughput set, never matched)
+        # before the paced load, as in its throughput runs.
+        warmup = self.warmup_for(variant)
+        first = with_warmup(self.workload.throughput_events, warmup)[:warmup] if warmup else warm
         events = self.workload.latency_events
         try:
             proc.start()
             # Warm-up: the variant has joined its group, loaded its snapshot and
             # opened its producer connections before the measured traffic starts.
-            await preload(self.bootstrap, topics["input"], parts, warm)
+            await preload(self.bootstrap, topics["input"], parts, first)
+            routed = len(first)
             async with OutputWatcher(self.bootstrap, outputs) as watcher:
-                await watcher.wait_for(len(warm), stall_timeout_s=120.0, alive=proc.alive)
+                await watcher.wait_for(routed, stall_timeout_s=120.0, alive=proc.alive)
                 if variant.members > 1:
                     # Every worker in the group, and each through one batch, first.
                     await wait_for_group(self.bootstrap, group, variant.members, alive=proc.alive)
                     await preload(self.bootstrap, topics["input"], parts, warm)
-                    await watcher.wait_for(2 * len(warm), stall_timeout_s=120.0, alive=proc.alive)
+                    routed += len(warm)
+                    await watcher.wait_for(routed, stall_timeout_s=120.0, alive=proc.alive)
                 paced = await produce_paced(
                     self.bootstrap, topics["input"], parts, events, rate=rate
                 )
                 await watcher.wait_for(
-                    (2 if variant.members > 1 else 1) * len(warm) + len(events),
+                    routed + len(events),
                     stall_timeout_s=self.stall_timeout_s,
                     alive=proc.alive,
                 )
@@ -709,6 +816,16 @@ def summarize_variant(
     if rates:
         out["msgs_per_s"] = round(statistics.median(rates), 1)
         out["msgs_per_s_spread"] = spread(rates)
+    # CPU per record over the timed window; a warm variant's cold start beside it.
+    for key in (
+        "cpu_us_per_record", "warmup_records", "first_output_s", "msgs_per_s_cold",
+        "cpu_us_per_record_cold",
+    ):  # fmt: skip
+        values = [float(v) for r in throughput_runs if isinstance(v := r.get(key), int | float)]
+        if values:
+            out[key] = round(statistics.median(values), 3)
+            if key == "cpu_us_per_record":
+                out[f"{key}_spread"] = spread(values)
     for key in ("p50_ms", "p99_ms", "p999_ms", "generator_p50_ms", "generator_p99_ms"):
         values = [float(r[key]) for r in latency_runs if r.get(key) is not None]  # type: ignore[arg-type]
         if values:
@@ -742,7 +859,27 @@ def compute_ratios(results: Mapping[str, object]) -> dict[str, float | None]:
         "filterd_vs_naive": ratio(f, _num(results.get("naive"), "msgs_per_s")),
         "filterd_vs_peer": ratio(f, _num(results.get("peer"), "msgs_per_s")),
         "p99_delta_ms_vs_raw_pipe": _p99_delta(results, "filterd"),
+        # Against the strongest peer, both warm: the whole box (two workers against
+        # the better Kafka Streams configuration that ran) and CPU per record (one
+        # process against one stream thread).
+        "filterd_x2_vs_kafka_streams": ratio(
+            _num(results.get("filterd_x2"), "msgs_per_s"), _best_peer(results)
+        ),
+        "filterd_cpu_vs_kafka_streams": ratio(
+            _num(results.get("filterd"), "cpu_us_per_record"),
+            _num(results.get("kafka_streams"), "cpu_us_per_record"),
+        ),
     }
+
+
+def _best_peer(results: Mapping[str, object]) -> float | None:
+    """The higher throughput of the Kafka Streams configurations that ran."""
+    rates = [
+        rate
+        for name in ("kafka_streams", "kafka_streams_x2")
+        if (rate := _num(results.get(name), "msgs_per_s")) is not None
+    ]
+    return max(rates) if rates else None
 
 
 def _p99_delta(results: Mapping[str, object], name: str) -> float | None:
@@ -776,7 +913,7 @@ def goals(ratios: Mapping[str, float | None], overhead: float | None) -> dict[st
     out: dict[str, object] = {}
     for name, target in GOALS.items():
         value = measured.get(name)
-        lower_is_better = name in ("p99_delta_ms_vs_raw_pipe", "metrics_overhead")
+        lower_is_better = name in LOWER_IS_BETTER
         met = None if value is None else (value <= target if lower_is_better else value >= target)
         out[name] = {"target": target, "value": value, "met": met}
     return out
@@ -804,8 +941,11 @@ def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
         f"{m.get('loadavg')}, at end {results.get('loadavg_end')}. "
         f"Started {results.get('started_at')}, took {_fmt(results.get('duration_s'), 0)} s.",
         "",
-        "| variant | msgs/s (median) | min – max | vs raw pipe | p50 ms | p99 ms | p99.9 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        _warmup_line(results),
+        "",
+        "| variant | msgs/s (median) | min – max | vs raw pipe | CPU µs/record | p50 ms | p99 ms "
+        "| p99.9 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     raw = _num(results.get("raw_pipe"), "msgs_per_s")
     saturated = False
@@ -823,8 +963,11 @@ def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
         mark = " †" if section.get("saturated_at_offered_load") else ""
         if section.get("saturated_at_offered_load"):
             saturated = True
+        if "skipped" in section:
+            title += f" — not run: {section['skipped']}"
         lines.append(
             f"| {title} | {_fmt(rate, 0)} | {rng} | {_fmt(vs, 2)} | "
+            f"{_fmt(section.get('cpu_us_per_record'), 2)} | "
             f"{_fmt(section.get('p50_ms'))}{mark} | {_fmt(section.get('p99_ms'))}{mark} | "
             f"{_fmt(section.get('p999_ms'))}{mark} |"
         )
@@ -835,7 +978,7 @@ def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
             if isinstance(row, Mapping) and "msgs_per_s" in row:
                 lines.append(
                     f"| kafka-{side}-perf-test (ceiling) | {_fmt(row['msgs_per_s'], 0)} | – | "
-                    f"{_fmt(ratio(float(row['msgs_per_s']), raw), 2)} | "
+                    f"{_fmt(ratio(float(row['msgs_per_s']), raw), 2)} | – | "
                     f"{_fmt(row.get('p50_ms'))} | {_fmt(row.get('p99_ms'))} | "
                     f"{_fmt(row.get('p999_ms'))} |"
                 )
@@ -854,6 +997,7 @@ def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
             "† the offered load exceeds this variant's throughput: its queue grows for the "
             "whole run, so its latency measures the backlog, not its path.",
         ]
+    lines += _full_speed_lines(results, order)
     lines += ["", "| goal | target | measured | met |", "|---|---:|---:|:---:|"]
     g = results.get("goals", {})
     assert isinstance(g, Mapping)
@@ -877,6 +1021,53 @@ def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _warmup_line(results: Mapping[str, object]) -> str:
+    """What the report's warm figures mean, and the gate's answer."""
+    warm = results.get("warmup")
+    text = "No warm-up: every variant timed from a fresh start (first output → last)."
+    if isinstance(warm, Mapping) and warm.get("records"):
+        text = (
+            f"Warm: {', '.join(warm['variants'])} first route {warm['records']:,} warm-up "
+            "records and are timed over the records after them (msgs/s and CPU per record); "
+            "the others from their first output. CPU per record: user + system time of the "
+            "variant's process tree over its timed window (/proc) / records."
+        )
+        if warm.get("note"):
+            text += f" {warm['note']}"
+    gate = results.get("kafka_streams_gate")
+    if isinstance(gate, Mapping) and "records" in gate:
+        text += (
+            f" Kafka Streams peer's gate on this session's {gate['records']:,} events: "
+            f"{gate['agreed']:,} agree with filterd (route and reason), "
+            f"{'passed' if gate.get('ok') else '**failed: not timed**'}."
+        )
+    return text
+
+
+def _full_speed_lines(results: Mapping[str, object], order: Sequence[str]) -> list[str]:
+    """Time to full speed of the warm variants: first output, cold and warm rates."""
+    rows = [
+        f"| {name} | {_fmt(_num(section, 'first_output_s'), 1)} | "
+        f"{_fmt(_num(section, 'msgs_per_s_cold'), 0)} | {_fmt(_num(section, 'msgs_per_s'), 0)} | "
+        f"{_fmt(_num(section, 'cpu_us_per_record_cold'), 2)} | "
+        f"{_fmt(_num(section, 'cpu_us_per_record'), 2)} |"
+        for name in order
+        if _num(section := _section(results, name), "msgs_per_s_cold") is not None
+    ]
+    if not rows:
+        return []
+    return [
+        "",
+        "Time to full speed (medians): first output after the start, then throughput and "
+        "CPU per record during the warm-up (cold) and after it (warm).",
+        "",
+        "| variant | first output s | cold msgs/s | warm msgs/s | cold CPU µs/rec "
+        "| warm CPU µs/rec |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Path) -> list[Path]:
@@ -908,6 +1099,20 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
         )
         fig.tight_layout()
         path = stem.with_name(stem.name + "-throughput.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    cpu_names = [n for n in order if _num(results.get(n), "cpu_us_per_record") is not None]
+    if cpu_names:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        values = [_num(results[n], "cpu_us_per_record") or 0.0 for n in cpu_names]
+        bars = ax.bar(cpu_names, values, color="#ed7d31")
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=3, fontsize=8)
+        ax.set_ylabel("CPU µs per record (median; lower is better)")
+        ax.set_title("CPU per record over the timed window (process tree, user + system)")
+        ax.tick_params(axis="x", labelrotation=20)
+        fig.tight_layout()
+        path = stem.with_name(stem.name + "-cpu.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -954,6 +1159,28 @@ def write_outputs(results: dict[str, object], order: Sequence[str], stem: Path) 
 # --------------------------------------------------------------------------- main
 
 
+async def prepare_variants(variants: Mapping[str, Variant], order: list[str]) -> dict[str, str]:
+    """Drop from ``order`` the variants that cannot run here (build them first); why, by name."""
+    skipped: dict[str, str] = {}
+    for name in list(order):
+        variant = variants[name]
+        req = variant.requires
+        missing = [tool for tool in variant.tools if shutil.which(tool) is None]
+        if req and importlib.util.find_spec(req) is None:
+            skipped[name] = f"{req} is not installed (pip install -e '.[bench]')"
+        elif missing:
+            skipped[name] = f"{', '.join(missing)} not found on PATH"
+        elif variant.prepare is not None:
+            try:
+                await asyncio.to_thread(variant.prepare)
+            except Exception as exc:
+                log.error("%s: preparing failed: %s", name, exc)
+                skipped[name] = f"preparing failed: {str(exc)[:500]}"
+        if name in skipped:
+            order.remove(name)
+    return skipped
+
+
 async def run_session(args: argparse.Namespace) -> dict[str, object]:
     """The whole benchmark: throughput repetitions, latency repetitions, Kafka's tools."""
     started_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
@@ -964,25 +1191,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
     for name in order:
         if name not in variants:
             raise SystemExit(f"unknown variant {name!r}; known: {', '.join(variants)}")
-    skipped: dict[str, str] = {}
-    for name in list(order):
-        req = variants[name].requires
-        if req and importlib.util.find_spec(req) is None:
-            skipped[name] = f"{req} is not installed (pip install -e '.[bench]')"
-            order.remove(name)
-    for name in list(order):
-        variant = variants[name]
-        missing = [tool for tool in variant.tools if shutil.which(tool) is None]
-        if missing:
-            skipped[name] = f"{', '.join(missing)} not found on PATH"
-            order.remove(name)
-        elif variant.prepare is not None:
-            try:
-                await asyncio.to_thread(variant.prepare)
-            except Exception as exc:
-                log.error("%s: preparing failed: %s", name, exc)
-                skipped[name] = f"preparing failed: {str(exc)[:500]}"
-                order.remove(name)
+    skipped = await prepare_variants(variants, order)
     workdir: Path = args.workdir
     workload = await asyncio.to_thread(
         prepare_workload,
@@ -990,6 +1199,13 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         events=args.events,
         dataset=Path(args.dataset) if args.dataset else None,
     )
+    gate = None
+    if args.gate and any(n.startswith("kafka_streams") for n in order):
+        gate = await gate_peer(args.bootstrap, workload, workdir)
+        if not gate.get("ok"):
+            for name in [n for n in order if n.startswith("kafka_streams")]:
+                skipped[name] = "its correctness gate failed (kafka_streams_gate): not timed"
+                order.remove(name)
     session = Session(
         args.bootstrap,
         workdir,
@@ -997,6 +1213,8 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         partitions=args.partitions,
         keep_topics=args.keep_topics,
         multi_worker_events=MULTI_WORKER_EVENTS // 2 if args.quick else MULTI_WORKER_EVENTS,
+        warmup=args.warmup,
+        warm_variants=args.warm_variants.split(","),
     )
     tput: dict[str, list[dict[str, object]]] = {n: [] for n in order}
     lat: dict[str, list[dict[str, object]]] = {n: [] for n in order}
@@ -1012,8 +1230,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
             except RunFailed as exc:
                 log.error("  %s", exc)
                 errors[name].append(str(exc))
-    raw_rates = [float(r["msgs_per_s"]) for r in tput.get("raw_pipe", [])]  # type: ignore[arg-type]
-    rate = args.rate or (args.load * statistics.median(raw_rates) if raw_rates else None)
+    rate, basis = offered_rate(args, tput)
     latency_events = int(rate * args.latency_seconds) if rate else 0
     if rate:
         await asyncio.to_thread(workload.size_latency_events, latency_events)
@@ -1047,7 +1264,14 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         "latency_runs": args.latency_reps if rate else 0,
         "latency_events": latency_events,
         "offered_rate_msgs_per_s": round(rate, 1) if rate else None,
-        "offered_load_of_raw_max": args.load if not args.rate else None,
+        "offered_load": args.load if not args.rate else None,
+        "offered_rate_basis": basis,
+        "warmup": {
+            "records": args.warmup,
+            "variants": sorted(session.warm_variants & set(order)),
+            "note": args.warmup_note,
+        },
+        "kafka_streams_gate": gate,
         "avg_event_bytes": round(avg_size, 1),
         "started_at": started_at,
         "machine": machine,
@@ -1087,6 +1311,53 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
     return results
 
 
+def offered_rate(
+    args: argparse.Namespace, tput: Mapping[str, Sequence[Mapping[str, object]]]
+) -> tuple[float | None, str]:
+    """The latency runs' offered rate and what it is a share of.
+
+    ``--load`` of filterd's own one-process maximum (median throughput, warm, in this
+    session): the load one process is sized for, not more than it can carry. Without
+    a filterd run, of the raw pipe's.
+    """
+    if args.rate:
+        return float(args.rate), "--rate"
+    for name in ("filterd", "raw_pipe"):
+        rates = [float(r["msgs_per_s"]) for r in tput.get(name, [])]  # type: ignore[arg-type]
+        if rates:
+            return args.load * statistics.median(rates), f"{args.load:g} x {name} msgs_per_s"
+    return None, "no filterd or raw_pipe throughput"
+
+
+async def gate_peer(bootstrap: str, workload: Workload, workdir: Path) -> dict[str, object]:
+    """The Kafka Streams peer's correctness gate on the session's events.
+
+    Its route and reason must agree with filterd's on every record (and the output
+    contract hold) or it is not timed. Threads do not change the decision: one gate
+    serves both configurations.
+    """
+    from benchmarks.peer_kafka_streams import check_agreement
+
+    records = [(k, v) for k, v in workload.throughput_events]
+    log.info("kafka_streams: correctness gate on the session's %d events", len(records))
+    started = time.monotonic()
+    try:
+        agreement = await check_agreement(
+            records, bootstrap=bootstrap, snapshot_root=workload.snapshot_root, workdir=workdir
+        )
+    except Exception as exc:
+        log.error("kafka_streams: the gate could not run: %s", exc)
+        return {"ok": False, "error": str(exc)[:2000]}
+    report = agreement.as_dict() | {"seconds": round(time.monotonic() - started, 1)}
+    log.info(
+        "  gate: %d of %d records agree (%s)",
+        agreement.agreed,
+        agreement.records,
+        "passed" if agreement.ok else "FAILED",
+    )
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags of ``python -m benchmarks.e2e``."""
     p = argparse.ArgumentParser(prog="benchmarks.e2e", description=__doc__.splitlines()[0])
@@ -1101,12 +1372,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latency-seconds", type=float, help="length of the offered load (full: 20, quick: 6)"
     )
-    p.add_argument("--load", type=float, default=0.5, help="offered load, share of raw pipe max")
+    p.add_argument(
+        "--load", type=float, default=0.5,
+        help="offered load, share of filterd's one-process maximum in this session",
+    )  # fmt: skip
+    p.add_argument(
+        "--warmup", type=int,
+        help=f"records the warm variants route before their timed window "
+        f"(full: {WARMUP_FULL}, quick: {WARMUP_QUICK}; 0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--warm-variants", default=",".join(WARM_VARIANTS),
+        help=f"variants given the warm-up (default {','.join(WARM_VARIANTS)})",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-gate", dest="gate", action="store_false",
+        help="time the Kafka Streams peer without its correctness gate first",
+    )  # fmt: skip
     p.add_argument("--rate", type=float, help="offered load in msgs/s (overrides --load)")
     p.add_argument(
         "--variants",
-        default=",".join(DEFAULT_ORDER),
-        help=f"comma-separated, run in this order (default {','.join(DEFAULT_ORDER)})",
+        help=f"comma-separated, run in this order (default {','.join(DEFAULT_ORDER)}; "
+        "the full run adds kafka_streams_x2)",
     )
     p.add_argument("--workers", type=int, help="filterd run --workers N")
     p.add_argument("--no-perf-test", dest="perf_test", action="store_false")
@@ -1125,6 +1412,18 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.reps = args.reps or (2 if quick else 3)
     args.latency_reps = args.latency_reps or (1 if quick else 2)
     args.latency_seconds = args.latency_seconds or (6.0 if quick else 20.0)
+    # The full run times both Kafka Streams configurations (one thread, two threads).
+    args.variants = args.variants or ",".join(
+        DEFAULT_ORDER if quick else (*DEFAULT_ORDER, "kafka_streams_x2")
+    )
+    if args.warmup is None:
+        args.warmup = WARMUP_QUICK if quick else WARMUP_FULL
+    args.warmup_note = (
+        f"The quick run's warm-up ({args.warmup:,}) is shorter than the ~2 M records the "
+        "peer's JIT needs here: its warm figures are not fully warm."
+        if args.warmup < WARMUP_FULL
+        else ""
+    )
     args.bootstrap = bootstrap_from_env(args.bootstrap)
     args.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="filterd-bench-"))
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import logging
 import os
@@ -29,11 +28,11 @@ from pathlib import Path
 
 from benchmarks import e2e
 from benchmarks._common import OutputWatcher, bootstrap_from_env, preload
-from benchmarks.cpu import tree_cpu_seconds
+from benchmarks.cpu import follow, summarize
 
 log = logging.getLogger("benchmarks.warm")
 
-POLL_S = 0.05
+__all__ = ["main", "summarize", "warm_run"]
 
 
 async def warm_run(
@@ -56,35 +55,21 @@ async def warm_run(
         session._config(variant, topics, group, {}),
         session.workdir / f"warm-{variant.name}.log",
     )
-    checkpoints: list[dict[str, float]] = []
     try:
         await preload(session.bootstrap, topics["input"], parts, events)
         started = time.monotonic()
         proc.start()
         assert proc.proc is not None
-        pid = proc.proc.pid
         async with OutputWatcher(session.bootstrap, outputs) as watcher:
-            next_mark = 1  # the first checkpoint is the first output record
-            last_change = time.monotonic()
-            last_count = -1
-            while True:
-                count = sum((await watcher.counts()).values())
-                now = time.monotonic()
-                if count >= next_mark:
-                    # Start-up (JVM, snapshot, group join) is before the first checkpoint.
-                    checkpoints.append(
-                        {"records": count, "t_s": now - started, "cpu_s": tree_cpu_seconds(pid)}
-                    )
-                    next_mark = max(1, (count // step + 1) * step)
-                if count >= total:
-                    break
-                if count != last_count:
-                    last_count, last_change = count, now
-                elif now - last_change > stall_timeout_s:
-                    raise TimeoutError(f"output stalled at {count}/{total} records")
-                if not proc.alive():
-                    raise RuntimeError(f"variant exited with {count}/{total} records out")
-                await asyncio.sleep(POLL_S)
+            checkpoints = await follow(
+                proc.proc.pid,
+                watcher.total,
+                total=total,
+                step=step,
+                started=started,
+                alive=proc.alive,
+                stall_timeout_s=stall_timeout_s,
+            )
         await proc.stop()
         return summarize(checkpoints, warmup=warmup, total=total) | {"variant": variant.name}
     except Exception as exc:
@@ -94,43 +79,12 @@ async def warm_run(
         await session._cleanup(topics)
 
 
-def _stretch(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    records = b["records"] - a["records"]
-    seconds = b["t_s"] - a["t_s"]
-    return {
-        "from_records": int(a["records"]),
-        "to_records": int(b["records"]),
-        "msgs_per_s": round(records / seconds, 1) if seconds > 0 else 0.0,
-        "cpu_us_per_record": round((b["cpu_s"] - a["cpu_s"]) * 1e6 / records, 2)
-        if records
-        else 0.0,
-    }
-
-
-def summarize(checkpoints: list[dict[str, float]], *, warmup: int, total: int) -> dict[str, object]:
-    """Cold (first output to the end of the warm-up), warm (the rest) and every stretch."""
-    first = checkpoints[0]
-    warm_start = next((c for c in checkpoints if c["records"] >= warmup), checkpoints[-1])
-    last = checkpoints[-1]
-    return {
-        "records": total,
-        "warmup_records": warmup,
-        "first_output_s": round(first["t_s"], 2),
-        "cold": _stretch(first, warm_start),
-        "warm": _stretch(warm_start, last),
-        "stretches": [_stretch(a, b) for a, b in itertools.pairwise(checkpoints)],
-    }
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     workdir: Path = args.workdir
     workload = await asyncio.to_thread(
         e2e.prepare_workload, workdir, events=args.events, dataset=args.dataset
     )
-    # The warm-up repeats the timed events (ids repeat: only counts are read).
-    base = workload.throughput_events
-    repeats = -(-args.warmup // len(base))
-    events = (list(base) * repeats)[: args.warmup] + list(base)
+    events = e2e.with_warmup(workload.throughput_events, args.warmup)
     session = e2e.Session(args.bootstrap, workdir, workload, partitions=args.partitions)
     variants = e2e.make_variants()
     out: dict[str, object] = {
@@ -151,7 +105,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             out[name] = {"error": str(exc)}
             continue
         log.info(
-            "  %s: cold %.0f msgs/s %.2f us/rec; warm %.0f msgs/s %.2f us/rec",
+            "  %s: cold %s msgs/s %s us/rec; warm %s msgs/s %s us/rec",
             name,
             result["cold"]["msgs_per_s"],  # type: ignore[index]
             result["cold"]["cpu_us_per_record"],  # type: ignore[index]

@@ -132,3 +132,65 @@ def test_warm_summary_splits_cold_and_warm_at_the_warmup() -> None:
         "cpu_us_per_record": 5.0,
     }  # fmt: skip
     assert len(s["stretches"]) == 3  # type: ignore[arg-type]
+
+
+def test_warm_window_opens_at_the_first_ready_checkpoint_past_the_warmup() -> None:
+    # Two workers: the group settled (ready) only at 301k; the warm stretch starts there.
+    checkpoints = [
+        {"records": 1_000, "t_s": 2.0, "cpu_s": 10.0, "ready": 0.0},
+        {"records": 201_000, "t_s": 4.0, "cpu_s": 14.0, "ready": 0.0},
+        {"records": 301_000, "t_s": 5.0, "cpu_s": 15.0, "ready": 1.0},
+        {"records": 501_000, "t_s": 6.0, "cpu_s": 16.0, "ready": 1.0},
+    ]
+    s = cpu.summarize(checkpoints, warmup=200_000, total=501_000)
+    assert s["warm"] == {
+        "from_records": 301_000, "to_records": 501_000, "msgs_per_s": 200_000.0,
+        "cpu_us_per_record": 5.0,
+    }  # fmt: skip
+    # A window with no records in it cannot be timed: no figure rather than zero.
+    short = cpu.summarize(checkpoints[:1], warmup=0, total=1_000)
+    assert short["warm"]["cpu_us_per_record"] is None  # type: ignore[index]
+    assert short["warm"]["msgs_per_s"] is None  # type: ignore[index]
+
+
+async def test_follow_checkpoints_first_output_every_step_and_the_end() -> None:
+    import os
+
+    # Output grows by 70 records per poll; this process burns CPU between polls.
+    seen = iter([0, 0, 70, 140, 210, 280, 350, 420])
+    polls = 0
+
+    async def count() -> int:
+        nonlocal polls
+        polls += 1
+        start = time.process_time()
+        while time.process_time() - start < 0.02:
+            pass
+        return next(seen)
+
+    checkpoints = await cpu.follow(
+        os.getpid(), count, total=400, step=100, started=time.monotonic(),
+        ready=lambda: polls >= 5, poll_s=0.0,
+    )  # fmt: skip
+    assert [c["records"] for c in checkpoints] == [70, 140, 210, 350, 420]
+    assert [c["ready"] for c in checkpoints] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    # CPU time only grows, and the poll loop's own burning shows in it.
+    cpus = [c["cpu_s"] for c in checkpoints]
+    assert cpus == sorted(cpus)
+    assert cpus[-1] > cpus[0]
+
+
+async def test_follow_stops_when_the_variant_dies_or_stalls() -> None:
+    import os
+
+    async def nothing() -> int:
+        return 0
+
+    with pytest.raises(RuntimeError, match="exited with 0/10"):
+        await cpu.follow(
+            os.getpid(), nothing, total=10, step=5, started=0.0, alive=lambda: False, poll_s=0.0
+        )
+    with pytest.raises(TimeoutError, match="stalled at 0/10"):
+        await cpu.follow(
+            os.getpid(), nothing, total=10, step=5, started=0.0, stall_timeout_s=0.0, poll_s=0.001
+        )

@@ -11,11 +11,12 @@ started.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,21 @@ def _start_local_broker() -> str | None:
     if proc.returncode != 0:
         return f"{KAFKA_SH} up failed ({proc.returncode}):\n{proc.stderr}"
     return None
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_log_handler() -> Iterator[None]:
+    """Remove the handler an in-process ``filterd`` command installed (``setup_logging``).
+
+    It writes to the ``sys.stderr`` of the test that installed it, which pytest closes after
+    that test: a later test's log line would print a logging error into its own stderr.
+    """
+    yield
+    from filterd.logs import _FilterdHandler
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _FilterdHandler)]:
+        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -199,12 +199,15 @@ async def follow(
 def _stretch(a: dict[str, float], b: dict[str, float]) -> dict[str, float | None]:
     records = b["records"] - a["records"]
     seconds = b["t_s"] - a["t_s"]
+    cpu_s = b["cpu_s"] - a["cpu_s"]
     return {
         "from_records": int(a["records"]),
         "to_records": int(b["records"]),
         "msgs_per_s": round(records / seconds, 1) if seconds > 0 else None,
-        "cpu_us_per_record": round((b["cpu_s"] - a["cpu_s"]) * 1e6 / records, 2)
-        if records > 0
+        # The kernel counts CPU in clock ticks (10 ms): a stretch that did not use one
+        # whole tick cannot be measured, and "0 us per record" would be a false figure.
+        "cpu_us_per_record": round(cpu_s * 1e6 / records, 2)
+        if records > 0 and cpu_s > 0
         else None,
     }
 
@@ -214,7 +217,8 @@ def summarize(checkpoints: list[dict[str, float]], *, warmup: int, total: int) -
 
     The warm stretch starts at the first checkpoint past ``warmup`` records that was
     ``ready`` (a checkpoint without the key counts as ready). A stretch too short to
-    time (no records or no time between its ends) has ``None`` figures.
+    time (no records, no time or less than one clock tick of CPU between its ends) has
+    ``None`` figures.
     """
     first = checkpoints[0]
     last = checkpoints[-1]

@@ -151,6 +151,14 @@ def test_warm_window_opens_at_the_first_ready_checkpoint_past_the_warmup() -> No
     short = cpu.summarize(checkpoints[:1], warmup=0, total=1_000)
     assert short["warm"]["cpu_us_per_record"] is None  # type: ignore[index]
     assert short["warm"]["msgs_per_s"] is None  # type: ignore[index]
+    # A stretch that used less than one kernel clock tick of CPU: too little to measure.
+    idle = [
+        {"records": 1_000, "t_s": 2.0, "cpu_s": 10.0},
+        {"records": 3_000, "t_s": 2.5, "cpu_s": 10.0},
+    ]
+    s = cpu.summarize(idle, warmup=0, total=3_000)
+    assert s["warm"]["cpu_us_per_record"] is None  # type: ignore[index]
+    assert s["warm"]["msgs_per_s"] == 4_000.0  # type: ignore[index]
 
 
 async def test_follow_checkpoints_first_output_every_step_and_the_end() -> None:

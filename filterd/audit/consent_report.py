@@ -24,6 +24,7 @@ import orjson
 from filterd.audit.aggregate import Summary
 from filterd.audit.reasons import REASON_TABLE
 from filterd.audit.tables import escape, html_table
+from filterd.snapshot.granted import GRANTED
 
 __all__ = ["consent_sections", "load_versions"]
 
@@ -75,6 +76,18 @@ def _by_method(counts: object) -> str:
 def _count(summary: Summary, sender: str, reason: str) -> int:
     counts = summary.by_sender.get(sender)
     return 0 if counts is None else counts.get(reason, 0)
+
+
+def _granted_text(manifest: dict[str, object]) -> str:
+    """Whether the version keeps granted_at per consent row (``filterd snapshot evidence``)."""
+    files = manifest.get("files")
+    entry = files.get(GRANTED) if isinstance(files, dict) else None
+    if not isinstance(entry, dict):
+        return "Per-row consent evidence: none (the consents file had no granted_at column)."
+    return (
+        f"Per-row consent evidence: {GRANTED}, {_n(entry.get('bytes'))} bytes, sha256 "
+        f"<code>{_e(entry.get('sha256'))}</code> (<code>filterd snapshot evidence</code>)."
+    )
 
 
 def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]], top: int) -> str:
@@ -159,7 +172,9 @@ def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]]
             )
             + ". Refused consent rows: "
             + _e(_by_method(refused.get("by_method") if isinstance(refused, dict) else None))
-            + ".</p>"
+            + ". "
+            + _granted_text(manifest)
+            + "</p>"
         )
         inputs = manifest.get("inputs")
         if isinstance(inputs, list):
@@ -178,7 +193,12 @@ def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]]
     out.append("</section>")
     out += [
         "<section><h2>Reason codes</h2>",
-        _table(("reason", "route", "meaning"), [tuple(r) for r in REASON_TABLE], set()),
+        html_table(
+            ("reason", "route", "meaning"),
+            [tuple(r) for r in REASON_TABLE],
+            set(),
+            css_class="codes",
+        ),
         "</section>",
     ]
     return "\n".join(out)

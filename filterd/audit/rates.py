@@ -10,7 +10,6 @@ shown on its own and never enters a block rate.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 
 from filterd.audit.aggregate import Summary, TopicCounts
 from filterd.audit.reasons import BLOCK_REASONS, GLOSSARY, in_table_order
@@ -133,18 +132,37 @@ def sender_rates(
 
 
 def sender_section(summary: Summary, delivered: TopicCounts | None, top: int) -> str:
-    """The printable per-sender table: delivered, blocked, block rate, blocks by reason."""
+    """The printable per-sender tables: delivered, blocked and block rate; blocks by reason.
+
+    Two tables, so that each fits a printed page however many reasons there are.
+    """
     reasons, rows = sender_rates(summary, delivered, top)
-    headers: Sequence[str] = ("sender", "delivered", "blocked", "block rate", *reasons)
+    if not rows:
+        body = ["<p>No records.</p>"]
+    else:
+        body = [
+            html_table(
+                ("sender", "delivered", "blocked", "block rate"),
+                [row[:4] for row in rows],
+                {1, 2, 3},
+                css_class="rates",
+            ),
+            "</section>",
+            f"<section><h2>Blocks per sender by reason (top {top} by blocks)</h2>",
+            html_table(
+                ("sender", *reasons),
+                [(row[0], *row[4:]) for row in rows],
+                set(range(1, len(reasons) + 1)),
+                css_class="by-reason",
+            ),
+        ]
     return "\n".join(
         [
             f"<section><h2>Delivered and blocked per sender (top {top} by blocks)</h2>",
             _delivered_note(delivered),
             '<p class="note">Block rate: blocked / (delivered + blocked) in the period. '
             "Invalid messages are not in it (see Invalid messages).</p>",
-            html_table(headers, rows, set(range(1, len(headers))), css_class="rates")
-            if rows
-            else "<p>No records.</p>",
+            *body,
             "</section>",
         ]
     )

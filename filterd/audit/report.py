@@ -21,6 +21,7 @@ from filterd.audit.consent_report import consent_sections
 from filterd.audit.coverage import Coverage
 from filterd.audit.rates import invalid_section, sender_section, totals_section
 from filterd.audit.reader import NO_LATE, LateRecords
+from filterd.audit.reasons import in_table_order
 from filterd.audit.tables import escape, html_table
 from filterd.audit.timeutil import TimeRange, format_ms
 
@@ -126,7 +127,7 @@ def reason_time_chart(summary: Summary, colors: dict[str, str]) -> str:
         )
     if keys:
         slot = plot_w / len(keys)
-        bar = max(slot * 0.8, 0.5)
+        bar = min(max(slot * 0.8, 0.5), 48.0)  # one bar of a short period stays a bar
         label = summary.buckets.label
         for i, key in enumerate(keys):
             x = left + i * slot + (slot - bar) / 2
@@ -232,9 +233,12 @@ table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: middle;
   overflow-wrap: break-word; }
 td.wrap { word-break: break-all; font-family: ui-monospace, monospace; font-size: .85em; }
-table.rates { font-size: .8em; }
+table.by-reason { font-size: .8em; }
+td.num { white-space: nowrap; }
+table.codes td:first-child { white-space: nowrap; }
 .period { font-size: 1.05em; }
 .warning { color: #a40000; }
+code { overflow-wrap: anywhere; }
 th { background: #f3f3f3; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
 svg.chart { display: block; font-size: 13px; margin: .4em 0; }
@@ -271,7 +275,7 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
     tz = meta.tz
     rule = meta.burst_rule
     reasons = list(summary.by_reason)
-    colors = _colors(sorted(reasons))
+    colors = _colors(in_table_order(set(reasons)))
     hours = summary.hours()
     bursts: list[Burst] = []
     if summary.sender_hours is not None and hours:
@@ -315,6 +319,8 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
     ]
     out += [
         "<section><h2>Blocks by reason over time</h2>",
+        f'<p class="note">One bar per {"hour" if _hourly(summary) else "day"} '
+        f"({tz_name}); the exact counts are in the tables.</p>",
         reason_time_chart(summary, colors),
         "</section>",
         f"<section><h2>Top {meta.top} senders</h2>",
@@ -361,6 +367,11 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
         "</body></html>",
     ]
     return "\n".join(out)
+
+
+def _hourly(summary: Summary) -> bool:
+    hours = summary.hours()
+    return not hours or bin_hours(hours[0], hours[-1]) == 1
 
 
 def _seen_text(summary: Summary, meta: ReportMeta) -> str:

@@ -53,6 +53,9 @@ def test_report_names_senders_relying_on_consent_that_does_not_count(tmp_path: P
     assert "Accepted methods: explicit, double-opt-in, written" in provenance
     assert "default-registration 7, pre-ticked 1" in provenance
     assert build_sha(root, version) in provenance
+    assert "Per-row consent evidence: none (the consents file had no granted_at column)" in (
+        provenance
+    )
     # The glossary explains every reason the decision can give.
     assert set(REASONS) <= set(GLOSSARY)
     glossary = page[page.index("Reason codes") :]

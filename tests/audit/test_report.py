@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from filterd.audit.aggregate import Summary
+from filterd.audit.reasons import BLOCK_REASONS
 from filterd.audit.report import ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange
 
@@ -132,7 +134,12 @@ async def test_report_renders_in_a_headless_browser(
     kafka_bootstrap: str, new_topic, tmp_path: Path
 ) -> None:
     topic, deliver, invalid = [await new_topic(partitions=3) for _ in range(3)]
-    await produce(kafka_bootstrap, topic, with_bomber(42))
+    # Every block reason there is, so the per-reason tables are as wide as they get.
+    blocks = [
+        dataclasses.replace(r, reason=BLOCK_REASONS[i % len(BLOCK_REASONS)])
+        for i, r in enumerate(with_bomber(42))
+    ]
+    await produce(kafka_bootstrap, topic, blocks)
     delivered = generate(3000, seed=43, step_ms=8_000, route="deliver")
     await produce(kafka_bootstrap, deliver, delivered)
     invalids = generate(200, seed=44, step_ms=100_000, route="invalid")

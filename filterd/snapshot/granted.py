@@ -36,6 +36,7 @@ import orjson
 
 from filterd.errors import InvalidNumber, SnapshotError
 from filterd.numbers import normalize
+from filterd.snapshot.format import sha256_file
 
 __all__ = [
     "GRANTED",
@@ -104,14 +105,13 @@ def write_granted(src: Path, dest: Path, encoding: str = "utf-8") -> dict[str, o
         else:
             encoding = "utf-8"
             _project(csv.reader(text), header, dest)
-    digest = hashlib.sha256()
-    size = 0
-    with open(dest, "rb") as f:
-        while data := f.read(_CHUNK):
-            digest.update(data)
-            size += len(data)
-        os.fsync(f.fileno())  # durable before the version is renamed into place
-    return {"bytes": size, "sha256": digest.hexdigest(), "encoding": encoding}
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # durable before the version is renamed into place
+    finally:
+        os.close(fd)
+    sha256, size = sha256_file(dest)
+    return {"bytes": size, "sha256": sha256, "encoding": encoding}
 
 
 def _copy(src: Path, dest: Path) -> None:

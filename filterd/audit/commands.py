@@ -44,7 +44,7 @@ from filterd.audit.why import (
     find_message,
     snapshot_loader,
 )
-from filterd.errors import ConfigError, FilterdError
+from filterd.errors import BrokerError, ConfigError, FilterdError
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -422,19 +422,23 @@ async def _read_report(
         late_ms=late_ms,
     )
     delivered = invalids = None
-    if deliver:
-        delivered = await count_topic(
-            ctx.params,
-            topics.deliver,
-            ctx.time_range,
-            limit=deliver_limit,
-            progress=progress,
-            late_ms=late_ms,
-        )
-    if invalid:
-        invalids = await count_topic(
-            ctx.params, topics.invalid, ctx.time_range, progress=progress, late_ms=late_ms
-        )
+    try:
+        if deliver:
+            delivered = await count_topic(
+                ctx.params,
+                topics.deliver,
+                ctx.time_range,
+                limit=deliver_limit,
+                progress=progress,
+                late_ms=late_ms,
+            )
+        if invalid:
+            invalids = await count_topic(
+                ctx.params, topics.invalid, ctx.time_range, progress=progress, late_ms=late_ms
+            )
+    except BrokerError as exc:
+        which = "--no-invalid" if delivered is not None or not deliver else "--no-deliver"
+        raise BrokerError(f"{exc} ({which} skips it)") from exc
     return summary, delivered, invalids
 
 

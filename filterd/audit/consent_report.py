@@ -24,7 +24,6 @@ import orjson
 from filterd.audit.aggregate import Summary
 from filterd.audit.reasons import REASON_TABLE
 from filterd.audit.tables import escape, html_table
-from filterd.snapshot.granted import GRANTED
 
 __all__ = ["consent_sections", "load_versions"]
 
@@ -80,6 +79,8 @@ def _count(summary: Summary, sender: str, reason: str) -> int:
 
 def _granted_text(manifest: dict[str, object]) -> str:
     """Whether the version keeps granted_at per consent row (``filterd snapshot evidence``)."""
+    from filterd.snapshot.granted import GRANTED
+
     files = manifest.get("files")
     entry = files.get(GRANTED) if isinstance(files, dict) else None
     if not isinstance(entry, dict):

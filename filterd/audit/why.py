@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader
 from filterd.audit.records import MISSING, AuditRecord, event_fields
 from filterd.audit.timeutil import TimeRange
 from filterd.errors import InvalidNumber, SnapshotError
 from filterd.router import Policy, SnapshotView, decide_value
-from filterd.snapshot.granted import GrantedRow, lookup_granted
+
+if TYPE_CHECKING:
+    from filterd.snapshot.granted import GrantedRow
 
 
 class Redecision(NamedTuple):
@@ -149,6 +151,9 @@ def consent_evidence(root: Path, record: AuditRecord) -> ConsentEvidence | None:
     record decided by a consent; None for other reasons."""
     if record.reason not in CONSENT_REASONS or record.snapshot in (MISSING, ""):
         return None
+    # Imported on first use, as the snapshot reader is.
+    from filterd.snapshot.granted import lookup_granted
+
     fields = event_fields(record.value)
     if fields.sender is None or fields.recipient is None:
         return ConsentEvidence([], "the value has no sender or recipient")

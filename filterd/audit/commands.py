@@ -270,7 +270,7 @@ async def count_topic(
     ``limit`` records (then :attr:`TopicCounts.complete` is False)."""
     counts = TopicCounts(limit)
     async with RangeReader(
-        params, [topic], time_range, progress=progress, late_ms=late_ms
+        params, [topic], time_range, progress=progress, late_ms=late_ms, reason_only=True
     ) as reader:
         async for batch in reader.batches():
             if counts.full():

@@ -107,7 +107,7 @@ def format_why(
                 buf.write(f"  consent evidence: no consent row of this pair in {r.snapshot}\n")
             for row in s.evidence.rows:
                 buf.write(
-                    f"  consent evidence: row {row.row} of the consents file: method "
+                    f"  consent evidence: line {row.line} of the consents file: method "
                     f"{row.method or '(none)'}, granted_at {row.granted_at or '(none)'}, "
                     f"expires_at {row.expires_at or '(none)'}\n"
                 )

@@ -308,7 +308,7 @@ def _evidence(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             print(
-                f"{version}: row {r.row}: sender {r.sender} recipient {r.recipient} "
+                f"{version}: line {r.line}: sender {r.sender} recipient {r.recipient} "
                 f"method {r.method or '(none)'} granted_at {r.granted_at or '(none)'} "
                 f"expires_at {r.expires_at or '(none)'}"
             )

@@ -67,9 +67,10 @@ class GrantedRow(NamedTuple):
     method: str
     granted_at: str
     expires_at: str
-    #: The row's position among the data rows of the input (1 = the first after the
-    #: header; the file's line number minus one when no row spans lines).
-    row: int
+    #: The row's line in the consents file (the header is line 1). In a file of
+    #: other columns, where only some were kept, a row whose quoted field spanned
+    #: lines (a bad row) shifts the numbers of the rows after it.
+    line: int
 
 
 def _open_text(path: Path, encoding: str) -> IO[str]:
@@ -182,6 +183,35 @@ class _Hashing(io.RawIOBase):
         return n
 
 
+class _Match:
+    """Tells whether a line of the evidence file is a row of one (sender, number)."""
+
+    def __init__(self, header: list[str], sender: str, number: int, country_code: str) -> None:
+        width = len(header)
+        # A column the file lacks reads as "" (one past the last field, padded).
+        self.at = [header.index(c) if c in header else width for c in GRANTED_COLUMNS]
+        self.need = max(self.at) + 1
+        self.sender = sender
+        self.number = number
+        self.country_code = country_code
+
+    def line(self, line: str, lineno: int, found: list[GrantedRow]) -> None:
+        """Append the line's row to ``found`` when it is one of the pair."""
+        row = next(csv.reader([line]), [])
+        at = self.at
+        if len(row) <= max(at[0], at[1]) or row[at[0]].strip() != self.sender:
+            return
+        try:
+            if normalize(row[at[1]].strip(), self.country_code) != self.number:
+                return
+        except InvalidNumber:
+            return
+        row += [""] * (self.need + 1 - len(row))
+        found.append(
+            GrantedRow(self.sender, row[at[1]], row[at[2]], row[at[3]], row[at[4]], lineno)
+        )
+
+
 def find_granted(
     vdir: Path,
     sender: str,
@@ -212,23 +242,28 @@ def find_granted(
             encoding=encoding,
             newline="",
         ) as text:
-            reader = csv.reader(text)
-            header = _names(next(reader, []))
-            width = len(header)
-            at = [header.index(c) if c in header else width for c in GRANTED_COLUMNS]
-            need = max(at) + 1
-            s_at, r_at = at[0], at[1]
-            for i, row in enumerate(reader, 1):
-                # The sender first: a lookup normalizes only that sender's recipients.
-                if len(row) <= s_at or row[s_at].strip() != sender or len(row) <= r_at:
+            header = _names(next(csv.reader([text.readline()]), []))
+            match = _Match(header, sender, number, country_code)
+            # Whole chunks without the sender's text are skipped in C; only the lines
+            # holding it are parsed. A sender that CSV would quote is looked for in all.
+            quick = bool(sender) and not any(c in sender for c in '",\r\n')
+            lineno = 1  # the header's
+            tail = ""
+            while chunk := text.read(_CHUNK):
+                chunk = tail + chunk
+                cut = chunk.rfind("\n") + 1
+                tail, chunk = chunk[cut:], chunk[:cut]
+                if quick and sender not in chunk:
+                    lineno += chunk.count("\n")
                     continue
-                try:
-                    if normalize(row[r_at].strip(), country_code) != number:
-                        continue
-                except InvalidNumber:
-                    continue
-                row = row + [""] * (need + 1 - len(row))
-                found.append(GrantedRow(sender, row[r_at], row[at[2]], row[at[3]], row[at[4]], i))
+                lines = chunk.split("\n")
+                lines.pop()  # the empty string after the last newline
+                for j, line in enumerate(lines, lineno + 1):
+                    if not quick or sender in line:
+                        match.line(line, j, found)
+                lineno += len(lines)
+            if tail:
+                match.line(tail, lineno + 1, found)
             # The gzip trailer is read; what is left (nothing, in a file as written) too.
             while hashing.read(_CHUNK):
                 pass

@@ -54,17 +54,17 @@ def test_every_pair_finds_exactly_its_rows(tmp_path: Path, name: str) -> None:
     for i in (0, 17, 399):
         sender, recipient, method, granted_at, expires_at = rows[i]
         found = lookup_granted(root, version, f" {sender} ", recipient)
-        expected = [j + 1 for j, r in enumerate(rows) if (r[0], r[1]) == (sender, recipient)]
-        assert [f.row for f in found] == expected
+        expected = [j + 2 for j, r in enumerate(rows) if (r[0], r[1]) == (sender, recipient)]
+        assert [f.line for f in found] == expected
         assert (found[0].method, found[0].granted_at, found[0].expires_at) == (
             method,
             granted_at,
             expires_at,
         )
     pair = lookup_granted(root, version, "SENDER1", "13800000077")
-    assert [(f.method, f.granted_at, f.row) for f in pair] == [
-        ("explicit", "2026-01-01T00:00:00+08:00", 401),
-        ("written", "2026-02-02T00:00:00+08:00", 402),
+    assert [(f.method, f.granted_at, f.line) for f in pair] == [
+        ("explicit", "2026-01-01T00:00:00+08:00", 402),
+        ("written", "2026-02-02T00:00:00+08:00", 403),
     ]
     assert lookup_granted(root, version, "SENDER1", "+8613800000078") == []
     assert lookup_granted(root, version, "NOBODY", "+8613800000077") == []
@@ -78,7 +78,7 @@ def test_columns_filterd_does_not_read_are_not_kept(tmp_path: Path) -> None:
     assert "Zhang San" not in kept
     assert kept.splitlines()[0] == ",".join(HEADER)
     [row] = lookup_granted(root, version, "S", "+8613800000001")
-    assert (row.method, row.granted_at, row.row) == ("explicit", "2026-01-01T00:00:00+08:00", 1)
+    assert (row.method, row.granted_at, row.line) == ("explicit", "2026-01-01T00:00:00+08:00", 2)
 
 
 def test_a_file_of_known_columns_is_kept_byte_for_byte(tmp_path: Path) -> None:
@@ -145,8 +145,8 @@ def test_snapshot_evidence_command(tmp_path: Path) -> None:
     found = run("--sender", "S", "--recipient", "13800000001", "--format", "json")
     assert found.returncode == 0, found.stderr
     doc = orjson.loads(found.stdout)
-    assert [(r["method"], r["granted_at"], r["row"]) for r in doc["rows"]] == [
-        ("written", "2026-03-04T05:06:07+08:00", 1)
+    assert [(r["method"], r["granted_at"], r["line"]) for r in doc["rows"]] == [
+        ("written", "2026-03-04T05:06:07+08:00", 2)
     ]
     text = run("--sender", "S", "--recipient", "+8613800000001")
     assert "granted_at 2026-03-04T05:06:07+08:00" in text.stdout
@@ -154,3 +154,45 @@ def test_snapshot_evidence_command(tmp_path: Path) -> None:
     bad = run("--sender", "S", "--recipient", "not-a-number")
     assert bad.returncode != 0
     assert "--recipient" in bad.stderr
+
+
+def test_lookups_cross_chunk_edges_line_endings_and_quoted_senders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import filterd.snapshot.granted as granted
+
+    rows = _rows(300, seed=4)
+    rows += [
+        ("SENDER10", "+8613800000088", "explicit", "2026-01-01T00:00:00+08:00", ""),
+        ("SENDER1", "+8613800000088", "written", "2026-01-02T00:00:00+08:00", ""),
+    ]
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(
+        ("\r\n".join([",".join(HEADER), *(",".join(r) for r in rows)]) + "\r\n").encode()
+    )
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text(
+        ",".join([*HEADER, "note"])
+        + '\n"Shop ""A"", Inc.",+8613800000001,explicit,2026-05-05T00:00:00+08:00,,"a, b"\n'
+    )
+    root = tmp_path / "snap"
+    v_crlf = build_snapshot(root, crlf)
+    v_quoted = build_snapshot(tmp_path / "other", quoted)
+    # Chunks of 64 characters: rows are cut at every place a chunk can end.
+    monkeypatch.setattr(granted, "_CHUNK", 64)
+    for i in (0, 150, 299):
+        sender, recipient = rows[i][:2]
+        found = lookup_granted(root, v_crlf, sender, recipient)
+        assert [f.line for f in found] == [
+            j + 2 for j, r in enumerate(rows) if (r[0], r[1]) == (sender, recipient)
+        ]
+        assert found[0].granted_at == rows[i][3]
+    # SENDER1 is found exactly, not as part of SENDER10.
+    [one] = lookup_granted(root, v_crlf, "SENDER1", "+8613800000088")
+    assert (one.method, one.line) == ("written", 303)
+    [shop] = lookup_granted(tmp_path / "other", v_quoted, 'Shop "A", Inc.', "13800000001")
+    assert (shop.sender, shop.granted_at, shop.line) == (
+        'Shop "A", Inc.',
+        "2026-05-05T00:00:00+08:00",
+        2,
+    )

@@ -196,3 +196,29 @@ def test_lookups_cross_chunk_edges_line_endings_and_quoted_senders(
         "2026-05-05T00:00:00+08:00",
         2,
     )
+
+
+def test_kept_columns_of_a_large_file_line_for_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import filterd.snapshot.granted as granted
+
+    monkeypatch.setattr(granted, "_CHUNK", 100)
+    rows = [(s, r, m, g, f"customer {i}") for i, (s, r, m, g, _) in enumerate(_rows(200, seed=5))]
+    header = ["sender", "recipient", "method", "granted_at", "name"]  # no expires_at
+    consents = write_csv(tmp_path / "c.csv", header, rows)
+    with consents.open("a") as f:  # a blank line, then a quoted row: the slow path
+        f.write('\n"SENDER9",+8613800000099,written,"2026-06-06T00:00:00+08:00","x, y"\n')
+    root = tmp_path / "snap"
+    version = build_snapshot(root, consents)
+    lines = gzip.decompress((root / version / GRANTED).read_bytes()).decode().splitlines()
+    assert lines[0] == ",".join(HEADER)
+    assert len(lines) == len(rows) + 3  # header, rows, blank line, quoted row
+    assert lines[5] == ",".join([*rows[4][:4], ""])
+    assert not any("customer" in line or "x, y" in line for line in lines)
+    [last] = lookup_granted(root, version, "SENDER9", "13800000099")
+    assert (last.granted_at, last.expires_at, last.line) == (
+        "2026-06-06T00:00:00+08:00",
+        "",
+        len(rows) + 3,
+    )

@@ -133,7 +133,12 @@ def reason_time_chart(summary: Summary, colors: dict[str, str]) -> str:
             x = left + i * slot + (slot - bar) / 2
             y = float(top + plot_h)
             when = label(key)[:10] if per == 24 else label(key)
-            for reason, count in sorted(bars.get(key, Counter()).items()):
+            counts = bars.get(key, Counter())
+            # Stacked in the legend's order.
+            for reason in colors:
+                count = counts.get(reason, 0)
+                if not count:
+                    continue
                 h = plot_h * count / y_max
                 y -= h
                 parts.append(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from filterd.audit.aggregate import Summary
 from filterd.audit.axes import MAX_TIME_LABELS, bin_hours, format_count, nice_ticks, time_ticks
+from filterd.audit.report import reason_time_chart
 from filterd.audit.timeutil import HourBuckets
 
 
@@ -147,3 +151,35 @@ def test_long_periods_are_charted_per_day() -> None:
     assert bin_hours(0, 23) == 1
     assert bin_hours(0, 4 * 24 - 1) == 1
     assert bin_hours(0, 4 * 24) == 24
+
+
+def _chart(hours: int, per_hour: int) -> str:
+    summary = Summary(HourBuckets(CST))
+    first = summary.buckets.hour(int(START.timestamp() * 1000))
+    for hour in range(first, first + hours):
+        summary.hour_reason[hour] = Counter({"no-consent": per_hour, "opted-out": 1})
+        summary.by_hour[hour] = per_hour + 1
+    return reason_time_chart(summary, {"no-consent": "#c00", "opted-out": "#808"})
+
+
+def _texts(chart: str, cls: str) -> list[str]:
+    return re.findall(rf'<text class="axis {cls}"[^>]*>([^<]*)</text>', chart)
+
+
+def test_a_chart_of_hours_and_thousands() -> None:
+    chart = _chart(24, 12_344)
+    assert 'data-bar="hour"' in chart
+    assert _texts(chart, "xtick")[:2] == ["11-11 00:00", "03:00"]
+    assert _texts(chart, "ytick") == ["0", "5,000", "10,000", "15,000"]
+    assert chart.count("no-consent: 12,344</title>") == 24
+
+
+def test_a_chart_of_two_months_and_billions_has_day_bars() -> None:
+    chart = _chart(60 * 24, 90_000_000)  # 2.16 G blocks a day
+    assert 'data-bar="day"' in chart
+    assert chart.count("<title>") == 2 * 60  # one bar per day, two reasons
+    assert "no-consent: 2,160,000,000</title>" in chart
+    assert _texts(chart, "ytick") == ["0", "500M", "1G", "1.5G", "2G", "2.5G"]
+    days = _texts(chart, "xtick")
+    assert 3 <= len(days) <= MAX_TIME_LABELS
+    assert all(re.fullmatch(r"\d\d-\d\d|\d{4}-\d\d-\d\d", d) for d in days)

@@ -94,7 +94,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     why.add_argument("--unmask", action="store_true", help="show the full recipient (logged)")
     why.set_defaults(func=_pipe_safe(_run_why))
 
-    report = sub.add_parser("report", help="a self-contained HTML report with charts")
+    report = sub.add_parser(
+        "report",
+        help="a printable HTML report: delivered and blocked per sender, reasons, evidence",
+    )
     _common(report)
     report.add_argument("--out", required=True, help="the HTML file to write")
     report.add_argument(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from filterd.audit.reader import NO_LATE
@@ -21,6 +21,29 @@ from filterd.audit.timeutil import HourBuckets
 #: The sender shown for a record whose value has no readable sender
 #: (values on the invalid topic may not be JSON at all).
 NO_SENDER = "(none)"
+
+
+class Seen:
+    """The earliest and latest timestamps of the records counted."""
+
+    __slots__ = ("first_ms", "last_ms")
+
+    def __init__(self) -> None:
+        self.first_ms: int | None = None
+        self.last_ms: int | None = None
+
+    def add(self, ts_ms: int) -> None:
+        """Take one timestamp into account."""
+        if self.first_ms is None or ts_ms < self.first_ms:
+            self.first_ms = ts_ms
+        if self.last_ms is None or ts_ms > self.last_ms:
+            self.last_ms = ts_ms
+
+    def merge(self, other: Seen) -> None:
+        """Take another set of records' span into account."""
+        for ts in (other.first_ms, other.last_ms):
+            if ts is not None:
+                self.add(ts)
 
 
 class SenderCount(NamedTuple):
@@ -56,6 +79,8 @@ class Summary:
         self.sender_hours: dict[str, Counter[int]] | None = {} if sender_hours else None
         #: Records stamped in the range that the read's late margin missed.
         self.late = NO_LATE
+        #: The earliest and latest record timestamps counted (None before any).
+        self.seen = Seen()
 
     def add_batch(self, records: Iterable[AuditRecord]) -> None:
         """Count a batch of records."""
@@ -69,11 +94,18 @@ class Summary:
         sender_hours = self.sender_hours
         hour_of = self.buckets.hour
         count = 0
+        # The span seen, as locals: no call per record for it.
+        lo = hi = None
         for record in records:
             count += 1
+            ts = record.timestamp_ms
+            if lo is None or ts < lo:
+                lo = ts
+            if hi is None or ts > hi:
+                hi = ts
             reason = record.reason
             sender = sender_of(record.value) or NO_SENDER
-            hour = hour_of(record.timestamp_ms)
+            hour = hour_of(ts)
             by_reason[reason] += 1
             per_sender = by_sender.get(sender)
             if per_sender is None:
@@ -97,6 +129,9 @@ class Summary:
                     hours = sender_hours[sender] = Counter()
                 hours[hour] += 1
         self.total += count
+        if lo is not None and hi is not None:
+            self.seen.add(lo)
+            self.seen.add(hi)
 
     def top_senders(self, n: int | None = None) -> list[SenderCount]:
         """Senders by blocked count, highest first (ties by sender id)."""
@@ -130,6 +165,47 @@ class Summary:
                 for category, reasons in sorted(self.by_declared_category.items())
             },
         }
+
+
+class TopicCounts:
+    """Per-sender and per-reason counts of a topic read only for its totals: the
+    deliver topic (the denominators of block rates) and the invalid topic.
+
+    Memory is one counter per distinct sender and per reason, whatever the
+    traffic: a day of deliver traffic streams through. ``limit`` stops counting
+    after that many records (:attr:`complete` is then False and the counts are
+    lower bounds).
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.total = 0
+        self.by_sender: Counter[str] = Counter()
+        self.by_reason: Counter[str] = Counter()
+        self.limit = limit
+        #: False when ``limit`` cut the read short.
+        self.complete = True
+        #: Records stamped in the range that the read's late margin missed.
+        self.late = NO_LATE
+        #: The earliest and latest record timestamps counted.
+        self.seen = Seen()
+
+    def full(self) -> bool:
+        """Whether ``limit`` has been reached (the reader may stop)."""
+        return self.limit is not None and self.total >= self.limit
+
+    def add_batch(self, records: Sequence[AuditRecord]) -> None:
+        """Count a batch (only up to ``limit``)."""
+        if self.limit is not None and self.total + len(records) > self.limit:
+            records = records[: max(0, self.limit - self.total)]
+            self.complete = False
+        if records:
+            self.seen.add(min(r.timestamp_ms for r in records))
+            self.seen.add(max(r.timestamp_ms for r in records))
+        by_sender = self.by_sender
+        # Only the sender is parsed out of each value, and only the header's reason read.
+        by_sender.update([sender_of(r.value) or NO_SENDER for r in records])
+        self.by_reason.update([r.reason for r in records])
+        self.total += len(records)
 
 
 def _sorted_counts(counts: Counter[str]) -> dict[str, int]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import orjson
 
-from filterd.audit.aggregate import Summary
+from filterd.audit.aggregate import Summary, TopicCounts
 from filterd.audit.consent_report import load_versions
 from filterd.audit.coverage import Coverage
 from filterd.audit.export import ExportFilter, RowWriter, check_reasons, export_rows
@@ -37,8 +37,14 @@ from filterd.audit.reader import (
 from filterd.audit.records import event_fields
 from filterd.audit.report import BurstRule, ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time, parse_tz
-from filterd.audit.why import Redecider, Sighting, find_message, snapshot_loader
-from filterd.errors import ConfigError, FilterdError
+from filterd.audit.why import (
+    Redecider,
+    Sighting,
+    consent_evidence,
+    find_message,
+    snapshot_loader,
+)
+from filterd.errors import BrokerError, ConfigError, FilterdError
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -88,10 +94,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     why.add_argument("--unmask", action="store_true", help="show the full recipient (logged)")
     why.set_defaults(func=_pipe_safe(_run_why))
 
-    report = sub.add_parser("report", help="a self-contained HTML report with charts")
+    report = sub.add_parser(
+        "report",
+        help="a printable HTML report: delivered and blocked per sender, reasons, evidence",
+    )
     _common(report)
     report.add_argument("--out", required=True, help="the HTML file to write")
-    report.add_argument("--invalid", action="store_true", help="also read the invalid topic")
+    report.add_argument(
+        "--invalid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read the invalid topic for its own section (default: yes)",
+    )
+    report.add_argument(
+        "--deliver",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read the deliver topic for delivered counts and block rates (default: yes)",
+    )
+    report.add_argument(
+        "--deliver-limit",
+        type=int,
+        metavar="N",
+        help="count at most N delivered records (the report says the counts are partial)",
+    )
     report.add_argument("--top", type=int, default=20, help="senders charted (default 20)")
     report.add_argument("--burst-window", type=int, default=6, help="hours of baseline")
     report.add_argument("--burst-min", type=int, default=50, help="blocks in the hour, at least")
@@ -234,6 +260,30 @@ async def summarize(
     return summary
 
 
+async def count_topic(
+    params: KafkaParams,
+    topic: str,
+    time_range: TimeRange,
+    *,
+    limit: int | None = None,
+    progress: ProgressCallback | None = None,
+    late_ms: int = 0,
+) -> TopicCounts:
+    """Per-sender and per-reason counts of ``topic`` over the range, at most
+    ``limit`` records (then :attr:`TopicCounts.complete` is False)."""
+    counts = TopicCounts(limit)
+    async with RangeReader(
+        params, [topic], time_range, progress=progress, late_ms=late_ms, reason_only=True
+    ) as reader:
+        async for batch in reader.batches():
+            if counts.full():
+                counts.complete = False
+                break
+            counts.add_batch(batch)
+    counts.late = reader.late()
+    return counts
+
+
 def _run_summary(args: argparse.Namespace) -> int:
     ctx = _Context(args)
     summary = asyncio.run(
@@ -340,7 +390,10 @@ def _run_why(args: argparse.Namespace) -> int:
     redecider = Redecider(root, cfg.policy, loader)
     country = cfg.policy.default_country_code
     show = full_recipient if args.unmask else mask_recipient
-    sightings = [Sighting(record, redecider.redecide(record)) for record in found]
+    sightings = [
+        Sighting(record, redecider.redecide(record), consent_evidence(root, record))
+        for record in found
+    ]
     if args.format == "json":
         doc = {
             "id": args.id,
@@ -356,20 +409,61 @@ def _run_why(args: argparse.Namespace) -> int:
     return 0 if all(s.redecision.reproduces is not False for s in sightings) else 3
 
 
+async def _read_report(
+    ctx: _Context, *, deliver: bool, invalid: bool, deliver_limit: int | None
+) -> tuple[Summary, TopicCounts | None, TopicCounts | None]:
+    """The block topic summarized; the deliver and invalid topics counted (or None)."""
+    topics = ctx.config.topics
+    progress, late_ms = ctx.progress, ctx.late_ms
+    summary = await summarize(
+        ctx.params,
+        [topics.block],
+        ctx.time_range,
+        HourBuckets(ctx.tz),
+        sender_hours=True,
+        progress=progress,
+        late_ms=late_ms,
+    )
+    delivered = invalids = None
+    try:
+        if deliver:
+            delivered = await count_topic(
+                ctx.params,
+                topics.deliver,
+                ctx.time_range,
+                limit=deliver_limit,
+                progress=progress,
+                late_ms=late_ms,
+            )
+        if invalid:
+            invalids = await count_topic(
+                ctx.params, topics.invalid, ctx.time_range, progress=progress, late_ms=late_ms
+            )
+    except BrokerError as exc:
+        which = "--no-invalid" if delivered is not None or not deliver else "--no-deliver"
+        raise BrokerError(f"{exc} ({which} skips it)") from exc
+    return summary, delivered, invalids
+
+
 def _run_report(args: argparse.Namespace) -> int:
     ctx = _Context(args)
-    topics = _topics(ctx.config, args.invalid)
-    summary = asyncio.run(
-        summarize(
-            ctx.params,
-            topics,
-            ctx.time_range,
-            HourBuckets(ctx.tz),
-            sender_hours=True,
-            progress=ctx.progress,
-            late_ms=ctx.late_ms,
+    if args.deliver_limit is not None and args.deliver_limit < 1:
+        raise ConfigError("--deliver-limit", "must be >= 1")
+    cfg = ctx.config
+    topics = [cfg.topics.block]
+    topics += [cfg.topics.deliver] if args.deliver else []
+    topics += [cfg.topics.invalid] if args.invalid else []
+    summary, delivered, invalids = asyncio.run(
+        _read_report(
+            ctx, deliver=args.deliver, invalid=args.invalid, deliver_limit=args.deliver_limit
         )
     )
+    late = summary.late
+    for counts in (delivered, invalids):
+        if counts is not None:
+            late = LateRecords(
+                late.records + counts.late.records, max(late.needed_ms, counts.late.needed_ms)
+            )
     meta = ReportMeta(
         topics=topics,
         time_range=ctx.time_range,
@@ -380,7 +474,9 @@ def _run_report(args: argparse.Namespace) -> int:
         burst_rule=BurstRule(args.burst_window, args.burst_min, args.burst_ratio),
         versions=load_versions(ctx.config.snapshot.root, sorted(summary.by_snapshot)),
         late_ms=ctx.late_ms,
-        late=ctx.coverage(summary.late).late,
+        late=ctx.coverage(late).late,
+        delivered=delivered,
+        invalid=invalids,
     )
     document = render_report(summary, meta)
     tmp = f"{args.out}.tmp.{os.getpid()}"

@@ -3,62 +3,35 @@
 :func:`filterd.audit.report.render_report` places these after its charts. They
 are tables, not charts, so that they print: a regulator's case file is paper.
 
-* a per-sender table of blocks by reason;
 * the senders relying on consent that does not count: their
   ``consent-not-explicit`` and ``consent-expired`` blocks, their messages sent as
   an exempt category with a marketing text, and the snapshot build's count of
   their refused consent rows by method (``refused.json`` of the version);
 * the provenance of every snapshot version that decided: build time, counts,
   the inputs with their SHA-256, the accepted methods, the refused rows;
-* a glossary of the reason codes.
+* a glossary of the reason codes (:data:`filterd.audit.reasons.REASON_TABLE`).
 
-Partial: the report reads the block topic (and the invalid one with
-``--invalid``), not the deliver topic, so it has no per-sender delivered counts
-and block rates yet, and invalid records still share the totals table with the
-blocks.
+The per-sender table of delivered and blocked messages is :mod:`filterd.audit.rates`.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import orjson
 
 from filterd.audit.aggregate import Summary
+from filterd.audit.reasons import REASON_TABLE
+from filterd.audit.tables import escape, html_table
 
-__all__ = ["GLOSSARY", "consent_sections", "load_versions"]
+__all__ = ["consent_sections", "load_versions"]
 
-#: Every reason code, as docs/contract.md defines it, in one line each.
-GLOSSARY: Mapping[str, str] = {
-    "consent": "delivered: the recipient gave this sender a valid consent of an accepted method",
-    "exempt-category": "delivered: a category exempt from consent (e.g. verification codes)",
-    "opted-out": "blocked: the recipient opted out of this sender, or of every sender",
-    "consent-expired": "blocked: the sender's accepted consent had expired at the message's time",
-    "consent-not-explicit": "blocked: the sender only holds consents obtained by a method that "
-    "does not count (e.g. default registration, pre-ticked boxes, a third party's)",
-    "unknown-sender": "blocked: the sender has no consent or opt-out at all in the snapshot",
-    "recipient-dnd": "blocked: the recipient is on the do-not-disturb list",
-    "no-consent": "blocked: no consent of this recipient for this sender",
-    "oversized": "invalid: the event is larger than the size limit",
-    "malformed-json": "invalid: not JSON, or not a JSON object",
-    "missing-field": "invalid: no id, sender or recipient, or an empty one",
-    "bad-field-type": "invalid: a field of the wrong type",
-    "bad-recipient": "invalid: the recipient is not a phone number",
-    "internal-error": "invalid: the decision failed (a bug); the record was kept",
-}
 _EVIDENCE_REASONS = ("consent-not-explicit", "consent-expired")
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: set[int]) -> str:
-    from filterd.audit.report import _table as table
-
-    return table(headers, rows, numeric)
+_e = escape
+_table = html_table
 
 
 def load_versions(root: Path | None, versions: Sequence[str]) -> dict[str, dict[str, object]]:
@@ -86,13 +59,17 @@ def load_versions(root: Path | None, versions: Sequence[str]) -> dict[str, dict[
 
 
 def _pairs(counts: object) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items()) if isinstance(counts, dict) else ""
+    return ", ".join(f"{k} {_n(v)}" for k, v in counts.items()) if isinstance(counts, dict) else ""
+
+
+def _n(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _by_method(counts: object) -> str:
     if not isinstance(counts, dict) or not counts:
         return "none"
-    return ", ".join(f"{m or '(empty)'} {n}" for m, n in counts.items())
+    return ", ".join(f"{m or '(empty)'} {_n(n)}" for m, n in counts.items())
 
 
 def _count(summary: Summary, sender: str, reason: str) -> int:
@@ -100,22 +77,23 @@ def _count(summary: Summary, sender: str, reason: str) -> int:
     return 0 if counts is None else counts.get(reason, 0)
 
 
+def _granted_text(manifest: dict[str, object]) -> str:
+    """Whether the version keeps granted_at per consent row (``filterd snapshot evidence``)."""
+    from filterd.snapshot.granted import GRANTED
+
+    files = manifest.get("files")
+    entry = files.get(GRANTED) if isinstance(files, dict) else None
+    if not isinstance(entry, dict):
+        return "Per-row consent evidence: none (the consents file had no granted_at column)."
+    return (
+        f"Per-row consent evidence: {GRANTED}, {_n(entry.get('bytes'))} bytes, sha256 "
+        f"<code>{_e(entry.get('sha256'))}</code> (<code>filterd snapshot evidence</code>)."
+    )
+
+
 def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]], top: int) -> str:
     """The HTML of the evidence sections."""
     out: list[str] = []
-    reasons = [r for r, _ in summary.by_reason.most_common()]
-    senders = summary.top_senders(top)
-    out += [
-        f"<section><h2>Blocks per sender by reason (top {top})</h2>",
-        _table(
-            ("sender", "total", *reasons),
-            [(s.sender, s.total, *(s.by_reason.get(r, 0) for r in reasons)) for s in senders],
-            set(range(1, len(reasons) + 2)),
-        )
-        if senders
-        else "<p>No records.</p>",
-        "</section>",
-    ]
     # The newest version that decided and still has its refused-row report.
     refused_by_sender: dict[str, object] = {}
     source: str | None = None
@@ -173,7 +151,7 @@ def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]]
         entry = versions.get(version)
         if entry is None:
             out.append(
-                f"<p><strong>{_e(version)}</strong>: decided {summary.by_snapshot[version]} "
+                f"<p><strong>{_e(version)}</strong>: decided {summary.by_snapshot[version]:,} "
                 "records; its files are no longer under the snapshot root.</p>"
             )
             continue
@@ -184,7 +162,7 @@ def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]]
         accept = manifest.get("accept_methods")
         out.append(
             f"<p><strong>{_e(version)}</strong>: built {_e(manifest.get('created_at'))}, decided "
-            f"{summary.by_snapshot[version]} records. Counts: "
+            f"{summary.by_snapshot[version]:,} records. Counts: "
             + _e(_pairs(counts))
             + ". Accepted methods: "
             + _e(", ".join(accept) if isinstance(accept, list) else "all (format 1)")
@@ -195,7 +173,9 @@ def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]]
             )
             + ". Refused consent rows: "
             + _e(_by_method(refused.get("by_method") if isinstance(refused, dict) else None))
-            + ".</p>"
+            + ". "
+            + _granted_text(manifest)
+            + "</p>"
         )
         inputs = manifest.get("inputs")
         if isinstance(inputs, list):
@@ -208,12 +188,18 @@ def consent_sections(summary: Summary, versions: Mapping[str, dict[str, object]]
                         if isinstance(i, dict)
                     ],
                     {2},
+                    wrap={1, 3},
                 )
             )
     out.append("</section>")
     out += [
         "<section><h2>Reason codes</h2>",
-        _table(("reason", "meaning"), list(GLOSSARY.items()), set()),
+        html_table(
+            ("reason", "route", "meaning"),
+            [tuple(r) for r in REASON_TABLE],
+            set(),
+            css_class="codes",
+        ),
         "</section>",
     ]
     return "\n".join(out)

@@ -15,8 +15,8 @@ from typing import IO, Final, NamedTuple
 
 import orjson
 
-from filterd import router
 from filterd.audit.mask import full_recipient, mask_recipient
+from filterd.audit.reasons import REASON_TABLE
 from filterd.audit.records import AuditRecord, event_fields
 from filterd.audit.timeutil import format_ms
 from filterd.errors import ConfigError
@@ -42,28 +42,7 @@ COLUMNS: tuple[str, ...] = (
 #: Every reason code an output record may carry (docs/contract.md "Policy and
 #: reason codes"), including those of rules to come, so that an auditor's query
 #: for them keeps working when they arrive.
-KNOWN_REASONS: Final = tuple(
-    sorted(
-        {
-            outcome.reason
-            for outcome in (
-                router.CONSENT,
-                router.EXEMPT_CATEGORY,
-                router.OPTED_OUT,
-                router.UNKNOWN_SENDER,
-                router.RECIPIENT_DND,
-                router.NO_CONSENT,
-                router.OVERSIZED,
-                router.MALFORMED_JSON,
-                router.MISSING_FIELD,
-                router.BAD_FIELD_TYPE,
-                router.BAD_RECIPIENT,
-                router.INTERNAL_ERROR,
-            )
-        }
-        | {"consent-expired", "consent-not-explicit", "quiet-hours", "frequency-cap", "monitored"}
-    )
-)
+KNOWN_REASONS: Final = tuple(sorted(r.code for r in REASON_TABLE))
 
 
 def check_reasons(reasons: Iterable[str]) -> frozenset[str]:

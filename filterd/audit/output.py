@@ -100,4 +100,15 @@ def format_why(
             )
         else:
             buf.write(f"  not re-decided: snapshot {again.snapshot} {again.error}\n")
+        if s.evidence is not None:
+            if s.evidence.error is not None:
+                buf.write(f"  consent evidence: not available: {s.evidence.error}\n")
+            elif not s.evidence.rows:
+                buf.write(f"  consent evidence: no consent row of this pair in {r.snapshot}\n")
+            for row in s.evidence.rows:
+                buf.write(
+                    f"  consent evidence: line {row.line} of the consents file: method "
+                    f"{row.method or '(none)'}, granted_at {row.granted_at or '(none)'}, "
+                    f"expires_at {row.expires_at or '(none)'}\n"
+                )
     return buf.getvalue()

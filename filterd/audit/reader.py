@@ -21,7 +21,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from filterd.audit.records import AuditRecord, declared_category_of, decode_headers
+from filterd.audit.records import AuditRecord, declared_category_of, decode_headers, reason_of
 from filterd.audit.timeutil import TimeRange
 from filterd.errors import BrokerError
 
@@ -96,6 +96,11 @@ class RangeReader:
     further to catch such records. With ``late_ms`` at least the worst
     disorder (the lag between input partitions), the end is exact too.
 
+    With ``reason_only`` only the reason header is decoded (counting a large
+    topic, such as the deliver topic, by sender and reason needs no more):
+    the records' ``route``, ``snapshot`` and ``source`` are then empty strings
+    (not read) and ``declared_category`` None.
+
     A margin too small is not silent: past each stop offset the reader looks
     at up to ``probe_offsets`` more offsets, counts the records stamped inside
     the range among them (``late_beyond``, not returned) and works out the
@@ -114,8 +119,10 @@ class RangeReader:
         max_records: int = 5000,
         late_ms: int = 0,
         probe_offsets: int = 1000,
+        reason_only: bool = False,
     ) -> None:
         self._params = params
+        self._reason_only = reason_only
         self._probe_offsets = probe_offsets
         self._late_ms = late_ms
         self._topics = tuple(topics)
@@ -279,6 +286,7 @@ class RangeReader:
             batch: list[AuditRecord] = []
             append = batch.append
             contains = time_range.contains
+            reason_only = self._reason_only
             for tp, messages in fetched.items():
                 read_stop = reads.get(tp)
                 if read_stop is None:
@@ -292,6 +300,22 @@ class RangeReader:
                         continue
                     if not contains(msg.timestamp):
                         self.skipped_out_of_range += 1
+                        continue
+                    if reason_only:
+                        append(
+                            AuditRecord(
+                                msg.topic,
+                                msg.partition,
+                                msg.offset,
+                                msg.timestamp,
+                                msg.key,
+                                msg.value,
+                                "",
+                                reason_of(msg.headers),
+                                "",
+                                "",
+                            )
+                        )
                         continue
                     route, reason, snapshot, source = decode_headers(msg.headers)
                     append(

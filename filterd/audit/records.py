@@ -68,6 +68,14 @@ def decode_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[str, str, str,
     )
 
 
+def reason_of(headers: Sequence[tuple[str, bytes]]) -> str:
+    """Just the ``filterd-reason`` header; :data:`MISSING` if absent."""
+    for name, raw in headers:
+        if name == REASON_HEADER:
+            return raw.decode("utf-8", "replace")
+    return MISSING
+
+
 def declared_category_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
     """The ``filterd-declared-category`` header, or None when the record has none."""
     for name, raw in headers:

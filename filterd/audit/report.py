@@ -9,17 +9,20 @@ check in a headless browser; the report reads the same without it.
 
 from __future__ import annotations
 
-import html
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
 from filterd import __version__
-from filterd.audit.aggregate import Burst, Summary, find_bursts
+from filterd.audit.aggregate import Burst, Seen, Summary, TopicCounts, find_bursts
+from filterd.audit.axes import bin_hours, format_count, nice_ticks, time_ticks
 from filterd.audit.consent_report import consent_sections
 from filterd.audit.coverage import Coverage
+from filterd.audit.rates import invalid_section, sender_section, totals_section
 from filterd.audit.reader import NO_LATE, LateRecords
+from filterd.audit.reasons import in_table_order
+from filterd.audit.tables import escape, html_table
 from filterd.audit.timeutil import TimeRange, format_ms
 
 # Reasons keep their colour across charts and reports; other (future)
@@ -65,10 +68,13 @@ class ReportMeta:
     #: The late margin read and what it missed.
     late_ms: int = 0
     late: LateRecords = NO_LATE
+    #: Counts of the deliver topic (None: not read, --no-deliver).
+    delivered: TopicCounts | None = None
+    #: Counts of the invalid topic (None: not read, --no-invalid).
+    invalid: TopicCounts | None = None
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+_e = escape
 
 
 def _colors(reasons: Sequence[str]) -> dict[str, str]:
@@ -79,23 +85,6 @@ def _colors(reasons: Sequence[str]) -> dict[str, str]:
     return colors
 
 
-def _nice_max(value: int) -> int:
-    """The smallest 1/2/5 x 10^k at or above ``value`` (an axis top)."""
-    if value <= 0:
-        return 1
-    scale = 1
-    while True:
-        for step in (1, 2, 5):
-            if step * scale >= value:
-                return step * scale
-        scale *= 10
-
-
-def _short_hour(label: str) -> str:
-    # "2026-11-11T08:00+08:00" -> "11-11 08:00": the zone is in the header.
-    return f"{label[5:10]} {label[11:16]}"
-
-
 def _legend(colors: dict[str, str], x: float, y: float) -> list[str]:
     parts: list[str] = []
     for reason, color in colors.items():
@@ -103,52 +92,66 @@ def _legend(colors: dict[str, str], x: float, y: float) -> list[str]:
             f'<rect x="{x:.0f}" y="{y - 9:.0f}" width="10" height="10" fill="{color}"/>'
             f'<text x="{x + 14:.0f}" y="{y:.0f}">{_e(reason)}</text>'
         )
-        x += 26 + 6.2 * len(reason)
+        x += 26 + 7.4 * len(reason)
     return parts
 
 
 def reason_time_chart(summary: Summary, colors: dict[str, str]) -> str:
-    """Stacked bars: records per hour, split by reason."""
+    """Stacked bars: blocks per hour (per day over more than four days), split by reason."""
     hours = summary.hours()
     width, height = 960, 340
-    left, right, top, bottom = 60, 12, 34, 42
+    left, right, top, bottom = 64, 12, 34, 42
     plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max((summary.by_hour[h] for h in hours), default=0)
-    y_max = _nice_max(peak)
+    per = bin_hours(hours[0], hours[-1]) if hours else 1
+    # Bars of ``per`` hours each, keyed by the bar's first hour.
+    bars: dict[int, Counter[str]] = {}
+    for hour, counts in summary.hour_reason.items():
+        bars.setdefault(hour - hour % per, Counter()).update(counts)
+    keys = list(range(hours[0] - hours[0] % per, hours[-1] + 1, per)) if hours else []
+    peak = max((sum(c.values()) for c in bars.values()), default=0)
+    ticks = nice_ticks(peak)
+    y_max = ticks[-1]
+    unit = "hour" if per == 1 else "day"
     parts = [
         f'<svg class="chart" id="chart-reasons-over-time" viewBox="0 0 {width} {height}" '
-        f'width="100%" role="img" aria-label="Blocks by reason per hour" '
-        f'xmlns="http://www.w3.org/2000/svg">'
+        f'width="100%" role="img" aria-label="Blocks by reason per {unit}" '
+        f'data-bar="{unit}" xmlns="http://www.w3.org/2000/svg">'
     ]
     parts += _legend(colors, left, 16)
-    for i in range(5):
-        value = y_max * i // 4
+    for value in ticks:
         y = top + plot_h - plot_h * value / y_max
         parts.append(
             f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-            f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>'
+            f'<text class="axis ytick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+            f"{_e(format_count(value))}</text>"
         )
-    if hours:
-        slot = plot_w / len(hours)
-        bar = max(slot * 0.8, 0.5)
-        label_every = max(1, round(len(hours) / 10))
-        for i, hour in enumerate(hours):
+    if keys:
+        slot = plot_w / len(keys)
+        bar = min(max(slot * 0.8, 0.5), 48.0)  # one bar of a short period stays a bar
+        label = summary.buckets.label
+        for i, key in enumerate(keys):
             x = left + i * slot + (slot - bar) / 2
             y = float(top + plot_h)
-            label = summary.buckets.label(hour)
-            for reason, count in sorted(summary.hour_reason.get(hour, Counter()).items()):
+            when = label(key)[:10] if per == 24 else label(key)
+            counts = bars.get(key, Counter())
+            # Stacked in the legend's order.
+            for reason in colors:
+                count = counts.get(reason, 0)
+                if not count:
+                    continue
                 h = plot_h * count / y_max
                 y -= h
                 parts.append(
                     f'<rect class="bar" x="{x:.2f}" y="{y:.2f}" width="{bar:.2f}" '
                     f'height="{h:.2f}" fill="{colors[reason]}">'
-                    f"<title>{_e(label)} {_e(reason)}: {count}</title></rect>"
+                    f"<title>{_e(when)} {_e(reason)}: {count:,}</title></rect>"
                 )
-            if i % label_every == 0:
-                parts.append(
-                    f'<text class="axis" x="{left + i * slot + slot / 2:.1f}" '
-                    f'y="{top + plot_h + 16}" text-anchor="middle">{_e(_short_hour(label))}</text>'
-                )
+        for key, text in time_ticks(keys[0], keys[-1] + per - 1, label, min_step=per):
+            i = (key - keys[0]) // per
+            parts.append(
+                f'<text class="axis xtick" x="{left + i * slot + slot / 2:.1f}" '
+                f'y="{top + plot_h + 16}" text-anchor="middle">{_e(text)}</text>'
+            )
     parts.append(
         f'<line class="axisline" x1="{left}" x2="{width - right}" '
         f'y1="{top + plot_h}" y2="{top + plot_h}"/></svg>'
@@ -190,7 +193,9 @@ def top_senders_chart(summary: Summary, colors: dict[str, str], top: int) -> str
                 "</rect>"
             )
             x += w
-        parts.append(f'<text class="axis" x="{x + 6:.1f}" y="{y + 15}">{row.total}</text>')
+        parts.append(
+            f'<text class="axis" x="{x + 6:.1f}" y="{y + 15}">{_e(format_count(row.total))}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -219,20 +224,7 @@ def sparkline(counts: Counter[int], hours: Sequence[int], highlight: int) -> str
     return "".join(parts)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: set[int]) -> str:
-    head = "".join(
-        f"<th{' class=num' if i in numeric else ''}>{_e(h)}</th>" for i, h in enumerate(headers)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td{' class=num' if i in numeric else ''}>{_e(cell)}</td>"
-            for i, cell in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+_table = html_table
 
 
 _CSS = """
@@ -243,10 +235,18 @@ h1 { font-size: 1.5em; margin-bottom: .2em; }
 h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 .meta { color: #555; font-size: .9em; }
 table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: middle; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: middle;
+  overflow-wrap: break-word; }
+td.wrap { word-break: break-all; font-family: ui-monospace, monospace; font-size: .85em; }
+table.by-reason { font-size: .8em; }
+td.num { white-space: nowrap; }
+table.codes td:first-child { white-space: nowrap; }
+.period { font-size: 1.05em; }
+.warning { color: #a40000; }
+code { overflow-wrap: anywhere; }
 th { background: #f3f3f3; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
-svg.chart { display: block; font-size: 11px; margin: .4em 0; }
+svg.chart { display: block; font-size: 13px; margin: .4em 0; }
 svg.chart text { fill: #333; }
 svg.chart .grid { stroke: #e4e4e4; }
 svg.chart .axisline { stroke: #888; }
@@ -267,6 +267,8 @@ _MARKER = """<script>
   window.addEventListener("error", function () { failed = true; });
   window.addEventListener("load", function () {
     document.body.setAttribute("data-charts", document.querySelectorAll("svg.chart").length);
+    var root = document.documentElement;
+    document.body.setAttribute("data-overflow", Math.max(0, root.scrollWidth - root.clientWidth));
     document.body.setAttribute("data-rendered", failed ? "error" : "ok");
   });
 })();
@@ -278,7 +280,7 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
     tz = meta.tz
     rule = meta.burst_rule
     reasons = list(summary.by_reason)
-    colors = _colors(sorted(reasons))
+    colors = _colors(in_table_order(set(reasons)))
     hours = summary.hours()
     bursts: list[Burst] = []
     if summary.sender_hours is not None and hours:
@@ -310,29 +312,20 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
         "<title>filterd audit report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>filterd audit report</h1>",
-        f'<p class="meta">Topics: {_e(", ".join(meta.topics))}<br>'
-        f"Records {range_text}, by the output record's Kafka timestamp.<br>"
+        f'<p class="period"><strong>Period covered: {range_text}</strong>, by the output '
+        f"record's Kafka timestamp, times in {tz_name}.</p>",
+        f'<p class="meta">{_seen_text(summary, meta)}<br>'
+        f"Topics read: {_e(', '.join(meta.topics))}.<br>"
         f"{margin}"
-        f"Hours are shown in {tz_name}. Generated {_e(format_ms(meta.generated_ms, tz))} "
-        f"by filterd {_e(__version__)}.</p>",
+        f"Generated {_e(format_ms(meta.generated_ms, tz))} by filterd {_e(__version__)}.</p>",
         f'<p class="warning"><strong>{_e(warning)}</strong></p>' if warning else "",
-        "<section><h2>Totals</h2>",
-        f"<p><strong>{summary.total}</strong> records.</p>",
+        totals_section(summary, meta.delivered, meta.invalid),
+        sender_section(summary, meta.delivered, meta.top),
     ]
-    if summary.total:
-        out.append(
-            _table(
-                ("reason", "records", "share"),
-                [
-                    (reason, count, f"{100 * count / summary.total:.1f} %")
-                    for reason, count in summary.by_reason.most_common()
-                ],
-                {1, 2},
-            )
-        )
-    out.append("</section>")
     out += [
         "<section><h2>Blocks by reason over time</h2>",
+        f'<p class="note">One bar per {"hour" if _hourly(summary) else "day"} '
+        f"({tz_name}); the exact counts are in the tables.</p>",
         reason_time_chart(summary, colors),
         "</section>",
         f"<section><h2>Top {meta.top} senders</h2>",
@@ -371,13 +364,34 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
     out.append("</section>")
     out += [
         "<section><h2>Snapshot versions</h2>",
-        _table(("snapshot version", "records"), sorted(summary.by_snapshot.items()), {1}),
+        _table(("snapshot version", "blocks"), sorted(summary.by_snapshot.items()), {1}),
         "</section>",
+        invalid_section(meta.invalid, meta.top),
         consent_sections(summary, meta.versions, meta.top),
         _MARKER,
         "</body></html>",
     ]
     return "\n".join(out)
+
+
+def _hourly(summary: Summary) -> bool:
+    hours = summary.hours()
+    return not hours or bin_hours(hours[0], hours[-1]) == 1
+
+
+def _seen_text(summary: Summary, meta: ReportMeta) -> str:
+    """Which records were found: the earliest and latest timestamps of all topics read."""
+    seen = Seen()
+    seen.merge(summary.seen)
+    for counts in (meta.delivered, meta.invalid):
+        if counts is not None:
+            seen.merge(counts.seen)
+    if seen.first_ms is None or seen.last_ms is None:
+        return "No record was found in the period."
+    return (
+        f"Records found are stamped from {_e(format_ms(seen.first_ms, meta.tz))} to "
+        f"{_e(format_ms(seen.last_ms, meta.tz))}."
+    )
 
 
 def _table_with_svg(rows: Sequence[tuple[str, str, int, str, str, str]]) -> str:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader
 from filterd.audit.records import MISSING, AuditRecord, event_fields
 from filterd.audit.timeutil import TimeRange
-from filterd.errors import SnapshotError
+from filterd.errors import InvalidNumber, SnapshotError
 from filterd.router import Policy, SnapshotView, decide_value
+
+if TYPE_CHECKING:
+    from filterd.snapshot.granted import GrantedRow
 
 
 class Redecision(NamedTuple):
@@ -131,11 +134,44 @@ class Redecider:
         return Redecision(version, True, route, reason, reproduces, None)
 
 
+#: Reasons decided by the pair's consent rows: ``why`` shows their evidence.
+CONSENT_REASONS = frozenset({"consent", "consent-expired", "consent-not-explicit"})
+
+
+class ConsentEvidence(NamedTuple):
+    """The consent rows (``granted_at``, method, expiry) behind a decision."""
+
+    rows: list[GrantedRow]
+    #: Why they could not be read, if they could not.
+    error: str | None = None
+
+
+def consent_evidence(root: Path, record: AuditRecord) -> ConsentEvidence | None:
+    """The deciding version's consent rows of the record's (sender, recipient), for a
+    record decided by a consent; None for other reasons."""
+    if record.reason not in CONSENT_REASONS or record.snapshot in (MISSING, ""):
+        return None
+    # Imported on first use, as the snapshot reader is.
+    from filterd.snapshot.granted import lookup_granted
+
+    fields = event_fields(record.value)
+    if fields.sender is None or fields.recipient is None:
+        return ConsentEvidence([], "the value has no sender or recipient")
+    try:
+        return ConsentEvidence(
+            lookup_granted(root, record.snapshot, fields.sender, fields.recipient)
+        )
+    except (SnapshotError, InvalidNumber) as exc:
+        return ConsentEvidence([], str(exc))
+
+
 class Sighting(NamedTuple):
     """One found record of the message, with its re-decision."""
 
     record: AuditRecord
     redecision: Redecision
+    #: For a record decided by a consent, the consent rows of the pair.
+    evidence: ConsentEvidence | None = None
 
     def to_json(self, recipient: str) -> dict[str, object]:
         """JSON form for ``why --format json``."""
@@ -160,5 +196,11 @@ class Sighting(NamedTuple):
                 "reason": again.reason,
                 "reproduces": again.reproduces,
                 "error": again.error,
+            },
+            "consent_evidence": None
+            if self.evidence is None
+            else {
+                "rows": [{**row._asdict(), "recipient": recipient} for row in self.evidence.rows],
+                "error": self.evidence.error,
             },
         }

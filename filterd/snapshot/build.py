@@ -30,6 +30,7 @@ from filterd.errors import SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.errors import BadRow
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, SenderTerms, read_consents
+from filterd.snapshot.granted import GRANTED, write_granted
 from filterd.snapshot.inputs import (
     InputFile,
     Progress,
@@ -148,6 +149,15 @@ class _Consents:
         self.method_column = method_column
 
 
+def _granted_files(tmp: Path, consents: InputFile) -> dict[str, dict[str, object]]:
+    """``granted.csv.gz`` (per-row consent evidence) when the consents input has a
+    ``granted_at`` column: its ``files`` entry, or nothing."""
+    entry = write_granted(consents.path, tmp / GRANTED, consents.encoding)
+    if entry is None:
+        return {}
+    return {GRANTED: entry}
+
+
 def _write_version(
     tmp: Path,
     version: str,
@@ -207,6 +217,7 @@ def _write_version(
         rejects_file = _DataFile(tmp / fmt.REJECTS_CSV)
         rejects_file.write_raw(rejects_csv(rejects.rows))
         files[fmt.REJECTS_CSV] = rejects_file.close()
+    files.update(_granted_files(tmp, inputs[0]))
     manifest = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,

@@ -1,4 +1,4 @@
-"""``filterd snapshot build | inspect | verify | keygen | sign | rollback``."""
+"""``filterd snapshot build | inspect | verify | keygen | sign | rollback | evidence``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 import orjson
 
 from filterd.config import load_config
-from filterd.errors import SnapshotError
+from filterd.errors import ConfigError, InvalidNumber, SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.build import build_snapshot, stderr_progress
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, parse_accept_methods
 from filterd.snapshot.format import MANIFEST, REFUSED_CSV, REJECTS_CSV, resolve_version
+from filterd.snapshot.granted import lookup_granted
 from filterd.snapshot.load import load_snapshot, verify_snapshot
 from filterd.snapshot.publish import DEFAULT_MAX_DROP, publish_version
 from filterd.snapshot.signing import (
@@ -154,6 +155,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                           help="sign the rollback (where filterd checks signatures)")  # fmt: skip
     rollback.set_defaults(func=_rollback)
 
+    evidence = commands.add_parser(
+        "evidence",
+        help="when and how a recipient consented to a sender (granted_at, method, expiry)",
+        description="Print the consent rows of one (sender, recipient) pair kept in a "
+        "version's granted.csv.gz, checked against its manifest. Exit 0 found, 1 none.",
+    )
+    evidence.add_argument("root", type=Path, metavar="ROOT")
+    evidence.add_argument("--version", dest="snapshot_version", metavar="V",
+                          help="default: the current version")  # fmt: skip
+    evidence.add_argument("--sender", required=True)
+    evidence.add_argument("--recipient", required=True, help="any form the decision accepts")
+    evidence.add_argument("--format", choices=("text", "json"), default="text")
+    evidence.set_defaults(func=_evidence)
+
 
 def _accept_methods(text: str) -> tuple[str, ...]:
     try:
@@ -272,6 +287,32 @@ def _verify(args: argparse.Namespace) -> int:
     signed = f", signed by key {verifier.key_id}" if verifier else ""
     print(f"{version}: ok{signed}")
     return 0
+
+
+def _evidence(args: argparse.Namespace) -> int:
+    version = resolve_version(args.root, args.snapshot_version)
+    try:
+        rows = lookup_granted(args.root, version, args.sender, args.recipient)
+    except InvalidNumber as exc:
+        raise ConfigError("--recipient", str(exc)) from exc
+    if args.format == "json":
+        doc = {
+            "version": version,
+            "sender": args.sender.strip(),
+            "recipient": args.recipient,
+            "rows": [r._asdict() for r in rows],
+        }
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    elif not rows:
+        print(f"{version}: no consent row of {args.sender.strip()} for {args.recipient}")
+    else:
+        for r in rows:
+            print(
+                f"{version}: line {r.line}: sender {r.sender} recipient {r.recipient} "
+                f"method {r.method or '(none)'} granted_at {r.granted_at or '(none)'} "
+                f"expires_at {r.expires_at or '(none)'}"
+            )
+    return 0 if rows else 1
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from tests.support.produce import produce as support_produce
 
 BLOCK_REASONS = ("no-consent", "opted-out", "unknown-sender", "recipient-dnd")
 INVALID_REASONS = ("malformed-json", "missing-field", "bad-field-type", "bad-recipient")
+DELIVER_REASONS = ("consent", "exempt-category")
 HOUR_MS = 3_600_000
 
 # The broker refuses timestamps more than an hour ahead of its clock
@@ -71,7 +72,7 @@ def generate(
     snapshot versions."""
     rng = random.Random(seed)
     out: list[Routed] = []
-    reasons = BLOCK_REASONS if route == "block" else INVALID_REASONS
+    reasons = {"block": BLOCK_REASONS, "deliver": DELIVER_REASONS}.get(route, INVALID_REASONS)
     for i in range(n):
         ts = start_ms + i * step_ms
         # A skewed sender distribution, so the top-senders order is meaningful.

@@ -97,7 +97,11 @@ async def test_records_past_the_late_margin_are_reported_not_dropped_silently(
 
     # So does the report.
     page = tmp_path / "r.html"
-    report = ["audit", "report", "--config", config, *window, "--out", str(page)]
+    report = ["audit", "report", "--config", config, *window, "--out", str(page), "--no-deliver"]
+    # The deliver topic is read unless --no-deliver says not to; a missing one is named.
+    assert await run_cli(*report[:-1], "--no-invalid") != 0
+    assert "(--no-deliver skips it)" in capsys.readouterr().err
+    report.append("--no-invalid")
     assert await run_cli(*report, "--late-ms", "10000") == 0
     html = page.read_text()
     assert "Read 10000 ms past the end" in html

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from filterd.audit.aggregate import Summary
-from filterd.audit.commands import summarize
+from filterd.audit.commands import count_topic, summarize
 from filterd.audit.reader import KafkaParams, RangeReader
 from filterd.audit.timeutil import HourBuckets, TimeRange
 from filterd.errors import BrokerError
@@ -192,3 +192,32 @@ async def test_late_records_after_the_end_edge_are_caught_with_late_ms(
         ids = [orjson.loads(rec.value)["id"] async for batch in r.batches() for rec in batch]
         assert [(p.start, p.stop) for p in r.ranges] == [(0, 4)]
     assert ids == ["l10", "l20", "l30"]
+
+
+async def test_counting_a_range_reads_only_reasons_and_equals_an_independent_count(
+    kafka_bootstrap: str, new_topic
+) -> None:
+    topic = await new_topic(partitions=3)
+    routed = generate(3000, seed=12, step_ms=4_000, route="deliver")
+    await produce(kafka_bootstrap, topic, routed)
+    start, end = BASE_MS + HOUR_MS, BASE_MS + 2 * HOUR_MS
+    params = KafkaParams(kafka_bootstrap)
+    inside = [r for r in routed if start <= r.ts_ms < end]
+    counts = await count_topic(params, topic, TimeRange(start, end))
+    assert counts.total == len(inside)
+    assert counts.by_sender == Counter(r.sender for r in inside)
+    assert counts.by_reason == Counter(r.reason for r in inside)
+    assert counts.complete
+    # The light read yields the same records and reasons as the full one.
+    full, light = [], []
+    for reason_only, out in ((False, full), (True, light)):
+        async with RangeReader(
+            params, [topic], TimeRange(start, end), reason_only=reason_only
+        ) as reader:
+            async for batch in reader.batches():
+                out += [(r.location, r.value, r.reason) for r in batch]
+    assert sorted(light) == sorted(full)
+    assert len(full) == len(inside)
+    limited = await count_topic(params, topic, TimeRange(start, end), limit=100)
+    assert limited.total == 100
+    assert not limited.complete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from filterd.audit.aggregate import Summary
+from filterd.audit.reasons import BLOCK_REASONS
 from filterd.audit.report import ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange
 
@@ -89,7 +91,8 @@ def test_report_is_self_contained_and_escaped() -> None:
 def test_empty_report_renders() -> None:
     meta = ReportMeta(["sms.blocked"], TimeRange(0, 1), HourBuckets().tz, "UTC", BASE_MS)
     page = render_report(Summary(HourBuckets(), sender_hours=True), meta)
-    assert "<strong>0</strong> records" in page
+    assert "<td>blocked</td><td class=num>0</td>" in page
+    assert "No record was found in the period." in page
     assert "No sender's block rate jumped" in page
 
 
@@ -130,14 +133,39 @@ def console_lines(stderr: str) -> list[str]:
 async def test_report_renders_in_a_headless_browser(
     kafka_bootstrap: str, new_topic, tmp_path: Path
 ) -> None:
-    topic = await new_topic(partitions=3)
-    await produce(kafka_bootstrap, topic, with_bomber(42))
-    config = str(write_config(tmp_path / "f.toml", kafka_bootstrap, block=topic))
+    topic, deliver, invalid = [await new_topic(partitions=3) for _ in range(3)]
+    # Every block reason there is, so the per-reason tables are as wide as they get.
+    blocks = [
+        dataclasses.replace(r, reason=BLOCK_REASONS[i % len(BLOCK_REASONS)])
+        for i, r in enumerate(with_bomber(42))
+    ]
+    await produce(kafka_bootstrap, topic, blocks)
+    delivered = generate(3000, seed=43, step_ms=8_000, route="deliver")
+    await produce(kafka_bootstrap, deliver, delivered)
+    invalids = generate(200, seed=44, step_ms=100_000, route="invalid")
+    await produce(kafka_bootstrap, invalid, invalids)
+    config = str(
+        write_config(
+            tmp_path / "f.toml", kafka_bootstrap, block=topic, deliver=deliver, invalid=invalid
+        )
+    )
     report = tmp_path / "report.html"
     assert (
         await run_cli("audit", "report", "--config", config, "--out", str(report), "--tz", "+08:00")
         == 0
     )
+    page = report.read_text()
+    # The denominators: every sender's delivered count, read from the deliver topic.
+    rates = page[page.index('<table class="rates">') :].split("</table>")[0]
+    expected = Counter(r.sender for r in delivered)
+    for sender, count in expected.most_common(3):
+        assert re.search(rf"<td>{sender}</td><td class=num>{count:,}</td>", rates), sender
+    assert f"<td>all 21 senders</td><td class=num>{len(delivered):,}</td>" in rates
+    # Invalid messages are counted apart, never in the block totals.
+    section = page[page.index("Invalid messages (apart") :].split("</section>")[0]
+    malformed = sum(1 for r in invalids if r.reason == "malformed-json")
+    assert f"<td>malformed-json</td><td class=num>{malformed:,}</td>" in section
+    assert "malformed-json" not in page[: page.index("Invalid messages (apart")]
 
     dom = headless(report.as_uri(), tmp_path / "profile", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -158,6 +186,9 @@ async def test_report_renders_in_a_headless_browser(
     )
     assert run.returncode == 0
     assert shot.stat().st_size > 20_000  # a blank page is a few kB
+    # At print width (A4 at 96 dpi): nothing wider than the page.
+    dom = headless(report.as_uri(), tmp_path / "profile", "--dump-dom", "--window-size=794,1123")
+    assert 'data-overflow="0"' in dom.stdout, dom.stdout[:500]
 
     # The checks can fail: a page with a script error is caught by both.
     broken = tmp_path / "broken.html"

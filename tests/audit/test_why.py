@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from filterd.audit.records import AuditRecord, event_fields
-from filterd.audit.why import Redecider, matching
+from filterd.audit.why import Redecider, consent_evidence, matching
 from filterd.router import Policy, decide_value
 from filterd.snapshot import build_snapshot, load_snapshot
 
@@ -23,11 +23,14 @@ from .streams import BASE_MS, Routed, produce
 SENDER = "106900001234"
 FAN = "+8613800000001"  # consents in v1, opted out in v2
 STRANGER = "+8613900000002"  # never consented
+GRANTED_AT = "2026-10-01T09:30:00+08:00"  # FAN's consent in v1
 
 
 def build_versions(root: Path, tmp: Path) -> tuple[str, str]:
     consents, optouts = tmp / "consents.csv", tmp / "optouts.csv"
-    consents.write_text(f"sender,recipient\n{SENDER},{FAN}\n")
+    consents.write_text(
+        f"sender,recipient,method,granted_at\n{SENDER},{FAN},written,{GRANTED_AT}\n"
+    )
     v1 = build_snapshot(root, consents, now=datetime(2026, 11, 10, tzinfo=UTC))
     consents.write_text(f"sender,recipient\n{SENDER},+8613700000003\n")
     optouts.write_text(f"sender,recipient\n{SENDER},{FAN}\n")
@@ -158,6 +161,16 @@ async def test_why_finds_messages_and_reproduces_decisions(
         "reproduces": True,
         "error": None,
     }
+    # Decided by a consent: the consent row behind it, with when and how it was granted.
+    evidence = found["consent_evidence"]
+    assert evidence["error"] is None
+    assert [(r["method"], r["granted_at"], r["recipient"]) for r in evidence["rows"]] == [
+        ("written", GRANTED_AT, FAN)
+    ]
+    assert await run_cli("audit", "why", "m-fan", *base) == 0
+    out = capsys.readouterr().out
+    assert f"method written, granted_at {GRANTED_AT}" in out
+    assert FAN not in out  # masked in the evidence too
 
     assert await run_cli("audit", "why", "m-stranger", *base, "--format", "json") == 0
     sightings = orjson.loads(capsys.readouterr().out)["found"]
@@ -180,6 +193,28 @@ async def test_why_finds_messages_and_reproduces_decisions(
     later = str(BASE_MS + 10_000)
     assert await run_cli("audit", "why", "m-fan", "--config", str(config), "--from", later) == 1
     capsys.readouterr()
+
+
+def test_consent_evidence_only_for_consent_decisions(snapshots) -> None:
+    root, v1, v2 = snapshots
+
+    def record(reason: str, version: str, recipient: str = FAN) -> AuditRecord:
+        value = event("m", recipient)
+        return AuditRecord("t", 0, 0, BASE_MS, None, value, "x", reason, version, "s/0/0")
+
+    found = consent_evidence(root, record("consent", v1))
+    assert found is not None
+    assert [(r.method, r.granted_at) for r in found.rows] == [("written", GRANTED_AT)]
+    assert consent_evidence(root, record("opted-out", v2)) is None
+    assert consent_evidence(root, record("no-consent", v1)) is None
+    # v2's consents file had no granted_at column: said, not guessed.
+    missing = consent_evidence(root, record("consent", v2, "+8613700000003"))
+    assert missing is not None
+    assert missing.rows == []
+    assert "no granted_at column" in (missing.error or "")
+    gone = consent_evidence(root, record("consent", "20250101T000000Z-abcdef"))
+    assert gone is not None
+    assert "not under" in (gone.error or "")
 
 
 def test_matching_needs_the_exact_id_even_with_escapes() -> None:

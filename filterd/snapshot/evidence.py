@@ -19,15 +19,18 @@ every row accepted (:attr:`ConsentRows.method_column` says so).
 
 from __future__ import annotations
 
+import operator
 import re
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import compress
+from itertools import compress, repeat
+from operator import add, and_, eq, lshift, or_, rshift, sub
 from pathlib import Path
+from typing import Literal
 
 from pyroaring import BitMap64
 
@@ -135,21 +138,60 @@ class SenderTerms:
     """Smallest ``max_per_day`` of the accepted consents (``I``, 0: none)."""
 
 
+#: bytes.translate table: 0 <-> 1 (a row mask's complement).
+_FLIP = bytes([1, 0]) + bytes(range(2, 256))
+
+
+def _or_masks(a: bytes, b: bytes) -> bytes:
+    """The element-wise OR of two 0/1 row masks of the same length, in C."""
+    n = len(a)
+    return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(n, "little")
+
+
+def _and_masks(a: bytes, b: bytes) -> bytes:
+    """The element-wise AND of two 0/1 row masks of the same length, in C."""
+    n = len(a)
+    return (int.from_bytes(a, "little") & int.from_bytes(b, "little")).to_bytes(n, "little")
+
+
+# Bit positions of one terms entry packed into a Python int for the one sort of
+# :meth:`ConsentRows.finish`: sender index | number | until + 1 | cap. The number
+# fits 64 bits, ``until + 1`` too (REFUSED_ONLY becomes 0, FOREVER 2**63), the cap 32.
+_UNTIL_AT = 32
+_NUMBER_AT = _UNTIL_AT + 64
+_SENDER_AT = _NUMBER_AT + 64
+_MASK64 = (1 << 64) - 1
+_MASK32 = (1 << 32) - 1
+
+
 class ConsentRows:
-    """Consent rows of one input, plain ones in bitmaps, the others with their terms."""
+    """Consent rows of one input, plain ones in bitmaps, the others with their terms.
+
+    The rows with terms are handled a column at a time, with no Python step per
+    row: they are picked out with row masks (bytes of 0/1, combined as big
+    integers), their recipients normalized by a C-level ``map``, their expiry and
+    cap texts parsed once per distinct text, and appended to four flat arrays
+    (sender index, number, until, cap) that :meth:`finish` sorts once and cuts
+    per sender.
+    """
 
     def __init__(self, country_code: str, accept: Iterable[str]) -> None:
         self.country_code = country_code
         self.accept = frozenset(accept)
         self.plain = _Buffers(country_code)
-        # raw sender -> (numbers, until, caps) in input order.
-        self._special: dict[str, tuple[array[int], array[int], array[int]]] = {}
+        # The rows with terms, in input order: trimmed sender -> index, and the columns.
+        self._ids: dict[str, int] = {}
+        self._sids: array[int] = array("I")
+        self._numbers: array[int] = array("Q")
+        self._untils: array[int] = array("q")
+        self._caps: array[int] = array("I")
         #: (trimmed sender, trimmed method) -> refused rows.
         self.refused: Counter[tuple[str, str]] = Counter()
         self.method_column = False
         self.special_rows = 0
-        # expires_at text -> epoch ms: exports repeat the same few expiry times.
-        self._expiries: dict[str, int] = {}
+        # Trimmed text -> value: exports repeat the same few expiry times and caps.
+        self._expiries: dict[str, int] = {"": FOREVER}
+        self._per_day: dict[str, int] = {"": 0}
 
     def add_block(self, present: list[str], cols: list[list[str]]) -> None:
         senders, recipients = cols[0], cols[1]
@@ -159,60 +201,67 @@ class ConsentRows:
         caps = evidence.get("max_per_day")
         n = len(senders)
         # Plain rows (accepted method, empty expiry and cap) are told apart with one
-        # C-level pass per column; only the others get a Python step each.
-        plain = bytearray(b"\x01") * n
-        special: set[int] = set()
+        # C-level pass per column: a row mask each, OR-ed as big integers.
+        special = bytes(n)
         if methods is not None:
             ok = bytes(map(self.accept.__contains__, methods))
             if ok.count(0):
-                special.update(i for i, flag in enumerate(ok) if not flag)
+                special = ok.translate(_FLIP)
         for column in (expiries, caps):
             if column is not None:
-                special.update(compress(range(n), column))
-        if not special:
+                special = _or_masks(special, bytes(map(bool, column)))
+        if not special.count(1):
             self.plain.add_block(senders, recipients)
             return
-        for i in special:
-            plain[i] = 0
+        plain = special.translate(_FLIP)
         self.plain.add_block(list(compress(senders, plain)), list(compress(recipients, plain)))
-        self.special_rows += len(special)
-        # The per-row loop of the rows with terms, written out with locals (no call
-        # per row but the parsing ones): about a third of a big input comes here.
-        accept, cc, refused, entries = self.accept, self.country_code, self.refused, self._special
-        known_expiry = self._expiries
-        check_method = self.method_column
-        bitmaps = self.plain.bitmaps
-        for i in sorted(special):
-            key = senders[i].strip()
-            expiry = expiries[i].strip() if expiries is not None else ""
-            cap = caps[i].strip() if caps is not None else ""
-            if not key:
-                raise _NeedsRescan
-            try:
-                number = normalize(recipients[i].strip(), cc)
-                until = FOREVER
-                if expiry:
-                    until = known_expiry.get(expiry, 0)
-                    if not until:
-                        until = known_expiry[expiry] = parse_expiry(expiry)
-                per_day = parse_max_per_day(cap) if cap else 0
-            except (InvalidNumber, ValueError) as exc:
-                raise _NeedsRescan from exc
-            if check_method and methods is not None and (m := methods[i].strip()) not in accept:
-                refused[(key, m)] += 1
-                until, per_day = REFUSED_ONLY, 0
-            elif until == FOREVER and not per_day:
-                # Plain after all (white space around an accepted method, say).
+        keys = list(map(str.strip, compress(senders, special)))
+        m = len(keys)
+        self.special_rows += m
+        if "" in keys:
+            raise _NeedsRescan
+        try:
+            # The compiled normalize mapped in C: faster here than the bulk regex.
+            cc = repeat(self.country_code)
+            numbers = array("Q", map(normalize, map(str.strip, compress(recipients, special)), cc))
+        except InvalidNumber as exc:
+            raise _NeedsRescan from exc
+        untils = _parsed(expiries, special, m, self._expiries, parse_expiry, "q")
+        per_day = _parsed(caps, special, m, self._per_day, parse_max_per_day, "I")
+        if self.method_column and methods is not None:
+            trimmed = list(map(str.strip, compress(methods, special)))
+            ok = bytes(map(self.accept.__contains__, trimmed))
+            if ok.count(0):
+                refused = ok.translate(_FLIP)
+                self.refused.update(
+                    zip(compress(keys, refused), compress(trimmed, refused), strict=True)
+                )
+                # Refused rows have no validity and no cap: a loop over them alone.
+                for i in compress(range(m), refused):
+                    untils[i] = REFUSED_ONLY
+                    per_day[i] = 0
+        # Plain after all (white space around an accepted method, say): no expiry, no cap.
+        after_all = _and_masks(
+            bytes(map(FOREVER.__eq__, untils)), bytes(map(operator.not_, per_day))
+        )
+        if after_all.count(1):
+            bitmaps = self.plain.bitmaps
+            for key, number in zip(
+                compress(keys, after_all), compress(numbers, after_all), strict=True
+            ):
                 bitmaps.setdefault(key, BitMap64()).add(number)
-                continue
-            entry = entries.get(key)
-            if entry is None:
-                entry = entries[key] = (array("Q"), array("q"), array("I"))
-            entry[0].append(number)
-            entry[1].append(until)
-            entry[2].append(per_day)
-        if len(known_expiry) > _EXPIRIES_KEPT:
-            known_expiry.clear()
+            keep = after_all.translate(_FLIP)
+            keys = list(compress(keys, keep))
+            numbers = array("Q", compress(numbers, keep))
+            untils = array("q", compress(untils, keep))
+            per_day = array("I", compress(per_day, keep))
+        ids = self._ids
+        for key in set(keys).difference(ids):
+            ids[key] = len(ids)
+        self._sids.extend(map(ids.__getitem__, keys))
+        self._numbers.extend(numbers)
+        self._untils.extend(untils)
+        self._caps.extend(per_day)
 
     def finish(self) -> tuple[dict[str, BitMap64], dict[str, SenderTerms]]:
         """Plain bitmaps and terms per trimmed sender.
@@ -221,18 +270,25 @@ class ConsentRows:
         bitmap; it keeps a terms entry only for its ``max_per_day``.
         """
         bitmaps = self.plain.finish()
+        sids, numbers, untils, caps = _sorted_entries(
+            self._sids, self._numbers, self._untils, self._caps
+        )
+        self._sids, self._numbers, self._untils = array("I"), array("Q"), array("q")
+        self._caps = array("I")
         terms: dict[str, SenderTerms] = {}
-        for sender, (numbers, untils, caps) in self._special.items():
-            out = _sorted_terms(numbers, untils, caps)
-            n = len(out.numbers)
+        end = 0
+        for sid, sender in enumerate(self._ids):
+            start, end = end, bisect_left(sids, sid + 1, end)
+            out = SenderTerms(numbers[start:end], untils[start:end], caps[start:end])
             plain = bitmaps.get(sender)
             if plain is not None:
                 # A number in the plain set has an accepted consent without expiry.
-                for number in BitMap64(out.numbers) & plain:
-                    out.until[bisect_left(out.numbers, number)] = FOREVER
-            forever = [i for i, until in enumerate(out.until) if until == FOREVER]
-            if forever:
-                added = BitMap64(out.numbers[i] for i in forever)
+                both = bytes(map(plain.__contains__, out.numbers))
+                for i in compress(range(len(both)), both):
+                    out.until[i] = FOREVER
+            forever = bytes(map(FOREVER.__eq__, out.until))
+            if forever.count(1):
+                added = BitMap64(array("Q", compress(out.numbers, forever)))
                 if plain is None:
                     plain = bitmaps[sender] = added
                 else:
@@ -240,10 +296,7 @@ class ConsentRows:
                 plain.run_optimize()
                 plain.shrink_to_fit()
                 # Kept in the terms only for a max_per_day.
-                keep = bytearray(b"\x01") * n
-                for i in forever:
-                    if not out.caps[i]:
-                        keep[i] = 0
+                keep = _or_masks(forever.translate(_FLIP), bytes(map(bool, out.caps)))
                 if keep.count(0):
                     out = SenderTerms(
                         array("Q", compress(out.numbers, keep)),
@@ -255,34 +308,74 @@ class ConsentRows:
         return bitmaps, terms
 
 
-def _sorted_terms(numbers: array[int], untils: array[int], caps: array[int]) -> SenderTerms:
-    """One sender's term rows sorted by number, several rows of a number merged.
+def _parsed(
+    column: list[str] | None,
+    rows: bytes,
+    m: int,
+    known: dict[str, int],
+    parse: Callable[[str], int],
+    typecode: Literal["q", "I"],
+) -> array[int]:
+    """The parsed values of a column's ``rows`` (trimmed; empty is ``known[""]``).
 
-    A merged entry has the longest validity and the smallest stated cap.
+    Each distinct text is parsed once (``known`` remembers it); a bad one raises
+    :class:`_NeedsRescan`.
+    """
+    if column is None:
+        return array(typecode, [known[""]]) * m
+    texts = list(map(str.strip, compress(column, rows)))
+    for text in set(texts).difference(known):
+        try:
+            known[text] = parse(text)
+        except ValueError as exc:
+            raise _NeedsRescan from exc
+    values = array(typecode, map(known.__getitem__, texts))
+    if len(known) > _EXPIRIES_KEPT:
+        empty = known[""]
+        known.clear()
+        known[""] = empty
+    return values
+
+
+def _sorted_entries(
+    sids: array[int], numbers: array[int], untils: array[int], caps: array[int]
+) -> tuple[array[int], array[int], array[int], array[int]]:
+    """The terms entries sorted by (sender index, number), several rows of a pair merged.
+
+    One sort of the entries packed into Python integers (built and taken apart
+    with C-level ``map``), no Python step per entry. A merged entry has the
+    longest validity and the smallest stated cap.
 
     Partial, for the frequency-cap rule (another issue): the contract applies the
     smallest ``max_per_day`` of the pair's consents *valid at the message's time*;
     this keeps the smallest over all its accepted consents, expired ones included.
     """
-    order = sorted(range(len(numbers)), key=numbers.__getitem__)
-    out = SenderTerms(
-        array("Q", map(numbers.__getitem__, order)),
-        array("q", map(untils.__getitem__, order)),
-        array("I", map(caps.__getitem__, order)),
+    high = map(or_, map(lshift, sids, repeat(_SENDER_AT)), map(lshift, numbers, repeat(_NUMBER_AT)))
+    low = map(or_, map(lshift, map(add, untils, repeat(1)), repeat(_UNTIL_AT)), caps)
+    packed = sorted(map(or_, high, low))
+    pairs = list(map(rshift, packed, repeat(_NUMBER_AT)))
+    s_out = array("I", map(rshift, pairs, repeat(_SENDER_AT - _NUMBER_AT)))
+    n_out = array("Q", map(and_, pairs, repeat(_MASK64)))
+    until_plus_1 = map(and_, map(rshift, packed, repeat(_UNTIL_AT)), repeat(_MASK64))
+    u_out = array("q", map(sub, until_plus_1, repeat(1)))
+    c_out = array("I", map(and_, packed, repeat(_MASK32)))
+    del packed
+    # Entries of the same pair are neighbours, the longest validity last.
+    repeats = list(compress(range(1, len(pairs)), map(eq, pairs[1:], pairs)))
+    if not repeats:
+        return s_out, n_out, u_out, c_out
+    keep = bytearray(b"\x01") * len(pairs)
+    for i in repeats:  # ascending: c_out[i - 1] already holds its group's smallest cap
+        keep[i - 1] = 0
+        previous, cap = c_out[i - 1], c_out[i]
+        if previous and (not cap or previous < cap):
+            c_out[i] = previous
+    return (
+        array("I", compress(s_out, keep)),
+        array("Q", compress(n_out, keep)),
+        array("q", compress(u_out, keep)),
+        array("I", compress(c_out, keep)),
     )
-    if len(BitMap64(out.numbers)) == len(out.numbers):
-        return out  # no number twice: the common case, no Python step per entry
-    merged = SenderTerms(array("Q"), array("q"), array("I"))
-    for number, until, cap in zip(out.numbers, out.until, out.caps, strict=True):
-        if merged.numbers and merged.numbers[-1] == number:
-            merged.until[-1] = max(merged.until[-1], until)
-            if cap and (not merged.caps[-1] or cap < merged.caps[-1]):
-                merged.caps[-1] = cap
-            continue
-        merged.numbers.append(number)
-        merged.until.append(until)
-        merged.caps.append(cap)
-    return merged
 
 
 def read_consents(

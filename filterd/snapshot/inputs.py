@@ -2,11 +2,11 @@
 
 Pure-Python CSV parsing is the bottleneck of a build, so the common case never
 touches a Python function per field: blocks of a few MiB are split into lines
-and fields with ``str.split`` in list comprehensions; recipients are kept as
-raw strings per sender and converted in bulk when a buffer fills: one regular
-expression over the joined strings proves every one of them is already in a
-plain form (``+E164``, ``00E164``, national with or without trunk 0), and then
-``map(int, ...)`` turns them into numbers in C. The result is identical to
+and fields with ``str.split`` in list comprehensions; a block's recipients are
+converted in bulk (:func:`numbers_in_order`): two regular expressions over the
+joined strings find every one of them in a plain form (``+E164``, ``00E164``,
+national with or without trunk 0), and then ``map(int, ...)`` turns them into
+numbers in C. The result is identical to
 :func:`filterd.numbers.normalize` (the tests check that); anything else (separators,
 white space, quotes, a bad number) falls back to ``normalize`` per value, and a
 block with a bad row sends the input to the slow path: the file is read again
@@ -35,10 +35,10 @@ import time
 import zlib
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
 
 from pyroaring import BitMap64
@@ -51,7 +51,7 @@ __all__ = [
     "InputFile",
     "Rejects",
     "check_encoding",
-    "convert_numbers",
+    "numbers_in_order",
     "read_numbers",
     "read_pairs",
     "without_plus_form",
@@ -357,8 +357,8 @@ def _rows(
 
 
 @lru_cache(maxsize=8)
-def _fast_forms(country_code: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
-    """(any line not in a plain form, international digits, national digits) patterns.
+def _fast_forms(country_code: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(international digits, national digits) patterns, one value per line.
 
     ``[0-9]``, never ``\\d``: a str pattern's ``\\d`` matches any Unicode digit.
     """
@@ -367,61 +367,87 @@ def _fast_forms(country_code: str) -> tuple[re.Pattern[str], re.Pattern[str], re
     national = f"[1-9][0-9]{{{low - 1},{MAX_DIGITS - len(country_code) - 1}}}"
     intl = f"(?:\\+|00)({e164})"
     nat = f"0?({national})"
-    bad = re.compile(f"^(?!{intl}$|{nat}$)", re.MULTILINE)
-    return bad, re.compile(f"^{intl}$", re.MULTILINE), re.compile(f"^{nat}$", re.MULTILINE)
+    return re.compile(f"^{intl}$", re.MULTILINE), re.compile(f"^{nat}$", re.MULTILINE)
 
 
-def convert_numbers(raws: list[str], country_code: str) -> Iterable[int]:
-    """The normalized numbers of ``raws`` (any order); raises InvalidNumber on a bad one.
+def _numbers() -> array[int]:
+    return array("Q")
 
-    Equal, as a multiset, to ``map(lambda r: normalize(r.strip(), cc), raws)``.
+
+def numbers_in_order(raws: list[str], country_code: str) -> array[int]:
+    """The normalized numbers of ``raws``, in their order; raises InvalidNumber on a bad one.
+
+    Equal to ``[normalize(r.strip(), cc) for r in raws]``. Two ``findall`` calls
+    over the joined strings cut out the digits of the plain forms (``+E164`` or
+    ``00E164``; national with or without trunk 0); when they found every value,
+    ``map(int, ...)`` converts them and C-level iteration puts the two forms back
+    in input order: a value is international exactly when it starts with ``+``
+    or ``00`` (no plain national form does). Anything else (separators, white
+    space, a bad value) falls back to ``normalize`` per value.
     """
     if not raws:
-        return ()
-    bad, intl, nat = _fast_forms(country_code)
-    # Fields never hold '\n' (lines were split on it), so joined lines are the values.
+        return array("Q")
+    intl, nat = _fast_forms(country_code)
+    # Fields never hold '\n' (lines were split on it), so the joined lines are the
+    # values. A match is a whole line, and no line matches both forms (only the
+    # international one starts with '+' or "00"): when the matches are as many as
+    # the values, every value is in a plain form.
     joined = "\n".join(raws)
-    if bad.search(joined) is None:
-        international = intl.findall(joined)
-        national = nat.findall(joined)
-        if len(international) + len(national) == len(raws):
-            return chain(map(int, international), map(int, map(country_code.__add__, national)))
-    # Slow path: separators, white space, or a bad value somewhere.
-    return [normalize(r.strip(), country_code) for r in raws]
+    international = intl.findall(joined)
+    national = nat.findall(joined)
+    if len(international) + len(national) == len(raws):
+        if not national:
+            return array("Q", map(int, international))
+        if not international:
+            return array("Q", map(int, map(country_code.__add__, national)))
+        forms = (
+            iter(map(int, map(country_code.__add__, national))),
+            iter(map(int, international)),
+        )
+        which = map(str.startswith, raws, repeat(("+", "00")))
+        return array("Q", map(next, map(forms.__getitem__, which)))
+    return array("Q", [normalize(r.strip(), country_code) for r in raws])
 
 
 # --------------------------------------------------------------------------- inputs → bitmaps
 
 
 class _Buffers:
-    """Raw recipient strings per raw sender, converted into bitmaps in bulk."""
+    """Numbers per raw sender, added to bitmaps in bulk.
+
+    A block's recipients are converted at once, in order (:func:`numbers_in_order`:
+    a few regular-expression passes over the whole block), and only then spread
+    over the senders: converting per sender at every flush cost a join and three
+    searches per sender and flush, which grew with the number of senders.
+    """
 
     def __init__(self, country_code: str) -> None:
         self.country_code = country_code
-        self.raw: defaultdict[str, list[str]] = defaultdict(list)
+        self.raw: defaultdict[str, array[int]] = defaultdict(_numbers)
         self.bitmaps: dict[str, BitMap64] = {}
         self.held = 0
 
     def add_block(self, senders: list[str], recipients: list[str]) -> None:
+        try:
+            numbers = numbers_in_order(recipients, self.country_code)
+        except InvalidNumber as exc:
+            raise _NeedsRescan from exc
         raw = self.raw
         # The one per-row Python loop of a build: a dict lookup and an append.
-        for sender, recipient in zip(senders, recipients, strict=True):
-            raw[sender].append(recipient)
+        for sender, number in zip(senders, numbers, strict=True):
+            raw[sender].append(number)
         self.held += len(senders)
         if self.held >= _BUFFERED:
             self.flush()
 
     def flush(self) -> None:
-        cc = self.country_code
-        for sender, raws in self.raw.items():
+        for sender, numbers in self.raw.items():
             bitmap = self.bitmaps.get(sender)
             if bitmap is None:
-                bitmap = self.bitmaps[sender] = BitMap64()
-            try:
-                # Through an array: pyroaring takes a typed buffer faster than an iterator.
-                bitmap.update(array("Q", convert_numbers(raws, cc)))
-            except InvalidNumber as exc:
-                raise _NeedsRescan from exc
+                self.bitmaps[sender] = BitMap64(numbers)
+            else:
+                # From an array: pyroaring takes a typed buffer faster than an iterator.
+                bitmap.update(numbers)
         self.raw.clear()
         self.held = 0
 

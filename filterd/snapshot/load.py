@@ -33,13 +33,14 @@ from filterd.snapshot.signing import Verifier
 from filterd.snapshot.store import (
     _EMPTY,
     REFUSED_ONLY,
-    SPARSE_VALUES_PER_CONTAINER,
     ConsentSnapshot,
     ConsentTerms,
     Counts,
     NumberSet,
     SenderConsent,
+    containers_of,
     drive,
+    prefer_sorted,
     run_sliced,
     sorted_numbers_steps,
     terms_steps,
@@ -198,7 +199,7 @@ def _load_bitmap(
     view = memoryview(data)
     pieces: list[BitMap64] = []
     last_max = -1
-    containers = total = 0
+    containers = total = payload = 0
     for offset, length, cardinality in chunks:
         # Chunks must tile each file in index order: no gaps, no overlap, nothing extra.
         if offset != positions.get(name, 0):
@@ -221,7 +222,9 @@ def _load_bitmap(
             problems.append(f"{name}: chunks of {what} overlap or are out of order")
             return _EMPTY, 0
         last_max = piece.max()
-        containers += piece.get_statistics()["n_containers"]
+        piece_containers, piece_payload = containers_of(piece)
+        containers += piece_containers
+        payload += piece_payload
         total += cardinality
         pieces.append(piece)
         yield
@@ -230,7 +233,7 @@ def _load_bitmap(
     # Pieces are consumed one by one (pop), so each is freed in its own step:
     # freeing them all at once would be a long GIL-holding stretch again.
     pieces.reverse()
-    if total < SPARSE_VALUES_PER_CONTAINER * containers:
+    if prefer_sorted(total, pieces[-1].min(), last_max, containers, payload):
         # Grown piece by piece: big arrays are realloc'd in place (mremap), and
         # preallocating would touch every page in one step.
         values: array[int] = array("Q")

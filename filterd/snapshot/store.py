@@ -29,6 +29,7 @@ from filterd.snapshot import format as fmt
 __all__ = [
     "FOREVER",
     "REFUSED_ONLY",
+    "ROARING_CONTAINER_BYTES",
     "ConsentSnapshot",
     "ConsentTerms",
     "Counts",
@@ -36,19 +37,20 @@ __all__ = [
     "SenderConsent",
     "SortedNumbers",
     "compact",
+    "containers_of",
     "drive",
+    "prefer_sorted",
     "release_steps",
     "run_sliced",
     "sorted_numbers_steps",
 ]
 
-#: A bitmap averaging fewer values than this per 16-bit container costs more
-#: than ~10 bytes per number in CRoaring (2 bytes per value plus ~60-80 bytes of
-#: structures per container), so it is kept as a sorted uint64 array instead:
-#: 8 bytes per number, at the price of a slower (bisect) lookup. Random numbers
-#: spread over the 7e9-wide Chinese mobile range reach 8 per container only
-#: above ~850k numbers, so big senders stay bitmaps and the tail goes to arrays.
-SPARSE_VALUES_PER_CONTAINER = 8
+#: Bytes a CRoaring 64-bit bitmap spends per 16-bit container beyond its values
+#: (the container struct, its share of the ART index, malloc headers). Measured
+#: with pyroaring's BitMap64 over random mobile numbers: 13.4 bytes per number at
+#: 7.5 numbers per container, 6.7 at 18, 3.8 at 47, 2.4 at 187 (the values
+#: themselves take 2 bytes in an array container): about 83 bytes a container.
+ROARING_CONTAINER_BYTES = 80
 
 _T = TypeVar("_T")
 
@@ -84,15 +86,16 @@ class SortedNumbers:
     def __init__(
         self, lows: array[int], starts: array[int], shift: int, first: int, width: int
     ) -> None:
-        # Held once, as bytes; the sequence views below share that buffer. The
-        # compiled build reads the bytes directly (:func:`_find`), the interpreted
-        # one bisects the views with C-level bisect.
+        # Held once, as bytes. The compiled build reads the bytes directly
+        # (:func:`_find`); the interpreted one bisects typed views of them with
+        # C-level bisect, so only it keeps the views (two memoryviews are ~400
+        # bytes, more than the numbers of a small sender).
         self._lowbytes: bytes = lows.tobytes()
         self._startbytes: bytes = starts.tobytes()
         self._lowsize: int = lows.itemsize
         self._startsize: int = starts.itemsize
-        self._lows = memoryview(self._lowbytes).cast(_UNSIGNED[lows.itemsize])
-        self._starts = memoryview(self._startbytes).cast(_UNSIGNED[starts.itemsize])
+        self._lows: memoryview | None = None if _COMPILED else self._low_view()
+        self._starts: memoryview | None = None if _COMPILED else self._start_view()
         self._shift: int = shift
         self._first: int = first
         self._nbuckets: int = len(starts) - 1
@@ -120,8 +123,10 @@ class SortedNumbers:
                     self._lowbytes, self._lowsize, self._startbytes, self._startsize, b, low
                 )
             starts = self._starts
-            hi = starts[b + 1]
             lows = self._lows
+            assert starts is not None  # kept when interpreted
+            assert lows is not None
+            hi = starts[b + 1]
             i = bisect.bisect_left(lows, low, starts[b], hi)
             return i if i < hi and lows[i] == low else -1
         return -1
@@ -129,8 +134,14 @@ class SortedNumbers:
     def __len__(self) -> int:
         return self._len
 
+    def _low_view(self) -> memoryview:
+        return memoryview(self._lowbytes).cast(_UNSIGNED[self._lowsize])
+
+    def _start_view(self) -> memoryview:
+        return memoryview(self._startbytes).cast(_UNSIGNED[self._startsize])
+
     def __iter__(self) -> Iterator[int]:
-        starts, lows, high = self._starts, self._lows, self._high
+        starts, lows, high = self._start_view(), self._low_view(), self._high
         for b in range(self._nbuckets):
             prefix = ((self._first + b) << self._shift) & high
             for rank in range(starts[b], starts[b + 1]):
@@ -142,19 +153,21 @@ class SortedNumbers:
             rank += self._len
         if not 0 <= rank < self._len:
             raise IndexError("SortedNumbers index out of range")
-        b = bisect.bisect_right(self._starts, rank) - 1
-        return (((self._first + b) << self._shift) & self._high) | self._lows[rank]
+        b = bisect.bisect_right(self._start_view(), rank) - 1
+        size = self._lowsize
+        low = int.from_bytes(self._lowbytes[rank * size : (rank + 1) * size], sys.byteorder)
+        return (((self._first + b) << self._shift) & self._high) | low
 
     def __repr__(self) -> str:
         return (
             f"SortedNumbers(<{self._len} numbers, {self._nbuckets} buckets,"
-            f" {self._lows.itemsize * 8}-bit>)"
+            f" {self._lowsize * 8}-bit>)"
         )
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the numbers and the bucket index."""
-        return self._lows.itemsize * len(self._lows) + self._starts.itemsize * len(self._starts)
+        return len(self._lowbytes) + len(self._startbytes)
 
 
 #: This module runs compiled (mypyc, filterd/native.py) on a little-endian machine:
@@ -558,14 +571,40 @@ class ConsentSnapshot:
         }
 
 
+def prefer_sorted(count: int, first: int, last: int, containers: int, payload: int) -> bool:
+    """Whether :class:`SortedNumbers` holds these numbers in fewer bytes than the bitmap.
+
+    ``count`` numbers from ``first`` to ``last``; the bitmap has ``containers``
+    16-bit containers holding ``payload`` bytes of values (``get_statistics``:
+    the ``n_bytes_*_containers``). A random set needs ~190 numbers per container
+    before the bitmap is the smaller (~2.3 bytes a number either way then); runs
+    and full containers make it smaller much sooner.
+    """
+    if count == 0:
+        return False
+    width, _shift, _first, nbuckets = _layout(first, last, count)
+    as_sorted = count * (width // 8) + 4 * (nbuckets + 1)
+    return as_sorted <= payload + ROARING_CONTAINER_BYTES * containers
+
+
+def containers_of(bitmap: BitMap64) -> tuple[int, int]:
+    """(16-bit containers, bytes of values in them) of a bitmap, from its statistics."""
+    stats = bitmap.get_statistics()
+    payload = (
+        stats["n_bytes_array_containers"] + stats["n_bytes_run_containers"]
+        + stats["n_bytes_bitset_containers"]
+    )  # fmt: skip
+    return stats["n_containers"], payload
+
+
 def compact(bitmap: BitMap64) -> NumberSet:
-    """The in-memory form the loader chooses for ``bitmap`` (SPARSE_VALUES_PER_CONTAINER).
+    """The in-memory form the loader chooses for ``bitmap`` (:func:`prefer_sorted`).
 
     Uses whole-bitmap calls: for tools and benchmarks, not for the event loop.
     """
     if not bitmap:
         return _EMPTY
-    if len(bitmap) < SPARSE_VALUES_PER_CONTAINER * bitmap.get_statistics()["n_containers"]:
+    if prefer_sorted(len(bitmap), bitmap.min(), bitmap.max(), *containers_of(bitmap)):
         return SortedNumbers.from_sorted(bitmap.to_array())
     return cast(NumberSet, bitmap)
 

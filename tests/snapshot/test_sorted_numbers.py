@@ -7,6 +7,7 @@ from array import array
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyroaring import BitMap64
 
 from filterd.snapshot import store
 from filterd.snapshot.store import SortedNumbers, drive, sorted_numbers_steps
@@ -112,3 +113,27 @@ def test_word_reads_little_endian(size: int) -> None:
     if store.sys.byteorder != "little":
         pytest.skip("the byte search is used on little-endian machines only")
     assert [store._word(buf, i, size) for i in range(len(values))] == values
+
+
+@pytest.mark.parametrize(
+    ("values", "sorted_form"),
+    [
+        (range(8613800000000, 8613800000000 + 2000 * 3277, 3277), True),  # ~20 per container
+        (range(8613800000000, 8613800000000 + 100_000), False),  # one run
+        (range(8613800000000, 8613800000000 + 2 * 65536, 2), False),  # full bitset containers
+        ([8613800000000], True),
+    ],
+)
+def test_the_smaller_in_memory_form_is_chosen(values: range | list[int], sorted_form: bool) -> None:
+    bitmap = BitMap64(values)
+    bitmap.run_optimize()
+    containers, payload = store.containers_of(bitmap)
+    chosen = store.compact(bitmap)
+    assert isinstance(chosen, SortedNumbers) is sorted_form
+    assert store.prefer_sorted(len(bitmap), bitmap.min(), bitmap.max(), containers, payload) is (
+        sorted_form
+    )
+    as_sorted = SortedNumbers.from_sorted(bitmap.to_array())
+    as_bitmap = payload + store.ROARING_CONTAINER_BYTES * containers
+    assert (as_sorted.nbytes <= as_bitmap) is sorted_form
+    assert list(chosen) == list(values)

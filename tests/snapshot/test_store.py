@@ -206,6 +206,24 @@ def test_sparse_senders_use_sorted_arrays_dense_use_bitmaps(tmp_path: Path) -> N
     assert 0 not in snap.senders["tiny"].optouts
 
 
+def test_a_big_sparse_sender_is_held_in_the_smaller_form(tmp_path: Path) -> None:
+    # ~20 numbers per 16-bit container: a bitmap costs ~6 bytes a number there
+    # (CRoaring's ~80 bytes per container), the sorted form ~2.5.
+    spread = [f"138{i * 3277:08d}" for i in range(2000)]
+    runs = [f"139{i:08d}" for i in range(100_000)]  # one long run: a bitmap is far smaller
+    rows = [("spread", r) for r in spread] + [("runs", r) for r in runs]
+    root = tmp_path / "snap"
+    build_snapshot(root, write_csv(tmp_path / "c.csv", ["sender", "recipient"], rows))
+    snap = load_snapshot(root)
+    assert isinstance(snap.senders["spread"].consents, SortedNumbers)
+    assert type(snap.senders["runs"].consents).__name__ == "BitMap64"
+    for raw in (spread[0], spread[-1], runs[0], runs[-1]):
+        sender = "spread" if raw in spread else "runs"
+        assert int("86" + raw) in snap.senders[sender].consents
+    assert 8613800000001 not in snap.senders["spread"].consents
+    assert snap.counts.consents == len(spread) + len(runs)
+
+
 numbers = st.integers(min_value=10**7, max_value=10**15 - 1)
 senders = st.sampled_from(["a", "b", "SP1069", "ünï", "x y"])
 

@@ -232,8 +232,8 @@ class Decider:
         self.declared_category: str | None = None
         # Live consent changes not in the snapshot (filterd.changes.overlay): the numbers
         # they touch, one dict membership test per event, and the senders they name.
-        self._pending: dict[int, NumberChanges] = overlay.by_number if overlay else {}
-        self._new_senders: set[str] = overlay.senders if overlay else set()
+        self._pending: dict[int, NumberChanges] = overlay.by_number if overlay is not None else {}
+        self._new_senders: set[str] = overlay.senders if overlay is not None else set()
         #: The change whose fact decided the record :meth:`decide` last decided (the
         #: output's ``filterd-change``); else None.
         self.change_ref: ChangeRef | None = None

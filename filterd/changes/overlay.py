@@ -122,15 +122,21 @@ class Overlay:
         self.senders: set[str] = set()
         #: The pending changes, in the order applied.
         self.log: list[tuple[ChangeRef, Change]] = []
+        #: The snapshot's change watermark: next offset per partition it folded in.
+        self.watermark: dict[int, int] = {}
 
     def __len__(self) -> int:
         """Pending changes."""
         return len(self.log)
 
-    def apply(self, change: Change, ref: ChangeRef) -> None:
-        """Apply one change (changes of a partition in offset order)."""
+    def apply(self, change: Change, ref: ChangeRef) -> bool:
+        """Apply one change (changes of a partition in offset order); False when the
+        snapshot already folded it in (below its watermark)."""
+        if ref.offset < self.watermark.get(ref.partition, 0):
+            return False
         self.log.append((ref, change))
         self._apply(change, ref)
+        return True
 
     def _apply(self, change: Change, ref: ChangeRef) -> None:
         state = self.by_number.get(change.number)
@@ -175,6 +181,7 @@ class Overlay:
         kept = [(ref, c) for ref, c in self.log if ref.offset >= watermark.get(ref.partition, 0)]
         dropped = len(self.log) - len(kept)
         self.accept = frozenset(accept)
+        self.watermark = dict(watermark)
         self.by_number.clear()
         self.senders.clear()
         self.log = []

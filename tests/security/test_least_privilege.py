@@ -43,7 +43,10 @@ def _config(broker: SecureBroker, user: str, suffix: str, mode: str, snapshots: 
     path.write_text(
         broker.config(user).read_text()
         + f'group_id = "g-{suffix}"\n\n[topics]\n'
-        + "".join(f'{key} = "{key}-{suffix}"\n' for key in ("input", "deliver", "block", "invalid"))
+        + "".join(
+            f'{key} = "{key}-{suffix}"\n'
+            for key in ("input", "deliver", "block", "invalid", "changes")
+        )
         + f'\n[snapshot]\nroot = "{snapshots}"\n\n[metrics]\nenabled = false\n'
         + f'\n[delivery]\nmode = "{mode}"\n\n[service]\nstartup_timeout_s = 20\n'
     )

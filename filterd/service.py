@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from filterd import __version__, native
 from filterd.acls import not_authorized
 from filterd.changes.feed import ChangeFeed, accept_methods
+from filterd.changes.metrics import ChangeMetrics
 from filterd.changes.overlay import Overlay
 from filterd.changes.replies import Replies
 from filterd.changes.watermark import watermark_of
@@ -181,6 +182,8 @@ class Service:
             replies = Replies(cfg, lambda: feed.partitions)
             topics.append(cfg.topics.inbound)
         self.replies = replies
+        if feed is not None and self.metrics is not None:
+            self.registry.register(ChangeMetrics(feed, replies))
         self.batch_loop = BatchLoop(
             cfg, consumer, delivery, outputs, metrics, self.watcher,
             policy=self.policy, should_exit=lambda: self.should_exit,

@@ -84,6 +84,8 @@ class ChangeFeed:
         self.positions: dict[int, int] = {}
         self._fetched: list[tuple[ChangeRef, Change]] = []
         self._fetched_fresh_ms = 0
+        #: Append time of the oldest fetched change not applied yet (0: none).
+        self._oldest_fetched_ms = 0
         self._caught_up = asyncio.Event()
         self._problem: str | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -166,7 +168,7 @@ class ChangeFeed:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for tp, records in batch.items():
                 for record in records:
-                    self._take(tp.partition, record.offset, record.value)
+                    self._take(tp.partition, record.offset, record.value, record.timestamp)
                 if records:
                     self.positions[tp.partition] = records[-1].offset + 1
         self._fetched_fresh_ms = asked
@@ -180,7 +182,7 @@ class ChangeFeed:
                 return True
         return False
 
-    def _take(self, partition: int, offset: int, value: bytes | None) -> None:
+    def _take(self, partition: int, offset: int, value: bytes | None, timestamp: int = 0) -> None:
         try:
             change = parse_change(value, self.config.policy.default_country_code)
         except BadChange as exc:
@@ -190,6 +192,8 @@ class ChangeFeed:
                 self.topic, partition, offset, exc,
             )  # fmt: skip
             return
+        if not self._fetched:
+            self._oldest_fetched_ms = timestamp
         self._fetched.append((ChangeRef(self.topic, partition, offset), change))
 
     def _set_problem(self, problem: str) -> None:
@@ -202,6 +206,7 @@ class ChangeFeed:
     def drain(self) -> int:
         """Apply what was fetched, in offset order per partition; return how many."""
         fetched, self._fetched = self._fetched, []
+        self._oldest_fetched_ms = 0
         for ref, change in fetched:
             if self.overlay.apply(change, ref):
                 self.applied[(change.op, change.source or "")] += 1
@@ -268,6 +273,20 @@ class ChangeFeed:
         if self._fetched_fresh_ms == 0:
             return f"change feed of {self.topic!r} not caught up yet"
         return f"change feed of {self.topic!r} is {lag / 1000:.1f}s behind (bound 1s)"
+
+    @property
+    def fetched_fresh_ms(self) -> int:
+        """Epoch ms as of which every appended change is fetched (applied or not)."""
+        return self._fetched_fresh_ms
+
+    def oldest_unapplied_age_ms(self, now_ms: int) -> int:
+        """Age of the oldest change not applied yet: fetched and waiting for the next batch,
+        or not fetched (then at least as old as the feed's last catch-up); 0 when none."""
+        age = now_ms - self._oldest_fetched_ms if self._oldest_fetched_ms else 0
+        fresh = max(self.fresh_ms, self._fetched_fresh_ms)
+        if fresh and self.lag_records() > 0:  # (before the first catch-up: the lag says it)
+            age = max(age, now_ms - fresh)
+        return max(0, age)
 
     def lag_records(self) -> int:
         """Changes appended but not yet fetched, by the last end offsets seen."""

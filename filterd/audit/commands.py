@@ -37,7 +37,13 @@ from filterd.audit.reader import (
 from filterd.audit.records import event_fields
 from filterd.audit.report import BurstRule, ReportMeta, render_report
 from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time, parse_tz
-from filterd.audit.why import Redecider, Sighting, find_message, snapshot_loader
+from filterd.audit.why import (
+    Redecider,
+    Sighting,
+    changes_up_to,
+    find_message,
+    snapshot_loader,
+)
 from filterd.errors import ConfigError, FilterdError
 
 if TYPE_CHECKING:
@@ -340,7 +346,15 @@ def _run_why(args: argparse.Namespace) -> int:
     redecider = Redecider(root, cfg.policy, loader)
     country = cfg.policy.default_country_code
     show = full_recipient if args.unmask else mask_recipient
-    sightings = [Sighting(record, redecider.redecide(record)) for record in found]
+    # A record a live change decided is re-decided with the changes up to that one.
+    changes = {
+        where: asyncio.run(changes_up_to(ctx.params, where, country))
+        for where in {r.change for r in found if r.change is not None}
+    }
+    sightings = [
+        Sighting(record, redecider.redecide(record, changes.get(record.change or "")))
+        for record in found
+    ]
     if args.format == "json":
         doc = {
             "id": args.id,

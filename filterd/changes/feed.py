@@ -34,10 +34,12 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from filterd.acls import not_authorized
 from filterd.changes.model import BadChange, Change, ChangeRef, parse_change
 from filterd.changes.overlay import Overlay
 from filterd.changes.watermark import watermark_of
 from filterd.config import Config
+from filterd.errors import FilterdError
 from filterd.logs import RateLimitedLogger
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS
 
@@ -88,6 +90,8 @@ class ChangeFeed:
         self._oldest_fetched_ms = 0
         self._caught_up = asyncio.Event()
         self._problem: str | None = None
+        #: A refusal no retry fixes (a missing ACL); the batch loop raises it.
+        self.fatal: FilterdError | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._based_on: object = None
@@ -155,6 +159,14 @@ class ChangeFeed:
             except _Missing as exc:
                 self._set_problem(str(exc))
             except (KafkaError, OSError) as exc:
+                denied = not_authorized(exc, self.config)
+                if denied is not None:
+                    # No retry grants an ACL: the loop stops with this one line.
+                    self.fatal = denied
+                    self._set_problem(str(denied))
+                    self._caught_up.set()
+                    await self._close()
+                    return
                 self._set_problem(f"change feed cannot read {self.topic!r}: {exc!r}")
             await self._close()
             await asyncio.sleep(backoff)
@@ -255,6 +267,8 @@ class ChangeFeed:
         False when ``should_exit()`` said stop first."""
         self.drain()
         while not self.fresh_for(record_ms):
+            if self.fatal is not None:
+                raise self.fatal
             if should_exit():
                 return False
             self._caught_up.clear()

@@ -244,3 +244,36 @@ async def test_a_td_reply_becomes_a_change_in_force_a_second_later(
     assert orjson.loads(delivered.value)["id"] == "m1"
     # Each reply converted once: nothing more on the changes topic after the run.
     assert len(await drain(kafka_bootstrap, stream.changes, timeout=3)) == 1
+
+
+async def test_audit_why_finds_the_deciding_change_and_redecides_with_it(
+    kafka_bootstrap: str, new_topic, new_group, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.audit.clihelp import run_cli, write_config
+
+    dataset(tmp_path / "ds")
+    stream = await Stream.create(
+        kafka_bootstrap, new_topic, new_group, tmp_path / "snap", tmp_path / "ds"
+    )
+    build_snapshot(stream.root, tmp_path / "ds")
+    async with running(stream.config()):
+        stamps = await append(kafka_bootstrap, stream.changes, CHANGES[:1], key_of=True)
+        await produce_at(kafka_bootstrap, stream.input, [event(0, A)], max(stamps) + 1000)
+        (blocked,) = await drain(kafka_bootstrap, stream.block, expected=1, timeout=60)
+    where = header(blocked, "filterd-change")
+    config = write_config(
+        tmp_path / "audit.toml", kafka_bootstrap, input=stream.input, deliver=stream.deliver,
+        block=stream.block, invalid=stream.invalid, changes=stream.changes,
+    )  # fmt: skip
+    capsys.readouterr()
+    code = await run_cli(
+        "audit", "why", "m0", "--config", str(config), "--snapshot-root", str(stream.root),
+        "--format", "json", "--no-progress",
+    )  # fmt: skip
+    (found,) = orjson.loads(capsys.readouterr().out)["found"]
+    assert code == 0
+    assert found["change"] == where
+    assert found["reason"] == "opted-out"
+    # Re-decided with the change: the snapshot alone would deliver (A has a consent).
+    assert found["redecision"]["reason"] == "opted-out"
+    assert found["redecision"]["reproduces"] is True

@@ -39,6 +39,7 @@ from filterd.changes.model import BadChange, Change, ChangeRef, parse_change
 from filterd.changes.overlay import Overlay
 from filterd.changes.watermark import watermark_of
 from filterd.config import Config
+from filterd.delivery import client_topic_partitions
 from filterd.errors import FilterdError
 from filterd.logs import RateLimitedLogger
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS
@@ -128,10 +129,9 @@ class ChangeFeed:
         )
         self._consumer = consumer
         await consumer.start()
-        # (aiokafka has no public call returning another topic's partitions without
-        # subscribing to it; the service reads the consumer's client the same way.)
-        cluster = await consumer._client.fetch_all_metadata()
-        count = len(cluster.partitions_for_topic(self.topic) or ())
+        # One metadata question (a missing READ raises, a missing topic is 0); aiokafka has no
+        # public call for it: the service reads the consumer's client the same way.
+        count = await client_topic_partitions(consumer._client, self.topic)
         if not count:
             raise _Missing(
                 f"changes topic {self.topic!r} does not exist; waiting for it "

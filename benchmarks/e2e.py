@@ -430,7 +430,8 @@ class Session:
         sections = merge(
             {
                 "kafka": {"bootstrap_servers": self.bootstrap, "group_id": group},
-                "topics": dict(topics),
+                # No live changes unless a variant names a changes topic.
+                "topics": {"changes": "", "inbound": "", **topics},
                 "snapshot": {"root": str(self.workload.snapshot_root)},
                 "metrics": {"port": free_port(variant.members)},
                 "logging": {"level": "INFO"},

@@ -96,14 +96,22 @@ def required_acls(config: Config, principal: str, role: Role = "service") -> lis
         acls = {grant(ResourceType.TOPIC, name, Operation.READ, literal) for name in outputs}
         return sorted(acls)
     acls = {grant(ResourceType.TOPIC, t.input, Operation.READ, literal)}
+    if t.changes:
+        # Every process reads the whole changes topic, outside the group (no group grant).
+        acls.add(grant(ResourceType.TOPIC, t.changes, Operation.READ, literal))
+    if t.inbound and t.changes:
+        # MO replies are consumed in the group and written to the changes topic as changes.
+        acls.add(grant(ResourceType.TOPIC, t.inbound, Operation.READ, literal))
+        acls.add(grant(ResourceType.TOPIC, t.changes, Operation.WRITE, literal))
     acls |= {grant(ResourceType.TOPIC, name, Operation.WRITE, literal) for name in outputs}
     acls.add(grant(ResourceType.GROUP, config.kafka.group_id, Operation.READ, literal))
     if config.delivery.mode == "exactly-once":
         # delivery.transactional_id: PREFIX-GROUP-TOPIC-PARTITION, one per input partition.
-        prefix = f"{config.delivery.transactional_id_prefix}-{config.kafka.group_id}-{t.input}-"
-        acls.add(
-            grant(ResourceType.TRANSACTIONAL_ID, prefix, Operation.WRITE, PatternType.PREFIXED)
-        )
+        for topic in (t.input, t.inbound) if t.inbound and t.changes else (t.input,):
+            prefix = f"{config.delivery.transactional_id_prefix}-{config.kafka.group_id}-{topic}-"
+            acls.add(
+                grant(ResourceType.TRANSACTIONAL_ID, prefix, Operation.WRITE, PatternType.PREFIXED)
+            )
     return sorted(acls)
 
 

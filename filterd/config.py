@@ -121,6 +121,30 @@ class TopicsConfig:
     deliver: str = "sms.deliver"
     block: str = "sms.blocked"
     invalid: str = "sms.invalid"
+    #: Live consent changes (compacted, keyed by recipient digits); empty: none, decisions
+    #: use the snapshot alone.
+    changes: str = "sms.consent-changes"
+    #: Replies from recipients (MO messages); keyword replies become changes. Empty: off.
+    inbound: str = "sms.inbound"
+
+
+@dataclass(slots=True, frozen=True)
+class RepliesConfig:
+    """Keywords of MO replies (docs/contract.md "Live consent changes"). A reply matches
+    when, after NFKC, trimming white space and trailing punctuation and case folding, it
+    equals a keyword (compared folded the same way)."""
+
+    #: Opt-out of the sender the reply went to.
+    optout: tuple[str, ...] = (
+        "td", "t", "n", "r", "退订", "取消", "拒收", "stop", "unsubscribe", "cancel", "end",
+        "quit", "revoke", "opt out", "optout",
+    )  # fmt: skip
+    #: Opt-out of that sender when the reply contains one of these anywhere.
+    optout_contains: tuple[str, ...] = ("退订",)
+    #: Opt-out of every sender.
+    optout_all: tuple[str, ...] = ("0000", "stopall", "全部退订")
+    #: Clear an opt-out of that sender.
+    clear: tuple[str, ...] = ("start", "unstop")
 
 
 @dataclass(slots=True, frozen=True)
@@ -230,6 +254,7 @@ class Config:
 
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
+    replies: RepliesConfig = field(default_factory=RepliesConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -477,6 +502,22 @@ def _validate(config: Config) -> None:
         raise ConfigError("topics.input", "must differ from the output topics")
     if len({t.deliver, t.block, t.invalid}) != 3:
         raise ConfigError("topics.deliver", "deliver, block and invalid must be three topics")
+    if t.inbound:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", t.inbound):
+            raise ConfigError("topics.inbound", f"not a valid Kafka topic name: {t.inbound!r}")
+        if t.inbound in (t.input, t.deliver, t.block, t.invalid, t.changes):
+            raise ConfigError("topics.inbound", "must differ from the other topics")
+        if not t.changes:
+            raise ConfigError("topics.inbound", "needs topics.changes (replies become changes)")
+    for name in ("optout", "optout_contains", "optout_all", "clear"):
+        for word in getattr(config.replies, name):
+            if not word.strip():
+                raise ConfigError(f"replies.{name}", f"a keyword must not be empty, got {word!r}")
+    if t.changes:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", t.changes):
+            raise ConfigError("topics.changes", f"not a valid Kafka topic name: {t.changes!r}")
+        if t.changes in (t.input, t.deliver, t.block, t.invalid):
+            raise ConfigError("topics.changes", "must differ from the input and output topics")
 
     s = config.snapshot
     _positive("snapshot.poll_interval_s", s.poll_interval_s)

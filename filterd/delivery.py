@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
     CommitFailedError,
     KafkaConnectionError,
@@ -90,7 +91,11 @@ async def topic_partitions(producer: AIOKafkaProducer, topic: str) -> int:
     answer is what start-up needs. Any other topic error (an ACL refusal:
     ``TopicAuthorizationFailedError``) is raised.
     """
-    client = producer.client
+    return await client_topic_partitions(producer.client, topic)
+
+
+async def client_topic_partitions(client: AIOKafkaClient, topic: str) -> int:
+    """:func:`topic_partitions` with any client's connection (a consumer's too)."""
     node = client.get_random_node()
     if node is None:
         raise KafkaConnectionError("no broker known")

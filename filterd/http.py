@@ -56,6 +56,9 @@ class Health:
     stopping: bool = False
     last_fetch_monotonic: float | None = None
     heartbeat_monotonic: float | None = None
+    #: Further checks, each returning why the service is not ready or None (the change
+    #: feed: lagging past its bound means no decision may be made).
+    checks: list[Callable[[], str | None]] = field(default_factory=list)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def fetched(self) -> None:
@@ -91,6 +94,10 @@ class Health:
             reasons.append(self.broker_problem)
         if self.topic_problem is not None:
             reasons.append(self.topic_problem)
+        for check in self.checks:
+            problem = check()
+            if problem is not None:
+                reasons.append(problem)
         if not self.assigned:
             reasons.append("no partitions assigned")
         elif self.last_fetch_monotonic is None:

@@ -39,6 +39,8 @@ from filterd.pipeline import (
 from filterd.router import Decider, Outcome, Policy
 
 if TYPE_CHECKING:
+    from filterd.changes.feed import ChangeFeed
+    from filterd.changes.replies import Replies
     from filterd.snapshot import Lease
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,11 @@ class _Work:
     without_plus: int = 0
 
 
+def _newest(batch: Batch) -> int:
+    """The newest record time of a batch (epoch ms)."""
+    return max((r.timestamp for records in batch.values() for r in records), default=0)
+
+
 class BatchLoop:
     """Routes fetched batches until ``should_exit()`` says stop.
 
@@ -161,6 +168,8 @@ class BatchLoop:
         policy: Policy,
         should_exit: Callable[[], bool],
         on_fetch: Callable[[], None] = lambda: None,
+        changes: ChangeFeed | None = None,
+        replies: Replies | None = None,
     ) -> None:
         self.config = config
         self.consumer = consumer
@@ -171,6 +180,10 @@ class BatchLoop:
         self.policy = policy
         self.should_exit = should_exit
         self.on_fetch = on_fetch
+        #: The live consent changes (None: the snapshot alone decides).
+        self.changes = changes
+        #: MO replies turned into changes (None: ``[topics] inbound`` is off).
+        self.replies = replies
         self.pipelined = config.batch.pipelined and delivery.pipelines
         self.counts: Counter[Outcome] = Counter()
         self.batches = 0
@@ -226,6 +239,17 @@ class BatchLoop:
         await self._await_finishing()
 
     async def _route(self, batch: Batch) -> None:
+        if self.changes is not None:
+            # Never decide on stale consent: every change appended up to 1 s before the
+            # newest record's time is applied first (filterd.changes.feed), on top of the
+            # snapshot the batch will be decided by (no await between here and _decide).
+            lease = self.snapshots.lease()
+            try:
+                self.changes.rebase(lease.snapshot)
+            finally:
+                lease.release()
+            if not await self.changes.wait_fresh(_newest(batch), self.should_exit):
+                return  # stopping: the batch is not decided, so not committed
         work = self._decide(batch)
         handed_over = False
         try:
@@ -300,7 +324,10 @@ class BatchLoop:
         try:
             snapshot = lease.snapshot
             if self._decider is None or self._decider.snapshot is not snapshot:
-                self._decider = Decider(snapshot, self.policy)
+                overlay = None
+                if self.changes is not None:
+                    overlay = self.changes.rebase(snapshot)
+                self._decider = Decider(snapshot, self.policy, overlay=overlay)
                 self._headers = HeaderCache(snapshot.version)
             assert self._headers is not None
             todo = [(tp, records) for tp, records in batch.items() if records]
@@ -317,9 +344,13 @@ class BatchLoop:
         return work
 
     def _decide_partitions(self, work: _Work, todo: _Todo) -> list[PartitionOutput]:
-        delivery, outputs = self.delivery, self.outputs
+        delivery, outputs, replies = self.delivery, self.outputs, self.replies
         return [
-            decide_partition(
+            replies.convert(
+                tp.topic, tp.partition, records, functools.partial(delivery.new_builder, tp)
+            )
+            if replies is not None and tp.topic == replies.inbound
+            else decide_partition(
                 work.decider, work.headers, tp.topic, tp.partition, records, outputs,
                 functools.partial(delivery.new_builder, tp),
             )

@@ -27,6 +27,8 @@ HEADER_SNAPSHOT: Final = "filterd-snapshot"
 HEADER_SOURCE: Final = "filterd-source"
 #: Where step 2 decided an exempt-category message as marketing: the category it was sent with.
 HEADER_DECLARED_CATEGORY: Final = "filterd-declared-category"
+#: Where a live consent change decided the record: ``topic/partition/offset`` of that change.
+HEADER_CHANGE: Final = "filterd-change"
 
 Header = tuple[str, bytes]
 
@@ -149,6 +151,9 @@ def decide_partition(
         declared = decider.declared_category
         if declared is not None:
             hdrs.append((HEADER_DECLARED_CATEGORY, declared.encode()))
+        change = decider.change_ref
+        if change is not None:
+            hdrs.append((HEADER_CHANGE, change.header()))
         route = outcome.route
         builder = get_builder(route)
         if (

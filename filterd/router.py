@@ -21,6 +21,19 @@ from typing import Final, NamedTuple, Protocol
 
 import orjson
 
+from filterd.changes.model import ChangeRef
+from filterd.changes.overlay import (
+    CLEARED,
+    CONSENT_REPLACED,
+    CONSENT_UNCHANGED,
+    FOREVER,
+    NO_ACCEPTED,
+    SET,
+    UNCHANGED,
+    NumberChanges,
+    Overlay,
+    min_cap,
+)
 from filterd.config import PolicyConfig
 from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
@@ -179,8 +192,9 @@ class Decider:
 
     __slots__ = (
         "_cc", "_default_exempt", "_dnd", "_event_time", "_exempt", "_global", "_global_filter",
-        "_markers", "_marketing_exempt", "_max_bytes", "_plus_low", "_plus_ranges", "_senders",
-        "declared_category", "snapshot", "version", "without_plus",
+        "_markers", "_marketing_exempt", "_max_bytes", "_new_senders", "_pending", "_plus_low",
+        "_plus_ranges", "_senders", "change_ref", "declared_category", "snapshot", "version",
+        "without_plus",
     )  # fmt: skip
 
     def __init__(
@@ -190,6 +204,7 @@ class Decider:
         *,
         event_time: bool = False,
         markers: MarkerMatcher | None = None,
+        overlay: Overlay | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.version: str = snapshot.version
@@ -215,6 +230,13 @@ class Decider:
         #: The declared category of the record :meth:`decide` last decided, when step 2
         #: decided it as marketing (the output's ``filterd-declared-category``); else None.
         self.declared_category: str | None = None
+        # Live consent changes not in the snapshot (filterd.changes.overlay): the numbers
+        # they touch, one dict membership test per event, and the senders they name.
+        self._pending: dict[int, NumberChanges] = overlay.by_number if overlay is not None else {}
+        self._new_senders: set[str] = overlay.senders if overlay is not None else set()
+        #: The change whose fact decided the record :meth:`decide` last decided (the
+        #: output's ``filterd-change``); else None.
+        self.change_ref: ChangeRef | None = None
         # Recipients that look like E.164 without "+" (read as national numbers, as the
         # contract says): one int comparison per event, the ranges only above _plus_low.
         self._plus_ranges: tuple[tuple[int, int], ...] = without_plus_ranges(self._cc)
@@ -233,6 +255,7 @@ class Decider:
         # checks and dict lookups: orjson returns exact dicts and strs, so
         # isinstance() means type() is here.
         self.declared_category = None
+        self.change_ref = None
         try:
             if value is None:
                 return MALFORMED_JSON
@@ -282,6 +305,10 @@ class Decider:
                 if self._marketing_exempt:
                     return EXEMPT_CATEGORY
             # require-consent, first match wins (docs/contract.md "Policy and reason codes").
+            if number in self._pending:
+                if self._event_time and ts is not None:
+                    at_ms = int(ts)
+                return self._decide_changed(self._pending[number], sender, number, at_ms)
             global_filter = self._global_filter
             if global_filter:
                 # Rule 1 for every sender (`*`): the same inline filter test as below.
@@ -291,6 +318,9 @@ class Decider:
             entry = self._senders.get(sender)
             if entry is None:
                 # Rules 1 to 4 cannot match a sender the snapshot does not know.
+                if sender in self._new_senders:
+                    # Named by a live change, without one for this number.
+                    return RECIPIENT_DND if number in self._dnd else NO_CONSENT
                 return UNKNOWN_SENDER
             optout_filter = entry.optout_filter
             if optout_filter:
@@ -325,6 +355,87 @@ class Decider:
                 "internal-error", "decision raised; routing as internal-error: %s", _Traceback(exc)
             )
             return INTERNAL_ERROR
+
+    def _decide_changed(
+        self, changes: NumberChanges, sender: str, number: int, at_ms: int
+    ) -> Outcome:
+        """Step 3 for a number with pending live changes: the snapshot's facts where the
+        changes left them alone (filterd.changes.overlay), and ``change_ref`` set when the
+        deciding fact came from a change."""
+        flag = changes.global_optout
+        if flag == SET or (flag == UNCHANGED and number in self._global):
+            self.change_ref = changes.global_ref if flag == SET else None
+            return OPTED_OUT
+        entry = self._senders.get(sender)
+        pair = changes.pairs.get(sender)
+        flag = pair.optout if pair is not None else UNCHANGED
+        if flag == SET or (flag == UNCHANGED and entry is not None and number in entry.optouts):
+            self.change_ref = pair.optout_ref if pair is not None and flag == SET else None
+            return OPTED_OUT
+        mode = pair.consent if pair is not None else CONSENT_UNCHANGED
+        until, any_row = NO_ACCEPTED, False
+        if entry is not None and mode != CONSENT_REPLACED:
+            until, any_row = _snapshot_consent(entry, number)
+        if pair is not None and mode != CONSENT_UNCHANGED:
+            until, any_row = max(until, pair.until), any_row or pair.any_row
+        if any_row:
+            self.change_ref = (
+                pair.consent_ref if pair is not None and mode != CONSENT_UNCHANGED else None
+            )
+            if until == NO_ACCEPTED:
+                return CONSENT_NOT_EXPLICIT
+            if until == FOREVER:
+                return CONSENT
+            if at_ms < 0:
+                at_ms = time.time_ns() // 1_000_000
+            return CONSENT if until > at_ms else CONSENT_EXPIRED
+        if entry is None and sender not in self._new_senders:
+            return UNKNOWN_SENDER
+        flag = changes.dnd
+        if flag == SET or (flag == UNCHANGED and number in self._dnd):
+            self.change_ref = changes.dnd_ref if flag == SET else None
+            return RECIPIENT_DND
+        if mode == CONSENT_REPLACED:
+            assert pair is not None
+            self.change_ref = pair.consent_ref
+        elif flag == CLEARED:
+            self.change_ref = changes.dnd_ref
+        return NO_CONSENT
+
+    def max_per_day(self, sender: str, number: int) -> int:
+        """The (sender, number) pair's ``max_per_day`` with the live changes applied (0: none
+        stated): the smallest of its accepted consents' (snapshot and changes)."""
+        entry = self._senders.get(sender)
+        changes = self._pending.get(number)
+        pair = changes.pairs.get(sender) if changes is not None else None
+        mode = pair.consent if pair is not None else CONSENT_UNCHANGED
+        cap = 0
+        if entry is not None and mode != CONSENT_REPLACED:
+            terms: TermsLookup | None = getattr(entry, "terms", None)
+            if terms is not None:
+                cap = int(getattr(terms, "max_per_day", _no_cap)(number))
+        if pair is not None and mode != CONSENT_UNCHANGED:
+            cap = min_cap(cap, pair.cap)
+        return cap
+
+
+def _no_cap(number: int) -> int:
+    return 0
+
+
+def _snapshot_consent(entry: SenderLookup, number: int) -> tuple[int, bool]:
+    """(latest accepted validity in epoch ms or NO_ACCEPTED, any consent row) of a pair."""
+    if number in entry.consents:
+        return FOREVER, True
+    terms: TermsLookup | None = getattr(entry, "terms", None)
+    if terms is not None:
+        rank = terms.numbers.rank(number)
+        if rank >= 0:
+            until = terms.until[rank]
+            if until == terms.refused:
+                return NO_ACCEPTED, True
+            return until * terms.scale, True
+    return NO_ACCEPTED, False
 
 
 def _missing_or_bad_type(mid: object, sender: object, recipient: object) -> Outcome:

@@ -30,6 +30,11 @@ from prometheus_client import CollectorRegistry
 
 from filterd import __version__, native
 from filterd.acls import not_authorized
+from filterd.changes.feed import ChangeFeed, accept_methods
+from filterd.changes.metrics import ChangeMetrics
+from filterd.changes.overlay import Overlay
+from filterd.changes.replies import Replies
+from filterd.changes.watermark import watermark_of
 from filterd.config import Config, policy_line
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from filterd.errors import BrokerError, ConfigError, FilterdError
@@ -77,6 +82,10 @@ class Service:
         )
         #: The batch loop, built by :meth:`startup` once Kafka is reachable.
         self.batch_loop: BatchLoop | None = None
+        #: The reader of ``[topics] changes`` (None: no live changes configured).
+        self.change_feed: ChangeFeed | None = None
+        #: MO replies turned into changes (None: ``[topics] inbound`` off).
+        self.replies: Replies | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -165,12 +174,22 @@ class Service:
         outputs = await self._output_topics(delivery)
         await self._retry_until_started("consumer", consumer.start)
         metrics: LoopMetrics = self.metrics if self.metrics is not None else NoMetrics()
+        feed = await self._change_feed(stack)
+        replies = None
+        topics = [cfg.topics.input]
+        if feed is not None and cfg.topics.inbound:
+            # MO replies: consumed in the group like the input, converted into changes.
+            replies = Replies(cfg, lambda: feed.partitions)
+            topics.append(cfg.topics.inbound)
+        self.replies = replies
+        if feed is not None and self.metrics is not None:
+            self.registry.register(ChangeMetrics(feed, replies))
         self.batch_loop = BatchLoop(
             cfg, consumer, delivery, outputs, metrics, self.watcher,
             policy=self.policy, should_exit=lambda: self.should_exit,
-            on_fetch=self.health.fetched,
+            on_fetch=self.health.fetched, changes=feed, replies=replies,
         )  # fmt: skip
-        consumer.subscribe([cfg.topics.input], listener=_Rebalance(self.batch_loop, self.health))
+        consumer.subscribe(topics, listener=_Rebalance(self.batch_loop, self.health))
         if self.health.topic_problem is not None:
             watch = asyncio.create_task(self._await_input_topic(delivery, consumer))
             stack.push_async_callback(_cancel, watch)
@@ -210,6 +229,21 @@ class Service:
         )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------
+
+    async def _change_feed(self, stack: contextlib.AsyncExitStack) -> ChangeFeed | None:
+        """Start reading ``[topics] changes`` from the snapshot's watermark (none: off)."""
+        topic = self.config.topics.changes
+        snapshot = self.watcher.current
+        if not topic or snapshot is None:
+            return None
+        watermark = watermark_of(snapshot.manifest, topic)
+        overlay = Overlay(accept_methods(snapshot.manifest))
+        feed = ChangeFeed(self.config, overlay, watermark)
+        await feed.start()
+        stack.push_async_callback(self._bounded, "change feed", feed.stop)
+        self.health.checks.append(feed.problem)
+        self.change_feed = feed
+        return feed
 
     async def _wait_for_snapshot(self) -> bool:
         root = self.config.snapshot.root

@@ -140,7 +140,7 @@ def topic_specs(
     replication: int = 1,
     block_retention_ms: int | None = BLOCK_RETENTION_MS,
 ) -> dict[str, TopicSpec]:
-    """What ``topics create`` makes of the config's four topics."""
+    """What ``topics create`` makes of the config's topics (with the changes and inbound ones)."""
     t = config.topics
     common = {
         "cleanup.policy": "delete",
@@ -152,12 +152,20 @@ def topic_specs(
     if block_retention_ms is not None:
         # Evidence goes by age only: a bombing campaign must not push it out by size.
         block.update({"retention.ms": str(block_retention_ms), "retention.bytes": "-1"})
-    return {
+    specs = {
         t.input: TopicSpec(partitions, replication, common),
         t.deliver: TopicSpec(partitions, replication, common),
         t.block: TopicSpec(partitions, replication, block),
         t.invalid: TopicSpec(partitions, replication, common),
     }
+    if t.inbound:
+        specs[t.inbound] = TopicSpec(partitions, replication, common)
+    if t.changes:
+        # Live consent changes, keyed by recipient: the latest change of each key is kept. The
+        # 1 s bound runs from a change's append (filterd.changes.feed): the broker's time.
+        changes = {**common, "cleanup.policy": "compact", "message.timestamp.type": "LogAppendTime"}
+        specs[t.changes] = TopicSpec(partitions, replication, changes)
+    return specs
 
 
 async def create_topics(

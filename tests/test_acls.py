@@ -24,6 +24,9 @@ def test_at_least_once_reads_input_and_group_writes_outputs() -> None:
     assert {a.principal for a in acls} == {"User:filterd"}
     assert _as_tuples(acls) == {
         ("READ", "TOPIC", "sms.outbound", "LITERAL"),
+        ("READ", "TOPIC", "sms.consent-changes", "LITERAL"),
+        ("READ", "TOPIC", "sms.inbound", "LITERAL"),
+        ("WRITE", "TOPIC", "sms.consent-changes", "LITERAL"),
         ("WRITE", "TOPIC", "sms.deliver", "LITERAL"),
         ("WRITE", "TOPIC", "sms.blocked", "LITERAL"),
         ("WRITE", "TOPIC", "sms.invalid", "LITERAL"),
@@ -42,7 +45,10 @@ def test_exactly_once_adds_its_transactional_ids_and_nothing_on_the_cluster() ->
     extra = _as_tuples(acls) - _as_tuples(required_acls(_config(FILTERD_KAFKA_GROUP_ID="g1",
                                                                  FILTERD_TOPICS_INPUT="in"),
                                                          "User:svc"))  # fmt: skip
-    assert extra == {("WRITE", "TRANSACTIONAL_ID", "fd-g1-in-", "PREFIXED")}
+    assert extra == {
+        ("WRITE", "TRANSACTIONAL_ID", "fd-g1-in-", "PREFIXED"),
+        ("WRITE", "TRANSACTIONAL_ID", "fd-g1-sms.inbound-", "PREFIXED"),  # MO replies
+    }
     assert all(a.resource_type is not ResourceType.CLUSTER for a in acls)
 
 
@@ -51,7 +57,11 @@ def test_the_prefix_matches_the_ids_delivery_uses() -> None:
 
     config = _config(FILTERD_DELIVERY_MODE="exactly-once", FILTERD_KAFKA_GROUP_ID="grp")
     acls = required_acls(config, "User:x")
-    (txn,) = [a for a in acls if a.resource_type is ResourceType.TRANSACTIONAL_ID]
+    (txn,) = [
+        a for a in acls
+        if a.resource_type is ResourceType.TRANSACTIONAL_ID
+        and config.topics.input in a.resource_name
+    ]  # fmt: skip
     for partition in (0, 7, 11):
         assert transactional_id(config, config.topics.input, partition).startswith(
             txn.resource_name
@@ -92,3 +102,8 @@ def test_bootstrap_addresses_are_parsed_like_the_clients_do() -> None:
 
     config = _config(FILTERD_KAFKA_BOOTSTRAP_SERVERS="k1:9093,10.0.0.2:19092")
     assert addresses(config.kafka) == [("k1", 9093), ("10.0.0.2", 19092)]
+
+
+def test_no_changes_topic_no_grant_on_it() -> None:
+    acls = required_acls(_config(FILTERD_TOPICS_CHANGES="", FILTERD_TOPICS_INBOUND=""), "User:s")
+    assert "sms.consent-changes" not in {a.resource_name for a in acls}

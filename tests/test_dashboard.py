@@ -13,6 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from filterd.changes.feed import ChangeFeed
+from filterd.changes.metrics import ChangeMetrics
+from filterd.changes.overlay import Overlay
+from filterd.changes.replies import Replies
+from filterd.config import load_config
 from filterd.http import Health, ReadinessCollector
 from filterd.metrics import Metrics
 
@@ -79,6 +84,8 @@ def exposed_series() -> set[str]:
     metrics.observe_latencies([0.01])
     metrics.set_lag("in", 0, 1)
     metrics.snapshot_loaded("v1", 1, time.time(), 0.1)
+    feed = ChangeFeed(load_config(None, env={}), Overlay(()), {})
+    registry.register(ChangeMetrics(feed, Replies(feed.config, lambda: 1)))
     text = generate_latest(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -40,6 +40,7 @@ TOPICS = {
     "deliver": "demo.sms.deliver",
     "block": "demo.sms.blocked",
     "invalid": "demo.sms.invalid",
+    "changes": "demo.sms.consent-changes",
 }
 PARTITIONS = 6
 
@@ -61,8 +62,12 @@ async def recreate_topics(bootstrap: str) -> None:
                 await asyncio.sleep(0.2)
         # Output topics stamp arrival time, so throughput is measured by the broker.
         outputs = {"message.timestamp.type": "LogAppendTime"}
+        configs = {
+            "input": {},
+            "changes": {"cleanup.policy": "compact", "message.timestamp.type": "LogAppendTime"},
+        }
         await admin.create_topics([
-            NewTopic(name, PARTITIONS, 1, topic_configs={} if role == "input" else outputs)
+            NewTopic(name, PARTITIONS, 1, topic_configs=configs.get(role, outputs))
             for role, name in TOPICS.items()
         ])  # fmt: skip
     finally:

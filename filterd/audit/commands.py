@@ -40,6 +40,7 @@ from filterd.audit.timeutil import HourBuckets, TimeRange, format_ms, parse_time
 from filterd.audit.why import (
     Redecider,
     Sighting,
+    changes_up_to,
     consent_evidence,
     find_message,
     snapshot_loader,
@@ -390,8 +391,17 @@ def _run_why(args: argparse.Namespace) -> int:
     redecider = Redecider(root, cfg.policy, loader)
     country = cfg.policy.default_country_code
     show = full_recipient if args.unmask else mask_recipient
+    # A record a live change decided is re-decided with the changes up to that one.
+    changes = {
+        where: asyncio.run(changes_up_to(ctx.params, where, country))
+        for where in {r.change for r in found if r.change is not None}
+    }
     sightings = [
-        Sighting(record, redecider.redecide(record), consent_evidence(root, record))
+        Sighting(
+            record,
+            redecider.redecide(record, changes.get(record.change or "")),
+            consent_evidence(root, record),
+        )
         for record in found
     ]
     if args.format == "json":

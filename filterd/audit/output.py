@@ -92,6 +92,8 @@ def format_why(
             f"  snapshot   {r.snapshot}\n"
             f"  source     {r.source}\n"
         )
+        if r.change is not None:
+            buf.write(f"  change     {r.change} (re-decided with the changes up to it)\n")
         if again.available:
             verdict = "REPRODUCES" if again.reproduces else "DOES NOT REPRODUCE"
             buf.write(

@@ -21,7 +21,13 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from filterd.audit.records import AuditRecord, declared_category_of, decode_headers, reason_of
+from filterd.audit.records import (
+    AuditRecord,
+    change_of,
+    declared_category_of,
+    decode_headers,
+    reason_of,
+)
 from filterd.audit.timeutil import TimeRange
 from filterd.errors import BrokerError
 
@@ -331,6 +337,7 @@ class RangeReader:
                             snapshot,
                             source,
                             declared_category_of(msg.headers),
+                            change_of(msg.headers),
                         )
                     )
             # The position, not the last record, says when a partition is

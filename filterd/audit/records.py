@@ -50,6 +50,9 @@ class AuditRecord(NamedTuple):
     #: The category the message was sent with, when filterd decided it as marketing
     #: (its text carried a marketing marker); None otherwise.
     declared_category: str | None = None
+    #: ``topic/partition/offset`` of the live consent change that decided it
+    #: (``filterd-change``); None otherwise.
+    change: str | None = None
 
     @property
     def location(self) -> str:
@@ -80,6 +83,14 @@ def declared_category_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
     """The ``filterd-declared-category`` header, or None when the record has none."""
     for name, raw in headers:
         if name == DECLARED_CATEGORY_HEADER:
+            return _header_text(raw)
+    return None
+
+
+def change_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The ``filterd-change`` header, or None when the record has none."""
+    for name, raw in headers:
+        if name == "filterd-change":
             return _header_text(raw)
     return None
 

@@ -14,11 +14,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from filterd.audit.reader import KafkaParams, ProgressCallback, RangeReader
 from filterd.audit.records import MISSING, AuditRecord, event_fields
 from filterd.audit.timeutil import TimeRange
+from filterd.changes import BadChange, Change, ChangeRef, Overlay, parse_change
+from filterd.changes.feed import accept_methods
+from filterd.changes.watermark import watermark_of
 from filterd.errors import InvalidNumber, SnapshotError
-from filterd.router import Policy, SnapshotView, decide_value
+from filterd.router import Decider, Policy, SnapshotView, decide_value
 
 if TYPE_CHECKING:
     from filterd.snapshot.granted import GrantedRow
@@ -121,15 +126,29 @@ class Redecider:
             self._cache[version] = cached
         return cached
 
-    def redecide(self, record: AuditRecord) -> Redecision:
-        """Decide ``record.value`` again against its snapshot version."""
+    def redecide(
+        self, record: AuditRecord, changes: Sequence[tuple[ChangeRef, Change]] | None = None
+    ) -> Redecision:
+        """Decide ``record.value`` again against its snapshot version; with ``changes``
+        (the change that decided it and those before it in its partition,
+        :func:`changes_up_to`), against that snapshot with them applied, at the record's time."""
         version = record.snapshot
         if version == MISSING or not version:
             return Redecision(version, False, None, None, None, "record has no snapshot version")
         snapshot = self._snapshot(version)
         if isinstance(snapshot, SnapshotError):
             return Redecision(version, False, None, None, None, f"not available: {snapshot}")
-        route, reason = decide_value(record.value, snapshot, self._policy)
+        if changes is None:
+            route, reason = decide_value(record.value, snapshot, self._policy)
+        else:
+            manifest = getattr(snapshot, "manifest", None)
+            manifest = manifest if isinstance(manifest, dict) else None
+            overlay = Overlay(accept_methods(manifest))
+            if record.change is not None:
+                overlay.watermark = watermark_of(manifest, record.change.rsplit("/", 2)[0])
+            overlay.extend(changes)
+            decider = Decider(snapshot, self._policy, overlay=overlay)
+            route, reason = decider.decide(record.value, record.timestamp_ms)
         reproduces = (route, reason) == (record.route, record.reason)
         return Redecision(version, True, route, reason, reproduces, None)
 
@@ -165,6 +184,40 @@ def consent_evidence(root: Path, record: AuditRecord) -> ConsentEvidence | None:
         return ConsentEvidence([], str(exc))
 
 
+async def changes_up_to(
+    params: KafkaParams, where: str, country_code: str
+) -> list[tuple[ChangeRef, Change]]:
+    """The changes of ``where``'s partition (``topic/partition/offset``) up to and including
+    it: every change of a recipient is in one partition, so these are all the changes that can
+    bear on a record it decided. Malformed ones are skipped, as the stream skips them."""
+    topic, partition_text, offset_text = where.rsplit("/", 2)
+    tp = TopicPartition(topic, int(partition_text))
+    last = int(offset_text)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=params.bootstrap_servers, enable_auto_commit=False,
+        isolation_level="read_committed", **params.client_options,
+    )  # fmt: skip
+    await consumer.start()
+    found: list[tuple[ChangeRef, Change]] = []
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) <= last and await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for record in batch.get(tp, []):
+                if record.offset > last:
+                    break
+                try:
+                    change = parse_change(record.value, country_code)
+                except BadChange:
+                    continue
+                found.append((ChangeRef(topic, tp.partition, record.offset), change))
+    finally:
+        await consumer.stop()
+    return found
+
+
 class Sighting(NamedTuple):
     """One found record of the message, with its re-decision."""
 
@@ -190,6 +243,7 @@ class Sighting(NamedTuple):
             "reason": record.reason,
             "snapshot": record.snapshot,
             "source": record.source,
+            "change": record.change,
             "redecision": {
                 "available": again.available,
                 "route": again.route,

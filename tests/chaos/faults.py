@@ -725,6 +725,9 @@ class ModeRun:
                 "FILTERD_TOPICS_DELIVER": self.topics["deliver"],
                 "FILTERD_TOPICS_BLOCK": self.topics["block"],
                 "FILTERD_TOPICS_INVALID": self.topics["invalid"],
+                # No live changes in these runs (the changes feed has tests of its own).
+                "FILTERD_TOPICS_CHANGES": "",
+                "FILTERD_TOPICS_INBOUND": "",
                 "FILTERD_SNAPSHOT_ROOT": str(self.snapshots.root),
                 "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.5",
                 "FILTERD_DELIVERY_MODE": self.mode,

@@ -26,7 +26,7 @@ COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 SCHEMA = json.loads((Path(__file__).parent / "compose-spec.schema.json").read_text())
 
-TOPICS = {"sms.outbound", "sms.deliver", "sms.blocked", "sms.invalid"}
+TOPICS = {"sms.outbound", "sms.deliver", "sms.blocked", "sms.invalid", "sms.consent-changes"}
 
 _VAR = re.compile(r"\$(?:\$|\{(\w+)(?::?-([^}]*))?\}|(\w+))")
 
@@ -127,7 +127,8 @@ def test_filterd_service_matches_the_product(stack: dict[str, Any]) -> None:
     assert str(cfg.metrics.port) in {str(p) for p in filterd["expose"]}
     assert seconds(filterd["stop_grace_period"]) > cfg.service.shutdown_timeout_s
     assert filterd["read_only"] is True
-    assert {cfg.topics.input, cfg.topics.deliver, cfg.topics.block, cfg.topics.invalid} == TOPICS
+    topics = (cfg.topics.input, cfg.topics.deliver, cfg.topics.block, cfg.topics.invalid)
+    assert {*topics, cfg.topics.changes} == TOPICS
 
 
 def _kafka_init_script(stack: dict[str, Any]) -> str:

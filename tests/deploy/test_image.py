@@ -207,6 +207,11 @@ async def _topics(new_topic: NewTopicFactory) -> dict[str, str]:
         "deliver": await new_topic(partitions=3),
         "block": await new_topic(partitions=3),
         "invalid": await new_topic(partitions=1),
+        "changes": await new_topic(
+            partitions=1,
+            config={"cleanup.policy": "compact", "message.timestamp.type": "LogAppendTime"},
+        ),
+        "inbound": await new_topic(partitions=1),
     }
 
 

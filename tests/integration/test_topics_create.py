@@ -30,6 +30,8 @@ async def test_existing_topics_are_compared_and_configs_applied(
     path.write_text(
         f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n[topics]\n'
         + "".join(f'{k} = "tc-{k}-{suffix}"\n' for k in ("input", "deliver", "block", "invalid"))
+        # The four stream topics (changes, inbound: tests/changes/test_topic_specs.py).
+        + 'changes = ""\ninbound = ""\n'
     )
     config = load_config(path)
     names = [f"tc-{k}-{suffix}" for k in ("input", "deliver", "block", "invalid")]

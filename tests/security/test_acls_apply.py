@@ -26,6 +26,8 @@ def _write_config(path: Path, broker: SecureBroker, user: str, suffix: str) -> P
     topics = "\n".join(
         f'{key} = "{key}-{suffix}"' for key in ("input", "deliver", "block", "invalid")
     )
+    # No live changes nor MO replies here: their grants are in test_least_privilege.py.
+    topics += '\nchanges = ""\ninbound = ""'
     kafka = broker.config(user).read_text()
     path.write_text(f'{kafka}group_id = "group-{suffix}"\n\n[topics]\n{topics}\n')
     return path

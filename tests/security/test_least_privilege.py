@@ -43,7 +43,12 @@ def _config(broker: SecureBroker, user: str, suffix: str, mode: str, snapshots: 
     path.write_text(
         broker.config(user).read_text()
         + f'group_id = "g-{suffix}"\n\n[topics]\n'
-        + "".join(f'{key} = "{key}-{suffix}"\n' for key in ("input", "deliver", "block", "invalid"))
+        + "".join(
+            f'{key} = "{key}-{suffix}"\n'
+            for key in ("input", "deliver", "block", "invalid", "changes")
+        )
+        # MO replies off: their grants (WRITE on changes) are used only once a reply comes.
+        + 'inbound = ""\n'
         + f'\n[snapshot]\nroot = "{snapshots}"\n\n[metrics]\nenabled = false\n'
         + f'\n[delivery]\nmode = "{mode}"\n\n[service]\nstartup_timeout_s = 20\n'
     )
@@ -122,7 +127,8 @@ async def test_exactly_the_generated_acls(
     finally:
         await apply_acls(admin, acls + auditor_acls, revoke=True)
         t = admin.topics
-        await delete(admin.kafka.client_options(), [t.input, t.deliver, t.block, t.invalid])
+        topics = [t.input, t.deliver, t.block, t.invalid, t.changes]
+        await delete(admin.kafka.client_options(), topics)
 
 
 async def _revoke_each_then_run_all(admin: Config, service_path: Path, acls: list[Acl]) -> None:

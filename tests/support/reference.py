@@ -338,6 +338,59 @@ def _first(rules: tuple[Rule, ...], m: Message) -> Decision | None:
     return None
 
 
+# --------------------------------------------------------------------------- live changes
+
+CHANGE_OPS = ("opt-out", "opt-out-clear", "consent", "consent-revoke", "dnd-add", "dnd-remove")
+_MAX_PER_DAY = re.compile(r"[1-9][0-9]{0,8}")
+
+
+def _optional_str(doc: dict[str, Any], name: str) -> bool:
+    return doc.get(name) is None or isinstance(doc.get(name), str)
+
+
+def ref_change(value: bytes | None, country_code: str = COUNTRY_CODE) -> dict[str, Any] | None:
+    """A change record as the contract reads it: ``op``, ``number``, ``sender``, and with
+    ``consent`` its ``method`` (None: none given) and ``expires`` (epoch µs or None);
+    None for a malformed record (skipped, never applied)."""
+    doc = parse_json(value) if value is not None else _NOT_JSON
+    if not isinstance(doc, dict):
+        return None
+    op = doc.get("op")
+    if op not in CHANGE_OPS or not isinstance(doc.get("recipient"), str):
+        return None
+    number = ref_normalize(doc["recipient"], country_code)
+    if number is None:
+        return None
+    change: dict[str, Any] = {"op": op, "number": number}
+    if not op.startswith("dnd-"):
+        sender = doc.get("sender")
+        if not isinstance(sender, str) or not sender.strip():
+            return None
+        change["sender"] = sender.strip()
+        if sender.strip() == "*" and op not in ("opt-out", "opt-out-clear"):
+            return None
+    if not all(_optional_str(doc, k) for k in ("id", "source")):
+        return None
+    ts = doc.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
+        return None
+    if op == "consent":
+        if not all(_optional_str(doc, k) for k in ("method", "expires_at")):
+            return None
+        method = doc.get("method")
+        change["method"] = method.strip() if isinstance(method, str) else None
+        try:
+            change["expires"] = rule_expiry_us(doc.get("expires_at") or "")
+        except (ValueError, AssertionError):
+            return None
+        cap = doc.get("max_per_day")
+        if isinstance(cap, bool) or not (cap is None or isinstance(cap, (int, str))):
+            return None
+        if cap is not None and str(cap).strip() and not _MAX_PER_DAY.fullmatch(str(cap).strip()):
+            return None
+    return change
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -419,6 +472,47 @@ class Reference:
             senders=self.senders | {s for s, _ in extra},
             counters={},
         )
+
+    def with_changes(self, values: list[bytes | None]) -> Reference:
+        """The snapshot rebuilt with live change records applied in order (docs/contract.md
+        "Live consent changes"); a malformed record changes nothing (:func:`ref_change`).
+
+        A sender named by an ``opt-out`` or ``consent`` change is in the snapshot from then
+        on, also after a later clear or revoke (filterd's reading of the contract)."""
+        consents, optouts = set(self.consents), set(self.optouts)
+        senders, dnd, global_optouts = set(self.senders), set(self.dnd), set(self.global_optouts)
+        rows = {pair: list(r) for pair, r in self.consent_rows.items()}
+        for value in values:
+            change = ref_change(value, self.country_code)
+            if change is None:
+                continue
+            op, number = change["op"], change["number"]
+            sender = change.get("sender", "")
+            pair = (sender, number)
+            if op in ("dnd-add", "dnd-remove"):
+                (dnd.add if op == "dnd-add" else dnd.discard)(number)
+            elif sender == "*":
+                (global_optouts.add if op == "opt-out" else global_optouts.discard)(number)
+            elif op == "opt-out":
+                optouts.add(pair)
+                senders.add(sender)
+            elif op == "opt-out-clear":
+                optouts.discard(pair)
+            elif op == "consent-revoke":
+                consents.discard(pair)
+                rows.pop(pair, None)
+            else:
+                senders.add(sender)
+                accepted = change["method"] is None or change["method"] in self.accept
+                if accepted and change["expires"] is None:
+                    consents.add(pair)
+                else:
+                    rows.setdefault(pair, []).append((accepted, change["expires"]))
+        return replace(
+            self, consents=frozenset(consents), optouts=frozenset(optouts),
+            senders=frozenset(senders), dnd=frozenset(dnd),
+            global_optouts=frozenset(global_optouts), consent_rows=rows, counters={},
+        )  # fmt: skip
 
     def decide(
         self, value: bytes | None, at_ms: int | None = None, *, event_time: bool = False

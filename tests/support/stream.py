@@ -65,6 +65,10 @@ class Stream:
     group: str
     root: Path
     dataset: Path
+    #: The live consent changes topic (compacted, 2 partitions).
+    changes: str = ""
+    #: MO replies (none unless a test creates one and sets it).
+    inbound: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -89,6 +93,10 @@ class Stream:
             group=new_group(),
             root=root,
             dataset=dataset,
+            changes=await new_topic(
+                partitions=2,
+                config={"cleanup.policy": "compact", "message.timestamp.type": "LogAppendTime"},
+            ),
         )
 
     @property
@@ -104,6 +112,8 @@ class Stream:
             "FILTERD_TOPICS_DELIVER": self.deliver,
             "FILTERD_TOPICS_BLOCK": self.block,
             "FILTERD_TOPICS_INVALID": self.invalid,
+            "FILTERD_TOPICS_CHANGES": self.changes,
+            "FILTERD_TOPICS_INBOUND": self.inbound,
             "FILTERD_SNAPSHOT_ROOT": str(self.root),
             "FILTERD_SNAPSHOT_POLL_INTERVAL_S": "0.2",
             "FILTERD_METRICS_ENABLED": "false",

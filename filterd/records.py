@@ -12,6 +12,9 @@ aiokafka's producer like one of its own builders (``send_batch``): it has the
 methods aiokafka's accumulator calls (``_build``, ``_set_producer_state``,
 ``close``, ``closed``, ``record_count``, ``size``).
 
+The CRC-32C is computed with the CPU's CRC instructions (``google-crc32c``),
+about four times faster than aiokafka's table-driven one, which is the fallback.
+
 The bytes are those aiokafka's builder writes for the same records, producer
 state and flags (tests/test_records.py compares them, uncompressed; compressed
 batches are compared record by record, as gzip stamps its own header).
@@ -37,12 +40,31 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiokafka import codec
-from aiokafka.record._crc32c import crc as _crc32c_python
 
-try:  # aiokafka's C extension; the pure-Python CRC is the same function, slower
-    from aiokafka.record._crecords.cutil import crc32c_cython as _crc32c
-except ImportError:  # pragma: no cover - aiokafka built without its extensions
-    _crc32c = _crc32c_python
+
+def _pick_crc32c() -> Callable[[bytes], int]:
+    """The fastest CRC-32C at hand; all compute the same function."""
+    try:  # the CPU's CRC-32C instructions (SSE 4.2, ARMv8): ~4x aiokafka's table-driven one
+        import google_crc32c
+
+        if google_crc32c.implementation == "c":
+            hardware: Callable[[bytes], int] = google_crc32c.value
+            return hardware
+    except ImportError:  # pragma: no cover - a dependency; without it the CRC is aiokafka's
+        pass
+    try:  # aiokafka's C extension
+        from aiokafka.record._crecords.cutil import crc32c_cython
+
+        compiled: Callable[[bytes], int] = crc32c_cython
+        return compiled
+    except ImportError:  # pragma: no cover - aiokafka built without its extensions
+        from aiokafka.record._crc32c import crc
+
+        python: Callable[[bytes], int] = crc
+        return python
+
+
+_crc32c: Final = _pick_crc32c()
 
 __all__ = [
     "CODECS",
@@ -65,7 +87,6 @@ _TRANSACTIONAL: Final = 0x10
 
 #: baseOffset .. records count.
 HEADER_SIZE: Final = 61
-_ATTRIBUTES_AT: Final = 21
 #: baseOffset, batchLength, partitionLeaderEpoch, magic, crc.
 _PREFIX: Final = struct.Struct(">qiibI")
 #: attributes, lastOffsetDelta, baseTimestamp, maxTimestamp, producerId, producerEpoch,
@@ -95,8 +116,9 @@ NULL: Final = _SMALL[1]
 #: A record's attributes byte (unused in format v2: always 0).
 _ATTRIBUTES_ZERO: Final = b"\x00"
 _JOIN: Final = b"".join
-#: Where a batch's header goes, written at :meth:`RecordBatch._build`.
-_HEADER_PLACE: Final = bytes(HEADER_SIZE)
+#: Where a batch's fields go (attributes .. records count), written at
+#: :meth:`RecordBatch._build`.
+_HEADER_PLACE: Final = bytes(_FIELDS.size)
 
 
 def varint(n: int) -> bytes:
@@ -157,7 +179,7 @@ class RecordBatch:
         self._first_timestamp = -1
         self._max_timestamp = -1
         self._closed = False
-        self._buffer: bytearray | None = None
+        self._buffer: bytes | None = None
         self.producer_id = -1
         self.producer_epoch = -1
         self.base_sequence = 0
@@ -234,7 +256,7 @@ class RecordBatch:
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
 
-    def _build(self) -> bytearray:
+    def _build(self) -> bytes:
         """The batch's bytes (built once; aiokafka may ask again on a retry)."""
         self._closed = True
         if self._buffer is None:
@@ -242,22 +264,22 @@ class RecordBatch:
             self._parts = []
         return self._buffer
 
-    def _encode(self) -> bytearray:
+    def _encode(self) -> bytes:
         parts = self._parts
         attributes = _TRANSACTIONAL if self._transactional else 0
         if self._codec:
-            out = bytearray(HEADER_SIZE)
-            out += _ENCODERS[self._codec](b"".join(parts[1:]))
             attributes |= self._codec
-        else:
-            # One copy of the records: parts[0] is the header's place.
-            out = bytearray().join(parts)
         count = self._count
-        _FIELDS.pack_into(
-            out, _ATTRIBUTES_AT, attributes, max(count - 1, 0), self._first_timestamp,
-            self._max_timestamp, self.producer_id, self.producer_epoch, self.base_sequence, count,
+        fields = _FIELDS.pack(
+            attributes, max(count - 1, 0), self._first_timestamp, self._max_timestamp,
+            self.producer_id, self.producer_epoch, self.base_sequence, count,
         )  # fmt: skip
-        crc = _crc32c(memoryview(out)[_ATTRIBUTES_AT:])
-        # baseOffset 0 and partitionLeaderEpoch -1: both set by the broker.
-        _PREFIX.pack_into(out, 0, 0, len(out) - 12, -1, 2, crc)
-        return out
+        if self._codec:
+            body = fields + _ENCODERS[self._codec](b"".join(parts[1:]))
+        else:
+            # parts[0] holds the place of the fields: one copy of the records.
+            parts[0] = fields
+            body = b"".join(parts)
+        # batchLength counts from partitionLeaderEpoch on; baseOffset 0 and
+        # partitionLeaderEpoch -1 are both set by the broker.
+        return _PREFIX.pack(0, len(body) + 9, -1, 2, _crc32c(body)) + body

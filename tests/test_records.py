@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from aiokafka.record._crc32c import crc
 from aiokafka.record.default_records import (
     DefaultRecordBatch,
     _DefaultRecordBatchBuilderPy,
@@ -162,3 +163,14 @@ def test_compressed_batches_read_back(codec: str) -> None:
 def test_an_unknown_codec_is_refused() -> None:
     with pytest.raises(ValueError, match="codec 9"):
         RecordBatch(1 << 20, 9)
+
+
+def test_the_crc_is_the_hardware_one_when_installed() -> None:
+    google_crc32c = pytest.importorskip("google_crc32c")
+    if google_crc32c.implementation != "c":
+        pytest.skip("google-crc32c without its C extension")
+    from filterd import records
+
+    assert records._crc32c is google_crc32c.value
+    data = random.Random(5).randbytes(100_000)
+    assert records._crc32c(data) == crc(data)  # aiokafka's, pure Python

@@ -143,26 +143,23 @@ def decide_partition(
     }  # fmt: skip
     builders: dict[str, Builder] = {}
     batches = out.batches
-    # Locals instead of attribute lookups: this loop runs once per message.
-    decide = decider.decide
+    # Compiled (mypyc), method calls on typed objects are direct C calls: no bound
+    # methods held in locals here, which would turn them into generic Python calls.
     encoded = headers.encoded
     source_prefix = f"{topic}/{partition}/"
     # filterd-source is "topic/partition/offset": all but the offset encoded once here.
     prefix = source_prefix.encode()
     prefix_len = len(prefix)
-    join = b"".join
     outcomes: list[Outcome] = []
-    add_outcome = outcomes.append
-    get_builder = builders.get
     for record in records:
         value = record.value
         timestamp = record.timestamp
         # The record timestamp is the message's time (consent expiry).
-        outcome = decide(value, timestamp)
-        add_outcome(outcome)
+        outcome = decider.decide(value, timestamp)
+        outcomes.append(outcome)
         digits = str(record.offset).encode()
         # route, reason, snapshot (encoded once per version), then filterd-source.
-        hdrs = join(
+        hdrs = b"".join(
             (encoded[outcome], _SOURCE_NAME, varint(prefix_len + len(digits)), prefix, digits)
         )
         count = 4
@@ -172,7 +169,7 @@ def decide_partition(
             hdrs += encode_header(HEADER_DECLARED_CATEGORY, declared.encode())
             count += 1
         route = outcome.route
-        builder = get_builder(route)
+        builder = builders.get(route)
         if builder is None or not builder.append(timestamp, record.key, value, hdrs, count):
             # No builder yet for this route, or the current one is full.
             builder = new_builder()

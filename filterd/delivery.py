@@ -43,6 +43,7 @@ from filterd.acls import not_authorized
 from filterd.config import Config
 from filterd.errors import FilterdError
 from filterd.pipeline import Builder, PartitionOutput
+from filterd.records import CODECS, RecordBatch
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,16 @@ async def client_topic_partitions(client: AIOKafkaClient, topic: str) -> int:
     return 0
 
 
+def new_batch(config: Config, *, transactional: bool) -> RecordBatch:
+    """An empty producer batch as the producer's own ``create_batch`` would size it.
+
+    filterd writes its batches itself (filterd/records.py: the contract headers go in
+    pre-encoded); the producer sends them like its own.
+    """
+    p = config.producer
+    return RecordBatch(p.max_batch_size, CODECS[p.compression_type], transactional)
+
+
 def producer_options(config: Config) -> dict[str, object]:
     """aiokafka producer settings shared by both modes."""
     p = config.producer
@@ -175,8 +186,7 @@ class AtLeastOnce:
         await self._producer.stop()
 
     def new_builder(self, tp: TopicPartition) -> Builder:
-        builder: Builder = self._producer.create_batch()
-        return builder
+        return new_batch(self._config, transactional=False)
 
     async def partitions_for(self, topic: str) -> int:
         return await topic_partitions(self._producer, topic)
@@ -276,9 +286,9 @@ class ExactlyOnce:
         await self._metadata.stop()
 
     def new_builder(self, tp: TopicPartition) -> Builder:
-        producer = self._producers.get(tp, self._metadata)
-        builder: Builder = producer.create_batch()
-        return builder
+        # Without the partition's transactional producer (still opening, or gone) the
+        # batch is never sent: the retry builds it again once the producer is back.
+        return new_batch(self._config, transactional=tp in self._producers)
 
     async def partitions_for(self, topic: str) -> int:
         return await topic_partitions(self._metadata, topic)

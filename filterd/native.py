@@ -33,6 +33,7 @@ SOURCES = (
     "filterd/prefilter.py",
     "filterd/router.py",
     "filterd/pipeline.py",
+    "filterd/records.py",
     "filterd/markers.py",
     "filterd/snapshot/store.py",
 )

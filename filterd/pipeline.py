@@ -2,9 +2,14 @@
 
 Batch in, batch out. For each input partition of a fetch, every record is
 decided by one :class:`~filterd.router.Decider` (so by one snapshot version),
-then appended to one producer ``BatchBuilder`` per output topic. There is no
-per-message future, task or await: the caller submits a handful of builders
+then appended to one producer batch per output topic
+(:class:`filterd.records.RecordBatch`, sent by aiokafka's producer). There is
+no per-message future, task or await: the caller submits a handful of batches
 and awaits their acknowledgements together.
+
+Headers go into a batch already encoded: the three constant headers of an
+outcome once per snapshot version (:class:`HeaderCache`), the source header
+from bytes prepared once per partition and the record's offset.
 
 Partitioning: the records of input partition *p* go to partition
 ``p % partitions(output topic)`` of each output topic. A key's records share an
@@ -19,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from filterd.records import encode_header, encode_headers, varint
 from filterd.router import BLOCK, DELIVER, INVALID, OUTCOMES, Decider, Outcome
 
 HEADER_ROUTE: Final = "filterd-route"
@@ -50,12 +56,15 @@ class InputRecord(Protocol):
 
 
 class Builder(Protocol):
-    """aiokafka's BatchBuilder, as far as the pipeline uses it."""
+    """A producer batch of one output partition (:class:`filterd.records.RecordBatch`)."""
 
     def append(
-        self, *, timestamp: int | None, key: bytes | None, value: bytes | None,
-        headers: Sequence[Header],
-    ) -> object | None: ...  # fmt: skip
+        self, timestamp: int, key: bytes | None, value: bytes | None, headers: bytes,
+        header_count: int,
+    ) -> bool:  # fmt: skip
+        """Add a record whose ``header_count`` headers are encoded in ``headers``;
+        False when the batch is full."""
+        ...
 
     def record_count(self) -> int: ...
 
@@ -95,7 +104,7 @@ class PartitionOutput:
 class HeaderCache:
     """The three constant headers of each outcome, encoded once per version."""
 
-    __slots__ = ("by_outcome", "version")
+    __slots__ = ("by_outcome", "encoded", "version")
 
     def __init__(self, version: str) -> None:
         self.version = version
@@ -104,6 +113,14 @@ class HeaderCache:
             o: ((HEADER_ROUTE, o.route.encode()), (HEADER_REASON, o.reason.encode()), snapshot)
             for o in OUTCOMES
         }
+        #: The same three, as they stand in a record (filterd.records.encode_header).
+        self.encoded: dict[Outcome, bytes] = {
+            o: encode_headers(h) for o, h in self.by_outcome.items()
+        }
+
+
+#: The source header's name as it stands in a record (its value follows).
+_SOURCE_NAME: Final = encode_header(HEADER_SOURCE, b"")[:-1]
 
 
 def decide_partition(
@@ -128,50 +145,44 @@ def decide_partition(
     }  # fmt: skip
     builders: dict[str, Builder] = {}
     batches = out.batches
-    # Locals instead of attribute lookups: this loop runs once per message.
-    decide = decider.decide
-    by_outcome = headers.by_outcome
+    # Compiled (mypyc), method calls on typed objects are direct C calls: no bound
+    # methods held in locals here, which would turn them into generic Python calls.
+    encoded = headers.encoded
     source_prefix = f"{topic}/{partition}/"
+    # filterd-source is "topic/partition/offset": all but the offset encoded once here.
+    prefix = source_prefix.encode()
+    prefix_len = len(prefix)
     outcomes: list[Outcome] = []
-    add_outcome = outcomes.append
-    get_builder = builders.get
     for record in records:
         value = record.value
+        timestamp = record.timestamp
         # The record timestamp is the message's time (consent expiry).
-        outcome = decide(value, record.timestamp)
-        add_outcome(outcome)
-        route_h, reason_h, snapshot_h = by_outcome[outcome]
-        # A list, not a tuple: aiokafka's C record builder accepts only lists.
-        hdrs = [
-            route_h,
-            reason_h,
-            snapshot_h,
-            (HEADER_SOURCE, f"{source_prefix}{record.offset}".encode()),
-        ]
+        outcome = decider.decide(value, timestamp)
+        outcomes.append(outcome)
+        digits = str(record.offset).encode()
+        # route, reason, snapshot (encoded once per version), then filterd-source.
+        hdrs = b"".join(
+            (encoded[outcome], _SOURCE_NAME, varint(prefix_len + len(digits)), prefix, digits)
+        )
+        count = 4
+        # A header of this record only: `hdrs += encode_header(NAME, value); count += 1`.
         declared = decider.declared_category
         if declared is not None:
-            hdrs.append((HEADER_DECLARED_CATEGORY, declared.encode()))
+            hdrs += encode_header(HEADER_DECLARED_CATEGORY, declared.encode())
+            count += 1
         change = decider.change_ref
         if change is not None:
-            hdrs.append((HEADER_CHANGE, change.header()))
+            hdrs += encode_header(HEADER_CHANGE, change.header())
+            count += 1
         route = outcome.route
-        builder = get_builder(route)
-        if (
-            builder is None
-            or builder.append(timestamp=record.timestamp, key=record.key, value=value, headers=hdrs)
-            is None
-        ):
+        builder = builders.get(route)
+        if builder is None or not builder.append(timestamp, record.key, value, hdrs, count):
             # No builder yet for this route, or the current one is full.
             builder = new_builder()
             name, out_partition = targets[route]
             builders[route] = builder
             batches.append((name, out_partition, builder))
-            if (
-                builder.append(
-                    timestamp=record.timestamp, key=record.key, value=value, headers=hdrs
-                )
-                is None
-            ):
+            if not builder.append(timestamp, record.key, value, hdrs, count):
                 raise ValueError(
                     f"record {source_prefix}{record.offset} does not fit an empty producer "
                     "batch: raise producer.max_batch_size above policy.max_event_bytes"

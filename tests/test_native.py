@@ -6,7 +6,8 @@ where CPython would carry on). So the suite, which runs against the compiled
 build, also decides a large mixed corpus twice: here, compiled, and in a child
 interpreter that imports the very same sources as plain Python. Every outcome
 must match, record by record, and so must the number sets the snapshot loader
-builds.
+builds, and the producer batches the pipeline writes (filterd/records.py), byte for
+byte.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Runs in both interpreters; prints one JSON document.
 SCRIPT = r"""
-import json, sys
+import collections, hashlib, json, sys
 from array import array
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from filterd import native
 from filterd.loadgen import write_dataset
 from filterd.loadgen.events import iter_labelled_events
 from filterd.numbers import normalize
+from filterd.pipeline import HeaderCache, OutputTopics, decide_partition
+from filterd.records import RecordBatch
 from filterd.errors import InvalidNumber
 from filterd.router import Decider, Policy
 from filterd.snapshot import load_snapshot
@@ -62,6 +65,16 @@ for recipient in ("+86 138-1234-5678", "(0)13812345678", "\uff11\uff13\uff18", "
             values.append(orjson.dumps(event))
 decider = Decider(snapshot, Policy(max_event_bytes=4096))
 outcomes = [decider.decide(v).reason for v in values]
+# The output path: the same records decided into producer batches, byte for byte.
+R = collections.namedtuple("R", "offset timestamp key value")
+records = [R(1000 + i, 7 * i, b"k%d" % i if i % 3 else None, v) for i, v in enumerate(values)]
+topics = OutputTopics("d", "b", "i", {"d": 2, "b": 4, "i": 1})
+out = decide_partition(
+    decider, HeaderCache("v1"), "in", 3, records, topics, lambda: RecordBatch(65536, 0, True)
+)
+batches = [
+    [t, p, b.record_count(), hashlib.sha256(b._build()).hexdigest()] for t, p, b in out.batches
+]
 numbers = []
 for r in ("13812345678", "+8613812345678", "008613812345678", "(0)138 1234 5678",
           "+1 (415) 555-0100", "12", "+" + "9" * 16, "٣٣٣٣٣٣٣٣٣"):
@@ -84,7 +97,7 @@ for values in ({8613800000000 + 7 * i * i for i in range(5_000)},
     layouts.append([repr(sn), list(sn) == list(lows), [p in sn for p in probes], sn[0], sn[-1]])
 print(json.dumps({
     "hot_path": native.hot_path(), "outcomes": outcomes, "numbers": numbers, "sets": sets,
-    "sorted": layouts,
+    "sorted": layouts, "batches": batches,
 }))
 """
 
@@ -120,6 +133,7 @@ def test_compiled_and_interpreted_decide_alike(tmp_path: Path) -> None:
     assert not mismatches, f"{len(mismatches)} records decided differently: {mismatches[:5]}"
     assert len(set(a)) >= 10, f"the corpus must reach most reasons, got {sorted(set(a))}"
     compiled.pop("hot_path"), interpreted.pop("hot_path")
+    assert len(compiled["batches"]) > 3  # type: ignore[arg-type]
     assert compiled == interpreted
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 import pytest
 
 from filterd.pipeline import HeaderCache, OutputTopics, Timestamps, decide_partition
+from filterd.records import RecordBatch
 from filterd.router import Decider, Policy
+from tests.test_records import read_batch
 from tests.test_router import SNAP, ev
 
 
@@ -22,20 +23,27 @@ class Rec:
 
 
 class FakeBuilder:
-    """Holds at most ``capacity`` records, like a producer batch of limited size."""
+    """Holds at most ``capacity`` records, like a producer batch of limited size.
+
+    Each record's encoded headers are read back through a real batch and aiokafka's
+    reader (:func:`tests.test_records.read_batch`).
+    """
 
     def __init__(self, capacity: int = 1000) -> None:
         self.capacity = capacity
-        self.records: list[
-            tuple[int | None, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
-        ] = []
+        self.records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
 
-    def append(self, *, timestamp: int | None, key: bytes | None, value: bytes | None,
-               headers: Sequence[tuple[str, bytes]]) -> object | None:  # fmt: skip
+    def append(
+        self, timestamp: int, key: bytes | None, value: bytes | None, headers: bytes,
+        header_count: int,
+    ) -> bool:  # fmt: skip
         if len(self.records) >= self.capacity:
-            return None
-        self.records.append((timestamp, key, value, headers))
-        return object()
+            return False
+        one = RecordBatch(1 << 20)
+        assert one.append(timestamp, key, value, headers, header_count)
+        (record,) = read_batch(one._build())
+        self.records.append(record)
+        return True
 
     def record_count(self) -> int:
         return len(self.records)

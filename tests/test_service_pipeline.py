@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 from filterd.config import load_config
 from filterd.delivery import Submitted
 from filterd.loop import BatchLoop, NoMetrics
-from filterd.pipeline import Header, OutputTopics, PartitionOutput
+from filterd.pipeline import OutputTopics, PartitionOutput
 from filterd.snapshot import SnapshotWatcher, build_snapshot
 
 TP = TopicPartition("in", 0)
@@ -71,11 +71,11 @@ class FakeBuilder:
         self.records: list[bytes | None] = []
 
     def append(
-        self, *, timestamp: int | None, key: bytes | None, value: bytes | None,
-        headers: Sequence[Header],
-    ) -> object | None:  # fmt: skip
+        self, timestamp: int, key: bytes | None, value: bytes | None, headers: bytes,
+        header_count: int,
+    ) -> bool:  # fmt: skip
         self.records.append(value)
-        return object()
+        return True
 
     def record_count(self) -> int:
         return len(self.records)

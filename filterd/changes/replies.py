@@ -17,6 +17,7 @@ committed like outputs (in exactly-once mode inside the partition's transaction)
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from filterd.config import Config, RepliesConfig
 from filterd.errors import InvalidNumber
 from filterd.numbers import normalize
 from filterd.pipeline import Builder, InputRecord, PartitionOutput
+from filterd.records import encode_header
 
 __all__ = [
     "BAD", "IGNORED", "KEYWORD", "Keywords", "Replies", "convert_partition", "fold",
@@ -133,13 +135,14 @@ def convert_partition(
             continue
         target = (murmur2(key) & 0x7FFFFFFF) % changes_partitions
         builder = builders.get(target)
-        headers = [("filterd-source", f"{topic}/{partition}/{record.offset}".encode())]
-        if builder is None or (
-            builder.append(timestamp=None, key=key, value=value, headers=headers) is None
-        ):
+        headers = encode_header("filterd-source", f"{topic}/{partition}/{record.offset}".encode())
+        # The changes topic stamps records with the broker's append time; this one is
+        # what a topic with CreateTime would keep.
+        now_ms = time.time_ns() // 1_000_000
+        if builder is None or not builder.append(now_ms, key, value, headers, 1):
             builder = builders[target] = new_builder()
             out.batches.append((changes_topic, target, builder))
-            if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            if not builder.append(now_ms, key, value, headers, 1):
                 raise ValueError(f"reply {topic}/{partition}/{record.offset} does not fit a batch")
     return out
 

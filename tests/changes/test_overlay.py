@@ -35,6 +35,7 @@ from filterd.snapshot.store import (
     SenderConsent,
 )
 from tests.support.reference import Reference, ref_change
+from tests.test_pipeline import FakeBuilder
 
 T = 1_790_000_000_000
 NUMBERS = [8613800000001 + i for i in range(4)]
@@ -296,27 +297,14 @@ class _Record:
         self.offset, self.value, self.key, self.timestamp = offset, value, None, T
 
 
-class _Builder:
-    def __init__(self) -> None:
-        self.headers: list[list[tuple[str, bytes]]] = []
-
-    def append(self, *, timestamp: int | None, key: bytes | None, value: bytes | None,
-               headers: list[tuple[str, bytes]]) -> object:  # fmt: skip
-        self.headers.append(headers)
-        return object()
-
-    def record_count(self) -> int:
-        return len(self.headers)
-
-
 def test_the_output_carries_the_change_header() -> None:
     snap, _ = build({("SHOP", NUMBERS[0]): "plain"}, set(), set(), set())
     decider = Decider(snap, Policy(), overlay=overlay_of([change("opt-out", NUMBERS[0])]))
-    builder = _Builder()
+    builder = FakeBuilder()
     outputs = OutputTopics("d", "b", "i", {"d": 1, "b": 1, "i": 1})
     records = [_Record(0, ev("SHOP", NUMBERS[0])), _Record(1, ev("SHOP", NUMBERS[1]))]
     decide_partition(decider, HeaderCache("v1"), "in", 0, records, outputs, lambda: builder)
-    first, second = (dict(h) for h in builder.headers)
+    first, second = (dict(r[3]) for r in builder.records)
     assert first[HEADER_CHANGE] == f"{TOPIC}/0/0".encode()
     assert HEADER_CHANGE not in second
 

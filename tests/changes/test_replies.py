@@ -11,6 +11,7 @@ from aiokafka.partitioner import murmur2
 from filterd.changes import parse_change
 from filterd.changes.replies import BAD, IGNORED, KEYWORD, Keywords, convert_partition, reply_change
 from filterd.config import RepliesConfig
+from filterd.records import encode_header
 
 KEYWORDS = Keywords(RepliesConfig())
 
@@ -91,10 +92,14 @@ class _Builder:
     def __init__(self) -> None:
         self.records: list[tuple[bytes | None, bytes | None]] = []
 
-    def append(self, *, timestamp: int | None, key: bytes | None, value: bytes | None,
-               headers: list[tuple[str, bytes]]) -> object:  # fmt: skip
+    def append(
+        self, timestamp: int, key: bytes | None, value: bytes | None, headers: bytes,
+        header_count: int,
+    ) -> bool:  # fmt: skip
+        assert header_count == 1
+        assert headers.startswith(encode_header("filterd-source", b"")[:-1])
         self.records.append((key, value))
-        return object()
+        return True
 
     def record_count(self) -> int:
         return len(self.records)

@@ -1,0 +1,299 @@
+"""Step 4, anti-bombing limits, and monitor mode (docs/contract.md).
+
+Pure code, no I/O: :class:`LimitRules` is the ``[policy]`` limits as loaded
+(quiet hours, zones, cap rules, the monitored reasons), built once;
+:class:`PartitionLimits` holds the counters of one input partition (the stream
+keeps one per assigned partition, ``filterd replay`` one for the whole file)
+and turns the outcome of steps 1-3 into the final one, record by record, in
+the batch loop: no await, no future.
+
+Windows are the calendar hour or day of the recipient's local time that holds
+the message's time. A counter key names its window, so a counter is only ever
+read inside its window; the counters of a window are dropped once the window
+has closed in *stream time* (the latest message time seen on the partition),
+as Kafka Streams does. A window closes at its local end read in the zone's
+smallest UTC offset (so never early, whatever daylight saving does). A record
+whose own window has already closed in stream time (a late record) is decided
+without step 4 counting: it is neither capped nor counted.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from filterd.config import PolicyConfig, quiet_hours_minutes
+from filterd.router import (
+    BLOCK,
+    EXEMPT_CATEGORY,
+    FREQUENCY_CAP,
+    INVALID,
+    MONITORED,
+    QUIET_HOURS,
+    Decider,
+    Outcome,
+)
+
+HOUR_MS: Final = 3_600_000
+DAY_MS: Final = 86_400_000
+#: A message time this far after the time a record was read is not usable.
+FUTURE_LIMIT_MS: Final = DAY_MS
+# Offsets are cached per 15 minutes of UTC: every transition of today's zones falls
+# on such a boundary, and a bucket whose two ends disagree is not cached anyway.
+_BUCKET_MS: Final = 900_000
+#: The counter of ``max_per_day`` (a consent's own frequency) in a counter key.
+MAX_PER_DAY_RULE: Final = -1
+
+
+def usable_time(at_ms: int, fallback_ms: int) -> int:
+    """``at_ms`` when it is a usable message time, else ``fallback_ms``.
+
+    Unusable (docs/contract.md, issue 18 "bad input"): negative, or more than a
+    day after ``fallback_ms`` (the broker's append time, or the time it was read).
+    """
+    if at_ms < 0 or at_ms > fallback_ms + FUTURE_LIMIT_MS:
+        return fallback_ms
+    return at_ms
+
+
+def min_offset_ms(zone: zoneinfo.ZoneInfo) -> int:
+    """The zone's smallest UTC offset over 2000-2040 (sampled daily), in ms.
+
+    A local window closes, in UTC, at the latest at its local end minus this.
+    """
+    day = datetime(2000, 1, 1, tzinfo=UTC)
+    lowest: timedelta | None = None
+    for i in range(0, 41 * 366):
+        offset = (day + timedelta(days=i)).astimezone(zone).utcoffset()
+        if offset is not None and (lowest is None or offset < lowest):
+            lowest = offset
+    return 0 if lowest is None else lowest // timedelta(milliseconds=1)
+
+
+class _Cap:
+    __slots__ = ("categories", "index", "max", "per_pair", "window_ms")
+
+    def __init__(
+        self, index: int, categories: frozenset[str], per_pair: bool, window_ms: int, cap: int
+    ) -> None:
+        self.index = index
+        self.categories = categories
+        self.per_pair = per_pair
+        self.window_ms = window_ms
+        self.max = cap
+
+
+class LimitRules:
+    """The limits of a ``[policy]``: validated by the config, compiled here once."""
+
+    __slots__ = (
+        "_lengths", "_offsets", "_prefixes", "caps", "closing", "monitor", "quiet", "zones",
+    )  # fmt: skip
+
+    def __init__(self, policy: PolicyConfig) -> None:
+        self.quiet: tuple[int, int] | None = quiet_hours_minutes(policy.quiet_hours)
+        names = [policy.timezone, *sorted(set(policy.timezones.values()))]
+        names = list(dict.fromkeys(names))
+        self.zones: list[zoneinfo.ZoneInfo] = [zoneinfo.ZoneInfo(n) for n in names]
+        #: Per zone, the offset of its latest close (see :func:`min_offset_ms`).
+        self.closing: list[int] = [min_offset_ms(z) for z in self.zones]
+        self._prefixes: dict[str, int] = {p: names.index(z) for p, z in policy.timezones.items()}
+        self._lengths: tuple[int, ...] = tuple(
+            sorted({len(p) for p in self._prefixes}, reverse=True)
+        )
+        self._offsets: list[dict[int, int]] = [{} for _ in self.zones]
+        self.caps: tuple[_Cap, ...] = tuple(
+            _Cap(i, frozenset(c.strip() for c in rule.categories), rule.per == "pair",
+                 HOUR_MS if rule.window == "hour" else DAY_MS, rule.max)
+            for i, rule in enumerate(policy.caps)
+        )  # fmt: skip
+        self.monitor: frozenset[str] = frozenset(policy.monitor)
+
+    def zone_of(self, number: int) -> int:
+        """The index in :attr:`zones` of the number's zone: the longest matching prefix."""
+        if not self._lengths:
+            return 0
+        digits = str(number)
+        prefixes = self._prefixes
+        for length in self._lengths:
+            zone = prefixes.get(digits[:length])
+            if zone is not None:
+                return zone
+        return 0
+
+    def offset(self, zone: int, at_ms: int) -> int:
+        """The zone's UTC offset at ``at_ms``, in ms."""
+        bucket = at_ms // _BUCKET_MS
+        cache = self._offsets[zone]
+        found = cache.get(bucket)
+        if found is not None:
+            return found
+        tz = self.zones[zone]
+        first = _offset(tz, bucket * _BUCKET_MS)
+        if _offset(tz, (bucket + 1) * _BUCKET_MS - 1) != first:
+            return _offset(tz, at_ms)  # a transition inside the bucket: not cached
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[bucket] = first
+        return first
+
+
+def _offset(tz: zoneinfo.ZoneInfo, at_ms: int) -> int:
+    moment = datetime.fromtimestamp(at_ms // 1000, tz)
+    offset = moment.utcoffset()
+    return 0 if offset is None else offset // timedelta(milliseconds=1)
+
+
+#: A counter's key: (cap rule index or MAX_PER_DAY_RULE, sender or "", number, window index).
+CounterKey = tuple[int, str, int, int]
+
+
+class PartitionLimits:
+    """Step 4 and monitor mode, with the counters of one input partition."""
+
+    __slots__ = (
+        "_closes", "_keys", "counters", "late", "rules", "stream_time", "would_block",
+    )  # fmt: skip
+
+    def __init__(self, rules: LimitRules) -> None:
+        self.rules = rules
+        #: Delivered messages per (rule, subject, window), of open windows.
+        self.counters: dict[CounterKey, int] = {}
+        # close time (UTC ms) -> the keys of windows closing then, for dropping them.
+        self._closes: dict[int, list[CounterKey]] = {}
+        self._keys: list[CounterKey] = []
+        #: The latest message time seen on the partition (ms), -1 before the first.
+        self.stream_time: int = -1
+        #: The block reason monitor mode turned into ``monitored`` in the last :meth:`apply`.
+        self.would_block: str | None = None
+        #: Records decided without counting because their window had closed.
+        self.late: int = 0
+
+    def apply(self, decider: Decider, outcome: Outcome, at_ms: int) -> Outcome:
+        """The final outcome of the record ``decider`` just decided as ``outcome``.
+
+        ``at_ms`` is the message's time (usable, see :func:`usable_time`). Counts the
+        message when it ends delivered.
+        """
+        self.would_block = None
+        route = outcome.route
+        if route == INVALID:
+            return outcome
+        if at_ms > self.stream_time:
+            self.stream_time = at_ms
+        rules = self.rules
+        if route == BLOCK:
+            # Steps 1-3 blocked it: nothing after the first block reason is evaluated.
+            if outcome.reason not in rules.monitor:
+                return outcome
+            self.would_block = outcome.reason
+            self._collect(decider, at_ms, True, False)
+            self._count()
+            return MONITORED
+        require = outcome is not EXEMPT_CATEGORY
+        if not require and not rules.caps:
+            return outcome  # nothing counts an exempt message
+        zone = rules.zone_of(decider.number)
+        local = at_ms + rules.offset(zone, at_ms)
+        blocked: Outcome | None = None
+        quiet = rules.quiet
+        if require and quiet is not None:
+            minute = (local // 60_000) % 1440
+            start, end = quiet
+            if (start <= minute < end) if start < end else (minute >= start or minute < end):
+                blocked = QUIET_HOURS
+        if blocked is None and self._collect(decider, at_ms, require, True, zone, local):
+            blocked = FREQUENCY_CAP
+        if blocked is None:
+            self._count()
+            return outcome
+        if blocked.reason in rules.monitor:
+            self.would_block = blocked.reason
+            if blocked is QUIET_HOURS:
+                self._collect(decider, at_ms, require, False, zone, local)
+            self._count()
+            return MONITORED
+        return blocked
+
+    def _collect(
+        self,
+        decider: Decider,
+        at_ms: int,
+        require: bool,
+        check: bool,
+        zone: int = -1,
+        local: int = 0,
+    ) -> bool:
+        """Put the keys of the counters the message counts in into ``_keys``.
+
+        With ``check``, True when one of them is already at its maximum.
+        """
+        keys = self._keys
+        keys.clear()
+        rules = self.rules
+        caps = rules.caps
+        if not caps and not require:
+            return False
+        if zone < 0:
+            zone = rules.zone_of(decider.number)
+            local = at_ms + rules.offset(zone, at_ms)
+        closing = rules.closing[zone]
+        stream_time = self.stream_time
+        counters = self.counters
+        category = decider.category
+        number = decider.number
+        full = False
+        for cap in caps:
+            if category not in cap.categories:
+                continue
+            window = local // cap.window_ms
+            if (window + 1) * cap.window_ms - closing <= stream_time:
+                self.late += 1
+                continue
+            key = (cap.index, decider.sender if cap.per_pair else "", number, window)
+            keys.append(key)
+            if check and counters.get(key, 0) >= cap.max:
+                full = True
+        if require:
+            most = decider.max_per_day()
+            if most > 0:
+                window = local // DAY_MS
+                if (window + 1) * DAY_MS - closing <= stream_time:
+                    self.late += 1
+                else:
+                    key = (MAX_PER_DAY_RULE, decider.sender, number, window)
+                    keys.append(key)
+                    if check and counters.get(key, 0) >= most:
+                        full = True
+        return full
+
+    def _count(self) -> None:
+        counters = self.counters
+        rules = self.rules
+        for key in self._keys:
+            n = counters.get(key)
+            if n is None:
+                counters[key] = 1
+                window_ms = DAY_MS if key[0] < 0 else rules.caps[key[0]].window_ms
+                close = (key[3] + 1) * window_ms - rules.closing[rules.zone_of(key[2])]
+                self._closes.setdefault(close, []).append(key)
+            else:
+                counters[key] = n + 1
+        self._keys.clear()
+
+    def drop_closed(self) -> int:
+        """Drop the counters of windows closed in stream time; how many were dropped."""
+        dropped = 0
+        stream_time = self.stream_time
+        counters = self.counters
+        for close in [c for c in self._closes if c <= stream_time]:
+            for key in self._closes.pop(close):
+                if counters.pop(key, None) is not None:
+                    dropped += 1
+        return dropped
+
+    def items(self) -> Iterator[tuple[CounterKey, int]]:
+        """The live counters."""
+        return iter(self.counters.items())

@@ -136,13 +136,15 @@ def test_monitor_delivers_counts_and_names_the_reason() -> None:
     cap = CapRule(("marketing",), "recipient", "hour", 1)
     limits, decider = setup(caps=(cap,), monitor=("frequency-cap", "unknown-sender"))
     out = [decide(limits, decider, event(), MIDNIGHT_UTC + i) for i in range(2)]
-    assert out == ["consent", "monitored"] and limits.would_block == "frequency-cap"
+    assert out == ["consent", "monitored"]
+    assert limits.would_block == "frequency-cap"
     assert decide(limits, decider, event(sender="X"), MIDNIGHT_UTC) == "monitored"
     assert limits.would_block == "unknown-sender"
     assert decide(limits, decider, event(), MIDNIGHT_UTC + 5) == "monitored"
     assert list(limits.counters.values()) == [4]  # every delivered one counted
     o = limits.apply(decider, NO_CONSENT, MIDNIGHT_UTC)
-    assert o is NO_CONSENT and limits.would_block is None
+    assert o is NO_CONSENT
+    assert limits.would_block is None
 
 
 def test_closed_windows_are_dropped_and_late_records_not_counted() -> None:
@@ -156,7 +158,8 @@ def test_closed_windows_are_dropped_and_late_records_not_counted() -> None:
     assert len(limits.counters) == 1
     # A late record of the closed hour: neither capped nor counted.
     assert decide(limits, decider, event(), MIDNIGHT_UTC + 5) == "consent"
-    assert limits.late == 1 and len(limits.counters) == 1
+    assert limits.late == 1
+    assert len(limits.counters) == 1
 
 
 def test_max_per_day_of_the_consent() -> None:

@@ -264,9 +264,9 @@ class Message:
                 continue
             subject = self.pair if cap["per"] == "pair" else self.number
             found.append(((i, subject, day, hour), cap["max"]))
-        if self.require and self.max_per_day:
-            if not self.model.window_closed(self.zone, day, None):
-                found.append((("max_per_day", self.pair, day), self.max_per_day))
+        closed = self.model.window_closed(self.zone, day, None)
+        if self.require and self.max_per_day and not closed:
+            found.append((("max_per_day", self.pair, day), self.max_per_day))
         return found
 
 

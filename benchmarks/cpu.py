@@ -206,9 +206,7 @@ def _stretch(a: dict[str, float], b: dict[str, float]) -> dict[str, float | None
         "msgs_per_s": round(records / seconds, 1) if seconds > 0 else None,
         # The kernel counts CPU in clock ticks (10 ms): a stretch that did not use one
         # whole tick cannot be measured, and "0 us per record" would be a false figure.
-        "cpu_us_per_record": round(cpu_s * 1e6 / records, 2)
-        if records > 0 and cpu_s > 0
-        else None,
+        "cpu_us_per_record": round(cpu_s * 1e6 / records, 2) if records > 0 and cpu_s > 0 else None,
     }
 
 

@@ -154,7 +154,8 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_closes", "_keys", "counters", "late", "rules", "stream_time", "would_block",
+        "_closes", "_keys", "counters", "decided", "high", "late", "rules", "stream_time",
+        "would_block",
     )  # fmt: skip
 
     def __init__(self, rules: LimitRules) -> None:
@@ -170,6 +171,12 @@ class PartitionLimits:
         self.would_block: str | None = None
         #: Records decided without counting because their window had closed.
         self.late: int = 0
+        #: offset -> (final outcome, would-block reason) of records decided and not yet
+        #: committed: a record fetched again (a retried batch, a refetch after a rebalance
+        #: that kept the partition) gets the decision it had, and is not counted twice.
+        self.decided: dict[int, tuple[Outcome, str | None]] = {}
+        #: The highest offset in :attr:`decided` (-1: none).
+        self.high: int = -1
 
     def apply(self, decider: Decider, outcome: Outcome, at_ms: int) -> Outcome:
         """The final outcome of the record ``decider`` just decided as ``outcome``.
@@ -216,6 +223,29 @@ class PartitionLimits:
             self._count()
             return MONITORED
         return blocked
+
+    def apply_record(self, decider: Decider, outcome: Outcome, at_ms: int, offset: int) -> Outcome:
+        """:meth:`apply` for the record at ``offset`` of the partition, once per offset."""
+        if offset <= self.high:
+            seen = self.decided.get(offset)
+            if seen is not None:
+                self.would_block = seen[1]
+                return seen[0]
+        final = self.apply(decider, outcome, at_ms)
+        if final.route != INVALID:
+            self.decided[offset] = (final, self.would_block)
+            if offset > self.high:
+                self.high = offset
+        return final
+
+    def committed(self, next_offset: int) -> None:
+        """Forget the decisions of records before ``next_offset``: their output is committed."""
+        decided = self.decided
+        while decided:
+            first = next(iter(decided))
+            if first >= next_offset:
+                break
+            del decided[first]
 
     def _collect(
         self,

@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from filterd.acls import not_authorized
 from filterd.config import Config
 from filterd.delivery import Delivery, Submitted
+from filterd.limits import LimitRules, PartitionLimits
 from filterd.pipeline import (
     HeaderCache,
     OutputTopics,
@@ -90,6 +91,10 @@ class LoopMetrics(Protocol):
 
     def commit(self) -> None: ...
 
+    def record_limits(
+        self, would_block: Mapping[str, int], foreign_keys: int, unusable_times: int
+    ) -> None: ...
+
 
 class NoMetrics:
     """Metrics disabled (``[metrics] enabled = false``): every report is dropped."""
@@ -122,6 +127,11 @@ class NoMetrics:
     def commit(self) -> None:
         return None
 
+    def record_limits(
+        self, would_block: Mapping[str, int], foreign_keys: int, unusable_times: int
+    ) -> None:
+        return None
+
 
 @dataclass(slots=True)
 class _Work:
@@ -138,6 +148,8 @@ class _Work:
     decided: list[PartitionOutput] = field(default_factory=list)
     #: Recipients of the batch that looked like E.164 without "+" (first decision only).
     without_plus: int = 0
+    #: When the batch was read (epoch ms): the time of records without a usable timestamp.
+    read_ms: int = -1
 
 
 class BatchLoop:
@@ -178,6 +190,9 @@ class BatchLoop:
         self.generation = 0
         self._decider: Decider | None = None
         self._headers: HeaderCache | None = None
+        #: Step 4: the rules, and the counters of each assigned input partition.
+        self._rules = LimitRules(policy)
+        self.limits: dict[TopicPartition, PartitionLimits] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._drain_requested = False
@@ -283,6 +298,9 @@ class BatchLoop:
         """Finish the batch in flight before partitions move."""
         await self.wait_idle()
         await self.delivery.revoked(revoked)
+        # A partition's counters move with it (its next owner restores them).
+        for tp in revoked:
+            self.limits.pop(tp, None)
         self.metrics.forget_partitions((tp.topic, tp.partition) for tp in revoked)
 
     async def assigned(self, assigned: set[TopicPartition]) -> None:
@@ -306,7 +324,7 @@ class BatchLoop:
             todo = [(tp, records) for tp, records in batch.items() if records]
             work = _Work(
                 batch, lease, self._decider, self._headers, self.generation,
-                time.perf_counter(), todo,
+                time.perf_counter(), todo, read_ms=time.time_ns() // 1_000_000,
             )  # fmt: skip
             before = self._decider.without_plus
             work.decided = self._decide_partitions(work, todo)
@@ -316,12 +334,20 @@ class BatchLoop:
             raise
         return work
 
+    def partition_limits(self, tp: TopicPartition) -> PartitionLimits:
+        """The counters of input partition ``tp`` (new ones on its first batch)."""
+        found = self.limits.get(tp)
+        if found is None:
+            found = self.limits[tp] = PartitionLimits(self._rules)
+        return found
+
     def _decide_partitions(self, work: _Work, todo: _Todo) -> list[PartitionOutput]:
         delivery, outputs = self.delivery, self.outputs
         return [
             decide_partition(
                 work.decider, work.headers, tp.topic, tp.partition, records, outputs,
-                functools.partial(delivery.new_builder, tp),
+                functools.partial(delivery.new_builder, tp), self.partition_limits(tp),
+                work.read_ms,
             )
             for tp, records in todo
         ]  # fmt: skip
@@ -343,6 +369,11 @@ class BatchLoop:
             for out in decided:
                 if (out.topic, out.partition) not in failed_keys:
                     counts.update(out.counts)
+                    limits = self.limits.get(TopicPartition(out.topic, out.partition))
+                    if limits is not None:
+                        limits.committed(out.next_offset)
+                    if out.would_block or out.foreign_keys or out.unusable_times:
+                        metrics.record_limits(out.would_block, out.foreign_keys, out.unusable_times)
             if not failed:
                 break
             metrics.produce_error(sum(sum(o.counts.values()) for o in failed))

@@ -34,6 +34,7 @@ SOURCES = (
     "filterd/router.py",
     "filterd/pipeline.py",
     "filterd/markers.py",
+    "filterd/limits.py",
     "filterd/snapshot/store.py",
 )
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from filterd.limits import FUTURE_LIMIT_MS, PartitionLimits
 from filterd.router import BLOCK, DELIVER, INVALID, OUTCOMES, Decider, Outcome
 
 HEADER_ROUTE: Final = "filterd-route"
@@ -27,6 +28,8 @@ HEADER_SNAPSHOT: Final = "filterd-snapshot"
 HEADER_SOURCE: Final = "filterd-source"
 #: Where step 2 decided an exempt-category message as marketing: the category it was sent with.
 HEADER_DECLARED_CATEGORY: Final = "filterd-declared-category"
+#: Where monitor mode delivered a message: the block reason it would have had.
+HEADER_WOULD_BLOCK: Final = "filterd-would-block"
 
 Header = tuple[str, bytes]
 
@@ -83,6 +86,14 @@ class PartitionOutput:
     #: (output topic, output partition, builder), in submission order.
     batches: list[tuple[str, int, Builder]] = field(default_factory=list)
     counts: Counter[Outcome] = field(default_factory=Counter)
+    #: Monitored deliveries by the block reason they would have had.
+    would_block: Counter[str] = field(default_factory=Counter)
+    #: Records whose key is not their recipient's digits (caps are exact per partition
+    #: only when producers key by recipient).
+    foreign_keys: int = 0
+    #: Records without a usable timestamp (negative, or over a day ahead): decided at
+    #: ``read_ms`` (the time the batch was read).
+    unusable_times: int = 0
 
     @property
     def next_offset(self) -> int:
@@ -112,11 +123,15 @@ def decide_partition(
     records: Sequence[InputRecord],
     outputs: OutputTopics,
     new_builder: Callable[[], Builder],
+    limits: PartitionLimits | None = None,
+    read_ms: int = -1,
 ) -> PartitionOutput:
     """Decide ``records`` of one input partition and build their output batches.
 
     The records must be non-empty and in offset order, as the consumer returns
     them. Decisions are counted per outcome for the metrics and the logs.
+    ``limits`` (step 4, monitor mode) are the partition's counters; ``read_ms``
+    (epoch ms, -1: none) the time of a record whose timestamp is not usable.
     """
     out = PartitionOutput(topic, partition, records[0].offset, records[-1].offset)
     targets: dict[str, tuple[str, int]] = {
@@ -133,10 +148,25 @@ def decide_partition(
     outcomes: list[Outcome] = []
     add_outcome = outcomes.append
     get_builder = builders.get
+    apply = limits.apply_record if limits is not None else None
+    would_block = out.would_block
+    future = read_ms + FUTURE_LIMIT_MS
     for record in records:
         value = record.value
-        # The record timestamp is the message's time (consent expiry).
-        outcome = decide(value, record.timestamp)
+        # The record timestamp is the message's time (consent expiry, step 4), unless
+        # it is negative or over a day ahead of the read time: then the read time. (A
+        # topic with LogAppendTime gives the broker's append time here, always usable.)
+        at = record.timestamp
+        if read_ms >= 0 and (at < 0 or at > future):
+            at = read_ms
+            out.unusable_times += 1
+        outcome = decide(value, at)
+        if apply is not None and limits is not None:
+            outcome = apply(decider, outcome, at, record.offset)
+            if outcome.route != INVALID:
+                key = record.key
+                if key is None or key != str(decider.number).encode():
+                    out.foreign_keys += 1
         add_outcome(outcome)
         route_h, reason_h, snapshot_h = by_outcome[outcome]
         # A list, not a tuple: aiokafka's C record builder accepts only lists.
@@ -149,6 +179,11 @@ def decide_partition(
         declared = decider.declared_category
         if declared is not None:
             hdrs.append((HEADER_DECLARED_CATEGORY, declared.encode()))
+        if limits is not None:
+            would = limits.would_block
+            if would is not None:
+                hdrs.append((HEADER_WOULD_BLOCK, would.encode()))
+                would_block[would] += 1
         route = outcome.route
         builder = get_builder(route)
         if (
@@ -172,6 +207,8 @@ def decide_partition(
                     "batch: raise producer.max_batch_size above policy.max_event_bytes"
                 )
     out.counts.update(outcomes)
+    if limits is not None:
+        limits.drop_closed()
     return out
 
 

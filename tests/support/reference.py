@@ -524,6 +524,10 @@ class Reference:
             counters={},
         )
 
+    def for_partition(self) -> Reference:
+        """The same model with step 4 counters of its own (one input partition's)."""
+        return replace(self, counters={}, stream_time=[-1])
+
     def decide(
         self, value: bytes | None, at_ms: int | None = None, *, event_time: bool = False
     ) -> Decision:

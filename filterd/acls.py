@@ -97,6 +97,9 @@ def required_acls(config: Config, principal: str, role: Role = "service") -> lis
         return sorted(acls)
     acls = {grant(ResourceType.TOPIC, t.input, Operation.READ, literal)}
     acls |= {grant(ResourceType.TOPIC, name, Operation.WRITE, literal) for name in outputs}
+    # The step 4 counters' changelog: written with the outputs, read back on assignment.
+    acls |= {grant(ResourceType.TOPIC, t.counters_topic, op, literal)
+             for op in (Operation.READ, Operation.WRITE)}  # fmt: skip
     acls.add(grant(ResourceType.GROUP, config.kafka.group_id, Operation.READ, literal))
     if config.delivery.mode == "exactly-once":
         # delivery.transactional_id: PREFIX-GROUP-TOPIC-PARTITION, one per input partition.

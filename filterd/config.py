@@ -126,6 +126,14 @@ class TopicsConfig:
     deliver: str = "sms.deliver"
     block: str = "sms.blocked"
     invalid: str = "sms.invalid"
+    #: The compacted changelog of the step 4 counters, one partition per input partition
+    #: (``filterd run`` creates it when missing). Empty: ``<input>.counters``.
+    counters: str = ""
+
+    @property
+    def counters_topic(self) -> str:
+        """:attr:`counters`, or its default derived from the input topic."""
+        return self.counters or f"{self.input}.counters"
 
 
 @dataclass(slots=True, frozen=True)
@@ -583,10 +591,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("kafka.heartbeat_interval_ms", "must be below kafka.session_timeout_ms")
 
     t = config.topics
-    names = {"input": t.input, "deliver": t.deliver, "block": t.block, "invalid": t.invalid}
+    names = {"input": t.input, "deliver": t.deliver, "block": t.block, "invalid": t.invalid,
+             "counters": t.counters_topic}  # fmt: skip
     for name, topic in names.items():
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
             raise ConfigError(f"topics.{name}", f"not a valid Kafka topic name: {topic!r}")
+    if t.counters_topic in (t.input, t.deliver, t.block, t.invalid):
+        raise ConfigError("topics.counters", "must differ from the input and output topics")
     if t.input in (t.deliver, t.block, t.invalid):
         raise ConfigError("topics.input", "must differ from the output topics")
     if len({t.deliver, t.block, t.invalid}) != 3:

@@ -20,9 +20,11 @@ without step 4 counting: it is neither capped nor counted.
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Final
+
+import orjson
 
 from filterd.config import PolicyConfig, quiet_hours_minutes
 from filterd.router import (
@@ -45,6 +47,10 @@ FUTURE_LIMIT_MS: Final = DAY_MS
 _BUCKET_MS: Final = 900_000
 #: The counter of ``max_per_day`` (a consent's own frequency) in a counter key.
 MAX_PER_DAY_RULE: Final = -1
+#: The changelog name of the ``max_per_day`` counters (cap rules: :func:`rule_id`).
+MAX_PER_DAY_ID: Final = "max_per_day"
+#: The changelog key of a partition's stream time.
+STREAM_TIME_KEY: Final = b'"stream-time"'
 
 
 def usable_time(at_ms: int, fallback_ms: int) -> int:
@@ -72,6 +78,12 @@ def min_offset_ms(zone: zoneinfo.ZoneInfo) -> int:
     return 0 if lowest is None else lowest // timedelta(milliseconds=1)
 
 
+def rule_id(per: str, window: str, categories: Iterable[str]) -> str:
+    """A cap rule's name in the changelog: what it counts, not its place in the config,
+    so reordering rules or changing a ``max`` keeps the counts."""
+    return f"{per}/{window}/{','.join(sorted(set(categories)))}"
+
+
 class _Cap:
     __slots__ = ("categories", "index", "max", "per_pair", "window_ms")
 
@@ -89,7 +101,8 @@ class LimitRules:
     """The limits of a ``[policy]``: validated by the config, compiled here once."""
 
     __slots__ = (
-        "_lengths", "_offsets", "_prefixes", "caps", "closing", "monitor", "quiet", "zones",
+        "_lengths", "_offsets", "_prefixes", "by_id", "capped", "caps", "closing", "ids",
+        "monitor", "quiet", "zones",
     )  # fmt: skip
 
     def __init__(self, policy: PolicyConfig) -> None:
@@ -110,6 +123,14 @@ class LimitRules:
             for i, rule in enumerate(policy.caps)
         )  # fmt: skip
         self.monitor: frozenset[str] = frozenset(policy.monitor)
+        #: Every category some cap rule counts (a message of another one skips the caps).
+        self.capped: frozenset[str] = frozenset(c for cap in self.caps for c in cap.categories)
+        #: Changelog name of each cap rule, and the rules of each name.
+        self.ids: list[str] = [rule_id(r.per, r.window, r.categories) for r in policy.caps]
+        self.by_id: dict[str, list[int]] = {}
+        for i, name in enumerate(self.ids):
+            self.by_id.setdefault(name, []).append(i)
+        self.by_id[MAX_PER_DAY_ID] = [MAX_PER_DAY_RULE]
 
     def zone_of(self, number: int) -> int:
         """The index in :attr:`zones` of the number's zone: the longest matching prefix."""
@@ -154,8 +175,8 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_closes", "_keys", "counters", "decided", "high", "late", "rules", "stream_time",
-        "would_block",
+        "_closes", "_keys", "_offset", "counters", "decided", "dirty", "dropped", "high", "late",
+        "read_ms", "rules", "stream_time", "tracking", "would_block",
     )  # fmt: skip
 
     def __init__(self, rules: LimitRules) -> None:
@@ -165,8 +186,13 @@ class PartitionLimits:
         # close time (UTC ms) -> the keys of windows closing then, for dropping them.
         self._closes: dict[int, list[CounterKey]] = {}
         self._keys: list[CounterKey] = []
-        #: The latest message time seen on the partition (ms), -1 before the first.
+        #: The latest message time seen on the partition (ms), -1 before the first; never
+        #: ahead of ``read_ms``, so that one record dated in the future cannot close every
+        #: open window (and so lift every cap) at once.
         self.stream_time: int = -1
+        #: When the records being decided were read (the stream sets it per batch, replay
+        #: to ``--at``); -1: unknown, no bound.
+        self.read_ms: int = -1
         #: The block reason monitor mode turned into ``monitored`` in the last :meth:`apply`.
         self.would_block: str | None = None
         #: Records decided without counting because their window had closed.
@@ -177,6 +203,12 @@ class PartitionLimits:
         self.decided: dict[int, tuple[Outcome, str | None]] = {}
         #: The highest offset in :attr:`decided` (-1: none).
         self.high: int = -1
+        #: The stream keeps a changelog (:meth:`changelog`): counters changed and not yet
+        #: committed (key -> the last offset that changed it), counters dropped since.
+        self.tracking: bool = False
+        self.dirty: dict[CounterKey, int] = {}
+        self.dropped: list[CounterKey] = []
+        self._offset: int = -1
 
     def apply(self, decider: Decider, outcome: Outcome, at_ms: int) -> Outcome:
         """The final outcome of the record ``decider`` just decided as ``outcome``.
@@ -189,7 +221,8 @@ class PartitionLimits:
         if route == INVALID:
             return outcome
         if at_ms > self.stream_time:
-            self.stream_time = at_ms
+            read_ms = self.read_ms
+            self.stream_time = at_ms if read_ms < 0 or at_ms <= read_ms else read_ms
         rules = self.rules
         if route == BLOCK:
             # Steps 1-3 blocked it: nothing after the first block reason is evaluated.
@@ -200,8 +233,13 @@ class PartitionLimits:
             self._count()
             return MONITORED
         require = outcome is not EXEMPT_CATEGORY
-        if not require and not rules.caps:
-            return outcome  # nothing counts an exempt message
+        most = decider.max_per_day() if require else 0
+        if (
+            not most
+            and decider.category not in rules.capped
+            and (not require or rules.quiet is None)
+        ):
+            return outcome  # nothing to check, nothing counts it: the common case
         zone = rules.zone_of(decider.number)
         local = at_ms + rules.offset(zone, at_ms)
         blocked: Outcome | None = None
@@ -211,7 +249,7 @@ class PartitionLimits:
             start, end = quiet
             if (start <= minute < end) if start < end else (minute >= start or minute < end):
                 blocked = QUIET_HOURS
-        if blocked is None and self._collect(decider, at_ms, require, True, zone, local):
+        if blocked is None and self._collect(decider, at_ms, require, True, zone, local, most):
             blocked = FREQUENCY_CAP
         if blocked is None:
             self._count()
@@ -219,7 +257,7 @@ class PartitionLimits:
         if blocked.reason in rules.monitor:
             self.would_block = blocked.reason
             if blocked is QUIET_HOURS:
-                self._collect(decider, at_ms, require, False, zone, local)
+                self._collect(decider, at_ms, require, False, zone, local, most)
             self._count()
             return MONITORED
         return blocked
@@ -231,6 +269,7 @@ class PartitionLimits:
             if seen is not None:
                 self.would_block = seen[1]
                 return seen[0]
+        self._offset = offset
         final = self.apply(decider, outcome, at_ms)
         if final.route != INVALID:
             self.decided[offset] = (final, self.would_block)
@@ -246,6 +285,10 @@ class PartitionLimits:
             if first >= next_offset:
                 break
             del decided[first]
+        dirty = self.dirty
+        if dirty:
+            for key in [k for k, at in dirty.items() if at < next_offset]:
+                del dirty[key]
 
     def _collect(
         self,
@@ -255,15 +298,17 @@ class PartitionLimits:
         check: bool,
         zone: int = -1,
         local: int = 0,
+        most: int = -1,
     ) -> bool:
         """Put the keys of the counters the message counts in into ``_keys``.
 
-        With ``check``, True when one of them is already at its maximum.
+        With ``check``, True when one of them is already at its maximum. ``most``: the
+        pair's ``max_per_day`` when already looked up (-1: not yet).
         """
         keys = self._keys
         keys.clear()
         rules = self.rules
-        caps = rules.caps
+        caps = rules.caps if decider.category in rules.capped else ()
         if not caps and not require:
             return False
         if zone < 0:
@@ -287,7 +332,8 @@ class PartitionLimits:
             if check and counters.get(key, 0) >= cap.max:
                 full = True
         if require:
-            most = decider.max_per_day()
+            if most < 0:
+                most = decider.max_per_day()
             if most > 0:
                 window = local // DAY_MS
                 if (window + 1) * DAY_MS - closing <= stream_time:
@@ -301,17 +347,93 @@ class PartitionLimits:
 
     def _count(self) -> None:
         counters = self.counters
-        rules = self.rules
         for key in self._keys:
             n = counters.get(key)
             if n is None:
                 counters[key] = 1
-                window_ms = DAY_MS if key[0] < 0 else rules.caps[key[0]].window_ms
-                close = (key[3] + 1) * window_ms - rules.closing[rules.zone_of(key[2])]
-                self._closes.setdefault(close, []).append(key)
+                self._closes.setdefault(self._close_of(key), []).append(key)
             else:
                 counters[key] = n + 1
+            if self.tracking:
+                self.dirty[key] = self._offset
         self._keys.clear()
+
+    def _close_of(self, key: CounterKey) -> int:
+        """When the counter's window closes in stream time (UTC ms)."""
+        rules = self.rules
+        window_ms = DAY_MS if key[0] < 0 else rules.caps[key[0]].window_ms
+        return (key[3] + 1) * window_ms - rules.closing[rules.zone_of(key[2])]
+
+    def changelog(self, first_offset: int) -> list[tuple[bytes, bytes | None]]:
+        """The changelog records of a batch that starts at ``first_offset``: each counter
+        its records changed, at its value now (None: dropped), and the stream time.
+
+        A batch decided again (a retry) writes its counters again, at their value now.
+        """
+        out: list[tuple[bytes, bytes | None]] = []
+        ids = self.rules.ids
+        counters = self.counters
+        for key, at in self.dirty.items():
+            if at >= first_offset:
+                n = counters.get(key)
+                out.append((self._encode(key, ids), None if n is None else b"%d" % n))
+        for key in self.dropped:
+            out.append((self._encode(key, ids), None))
+        self.dropped.clear()
+        if self.stream_time >= 0:
+            # Every batch: a batch that changed no counter may still move the stream time,
+            # and a restore must close the same windows as the stream it continues.
+            out.append((STREAM_TIME_KEY, b"%d" % self.stream_time))
+        return out
+
+    @staticmethod
+    def _encode(key: CounterKey, ids: list[str]) -> bytes:
+        name = MAX_PER_DAY_ID if key[0] < 0 else ids[key[0]]
+        return orjson.dumps([name, key[1], key[2], key[3]])
+
+    def restore(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        """Rebuild the counters from a changelog partition read in offset order (the last
+        value of a key wins; None deletes it). Counters of rules no longer configured, or
+        of windows closed in the restored stream time, are left out (and deleted from the
+        changelog with the next batch). Returns how many counters are live."""
+        latest: dict[bytes, bytes | None] = {}
+        for raw_key, value in records:
+            if raw_key is not None:
+                latest[raw_key] = value
+        stream = latest.pop(STREAM_TIME_KEY, None)
+        if stream is not None:
+            self.stream_time = max(self.stream_time, int(stream))
+        by_id = self.rules.by_id
+        counters = self.counters
+        for raw, value in latest.items():
+            if value is None:
+                continue
+            try:
+                fields = orjson.loads(raw)
+                count = int(value)
+            except (orjson.JSONDecodeError, ValueError):
+                continue  # not a counter of this version: ignored
+            if not (
+                type(fields) is list
+                and len(fields) == 4
+                and type(fields[0]) is str
+                and type(fields[1]) is str
+                and type(fields[2]) is int
+                and type(fields[3]) is int
+            ):
+                continue
+            sender: str = fields[1]
+            number: int = fields[2]
+            window: int = fields[3]
+            for index in by_id.get(fields[0], ()):
+                key: CounterKey = (index, sender, number, window)
+                close = self._close_of(key)
+                if close <= self.stream_time:
+                    self.dropped.append(key)
+                    continue
+                counters[key] = count
+                self._closes.setdefault(close, []).append(key)
+        return len(counters)
 
     def drop_closed(self) -> int:
         """Drop the counters of windows closed in stream time; how many were dropped."""
@@ -322,6 +444,9 @@ class PartitionLimits:
             for key in self._closes.pop(close):
                 if counters.pop(key, None) is not None:
                     dropped += 1
+                    if self.tracking:
+                        self.dropped.append(key)
+                        self.dirty.pop(key, None)
         return dropped
 
     def items(self) -> Iterator[tuple[CounterKey, int]]:

@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -95,6 +95,8 @@ class LoopMetrics(Protocol):
         self, would_block: Mapping[str, int], foreign_keys: int, unusable_times: int
     ) -> None: ...
 
+    def set_limits_state(self, live_counters: int, restore_seconds: float) -> None: ...
+
 
 class NoMetrics:
     """Metrics disabled (``[metrics] enabled = false``): every report is dropped."""
@@ -130,6 +132,9 @@ class NoMetrics:
     def record_limits(
         self, would_block: Mapping[str, int], foreign_keys: int, unusable_times: int
     ) -> None:
+        return None
+
+    def set_limits_state(self, live_counters: int, restore_seconds: float) -> None:
         return None
 
 
@@ -173,6 +178,10 @@ class BatchLoop:
         policy: Policy,
         should_exit: Callable[[], bool],
         on_fetch: Callable[[], None] = lambda: None,
+        restore: Callable[
+            [list[int]], Awaitable[Mapping[int, Iterable[tuple[bytes | None, bytes | None]]]]
+        ]
+        | None = None,
     ) -> None:
         self.config = config
         self.consumer = consumer
@@ -193,6 +202,16 @@ class BatchLoop:
         #: Step 4: the rules, and the counters of each assigned input partition.
         self._rules = LimitRules(policy)
         self.limits: dict[TopicPartition, PartitionLimits] = {}
+        #: Reads changelog partitions (filterd.counters.read_changelog); None: no changelog.
+        self.restore = restore
+        #: Seconds the last restore on assignment took, and counters it restored.
+        self.restore_seconds = 0.0
+        self.restored_counters = 0
+        # Clear while an assignment restores counters: the consumer may hand out records
+        # of the new partitions before the rebalance listener returns, and none may be
+        # decided before its partition's counters are back.
+        self._restored = asyncio.Event()
+        self._restored.set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._drain_requested = False
@@ -231,6 +250,8 @@ class BatchLoop:
                 # Nothing to overlap with: finish the batch in flight now.
                 await self._await_finishing()
                 continue
+            if not self._restored.is_set():
+                await self._restored.wait()
             self._busy = True
             self._idle.clear()
             try:
@@ -305,8 +326,33 @@ class BatchLoop:
 
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         self.generation += 1
-        await self.delivery.assigned(assigned)
+        # A partition's counters are rebuilt from the changelog before any of its records
+        # is decided: run() waits for _restored, cleared from the start of the assignment.
+        self._restored.clear()
+        try:
+            await self.delivery.assigned(assigned)
+            if self.restore is not None and assigned:
+                await self._restore(assigned)
+        finally:
+            self._restored.set()
         self.metrics.rebalance()
+
+    async def _restore(self, assigned: set[TopicPartition]) -> None:
+        assert self.restore is not None
+        started = time.perf_counter()
+        logs = await self.restore(sorted(tp.partition for tp in assigned))
+        restored = 0
+        for tp in assigned:
+            limits = PartitionLimits(self._rules)
+            limits.tracking = True
+            restored += limits.restore(logs.get(tp.partition, ()))
+            self.limits[tp] = limits
+        self.restore_seconds = time.perf_counter() - started
+        self.restored_counters = restored
+        log.info(
+            "restored %d counters of %d partitions in %.2fs",
+            restored, len(assigned), self.restore_seconds,
+        )  # fmt: skip
 
     # -- the batch -----------------------------------------------------------
 
@@ -339,6 +385,7 @@ class BatchLoop:
         found = self.limits.get(tp)
         if found is None:
             found = self.limits[tp] = PartitionLimits(self._rules)
+            found.tracking = self.restore is not None
         return found
 
     def _decide_partitions(self, work: _Work, todo: _Todo) -> list[PartitionOutput]:
@@ -421,3 +468,6 @@ class BatchLoop:
                     metrics.set_lag(tp.topic, tp.partition, high - recs[-1].offset - 1)
         if counts:
             metrics.commit()
+        metrics.set_limits_state(
+            sum(len(limits.counters) for limits in self.limits.values()), self.restore_seconds
+        )

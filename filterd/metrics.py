@@ -251,6 +251,16 @@ class Metrics:
             " time they were read.",
             registry=reg,
         )
+        self.limit_counters = Gauge(
+            "filterd_limit_counters",
+            "Step 4 counters live (windows still open) in the partitions this process holds.",
+            registry=reg,
+        )
+        self.counters_restore_seconds = Gauge(
+            "filterd_counters_restore_seconds",
+            "Seconds the last restore of counters from the changelog took (on assignment).",
+            registry=reg,
+        )
         self.build_info = Gauge(
             "filterd_build_info",
             "Always 1; version is the filterd release running, hot_path whether its"
@@ -424,6 +434,11 @@ class Metrics:
                 )
         if unusable_times:
             self.unusable_timestamps.inc(unusable_times)
+
+    def set_limits_state(self, live_counters: int, restore_seconds: float) -> None:
+        """Set the live step 4 counters and the last restore's duration."""
+        self.limit_counters.set(live_counters)
+        self.counters_restore_seconds.set(restore_seconds)
 
     def rebalance(self) -> None:
         """Count a partition assignment (call from ``on_partitions_assigned``)."""

@@ -69,6 +69,8 @@ class OutputTopics:
     block: str
     invalid: str
     partitions: Mapping[str, int]
+    #: The step 4 counters' changelog (partition = input partition); empty: none kept.
+    counters: str = ""
 
     def for_route(self, route: str) -> str:
         return {DELIVER: self.deliver, BLOCK: self.block, INVALID: self.invalid}[route]
@@ -148,7 +150,10 @@ def decide_partition(
     outcomes: list[Outcome] = []
     add_outcome = outcomes.append
     get_builder = builders.get
-    apply = limits.apply_record if limits is not None else None
+    apply = None
+    if limits is not None:
+        apply = limits.apply_record
+        limits.read_ms = read_ms
     would_block = out.would_block
     future = read_ms + FUTURE_LIMIT_MS
     for record in records:
@@ -165,7 +170,7 @@ def decide_partition(
             outcome = apply(decider, outcome, at, record.offset)
             if outcome.route != INVALID:
                 key = record.key
-                if key is None or key != str(decider.number).encode():
+                if key is None or key != b"%d" % decider.number:
                     out.foreign_keys += 1
         add_outcome(outcome)
         route_h, reason_h, snapshot_h = by_outcome[outcome]
@@ -209,7 +214,32 @@ def decide_partition(
     out.counts.update(outcomes)
     if limits is not None:
         limits.drop_closed()
+        if outputs.counters and limits.tracking:
+            _append_changelog(out, limits, outputs.counters, partition, new_builder)
     return out
+
+
+def _append_changelog(
+    out: PartitionOutput,
+    limits: PartitionLimits,
+    topic: str,
+    partition: int,
+    new_builder: Callable[[], Builder],
+) -> None:
+    """The batch's counter changes, to the changelog's partition of this input partition.
+
+    They go with the outputs: in the same transaction in exactly-once mode, acknowledged
+    before the offset commit in at-least-once mode.
+    """
+    builder: Builder | None = None
+    no_headers: list[Header] = []
+    for key, value in limits.changelog(out.first_offset):
+        if builder is None or (
+            builder.append(timestamp=None, key=key, value=value, headers=no_headers) is None
+        ):
+            builder = new_builder()
+            out.batches.append((topic, partition, builder))
+            builder.append(timestamp=None, key=key, value=value, headers=no_headers)
 
 
 class Timestamps(Sequence[int]):

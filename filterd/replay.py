@@ -72,6 +72,7 @@ def replay(
     limits = PartitionLimits(rules)
     other_decider: Decider | None = None
     other_limits = PartitionLimits(rules)
+    limits.read_ms = other_limits.read_ms = at_ms
     result = ReplayResult(snapshot.version)
     if compare_root is not None:
         # A root (its current version), or one version directory of a root (a version

@@ -8,6 +8,10 @@ reference; in both delivery modes, with monitor mode off and on.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from filterd.config import CapRule, Config
 from tests.support.kafka import drain
-from tests.support.limit_cases import CAPS, generate, reference_policy
+from tests.support.limit_cases import CAPS, config_toml, generate, reference_policy
 from tests.support.reference import Reference, ref_normalize
 from tests.support.stream import Stream, build_snapshot, header, running
 
@@ -81,6 +85,27 @@ def got_by_source(outputs: dict[str, list]) -> dict[str, tuple]:  # type: ignore
     return got
 
 
+async def prepared(  # type: ignore[no-untyped-def]
+    bootstrap: str,
+    new_topic,
+    new_group,
+    tmp_path: Path,
+    seed: int,
+    events: int,
+    monitor: tuple[str, ...] = (),
+) -> tuple[Stream, dict[str, tuple]]:  # type: ignore[type-arg]
+    """A stream with the generated set on its input (keyed by recipient), its snapshot
+    built, and the reference's decision of every input record by source."""
+    base_ms = time.time_ns() // 1_000_000 - 4 * DAY_MS
+    case = generate(tmp_path / "ds", base_ms, seed=seed, events=events)
+    stream = await Stream.create(bootstrap, new_topic, new_group, tmp_path / "snap", case.directory)
+    build_snapshot(stream.root, case.directory)
+    await produce_keyed(bootstrap, stream.input, case.lines, base_ms)
+    inputs = await drain(bootstrap, stream.input, expected=len(case.lines))
+    reference = Reference.from_dataset(case.directory, **reference_policy(monitor))
+    return stream, expected_by_source(reference, inputs)
+
+
 @pytest.mark.parametrize(
     ("mode", "monitor"),
     [("at-least-once", ()), ("exactly-once", ()), ("at-least-once", ("frequency-cap",))],
@@ -88,16 +113,9 @@ def got_by_source(outputs: dict[str, list]) -> dict[str, tuple]:  # type: ignore
 async def test_stream_applies_the_limits_as_the_reference(
     kafka_bootstrap: str, new_topic, new_group, tmp_path: Path, mode: str, monitor: tuple[str, ...]
 ) -> None:  # type: ignore[no-untyped-def]
-    base_ms = time.time_ns() // 1_000_000 - 4 * DAY_MS
-    case = generate(tmp_path / "ds", base_ms, seed=21, events=900)
-    stream = await Stream.create(
-        kafka_bootstrap, new_topic, new_group, tmp_path / "snap", case.directory
+    stream, expected = await prepared(
+        kafka_bootstrap, new_topic, new_group, tmp_path, 21, 900, monitor
     )
-    build_snapshot(stream.root, case.directory)
-    await produce_keyed(kafka_bootstrap, stream.input, case.lines, base_ms)
-    inputs = await drain(kafka_bootstrap, stream.input, expected=len(case.lines))
-    reference = Reference.from_dataset(case.directory, **reference_policy(monitor))
-    expected = expected_by_source(reference, inputs)
     routes = Counter(v[0] for v in expected.values())
     async with running(limits_config(stream, monitor, FILTERD_DELIVERY_MODE=mode)):
         outputs = await stream.outputs_by_route(routes)
@@ -109,3 +127,52 @@ async def test_stream_applies_the_limits_as_the_reference(
     else:
         assert reasons["frequency-cap"] > 0, reasons
         assert reasons["quiet-hours"] > 0, reasons
+
+
+def spawn(stream: Stream, config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "filterd", "run", "--config", str(config)],
+            env=dict(os.environ, **stream.env(**env)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def test_kill_9_in_exactly_once_mode_counts_go_on_exactly(
+    kafka_bootstrap: str, new_topic, new_group, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    stream, expected = await prepared(kafka_bootstrap, new_topic, new_group, tmp_path, 31, 1500)
+    config = tmp_path / "filterd.toml"
+    config.write_text(config_toml())
+    log = tmp_path / "worker.log"
+    # Small batches: many transactions, so the kill lands mid-stream.
+    env = {"FILTERD_DELIVERY_MODE": "exactly-once", "FILTERD_BATCH_MAX_RECORDS": "20"}
+    first = spawn(stream, config, log, **env)
+    try:
+        for _ in range(600):
+            if len(await drain(kafka_bootstrap, stream.deliver, timeout=0.3)) >= 100:
+                break
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    done = len(await drain(kafka_bootstrap, stream.deliver, timeout=2))
+    routes = Counter(v[0] for v in expected.values())
+    assert 0 < done < routes["deliver"], "killed before the first or after the last batch"
+    second = spawn(stream, config, log, **env)
+    try:
+        outputs = await stream.outputs_by_route(routes, timeout=120)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0, log.read_text()[-3000:]
+    got = got_by_source(outputs)
+    # Exactly once, and every decision the reference's: counts went on from the kill.
+    missing = {k: v for k, v in expected.items() if k not in got}
+    wrong = {k: (got[k], v) for k, v in expected.items() if k in got and got[k] != v}
+    assert not wrong, wrong
+    assert not missing, missing
+    assert sum(len(v) for v in outputs.values()) == len(expected)
+    assert "restored" in log.read_text()
+    assert Counter(v[1] for v in expected.values())["frequency-cap"] > 0

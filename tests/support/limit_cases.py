@@ -99,7 +99,7 @@ def generate(directory: Path, base_ms: int, seed: int, events: int = 1500) -> Li
         elif kind < 0.93:
             event["ts"] = -5
         elif kind < 0.95:
-            event["ts"] = at + 3 * DAY_MS
+            event["ts"] = base_ms + 10 * DAY_MS  # far ahead of every read time: not usable
         lines.append(orjson.dumps(event))
     return LimitCase(directory, lines)
 

@@ -542,19 +542,36 @@ class Reference:
         route, reason, declared, _would = self.decide_record(value, at_ms, event_time=event_time)
         return route, reason, declared
 
+    @staticmethod
+    def _read_bound(m: Message, read_ms: int | None) -> int:
+        if read_ms is not None:
+            return read_ms
+        if m._event_time and m._at_ms is not None:
+            return m._at_ms
+        return 2**63
+
     def decide_record(
-        self, value: bytes | None, at_ms: int | None = None, *, event_time: bool = False
+        self,
+        value: bytes | None,
+        at_ms: int | None = None,
+        *,
+        event_time: bool = False,
+        read_ms: int | None = None,
     ) -> tuple[str, str, str | None, str | None]:
         """(route, reason, declared category or None, the monitored block reason or None).
 
-        Counts the message in step 4's counters when it is delivered.
+        Counts the message in step 4's counters when it is delivered. ``read_ms``: when the
+        stream read the record (stream time never runs ahead of it); None: no bound in the
+        stream, ``at_ms`` in replay.
         """
         m = Message(value, self, at_ms, event_time)
         found = _first(INVALID_INPUT, m)
         if found is not None:
             return (*found, None, None)
         declared = m.declared_category if m.category != m.declared_category else None
-        self.stream_time[0] = max(self.stream_time[0], m.limit_ms)
+        # Stream time never runs ahead of the read time (replay: --at; the stream: read_ms).
+        read = self._read_bound(m, read_ms)
+        self.stream_time[0] = max(self.stream_time[0], min(m.limit_ms, read))
         found = _first(CATEGORY, m)
         if found is None:
             consent = _first(CONSENT, m)

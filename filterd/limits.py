@@ -175,7 +175,7 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_closes", "_keys", "_offset", "counters", "decided", "dirty", "dropped", "high", "late",
+        "_closes", "_key_closes", "_keys", "_offset", "counters", "decided", "dirty", "dropped", "high", "late",
         "read_ms", "rules", "stream_time", "tracking", "would_block",
     )  # fmt: skip
 
@@ -186,6 +186,8 @@ class PartitionLimits:
         # close time (UTC ms) -> the keys of windows closing then, for dropping them.
         self._closes: dict[int, list[CounterKey]] = {}
         self._keys: list[CounterKey] = []
+        # When the window of each of _keys closes (UTC ms), in the same order.
+        self._key_closes: list[int] = []
         #: The latest message time seen on the partition (ms), -1 before the first; never
         #: ahead of ``read_ms``, so that one record dated in the future cannot close every
         #: open window (and so lift every cap) at once.
@@ -280,11 +282,15 @@ class PartitionLimits:
     def committed(self, next_offset: int) -> None:
         """Forget the decisions of records before ``next_offset``: their output is committed."""
         decided = self.decided
-        while decided:
-            first = next(iter(decided))
-            if first >= next_offset:
+        # One pass in offset order (the insertion order): popping the first key over and
+        # over would rescan the deleted slots each time.
+        done = []
+        for offset in decided:
+            if offset >= next_offset:
                 break
-            del decided[first]
+            done.append(offset)
+        for offset in done:
+            del decided[offset]
         dirty = self.dirty
         if dirty:
             for key in [k for k, at in dirty.items() if at < next_offset]:
@@ -307,6 +313,8 @@ class PartitionLimits:
         """
         keys = self._keys
         keys.clear()
+        closes = self._key_closes
+        closes.clear()
         rules = self.rules
         caps = rules.caps if decider.category in rules.capped else ()
         if not caps and not require:
@@ -324,11 +332,13 @@ class PartitionLimits:
             if category not in cap.categories:
                 continue
             window = local // cap.window_ms
-            if (window + 1) * cap.window_ms - closing <= stream_time:
+            close = (window + 1) * cap.window_ms - closing
+            if close <= stream_time:
                 self.late += 1
                 continue
             key = (cap.index, decider.sender if cap.per_pair else "", number, window)
             keys.append(key)
+            closes.append(close)
             if check and counters.get(key, 0) >= cap.max:
                 full = True
         if require:
@@ -336,27 +346,32 @@ class PartitionLimits:
                 most = decider.max_per_day()
             if most > 0:
                 window = local // DAY_MS
-                if (window + 1) * DAY_MS - closing <= stream_time:
+                close = (window + 1) * DAY_MS - closing
+                if close <= stream_time:
                     self.late += 1
                 else:
                     key = (MAX_PER_DAY_RULE, decider.sender, number, window)
                     keys.append(key)
+                    closes.append(close)
                     if check and counters.get(key, 0) >= most:
                         full = True
         return full
 
     def _count(self) -> None:
         counters = self.counters
-        for key in self._keys:
+        closes = self._key_closes
+        tracking = self.tracking
+        for i, key in enumerate(self._keys):
             n = counters.get(key)
             if n is None:
                 counters[key] = 1
-                self._closes.setdefault(self._close_of(key), []).append(key)
+                self._closes.setdefault(closes[i], []).append(key)
             else:
                 counters[key] = n + 1
-            if self.tracking:
+            if tracking:
                 self.dirty[key] = self._offset
         self._keys.clear()
+        closes.clear()
 
     def _close_of(self, key: CounterKey) -> int:
         """When the counter's window closes in stream time (UTC ms)."""

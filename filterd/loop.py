@@ -250,19 +250,22 @@ class BatchLoop:
                 # Nothing to overlap with: finish the batch in flight now.
                 await self._await_finishing()
                 continue
+            # The assignment this batch was fetched under: a batch fetched before a
+            # rebalance is dropped (its records are fetched again from the commit).
+            generation = self.generation
             if not self._restored.is_set():
                 await self._restored.wait()
             self._busy = True
             self._idle.clear()
             try:
-                await self._route(batch)
+                await self._route(batch, generation)
             finally:
                 self._busy = False
                 self._update_idle()
         await self._await_finishing()
 
-    async def _route(self, batch: Batch) -> None:
-        work = self._decide(batch)
+    async def _route(self, batch: Batch, generation: int | None = None) -> None:
+        work = self._decide(batch, generation)
         handed_over = False
         try:
             await self._await_finishing()
@@ -356,7 +359,7 @@ class BatchLoop:
 
     # -- the batch -----------------------------------------------------------
 
-    def _decide(self, batch: Batch) -> _Work:
+    def _decide(self, batch: Batch, generation: int | None = None) -> _Work:
         """Decide every partition of ``batch`` by one snapshot version."""
         # One lease per batch: the whole batch is decided by one version, and a
         # swap takes effect from the next batch on.
@@ -369,7 +372,8 @@ class BatchLoop:
             assert self._headers is not None
             todo = [(tp, records) for tp, records in batch.items() if records]
             work = _Work(
-                batch, lease, self._decider, self._headers, self.generation,
+                batch, lease, self._decider, self._headers,
+                self.generation if generation is None else generation,
                 time.perf_counter(), todo, read_ms=time.time_ns() // 1_000_000,
             )  # fmt: skip
             before = self._decider.without_plus

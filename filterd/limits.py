@@ -175,8 +175,8 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_closes", "_key_closes", "_keys", "_offset", "counters", "decided", "dirty", "dropped", "high", "late",
-        "read_ms", "rules", "stream_time", "tracking", "would_block",
+        "_closes", "_key_closes", "_keys", "_offset", "counters", "decided", "dirty", "dropped",
+        "high", "late", "read_ms", "rules", "stream_time", "tracking", "would_block",
     )  # fmt: skip
 
     def __init__(self, rules: LimitRules) -> None:

@@ -431,8 +431,7 @@ async def test_the_peer_gate_runs_on_the_sessions_events(
 def test_limits_bench_measures_counters_and_restore() -> None:
     from benchmarks import limits_bench
 
-    memory = limits_bench.memory(20_000)
-    assert memory["counters"] == 20_000
-    assert memory["bytes_per_counter"] > 0
+    # (RSS growth of a few thousand counters may fall inside memory already mapped.)
+    assert limits_bench.memory(20_000)["counters"] == 20_000
     # restore() asserts that every counter written to the changelog comes back.
     assert limits_bench.restore(5_000)["counters"] == 5_000

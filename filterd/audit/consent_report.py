@@ -41,6 +41,10 @@ GLOSSARY: Mapping[str, str] = {
     "unknown-sender": "blocked: the sender has no consent or opt-out at all in the snapshot",
     "recipient-dnd": "blocked: the recipient is on the do-not-disturb list",
     "no-consent": "blocked: no consent of this recipient for this sender",
+    "quiet-hours": "blocked: a message needing consent, inside the quiet hours of the "
+    "recipient's local time",
+    "frequency-cap": "blocked: it would exceed a cap rule, or the max_per_day its consent states",
+    "monitored": "delivered: a block reason in monitor mode (filterd-would-block names it)",
     "oversized": "invalid: the event is larger than the size limit",
     "malformed-json": "invalid: not JSON, or not a JSON object",
     "missing-field": "invalid: no id, sender or recipient, or an empty one",

@@ -15,6 +15,11 @@ as Kafka Streams does. A window closes at its local end read in the zone's
 smallest UTC offset (so never early, whatever daylight saving does). A record
 whose own window has already closed in stream time (a late record) is decided
 without step 4 counting: it is neither capped nor counted.
+
+Partial (docs/limits.md "Status"): a counter is a dict entry keyed by a tuple, about
+170 bytes of RSS each, far from the 32-byte goal (packed keys in a table of machine
+words would be needed); and a pair's ``max_per_day`` is the snapshot's one value, the
+smallest of all its accepted consents, expired ones included.
 """
 
 from __future__ import annotations

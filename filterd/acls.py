@@ -104,6 +104,9 @@ def required_acls(config: Config, principal: str, role: Role = "service") -> lis
         acls.add(grant(ResourceType.TOPIC, t.inbound, Operation.READ, literal))
         acls.add(grant(ResourceType.TOPIC, t.changes, Operation.WRITE, literal))
     acls |= {grant(ResourceType.TOPIC, name, Operation.WRITE, literal) for name in outputs}
+    # The step 4 counters' changelog: written with the outputs, read back on assignment.
+    acls |= {grant(ResourceType.TOPIC, t.counters_topic, op, literal)
+             for op in (Operation.READ, Operation.WRITE)}  # fmt: skip
     acls.add(grant(ResourceType.GROUP, config.kafka.group_id, Operation.READ, literal))
     if config.delivery.mode == "exactly-once":
         # delivery.transactional_id: PREFIX-GROUP-TOPIC-PARTITION, one per input partition.

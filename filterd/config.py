@@ -25,6 +25,7 @@ import re
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ DeliveryMode = Literal["at-least-once", "exactly-once"]
 LogFormat = Literal["text", "json"]
 #: ``logging.level``, case-insensitive.
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+#: ``[[policy.caps]] per``: what a cap rule counts for, a (sender, recipient) pair or a recipient.
+CapPer = Literal["pair", "recipient"]
+#: ``[[policy.caps]] window``: the calendar hour or day of the recipient's local time.
+CapWindow = Literal["hour", "day"]
 
 DEFAULT_CATEGORY_RULES: Mapping[str, Rule] = types.MappingProxyType(
     {"marketing": "require-consent", "transactional": "exempt", "verification": "exempt"}
@@ -126,6 +131,14 @@ class TopicsConfig:
     changes: str = "sms.consent-changes"
     #: Replies from recipients (MO messages); keyword replies become changes. Empty: off.
     inbound: str = "sms.inbound"
+    #: The compacted changelog of the step 4 counters, one partition per input partition
+    #: (``filterd run`` creates it when missing). Empty: ``<input>.counters``.
+    counters: str = ""
+
+    @property
+    def counters_topic(self) -> str:
+        """:attr:`counters`, or its default derived from the input topic."""
+        return self.counters or f"{self.input}.counters"
 
 
 @dataclass(slots=True, frozen=True)
@@ -161,6 +174,21 @@ class SnapshotConfig:
 
 
 @dataclass(slots=True, frozen=True)
+class CapRule:
+    """One ``[[policy.caps]]`` entry (docs/contract.md step 4, ``frequency-cap``).
+
+    Delivered messages of ``categories`` (after step 2) are counted per ``per``
+    in the current ``window`` of the recipient's local time; a message that would
+    be number ``max + 1`` in its window is blocked.
+    """
+
+    categories: tuple[str, ...]
+    per: CapPer
+    window: CapWindow
+    max: int
+
+
+@dataclass(slots=True, frozen=True)
 class PolicyConfig:
     """Which rule each message category follows, and how numbers are read.
 
@@ -180,6 +208,19 @@ class PolicyConfig:
     #: Exempt-category messages whose text holds one of these (NFKC, case-folded
     #: substring) are decided as marketing. Empty: no such check.
     marketing_markers: tuple[str, ...] = DEFAULT_MARKETING_MARKERS
+    #: ``"HH:MM-HH:MM"`` in the recipient's local time: ``require-consent`` messages inside
+    #: (start <= t < end, wrapping past midnight when start > end) are blocked as
+    #: ``quiet-hours``. Empty: no quiet hours.
+    quiet_hours: str = ""
+    #: The IANA zone of recipients whose number matches no prefix of ``timezones``.
+    timezone: str = "Asia/Shanghai"
+    #: Number prefix (country code, or longer) -> IANA zone; the longest match wins.
+    timezones: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    #: ``[[policy.caps]]``: frequency caps (see :class:`CapRule`).
+    caps: tuple[CapRule, ...] = ()
+    #: Block reasons only observed: such a message is delivered with reason ``monitored``
+    #: and the header ``filterd-would-block`` (roll a new rule out here first).
+    monitor: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -450,6 +491,14 @@ def _coerce(key: str, hint: object, value: object) -> object:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(key, f"expected an array of strings, got {value!r}")
+    if hint == tuple[CapRule, ...]:
+        return _caps(key, value)
+    if hint == Mapping[str, str]:
+        if isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return types.MappingProxyType({str(k): str(v) for k, v in value.items()})
+        raise ConfigError(key, f"expected a table of strings, got {value!r}")
     # Mapping[str, Rule]: category -> rule (an environment value is merged into the file's
     # table by _apply_env before it gets here).
     pairs: dict[str, str]
@@ -464,6 +513,79 @@ def _coerce(key: str, hint: object, value: object) -> object:
     for name, rule in pairs.items():
         _one_of(f"{key}.{name}", rule, allowed_values(rule_type))
     return types.MappingProxyType(pairs)
+
+
+def _caps(key: str, value: object) -> tuple[CapRule, ...]:
+    if isinstance(value, _EnvValue) or not isinstance(value, list):
+        raise ConfigError(
+            key, f"expected an array of tables ([[{key}]] in the file), got {value!r}"
+        )
+    rules = []
+    hints = typing.get_type_hints(CapRule)
+    names = [f.name for f in dataclasses.fields(CapRule)]
+    for i, entry in enumerate(value):
+        at = f"{key}[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(at, f"expected a table, got {entry!r}")
+        for name in entry:
+            if name not in names:
+                raise ConfigError(f"{at}.{name}", "unknown key")
+        for name in names:
+            if name not in entry:
+                raise ConfigError(f"{at}.{name}", "missing")
+        kwargs = {n: _coerce(f"{at}.{n}", hints[n], entry[n]) for n in names}
+        rule = CapRule(**kwargs)  # type: ignore[arg-type]
+        if not rule.categories or not all(c.strip() for c in rule.categories):
+            raise ConfigError(f"{at}.categories", "must name at least one category, none empty")
+        if rule.max < 1:
+            raise ConfigError(f"{at}.max", f"must be >= 1, got {rule.max}")
+        rules.append(rule)
+    return tuple(rules)
+
+
+_QUIET_HOURS = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])")
+
+
+def quiet_hours_minutes(text: str) -> tuple[int, int] | None:
+    """``[policy] quiet_hours`` as (start, end) minutes of the day; None when empty.
+
+    Raises :class:`ConfigError` on anything but ``HH:MM-HH:MM`` with start != end.
+    """
+    if not text.strip():
+        return None
+    found = _QUIET_HOURS.fullmatch(text.strip())
+    if found is None:
+        raise ConfigError("policy.quiet_hours", f'expected "HH:MM-HH:MM", got {text!r}')
+    h1, m1, h2, m2 = (int(g) for g in found.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ConfigError("policy.quiet_hours", f"start and end must differ, got {text!r}")
+    return start, end
+
+
+def _zone(key: str, name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(key, f"unknown time zone {name!r}") from None
+
+
+def _validate_limits(p: PolicyConfig) -> None:
+    from filterd.router import REASONS  # the reason table; router imports this module
+
+    quiet_hours_minutes(p.quiet_hours)
+    _zone("policy.timezone", p.timezone)
+    for prefix, name in p.timezones.items():
+        if not re.fullmatch(r"[1-9][0-9]{0,5}", prefix):
+            raise ConfigError(
+                f"policy.timezones.{prefix}",
+                f"expected a number prefix of 1-6 digits, got {prefix!r}",
+            )
+        _zone(f"policy.timezones.{prefix}", name)
+    for reason in p.monitor:
+        if REASONS.get(reason) != "block":
+            blocks = ", ".join(r for r, route in REASONS.items() if route == "block")
+            raise ConfigError("policy.monitor", f"not a block reason: {reason!r} (one of {blocks})")
 
 
 _HOST_PORT = re.compile(r"^[^\s,:]+:\d{1,5}$")
@@ -494,10 +616,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("kafka.heartbeat_interval_ms", "must be below kafka.session_timeout_ms")
 
     t = config.topics
-    names = {"input": t.input, "deliver": t.deliver, "block": t.block, "invalid": t.invalid}
+    names = {"input": t.input, "deliver": t.deliver, "block": t.block, "invalid": t.invalid,
+             "counters": t.counters_topic}  # fmt: skip
     for name, topic in names.items():
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
             raise ConfigError(f"topics.{name}", f"not a valid Kafka topic name: {topic!r}")
+    if t.counters_topic in (t.input, t.deliver, t.block, t.invalid):
+        raise ConfigError("topics.counters", "must differ from the input and output topics")
     if t.input in (t.deliver, t.block, t.invalid):
         raise ConfigError("topics.input", "must differ from the output topics")
     if len({t.deliver, t.block, t.invalid}) != 3:
@@ -534,6 +659,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 "policy.marketing_markers", f"a marker must not be empty, got {marker!r}"
             )
+    _validate_limits(p)
 
     b = config.batch
     for name in (

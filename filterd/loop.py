@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from filterd.acls import not_authorized
 from filterd.config import Config
 from filterd.delivery import Delivery, Submitted
+from filterd.limits import LimitRules, PartitionLimits
 from filterd.pipeline import (
     HeaderCache,
     OutputTopics,
@@ -92,6 +93,12 @@ class LoopMetrics(Protocol):
 
     def commit(self) -> None: ...
 
+    def record_limits(
+        self, would_block: Mapping[str, int], foreign_keys: int, unusable_times: int
+    ) -> None: ...
+
+    def set_limits_state(self, live_counters: int, restore_seconds: float) -> None: ...
+
 
 class NoMetrics:
     """Metrics disabled (``[metrics] enabled = false``): every report is dropped."""
@@ -124,6 +131,14 @@ class NoMetrics:
     def commit(self) -> None:
         return None
 
+    def record_limits(
+        self, would_block: Mapping[str, int], foreign_keys: int, unusable_times: int
+    ) -> None:
+        return None
+
+    def set_limits_state(self, live_counters: int, restore_seconds: float) -> None:
+        return None
+
 
 @dataclass(slots=True)
 class _Work:
@@ -140,6 +155,8 @@ class _Work:
     decided: list[PartitionOutput] = field(default_factory=list)
     #: Recipients of the batch that looked like E.164 without "+" (first decision only).
     without_plus: int = 0
+    #: When the batch was read (epoch ms): the time of records without a usable timestamp.
+    read_ms: int = -1
 
 
 def _newest(batch: Batch) -> int:
@@ -170,6 +187,10 @@ class BatchLoop:
         on_fetch: Callable[[], None] = lambda: None,
         changes: ChangeFeed | None = None,
         replies: Replies | None = None,
+        restore: Callable[
+            [list[int]], Awaitable[Mapping[int, Iterable[tuple[bytes | None, bytes | None]]]]
+        ]
+        | None = None,
     ) -> None:
         self.config = config
         self.consumer = consumer
@@ -191,6 +212,19 @@ class BatchLoop:
         self.generation = 0
         self._decider: Decider | None = None
         self._headers: HeaderCache | None = None
+        #: Step 4: the rules, and the counters of each assigned input partition.
+        self._rules = LimitRules(policy)
+        self.limits: dict[TopicPartition, PartitionLimits] = {}
+        #: Reads changelog partitions (filterd.counters.read_changelog); None: no changelog.
+        self.restore = restore
+        #: Seconds the last restore on assignment took, and counters it restored.
+        self.restore_seconds = 0.0
+        self.restored_counters = 0
+        # Clear while an assignment restores counters: the consumer may hand out records
+        # of the new partitions before the rebalance listener returns, and none may be
+        # decided before its partition's counters are back.
+        self._restored = asyncio.Event()
+        self._restored.set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._drain_requested = False
@@ -229,16 +263,21 @@ class BatchLoop:
                 # Nothing to overlap with: finish the batch in flight now.
                 await self._await_finishing()
                 continue
+            # The assignment this batch was fetched under: a batch fetched before a
+            # rebalance is dropped (its records are fetched again from the commit).
+            generation = self.generation
+            if not self._restored.is_set():
+                await self._restored.wait()
             self._busy = True
             self._idle.clear()
             try:
-                await self._route(batch)
+                await self._route(batch, generation)
             finally:
                 self._busy = False
                 self._update_idle()
         await self._await_finishing()
 
-    async def _route(self, batch: Batch) -> None:
+    async def _route(self, batch: Batch, generation: int | None = None) -> None:
         if self.changes is not None:
             # Never decide on stale consent: every change appended up to 1 s before the
             # newest record's time is applied first (filterd.changes.feed), on top of the
@@ -250,7 +289,7 @@ class BatchLoop:
                 lease.release()
             if not await self.changes.wait_fresh(_newest(batch), self.should_exit):
                 return  # stopping: the batch is not decided, so not committed
-        work = self._decide(batch)
+        work = self._decide(batch, generation)
         handed_over = False
         try:
             await self._await_finishing()
@@ -307,16 +346,47 @@ class BatchLoop:
         """Finish the batch in flight before partitions move."""
         await self.wait_idle()
         await self.delivery.revoked(revoked)
+        # A partition's counters move with it (its next owner restores them).
+        for tp in revoked:
+            self.limits.pop(tp, None)
         self.metrics.forget_partitions((tp.topic, tp.partition) for tp in revoked)
 
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         self.generation += 1
-        await self.delivery.assigned(assigned)
+        # A partition's counters are rebuilt from the changelog before any of its records
+        # is decided: run() waits for _restored, cleared from the start of the assignment.
+        self._restored.clear()
+        try:
+            await self.delivery.assigned(assigned)
+            # Counters belong to input partitions; an inbound (MO reply) partition has none.
+            inbound = self.replies.inbound if self.replies is not None else None
+            inputs = {tp for tp in assigned if tp.topic != inbound}
+            if self.restore is not None and inputs:
+                await self._restore(inputs)
+        finally:
+            self._restored.set()
         self.metrics.rebalance()
+
+    async def _restore(self, assigned: set[TopicPartition]) -> None:
+        assert self.restore is not None
+        started = time.perf_counter()
+        logs = await self.restore(sorted(tp.partition for tp in assigned))
+        restored = 0
+        for tp in assigned:
+            limits = PartitionLimits(self._rules)
+            limits.tracking = True
+            restored += limits.restore(logs.get(tp.partition, ()))
+            self.limits[tp] = limits
+        self.restore_seconds = time.perf_counter() - started
+        self.restored_counters = restored
+        log.info(
+            "restored %d counters of %d partitions in %.2fs",
+            restored, len(assigned), self.restore_seconds,
+        )  # fmt: skip
 
     # -- the batch -----------------------------------------------------------
 
-    def _decide(self, batch: Batch) -> _Work:
+    def _decide(self, batch: Batch, generation: int | None = None) -> _Work:
         """Decide every partition of ``batch`` by one snapshot version."""
         # One lease per batch: the whole batch is decided by one version, and a
         # swap takes effect from the next batch on.
@@ -332,8 +402,9 @@ class BatchLoop:
             assert self._headers is not None
             todo = [(tp, records) for tp, records in batch.items() if records]
             work = _Work(
-                batch, lease, self._decider, self._headers, self.generation,
-                time.perf_counter(), todo,
+                batch, lease, self._decider, self._headers,
+                self.generation if generation is None else generation,
+                time.perf_counter(), todo, read_ms=time.time_ns() // 1_000_000,
             )  # fmt: skip
             before = self._decider.without_plus
             work.decided = self._decide_partitions(work, todo)
@@ -342,6 +413,14 @@ class BatchLoop:
             lease.release()
             raise
         return work
+
+    def partition_limits(self, tp: TopicPartition) -> PartitionLimits:
+        """The counters of input partition ``tp`` (new ones on its first batch)."""
+        found = self.limits.get(tp)
+        if found is None:
+            found = self.limits[tp] = PartitionLimits(self._rules)
+            found.tracking = self.restore is not None
+        return found
 
     def _decide_partitions(self, work: _Work, todo: _Todo) -> list[PartitionOutput]:
         delivery, outputs, replies = self.delivery, self.outputs, self.replies
@@ -352,7 +431,8 @@ class BatchLoop:
             if replies is not None and tp.topic == replies.inbound
             else decide_partition(
                 work.decider, work.headers, tp.topic, tp.partition, records, outputs,
-                functools.partial(delivery.new_builder, tp),
+                functools.partial(delivery.new_builder, tp), self.partition_limits(tp),
+                work.read_ms,
             )
             for tp, records in todo
         ]  # fmt: skip
@@ -374,6 +454,11 @@ class BatchLoop:
             for out in decided:
                 if (out.topic, out.partition) not in failed_keys:
                     counts.update(out.counts)
+                    limits = self.limits.get(TopicPartition(out.topic, out.partition))
+                    if limits is not None:
+                        limits.committed(out.next_offset)
+                    if out.would_block or out.foreign_keys or out.unusable_times:
+                        metrics.record_limits(out.would_block, out.foreign_keys, out.unusable_times)
             if not failed:
                 break
             metrics.produce_error(sum(sum(o.counts.values()) for o in failed))
@@ -421,3 +506,6 @@ class BatchLoop:
                     metrics.set_lag(tp.topic, tp.partition, high - recs[-1].offset - 1)
         if counts:
             metrics.commit()
+        metrics.set_limits_state(
+            sum(len(limits.counters) for limits in self.limits.values()), self.restore_seconds
+        )

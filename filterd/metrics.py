@@ -232,6 +232,35 @@ class Metrics:
             "Offset commits made after the batch's output was acknowledged.",
             registry=reg,
         )
+        self.would_block = Counter(
+            "filterd_would_block",
+            "Messages monitor mode delivered (reason monitored), by the block reason they"
+            " would have had ([policy] monitor).",
+            ["reason"],
+            registry=reg,
+        )
+        self.foreign_keys = Counter(
+            "filterd_foreign_keys",
+            "Input records whose Kafka key is not their recipient's digits: caps are exact"
+            " per input partition only when producers key records by recipient.",
+            registry=reg,
+        )
+        self.unusable_timestamps = Counter(
+            "filterd_unusable_timestamps",
+            "Input records whose timestamp was negative or over a day ahead: decided at the"
+            " time they were read.",
+            registry=reg,
+        )
+        self.limit_counters = Gauge(
+            "filterd_limit_counters",
+            "Step 4 counters live (windows still open) in the partitions this process holds.",
+            registry=reg,
+        )
+        self.counters_restore_seconds = Gauge(
+            "filterd_counters_restore_seconds",
+            "Seconds the last restore of counters from the changelog took (on assignment).",
+            registry=reg,
+        )
         self.build_info = Gauge(
             "filterd_build_info",
             "Always 1; version is the filterd release running, hot_path whether its"
@@ -385,6 +414,31 @@ class Metrics:
                 count,
                 events=count,
             )
+
+    def record_limits(
+        self, would_block: Mapping[str, int], foreign_keys: int, unusable_times: int
+    ) -> None:
+        """Count one partition's monitored would-blocks, foreign keys and unusable times;
+        log the foreign keys, rate-limited."""
+        for reason, n in would_block.items():
+            self.would_block.labels(reason).inc(n)
+        if foreign_keys:
+            self.foreign_keys.inc(foreign_keys)
+            if self.bad_input_log is not None:
+                self.bad_input_log.log(
+                    "foreign-key",
+                    "%d input records are not keyed by their recipient's digits: caps are exact"
+                    " only when producers key by recipient",
+                    foreign_keys,
+                    events=foreign_keys,
+                )
+        if unusable_times:
+            self.unusable_timestamps.inc(unusable_times)
+
+    def set_limits_state(self, live_counters: int, restore_seconds: float) -> None:
+        """Set the live step 4 counters and the last restore's duration."""
+        self.limit_counters.set(live_counters)
+        self.counters_restore_seconds.set(restore_seconds)
 
     def rebalance(self) -> None:
         """Count a partition assignment (call from ``on_partitions_assigned``)."""

@@ -35,6 +35,7 @@ SOURCES = (
     "filterd/pipeline.py",
     "filterd/records.py",
     "filterd/markers.py",
+    "filterd/limits.py",
     "filterd/snapshot/store.py",
 )
 

@@ -19,12 +19,14 @@ without hashing every key again.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from filterd.records import encode_header, encode_headers, varint
+from filterd.limits import FUTURE_LIMIT_MS, PartitionLimits
 from filterd.router import BLOCK, DELIVER, INVALID, OUTCOMES, Decider, Outcome
 
 HEADER_ROUTE: Final = "filterd-route"
@@ -35,6 +37,8 @@ HEADER_SOURCE: Final = "filterd-source"
 HEADER_DECLARED_CATEGORY: Final = "filterd-declared-category"
 #: Where a live consent change decided the record: ``topic/partition/offset`` of that change.
 HEADER_CHANGE: Final = "filterd-change"
+#: Where monitor mode delivered a message: the block reason it would have had.
+HEADER_WOULD_BLOCK: Final = "filterd-would-block"
 
 Header = tuple[str, bytes]
 
@@ -77,6 +81,8 @@ class OutputTopics:
     block: str
     invalid: str
     partitions: Mapping[str, int]
+    #: The step 4 counters' changelog (partition = input partition); empty: none kept.
+    counters: str = ""
 
     def for_route(self, route: str) -> str:
         return {DELIVER: self.deliver, BLOCK: self.block, INVALID: self.invalid}[route]
@@ -94,6 +100,14 @@ class PartitionOutput:
     #: (output topic, output partition, builder), in submission order.
     batches: list[tuple[str, int, Builder]] = field(default_factory=list)
     counts: Counter[Outcome] = field(default_factory=Counter)
+    #: Monitored deliveries by the block reason they would have had.
+    would_block: Counter[str] = field(default_factory=Counter)
+    #: Records whose key is not their recipient's digits (caps are exact per partition
+    #: only when producers key by recipient).
+    foreign_keys: int = 0
+    #: Records without a usable timestamp (negative, or over a day ahead): decided at
+    #: ``read_ms`` (the time the batch was read).
+    unusable_times: int = 0
 
     @property
     def next_offset(self) -> int:
@@ -131,11 +145,15 @@ def decide_partition(
     records: Sequence[InputRecord],
     outputs: OutputTopics,
     new_builder: Callable[[], Builder],
+    limits: PartitionLimits | None = None,
+    read_ms: int = -1,
 ) -> PartitionOutput:
     """Decide ``records`` of one input partition and build their output batches.
 
     The records must be non-empty and in offset order, as the consumer returns
     them. Decisions are counted per outcome for the metrics and the logs.
+    ``limits`` (step 4, monitor mode) are the partition's counters; ``read_ms``
+    (epoch ms, -1: none) the time of a record whose timestamp is not usable.
     """
     out = PartitionOutput(topic, partition, records[0].offset, records[-1].offset)
     targets: dict[str, tuple[str, int]] = {
@@ -153,11 +171,29 @@ def decide_partition(
     prefix = source_prefix.encode()
     prefix_len = len(prefix)
     outcomes: list[Outcome] = []
+    apply = None
+    if limits is not None:
+        apply = limits.apply_record
+        limits.read_ms = read_ms
+    would_block = out.would_block
+    future = read_ms + FUTURE_LIMIT_MS
     for record in records:
         value = record.value
         timestamp = record.timestamp
-        # The record timestamp is the message's time (consent expiry).
-        outcome = decider.decide(value, timestamp)
+        # The record timestamp is the message's time (consent expiry, step 4), unless
+        # it is negative or over a day ahead of the read time: then the read time. (A
+        # topic with LogAppendTime gives the broker's append time here, always usable.)
+        at = timestamp
+        if read_ms >= 0 and (at < 0 or at > future):
+            at = read_ms
+            out.unusable_times += 1
+        outcome = decider.decide(value, at)
+        if apply is not None and limits is not None:
+            outcome = apply(decider, outcome, at, record.offset)
+            if outcome.route != INVALID:
+                key = record.key
+                if key is None or key != b"%d" % decider.number:
+                    out.foreign_keys += 1
         outcomes.append(outcome)
         digits = str(record.offset).encode()
         # route, reason, snapshot (encoded once per version), then filterd-source.
@@ -174,6 +210,12 @@ def decide_partition(
         if change is not None:
             hdrs += encode_header(HEADER_CHANGE, change.header())
             count += 1
+        if limits is not None:
+            would = limits.would_block
+            if would is not None:
+                hdrs += encode_header(HEADER_WOULD_BLOCK, would.encode())
+                count += 1
+                would_block[would] += 1
         route = outcome.route
         builder = builders.get(route)
         if builder is None or not builder.append(timestamp, record.key, value, hdrs, count):
@@ -188,7 +230,34 @@ def decide_partition(
                     "batch: raise producer.max_batch_size above policy.max_event_bytes"
                 )
     out.counts.update(outcomes)
+    if limits is not None:
+        limits.drop_closed()
+        if outputs.counters and limits.tracking:
+            _append_changelog(out, limits, outputs.counters, partition, new_builder)
     return out
+
+
+def _append_changelog(
+    out: PartitionOutput,
+    limits: PartitionLimits,
+    topic: str,
+    partition: int,
+    new_builder: Callable[[], Builder],
+) -> None:
+    """The batch's counter changes, to the changelog's partition of this input partition.
+
+    They go with the outputs: in the same transaction in exactly-once mode, acknowledged
+    before the offset commit in at-least-once mode.
+    """
+    builder: Builder | None = None
+    # The changelog keeps no time of its own: a counter's window is in its key.
+    now_ms = time.time_ns() // 1_000_000
+    for key, value in limits.changelog(out.first_offset):
+        if builder is None or not builder.append(now_ms, key, value, b"", 0):
+            builder = new_builder()
+            out.batches.append((topic, partition, builder))
+            if not builder.append(now_ms, key, value, b"", 0):
+                raise ValueError(f"a counter record of {topic}/{partition} does not fit a batch")
 
 
 class Timestamps(Sequence[int]):

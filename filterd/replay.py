@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 import orjson
 
+from filterd.limits import LimitRules, PartitionLimits, usable_time
 from filterd.router import ROUTES, Decider, Outcome, Policy, event_id
 from filterd.snapshot import load_snapshot
 from filterd.snapshot.format import MANIFEST
@@ -66,8 +67,12 @@ def replay(
     cc = policy.default_country_code
     snapshot = load_snapshot(snapshot_root, verifier=verifier, country_code=cc)
     decider = Decider(snapshot, policy, event_time=True)
-    decide = decider.decide
-    other = None
+    # Step 4 with the stream's code: one partition's counters, starting at zero at line 1.
+    rules = LimitRules(policy)
+    limits = PartitionLimits(rules)
+    other_decider: Decider | None = None
+    other_limits = PartitionLimits(rules)
+    limits.read_ms = other_limits.read_ms = at_ms
     result = ReplayResult(snapshot.version)
     if compare_root is not None:
         # A root (its current version), or one version directory of a root (a version
@@ -78,29 +83,33 @@ def replay(
         other_snapshot = load_snapshot(
             other_root, other_version, verifier=verifier, country_code=cc
         )
-        other = Decider(other_snapshot, policy, event_time=True).decide
+        other_decider = Decider(other_snapshot, policy, event_time=True)
         result.compare_version = other_snapshot.version
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         routed = {
             route: stack.enter_context(open(out_dir / f"{route}.jsonl", "wb")) for route in ROUTES
         }
-        changes = stack.enter_context(open(out_dir / "changes.jsonl", "wb")) if other else None
+        changes = (
+            stack.enter_context(open(out_dir / "changes.jsonl", "wb")) if other_decider else None
+        )
         decisions = stack.enter_context(open(out_dir / "decisions.jsonl", "wb"))
         src = stack.enter_context(open(input_path, "rb"))
         for number, line in enumerate(iter_lines(src), start=1):
-            outcome = decide(line, at_ms)
+            outcome = decide_line(decider, limits, line, at_ms)
             mid = event_id(line)
             decision: dict[str, object] = {
                 "line": number, "id": mid, "route": outcome.route, "reason": outcome.reason
             }  # fmt: skip
             if decider.declared_category is not None:
                 decision["declared_category"] = decider.declared_category
+            if limits.would_block is not None:
+                decision["would_block"] = limits.would_block
             decisions.write(orjson.dumps(decision) + b"\n")
             routed[outcome.route].write(line + b"\n")
             result.counts[outcome] += 1
-            if other is not None and changes is not None:
-                new = other(line, at_ms)
+            if other_decider is not None and changes is not None:
+                new = decide_line(other_decider, other_limits, line, at_ms)
                 if new != outcome:
                     result.changes[(outcome.reason, new.reason)] += 1
                     changes.write(orjson.dumps({
@@ -109,7 +118,16 @@ def replay(
                         "after": {"route": new.route, "reason": new.reason},
                     }) + b"\n")  # fmt: skip
             result.lines = number
+            if number % 65_536 == 0:
+                limits.drop_closed()
+                other_limits.drop_closed()
     return result
+
+
+def decide_line(decider: Decider, limits: PartitionLimits, line: bytes, at_ms: int) -> Outcome:
+    """Steps 1-4 for one line at ``at_ms`` (the time of lines without a usable ``ts``)."""
+    outcome = decider.decide(line, at_ms)
+    return limits.apply(decider, outcome, usable_time(decider.message_time(at_ms), at_ms))
 
 
 def format_summary(result: ReplayResult) -> str:

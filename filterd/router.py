@@ -87,10 +87,14 @@ MISSING_FIELD: Final = Outcome(INVALID, "missing-field")
 BAD_FIELD_TYPE: Final = Outcome(INVALID, "bad-field-type")
 BAD_RECIPIENT: Final = Outcome(INVALID, "bad-recipient")
 INTERNAL_ERROR: Final = Outcome(INVALID, "internal-error")
+# Step 4 (filterd.limits) and monitor mode.
+QUIET_HOURS: Final = Outcome(BLOCK, "quiet-hours")
+FREQUENCY_CAP: Final = Outcome(BLOCK, "frequency-cap")
+MONITORED: Final = Outcome(DELIVER, "monitored")
 
 OUTCOMES: tuple[Outcome, ...] = (
     CONSENT, EXEMPT_CATEGORY, OPTED_OUT, UNKNOWN_SENDER, RECIPIENT_DND, NO_CONSENT,
-    CONSENT_EXPIRED, CONSENT_NOT_EXPLICIT,
+    CONSENT_EXPIRED, CONSENT_NOT_EXPLICIT, QUIET_HOURS, FREQUENCY_CAP, MONITORED,
     OVERSIZED, MALFORMED_JSON, MISSING_FIELD, BAD_FIELD_TYPE, BAD_RECIPIENT, INTERNAL_ERROR,
 )  # fmt: skip
 #: reason -> route, for validating and reading output records.
@@ -121,6 +125,10 @@ class TermsLookup(Protocol):
     @property
     def refused(self) -> int:
         """The ``until`` of a pair with only consents of methods not accepted."""
+        ...
+
+    def max_per_day(self, number: int) -> int:
+        """The pair's stated ``max_per_day`` (0: none)."""
         ...
 
 
@@ -191,10 +199,10 @@ class Decider:
     """
 
     __slots__ = (
-        "_cc", "_default_exempt", "_dnd", "_event_time", "_exempt", "_global", "_global_filter",
-        "_markers", "_marketing_exempt", "_max_bytes", "_new_senders", "_pending", "_plus_low",
-        "_plus_ranges", "_senders", "change_ref", "declared_category", "snapshot", "version",
-        "without_plus",
+        "_cc", "_default_exempt", "_dnd", "_entry", "_event_time", "_exempt", "_global",
+        "_global_filter", "_markers", "_marketing_exempt", "_max_bytes", "_new_senders",
+        "_pending", "_plus_low", "_plus_ranges", "_senders", "_ts", "category", "change_ref",
+        "declared_category", "number", "sender", "snapshot", "version", "without_plus",
     )  # fmt: skip
 
     def __init__(
@@ -237,6 +245,14 @@ class Decider:
         #: The change whose fact decided the record :meth:`decide` last decided (the
         #: output's ``filterd-change``); else None.
         self.change_ref: ChangeRef | None = None
+        # Facts of the last decision that reached step 2, for step 4 (filterd.limits):
+        # the sender, the recipient's number, the category decided on (after step 2),
+        # the event's ``ts`` and the sender's snapshot entry (see max_per_day()).
+        self.sender: str = ""
+        self.number: int = 0
+        self.category: str = MARKETING
+        self._ts: int | None = None
+        self._entry: SenderLookup | None = None
         # Recipients that look like E.164 without "+" (read as national numbers, as the
         # contract says): one int comparison per event, the ranges only above _plus_low.
         self._plus_ranges: tuple[tuple[int, int], ...] = without_plus_ranges(self._cc)
@@ -297,11 +313,17 @@ class Decider:
                 number, recipient, self._plus_ranges
             ):
                 self.without_plus += 1
+            self.sender = sender
+            self.number = number
+            self.category = category
+            self._ts = ts
+            self._entry = None
             if self._exempt.get(category, self._default_exempt):
                 # Step 2, honest category: only exempt messages with a text are searched.
                 if text is None or not self._markers.search(text):
                     return EXEMPT_CATEGORY
                 self.declared_category = category
+                self.category = MARKETING
                 if self._marketing_exempt:
                     return EXEMPT_CATEGORY
             # require-consent, first match wins (docs/contract.md "Policy and reason codes").
@@ -316,6 +338,7 @@ class Decider:
                 if global_filter[i >> 3] >> (i & 7) & 1 and number in self._global:
                     return OPTED_OUT
             entry = self._senders.get(sender)
+            self._entry = entry
             if entry is None:
                 # Rules 1 to 4 cannot match a sender the snapshot does not know.
                 if sender in self._new_senders:
@@ -402,7 +425,7 @@ class Decider:
             self.change_ref = changes.dnd_ref
         return NO_CONSENT
 
-    def max_per_day(self, sender: str, number: int) -> int:
+    def pair_max_per_day(self, sender: str, number: int) -> int:
         """The (sender, number) pair's ``max_per_day`` with the live changes applied (0: none
         stated): the smallest of its accepted consents' (snapshot and changes)."""
         entry = self._senders.get(sender)
@@ -417,6 +440,30 @@ class Decider:
         if pair is not None and mode != CONSENT_UNCHANGED:
             cap = min_cap(cap, pair.cap)
         return cap
+
+
+    def max_per_day(self) -> int:
+        """The ``max_per_day`` stated by the consents of the pair last decided (0: none).
+
+        Looked up only when step 4 asks (a delivered ``require-consent`` message).
+        """
+        if self.number in self._pending:
+            # A live change may have granted, replaced or revoked the pair's consents.
+            return self.pair_max_per_day(self.sender, self.number)
+        entry = self._entry
+        if entry is None:
+            return 0
+        terms: TermsLookup | None = getattr(entry, "terms", None)
+        return 0 if terms is None else terms.max_per_day(self.number)
+
+    def message_time(self, at_ms: int) -> int:
+        """The time of the message last decided, as :meth:`decide` read it for ``at_ms``.
+
+        The event's ``ts`` with ``event_time`` (replay), else ``at_ms`` (-1: now).
+        """
+        if self._event_time and self._ts is not None:
+            return self._ts
+        return at_ms if at_ms >= 0 else time.time_ns() // 1_000_000
 
 
 def _no_cap(number: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from filterd.changes.overlay import Overlay
 from filterd.changes.replies import Replies
 from filterd.changes.watermark import watermark_of
 from filterd.config import Config, policy_line
+from filterd.counters import ensure_counters_topic, read_changelog
 from filterd.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from filterd.errors import BrokerError, ConfigError, FilterdError
 from filterd.http import Health, HealthServer
@@ -188,6 +190,7 @@ class Service:
             cfg, consumer, delivery, outputs, metrics, self.watcher,
             policy=self.policy, should_exit=lambda: self.should_exit,
             on_fetch=self.health.fetched, changes=feed, replies=replies,
+            restore=functools.partial(read_changelog, cfg),
         )  # fmt: skip
         consumer.subscribe(topics, listener=_Rebalance(self.batch_loop, self.health))
         if self.health.topic_problem is not None:
@@ -281,7 +284,38 @@ class Service:
                 f"output topics {', '.join(map(repr, missing))} do not exist; create them with "
                 f"`{TOPICS_CREATE}`"
             )
-        return OutputTopics(t.deliver, t.block, t.invalid, partitions)
+        counters = await self._counters_topic(delivery)
+        return OutputTopics(t.deliver, t.block, t.invalid, partitions, counters)
+
+    async def _counters_topic(self, delivery: Delivery) -> str:
+        """The step 4 changelog: created when missing, with the input's partitions."""
+        name = self.config.topics.counters_topic
+        try:
+            want = await asyncio.wait_for(delivery.partitions_for(self.config.topics.input), 30)
+            if not want:
+                return name  # created once the input topic appears (_await_input_topic)
+            # Created first (a no-op when it exists): asking a broker that creates topics on
+            # first use for its metadata would create it with the wrong settings.
+            try:
+                await ensure_counters_topic(self.config, want)
+            except BrokerError as exc:
+                # Not allowed to create topics: fine when `filterd topics create` made it.
+                log.info("not creating the counters changelog %s: %s", name, exc)
+            have = await asyncio.wait_for(delivery.partitions_for(name), 30)
+        except (KafkaError, TimeoutError) as exc:
+            denied = not_authorized(exc, self.config)
+            if denied is not None:
+                raise denied from None
+            raise BrokerError(f"cannot read metadata of topic {name!r}: {exc!r}") from exc
+        if not have:
+            raise BrokerError(
+                f"counters topic {name!r} does not exist; create it with `{TOPICS_CREATE}`"
+            )
+        if have < want:
+            raise BrokerError(
+                f"counters topic {name!r} has {have} partitions, fewer than the input's {want}"
+            )
+        return name
 
     async def _check_input_topic(self, delivery: Delivery) -> None:
         """Refuse a missing READ on the input topic now, in one line; say once that the
@@ -320,6 +354,8 @@ class Service:
                 continue
             if count:
                 log.info("input topic %r now exists", name)
+                with contextlib.suppress(BrokerError):
+                    await ensure_counters_topic(self.config, count)
                 # aiokafka has no public call for this; subscribe() itself does the same.
                 consumer._client.force_metadata_update()
                 return

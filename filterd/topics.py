@@ -134,13 +134,24 @@ class Difference:
     why: str = ""
 
 
+def counters_spec(partitions: int, replication: int = 1) -> TopicSpec:
+    """The step 4 counters' changelog (filterd.counters): compacted, one partition per
+    input partition."""
+    return TopicSpec(
+        partitions,
+        replication,
+        {"cleanup.policy": "compact", "min.insync.replicas": str(min(2, replication))},
+    )
+
+
 def topic_specs(
     config: Config,
     partitions: int,
     replication: int = 1,
     block_retention_ms: int | None = BLOCK_RETENTION_MS,
 ) -> dict[str, TopicSpec]:
-    """What ``topics create`` makes of the config's topics (with the changes and inbound ones)."""
+    """What ``topics create`` makes of the config's topics (with the changes and inbound ones,
+    and the counters changelog)."""
     t = config.topics
     common = {
         "cleanup.policy": "delete",
@@ -157,6 +168,7 @@ def topic_specs(
         t.deliver: TopicSpec(partitions, replication, common),
         t.block: TopicSpec(partitions, replication, block),
         t.invalid: TopicSpec(partitions, replication, common),
+        t.counters_topic: counters_spec(partitions, replication),
     }
     if t.inbound:
         specs[t.inbound] = TopicSpec(partitions, replication, common)
@@ -175,7 +187,7 @@ async def create_topics(
     *,
     block_retention_ms: int | None = BLOCK_RETENTION_MS,
 ) -> dict[str, bool]:
-    """Create the four topics; return name -> True if created, False if it existed."""
+    """Create the five topics; return name -> True if created, False if it existed."""
     specs = topic_specs(config, partitions, replication, block_retention_ms)
     return await create(config.kafka.client_options(), specs)
 

@@ -31,6 +31,9 @@ def test_at_least_once_reads_input_and_group_writes_outputs() -> None:
         ("WRITE", "TOPIC", "sms.blocked", "LITERAL"),
         ("WRITE", "TOPIC", "sms.invalid", "LITERAL"),
         ("READ", "GROUP", "filterd", "LITERAL"),
+        # the step 4 counters' changelog, written and restored
+        ("READ", "TOPIC", "sms.outbound.counters", "LITERAL"),
+        ("WRITE", "TOPIC", "sms.outbound.counters", "LITERAL"),
     }
 
 

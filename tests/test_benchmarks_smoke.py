@@ -426,3 +426,12 @@ async def test_the_peer_gate_runs_on_the_sessions_events(
     gate = await e2e.gate_peer(kafka_bootstrap, workload, tmp_path)
     assert gate["ok"] is True, gate
     assert gate["records"] == gate["agreed"] == SMOKE_EVENTS
+
+
+def test_limits_bench_measures_counters_and_restore() -> None:
+    from benchmarks import limits_bench
+
+    # (RSS growth of a few thousand counters may fall inside memory already mapped.)
+    assert limits_bench.memory(20_000)["counters"] == 20_000
+    # restore() asserts that every counter written to the changelog comes back.
+    assert limits_bench.restore(5_000)["counters"] == 5_000

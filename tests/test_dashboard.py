@@ -86,6 +86,7 @@ def exposed_series() -> set[str]:
     metrics.snapshot_loaded("v1", 1, time.time(), 0.1)
     feed = ChangeFeed(load_config(None, env={}), Overlay(()), {})
     registry.register(ChangeMetrics(feed, Replies(feed.config, lambda: 1)))
+    metrics.record_limits({"frequency-cap": 1}, 1, 1)
     text = generate_latest(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -31,7 +31,7 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 
 def test_known_decisions_start_at_zero() -> None:
     # The contract's reasons, as the router knows them.
-    assert len(KNOWN_DECISIONS) == 14
+    assert len(KNOWN_DECISIONS) == 17
     assert ("block", "no-consent") in KNOWN_DECISIONS
     assert ("block", "consent-not-explicit") in KNOWN_DECISIONS
     assert ("invalid", "internal-error") in KNOWN_DECISIONS

@@ -270,11 +270,11 @@ def test_max_per_day_with_changes() -> None:
         change("consent-revoke", NUMBERS[2]),
     ]
     decider = Decider(snap, Policy(), overlay=overlay_of(values))
-    assert Decider(snap, Policy()).max_per_day("SHOP", NUMBERS[0]) == 7
-    assert decider.max_per_day("SHOP", NUMBERS[0]) == 7  # the smallest stated
-    assert decider.max_per_day("SHOP", NUMBERS[1]) == 4
-    assert decider.max_per_day("SHOP", NUMBERS[2]) == 0
-    assert decider.max_per_day("BANK", NUMBERS[3]) == 0
+    assert Decider(snap, Policy()).pair_max_per_day("SHOP", NUMBERS[0]) == 7
+    assert decider.pair_max_per_day("SHOP", NUMBERS[0]) == 7  # the smallest stated
+    assert decider.pair_max_per_day("SHOP", NUMBERS[1]) == 4
+    assert decider.pair_max_per_day("SHOP", NUMBERS[2]) == 0
+    assert decider.pair_max_per_day("BANK", NUMBERS[3]) == 0
 
 
 def test_rebase_drops_the_changes_below_the_watermark() -> None:

@@ -85,7 +85,10 @@ def test_seeded_events_reach_every_reason() -> None:
     # The fault suite's data set has no consent evidence (methods, expiry): the consent
     # tests (tests/test_consent_*.py, tests/integration/test_consent_stream.py) reach those.
     evidence = {"consent-expired", "consent-not-explicit"}
-    assert reasons == set(ref.REASON_ROUTE) - {"internal-error"} - evidence
+    # Nor limits (no quiet hours, caps or monitor mode): tests/test_limits*.py and
+    # tests/integration/test_limits_stream.py reach those.
+    limits = {"quiet-hours", "frequency-cap", "monitored"}
+    assert reasons == set(ref.REASON_ROUTE) - {"internal-error"} - evidence - limits
 
 
 def test_extended_dataset_changes_decisions() -> None:

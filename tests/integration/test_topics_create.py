@@ -35,6 +35,7 @@ async def test_existing_topics_are_compared_and_configs_applied(
     )
     config = load_config(path)
     names = [f"tc-{k}-{suffix}" for k in ("input", "deliver", "block", "invalid")]
+    names.append(f"tc-input-{suffix}.counters")  # the step 4 counters' changelog
     try:
         first = _create(path, "--partitions", "2")
         assert first.returncode == 0, first.stderr
@@ -49,7 +50,7 @@ async def test_existing_topics_are_compared_and_configs_applied(
         lines = again.stdout.splitlines()
         assert f"{names[2]}: exists" in lines
         assert "  retention.ms: 15552000000, wanted 86400000 (run again with --apply)" in lines
-        assert sum("partitions: 2, wanted 4 (not altered" in line for line in lines) == 4
+        assert sum("partitions: 2, wanted 4 (not altered" in line for line in lines) == 5
 
         applied = _create(path, "--partitions", "4", "--retention-ms", "86400000", "--apply")
         assert applied.returncode == 3  # the partitions are left, and said so

@@ -5,6 +5,9 @@ the snapshot version that decided it in ``filterd-snapshot``; it is decided agai
 reference model of that version, so an event decided during a snapshot swap is judged by
 the version that actually decided it. Invalid events need no snapshot and are judged with
 any version. Used by the stream tests and the fault-injection suite alike.
+
+Step 4 counts per input partition: outputs are judged in input offset order, each input
+partition by a model of its own (:meth:`Reference.for_partition`, when the model has it).
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ class _Pass:
     # Where each copy landed, for the failure examples: topic[partition]@offset (version).
     where_seen: dict[Source, list[str]] = field(default_factory=dict)
     cache: dict[tuple[Source, str], Decision] = field(default_factory=dict)
+    #: (version, input partition) -> that partition's model of the version.
+    models: dict[tuple[str, int], Model] = field(default_factory=dict)
 
 
 def verify(
@@ -144,7 +149,11 @@ def verify(
     """Compare drained outputs with the inputs and the reference model of each version."""
     state = _Pass(Verdict(inputs=len(inputs)))
     corrupt = set(corrupt_versions)
-    for out in outputs:
+
+    def order(out: OutputRecord) -> tuple[int, int]:
+        return parse_source(out.headers.get("filterd-source", ""), input_topic) or (-1, -1)
+
+    for out in sorted(outputs, key=order):
         _check_output(state, out, inputs, input_topic, topic_routes, versions, corrupt)
     _check_inputs(state, inputs, input_topic)
     return state.verdict
@@ -192,7 +201,11 @@ def _check_output(
         return
     expected = state.cache.get((source, version))
     if expected is None:
-        expected = state.cache[(source, version)] = model.decide(record.value)
+        own = state.models.get((version, source[0]))
+        if own is None:
+            fresh = getattr(model, "for_partition", None)
+            own = state.models[(version, source[0])] = fresh() if fresh else model
+        expected = state.cache[(source, version)] = own.decide(record.value)
     if (route, reason) != expected or topic_routes.get(out.topic) != route:
         verdict.misrouted += 1
         verdict.note(

@@ -15,10 +15,14 @@ new :class:`Rule` in the table of its step, not a new copy of the model:
   marketing), then ``CATEGORY`` routes the exempt ones;
 - step 3, consent: ``CONSENT`` (opt-outs of this sender or of every sender ``*``, a valid
   consent, ``consent-expired``, ``consent-not-explicit``, ...), ending in ``no-consent``;
-- step 4, limits on what step 3 delivers: ``LIMITS`` (today empty; quiet hours and
-  frequency caps keep their counters on the :class:`Reference`).
+- step 4, limits on what step 3 delivers: ``LIMITS`` (quiet hours, frequency caps); the
+  counters of delivered messages live on the :class:`Reference` (one input partition's, or
+  one replay's), windows are the recipient's local calendar hours and days;
+- monitor mode: a block reason listed in ``monitor`` delivers as ``monitored`` instead.
 
-Monitor mode (block reasons only observed) is not modelled: filterd has none today.
+Counting follows the contract's "Counting"; a window's counters are forgotten once it has
+closed in stream time (the latest message time seen), read in the zone's smallest offset of
+2000-2040, and a record of a window already closed is neither capped nor counted.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ import json
 import re
 import time
 import unicodedata
+import zoneinfo
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -212,6 +217,58 @@ class Message:
     def pair(self) -> tuple[str, int | None]:
         return self.sender, self.number
 
+    @cached_property
+    def require(self) -> bool:
+        """The decided category's rule is ``require-consent``."""
+        return self.category not in self.model.exempt
+
+    @cached_property
+    def limit_ms(self) -> int:
+        """The time step 4 reads: ``at_ms`` unless negative or over a day past the read time."""
+        read = self._at_ms if self._at_ms is not None else time.time_ns() // 1_000_000
+        at = self.at_ms
+        return read if at < 0 or at > read + 86_400_000 else at
+
+    @cached_property
+    def zone(self) -> str:
+        digits = str(self.number)
+        matches = [p for p in self.model.timezones if digits.startswith(p)]
+        return self.model.timezones[max(matches, key=len)] if matches else self.model.timezone
+
+    @cached_property
+    def local(self) -> datetime:
+        """The message's time in the recipient's zone."""
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=self.limit_ms)
+        return moment.astimezone(zoneinfo.ZoneInfo(self.zone))
+
+    @cached_property
+    def max_per_day(self) -> int:
+        """The smallest ``max_per_day`` of the pair's accepted consents (0: none).
+
+        Known gap, listed in docs/contract.md "Status of this release": the contract takes
+        the smallest of the *valid* consents; the snapshot keeps one value per pair, the
+        smallest of every accepted consent, expired ones included, and so does this model.
+        """
+        rows = self.model.consent_caps.get((self.sender, self.number or 0), ())
+        return min((most for _expires, most in rows), default=0)
+
+    def counters(self) -> list[tuple[object, int]]:
+        """The (counter, maximum) pairs this message counts in, of windows still open."""
+        found: list[tuple[object, int]] = []
+        day = self.local.date()
+        for i, cap in enumerate(self.model.caps):
+            if self.category not in cap["categories"]:
+                continue
+            hour = self.local.hour if cap["window"] == "hour" else None
+            if self.model.window_closed(self.zone, day, hour):
+                continue
+            subject = self.pair if cap["per"] == "pair" else self.number
+            found.append(((i, subject, day, hour), cap["max"]))
+        closed = self.model.window_closed(self.zone, day, None)
+        if self.require and self.max_per_day and not closed:
+            found.append((("max_per_day", self.pair, day), self.max_per_day))
+        return found
+
 
 def _blank(v: object) -> bool:
     return v is None or (isinstance(v, str) and not v.strip())
@@ -322,13 +379,33 @@ CONSENT: tuple[Rule, ...] = (
     Rule("no-consent", "block", lambda m: True),
 )
 
-#: Step 4, limits on messages step 3 delivers, first match wins (none yet).
-LIMITS: tuple[Rule, ...] = ()
+
+def _quiet(m: Message) -> bool:
+    hours = m.model.quiet_hours.strip()
+    if not hours or not m.require:
+        return False
+    start, end = (int(t[:2]) * 60 + int(t[3:]) for t in hours.split("-"))
+    minute = m.local.hour * 60 + m.local.minute
+    return start <= minute < end if start < end else (minute >= start or minute < end)
+
+
+#: Step 4, limits on messages step 3 delivers, first match wins.
+LIMITS: tuple[Rule, ...] = (
+    Rule("quiet-hours", "block", _quiet),
+    Rule(
+        "frequency-cap",
+        "block",
+        lambda m: any(m.model.counters.get(c, 0) >= most for c, most in m.counters()),
+    ),
+)
+
+#: Monitor mode delivers a message whose deciding block reason is listed, with this reason.
+MONITORED = "monitored"
 
 #: Every reason the tables name, with its route; ``internal-error`` is the service's own.
 REASON_ROUTE: dict[str, str] = {
     rule.reason: rule.route for rule in (*INVALID_INPUT, *CATEGORY, *CONSENT, *LIMITS)
-} | {"internal-error": "invalid"}
+} | {"internal-error": "invalid", MONITORED: "deliver"}
 
 
 def _first(rules: tuple[Rule, ...], m: Message) -> Decision | None:
@@ -425,6 +502,29 @@ class Reference:
     markers: tuple[str, ...] = MARKETING_MARKERS
     #: Counters of stateful rules (step 4), keyed as each rule likes.
     counters: dict[object, int] = field(default_factory=dict, compare=False, repr=False)
+    #: ``[policy]`` step 4: quiet hours "HH:MM-HH:MM", zones, cap rules (dicts with
+    #: categories, per, window, max) and the monitored block reasons.
+    quiet_hours: str = ""
+    timezone: str = "Asia/Shanghai"
+    timezones: Mapping[str, str] = field(default_factory=dict)
+    caps: tuple[Mapping[str, Any], ...] = ()
+    monitor: Set[str] = frozenset()
+    #: Accepted consent rows stating a ``max_per_day``: (expires_at in µs or None, max).
+    consent_caps: Mapping[tuple[str, int], list[tuple[int | None, int]]] = field(
+        default_factory=dict
+    )
+    #: The latest message time seen (ms), for closing windows; [-1] before the first.
+    stream_time: list[int] = field(default_factory=lambda: [-1], compare=False, repr=False)
+
+    def window_closed(self, zone: str, day: date, hour: int | None) -> bool:
+        """Whether the local window (a day, or an hour of it) has closed in stream time."""
+        end = datetime(day.year, day.month, day.day) + (
+            timedelta(days=1) if hour is None else timedelta(hours=hour + 1)
+        )
+        lowest = _lowest_offset(zone)
+        close = end.replace(tzinfo=UTC) - lowest
+        close_ms = (close - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+        return close_ms <= self.stream_time[0]
 
     def __post_init__(self) -> None:
         if self.senders is None:
@@ -438,6 +538,7 @@ class Reference:
         accept = policy.get("accept", ACCEPT_METHODS)
         pairs: dict[str, set[tuple[str, int]]] = {"consents": set(), "optouts": set()}
         rows: dict[tuple[str, int], list[ConsentRow]] = {}
+        capped: dict[tuple[str, int], list[tuple[int | None, int]]] = {}
         global_optouts: set[int] = set()
         for name, target in pairs.items():
             for row in _rows(directory / f"{name}.csv.gz"):
@@ -450,6 +551,9 @@ class Reference:
                 # Without a method column every row counts as accepted.
                 accepted = "method" not in row or (row["method"] or "").strip() in accept
                 expires = rule_expiry_us(row.get("expires_at") or "")
+                most = (row.get("max_per_day") or "").strip()
+                if name == "consents" and accepted and most:
+                    capped.setdefault((sender, number), []).append((expires, int(most)))
                 if name == "consents" and (not accepted or expires is not None):
                     rows.setdefault((sender, number), []).append((accepted, expires))
                     continue
@@ -461,7 +565,7 @@ class Reference:
             dnd.add(number)
         return cls(
             pairs["consents"], pairs["optouts"], dnd=dnd, consent_rows=rows,
-            global_optouts=frozenset(global_optouts), **policy,
+            global_optouts=frozenset(global_optouts), consent_caps=capped, **policy,
         )  # fmt: skip
 
     def with_consents(self, extra: Set[tuple[str, int]]) -> Reference:
@@ -512,27 +616,86 @@ class Reference:
             self, consents=frozenset(consents), optouts=frozenset(optouts),
             senders=frozenset(senders), dnd=frozenset(dnd),
             global_optouts=frozenset(global_optouts), consent_rows=rows, counters={},
+            stream_time=[-1],
         )  # fmt: skip
+
+    def for_partition(self) -> Reference:
+        """The same model with step 4 counters of its own (one input partition's)."""
+        return replace(self, counters={}, stream_time=[-1])
 
     def decide(
         self, value: bytes | None, at_ms: int | None = None, *, event_time: bool = False
     ) -> Decision:
         """The route and reason the contract prescribes for one input value at ``at_ms``."""
-        route, reason, _declared = self.decide_full(value, at_ms, event_time=event_time)
+        route, reason, _declared, _would = self.decide_record(value, at_ms, event_time=event_time)
         return route, reason
 
     def decide_full(
         self, value: bytes | None, at_ms: int | None = None, *, event_time: bool = False
     ) -> tuple[str, str, str | None]:
         """(route, reason, the declared category when step 2 decided it as marketing)."""
+        route, reason, declared, _would = self.decide_record(value, at_ms, event_time=event_time)
+        return route, reason, declared
+
+    @staticmethod
+    def _read_bound(m: Message, read_ms: int | None) -> int:
+        if read_ms is not None:
+            return read_ms
+        if m._event_time and m._at_ms is not None:
+            return m._at_ms
+        return 2**63
+
+    def decide_record(
+        self,
+        value: bytes | None,
+        at_ms: int | None = None,
+        *,
+        event_time: bool = False,
+        read_ms: int | None = None,
+    ) -> tuple[str, str, str | None, str | None]:
+        """(route, reason, declared category or None, the monitored block reason or None).
+
+        Counts the message in step 4's counters when it is delivered. ``read_ms``: when the
+        stream read the record (stream time never runs ahead of it); None: no bound in the
+        stream, ``at_ms`` in replay.
+        """
         m = Message(value, self, at_ms, event_time)
         found = _first(INVALID_INPUT, m)
         if found is not None:
-            return (*found, None)
+            return (*found, None, None)
         declared = m.declared_category if m.category != m.declared_category else None
+        # Stream time never runs ahead of the read time (replay: --at; the stream: read_ms).
+        read = self._read_bound(m, read_ms)
+        self.stream_time[0] = max(self.stream_time[0], min(m.limit_ms, read))
         found = _first(CATEGORY, m)
         if found is None:
             consent = _first(CONSENT, m)
             assert consent is not None, "the consent table ends in a rule that always matches"
-            found = (_first(LIMITS, m) or consent) if consent[0] == "deliver" else consent
-        return (*found, declared)
+            found = consent
+        if found[0] == "deliver":
+            found = _first(LIMITS, m) or found
+        would = None
+        if found[0] == "block" and found[1] in self.monitor:
+            would, found = found[1], ("deliver", MONITORED)
+        if found[0] == "deliver":
+            for counter, _most in m.counters():
+                self.counters[counter] = self.counters.get(counter, 0) + 1
+        return (*found, declared, would)
+
+
+_LOWEST: dict[str, timedelta] = {}
+
+
+def _lowest_offset(zone: str) -> timedelta:
+    """The zone's smallest UTC offset at 00:00 UTC of any day of 2000-2040."""
+    if zone not in _LOWEST:
+        tz = zoneinfo.ZoneInfo(zone)
+        first = date(2000, 1, 1).toordinal()
+        _LOWEST[zone] = min(
+            datetime.combine(date.fromordinal(first + i), datetime.min.time(), UTC)
+            .astimezone(tz)
+            .utcoffset()
+            or timedelta(0)
+            for i in range(41 * 366)
+        )
+    return _LOWEST[zone]

@@ -20,8 +20,9 @@ the pair of each change is written into a few later events ("probes", spread eve
 the probe spacing, of the moment the change applied. Goal: p99 ≤ 1 s; the max is reported.
 
 Usage: ``python -m benchmarks.changes_bench [--quick] [--rate R] [--seconds S]``
-(``make bench-changes``). Results: ``benchmarks/results/changes.json`` and ``.md``
-(``--quick``: ``changes-quick.*``).
+(``make bench-changes``). It ends with the memory of pending changes
+(:mod:`benchmarks.changes_memory`, bytes per pending change at 1 M). Results:
+``benchmarks/results/changes.json`` and ``.md`` (``--quick``: ``changes-quick.*``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from benchmarks._common import (
     throughput,
     unique_name,
 )
+from benchmarks.changes_memory import measure_in_child
 from filterd import topics as filterd_topics
 from filterd.pipeline import HEADER_CHANGE
 from filterd.router import event_id
@@ -335,7 +337,9 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         rate = max_rate * args.fraction
         count = max(1000, int(rate * args.seconds))
         events = load_events(str(workload.dataset), count, seed=workload.seed + 5)
-        plan = plan_traffic(events, rate, args.change_rate, args.reply_rate)
+        plan = plan_traffic(
+            events, rate, args.change_rate, args.reply_rate, probe_span_ms=args.probe_span_ms
+        )
         log.info(
             "max %.0f msgs/s; offering %.0f events/s for %d events, %d changes, %d replies",
             max_rate, rate, count, len(plan.changes), len(plan.replies),
@@ -344,6 +348,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         changes = await paced_run(
             session, plan, rate, change_rate=args.change_rate, reply_rate=args.reply_rate
         )
+    memory = measure_in_child(args.memory_count)
     thr = ratio(changes["msgs_per_s"], baseline["msgs_per_s"])  # type: ignore[arg-type]
     thr = None if thr is None else round(thr, 3)
     delay = changes["delay"]["all"]  # type: ignore[index]
@@ -359,6 +364,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         "baseline": baseline,
         "changes": changes,
         "throughput_ratio": thr,
+        "memory": memory,
         "goals": {
             "throughput_ratio": {
                 "goal": GOALS["throughput_ratio"],
@@ -369,6 +375,11 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
                 "goal": GOALS["delay_p99_ms"],
                 "value": delay.get("p99_ms"),
                 "met": delay.get("p99_ms") is not None and delay["p99_ms"] <= GOALS["delay_p99_ms"],
+            },
+            "bytes_per_pending_change": {
+                "goal": memory["goal_bytes_per_change"],
+                "value": memory["bytes_per_change"],
+                "met": memory["met"],
             },
         },
     }
@@ -421,6 +432,14 @@ def render_markdown(results: Mapping[str, object]) -> str:
             f"| {source} | {_cell(d['changes'])} | {_cell(d['with_effect'])} "
             f"| {_cell(d.get('p50_ms'))} | {_cell(d.get('p99_ms'))} | {_cell(d.get('max_ms'))} |"
         )
+    memory = results["memory"]
+    assert isinstance(memory, Mapping)
+    lines += [
+        "",
+        f"Pending changes held: {_cell(memory['bytes_per_change'])} bytes each (RSS growth "
+        f"of a process applying {_cell(memory['pending_changes'])} changes to an overlay, "
+        "`python -m benchmarks.changes_memory`).",
+    ]
     lines += ["", "| goal | target | value | met |", "|---|---|---|---|"]
     goals = results["goals"]
     assert isinstance(goals, Mapping)
@@ -438,7 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=int, help="events of the max run (default 500k)")
     p.add_argument("--change-rate", type=float, help="registry opt-outs/s (default 1000)")
     p.add_argument("--reply-rate", type=float, help="keyword replies/s (default 200)")
+    p.add_argument(
+        "--probe-span-ms", type=float, default=1500.0, help="probes of a pair over this span"
+    )
     p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--memory-count", type=int, help="pending changes of the memory figure (1 M)")
     p.add_argument("--dataset", type=Path, help="a loadgen data set (default: a new one)")
     p.add_argument("--bootstrap", help="broker (default $KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
     p.add_argument("--out", type=Path, help="results stem (default benchmarks/results/changes)")
@@ -450,6 +473,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.seconds = args.seconds or (6.0 if quick else 30.0)
     args.max_events = args.max_events or (50_000 if quick else 500_000)
     args.change_rate = args.change_rate if args.change_rate is not None else 1000.0
+    args.memory_count = args.memory_count or (100_000 if quick else 1_000_000)
     args.reply_rate = args.reply_rate if args.reply_rate is not None else 200.0
     args.out = args.out or e2e.RESULTS / ("changes-quick" if quick else "changes")
     args.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

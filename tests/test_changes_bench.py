@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks import _common as common
 from benchmarks import changes_bench as cb
+from benchmarks import changes_memory
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,16 @@ async def test_both_runs_route_everything_and_every_change_is_timed(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     argv = ["--quick", "--rate", "2000", "--seconds", "4", "--max-events", "2000"]
-    argv += ["--change-rate", "50", "--reply-rate", "10", "--bootstrap", kafka_bootstrap]
+    argv += [
+        "--memory-count",
+        "20000",
+        "--change-rate",
+        "50",
+        "--reply-rate",
+        "10",
+        "--bootstrap",
+        kafka_bootstrap,
+    ]
     argv += ["--out", str(tmp_path / "changes")]
     args = cb.resolve(cb.build_parser().parse_args(argv))
     results = await cb.run_session(args)
@@ -109,6 +119,20 @@ async def test_both_runs_route_everything_and_every_change_is_timed(
     thr = common.ratio(chg["msgs_per_s"], base["msgs_per_s"])
     assert thr is not None
     assert results["throughput_ratio"] == round(thr, 3)
+    memory = results["memory"]
+    assert isinstance(memory, dict)
+    assert memory["pending_changes"] == 20_000
     md = cb.render_markdown(results)
-    for word in ("baseline", "registry", "mo-reply", "throughput_ratio", "delay_p99_ms"):
+    words = ("baseline", "registry", "mo-reply", "throughput_ratio", "delay_p99_ms")
+    for word in (*words, "bytes_per_pending_change"):
         assert word in md
+
+
+def test_memory_is_the_rss_growth_per_pending_change() -> None:
+    m = changes_memory.measure(20_000, senders=10, reply_every=6, partitions=3)
+    assert m["pending_changes"] == 20_000
+    assert m["bytes_per_change"] == pytest.approx(m["rss_growth_bytes"] / 20_000, abs=0.1)
+    assert m["met"] == (m["bytes_per_change"] <= changes_memory.GOAL_BYTES)
+    # Each value parses as the feed parses it: a reply's change every sixth.
+    doc = orjson.loads(changes_memory.change_value(12, 10, 6))
+    assert (doc["source"], doc["sender"], doc["id"]) == ("mo-reply", "SHOP2", "mo:r-12")

@@ -46,15 +46,15 @@ class FirstBlocks:
         self.first_ms: dict[str, int] = {}
 
     def add_batch(self, records: Iterable[AuditRecord]) -> None:
-        first = self.first_ms
         for record in records:
-            ref = record.change
-            if ref is None or record.route != "block":
-                continue
-            ts = record.timestamp_ms
-            seen = first.get(ref)
-            if seen is None or ts < seen:
-                first[ref] = ts
+            if record.change is not None and record.route == "block":
+                self.add(record.change, record.timestamp_ms)
+
+    def add(self, ref: str, ts_ms: int) -> None:
+        """A block at ``ts_ms`` decided by change ``ref`` (``topic/partition/offset``)."""
+        seen = self.first_ms.get(ref)
+        if seen is None or ts_ms < seen:
+            self.first_ms[ref] = ts_ms
 
 
 def nearest_rank(sorted_values: Sequence[int], q: float) -> int:

@@ -16,6 +16,7 @@ NATIVE_SRC := setup.py filterd/native.py \
 .PHONY: help install native lint typecheck unit test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: kafka-up-secure kafka-down-secure
 .PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot bench-signing bench-limits
+.PHONY: bench-changes
 .PHONY: faults faults-quick fuzz image image-test
 
 help: ## list the targets
@@ -122,6 +123,10 @@ bench-quick: bench-deps ## end-to-end, quick (100k events, 500k warm-up, ~10 min
 bench-sweep: bench-deps ## each tuning knob's effect on throughput and p99 (~15 min)
 	$(KAFKA_SH) up
 	$(BIN)/python -m benchmarks.sweep $(BENCH_ARGS)
+
+bench-changes: $(NATIVE) ## live changes: throughput with 1,000 changes/s + 200 replies/s vs without, change-to-effect delay (~5 min)
+	$(KAFKA_SH) up
+	$(BIN)/python -m benchmarks.changes_bench $(BENCH_ARGS)
 
 bench-decide: $(NATIVE) ## micro-benchmark: decision path per event vs orjson.loads alone
 	$(BIN)/python -m benchmarks.decide_bench $(BENCH_ARGS)

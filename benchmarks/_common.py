@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from filterd.config import Config
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+R = TypeVar("R")
 
 Event = tuple[bytes | None, bytes]
 """One generated input record: (key, value)."""
@@ -523,14 +525,21 @@ async def _last_record(
 
 
 async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str | None, int]]:
-    """Every output record as (event id or None, LogAppendTime ms).
+    """Every output record as (event id or None, LogAppendTime ms)."""
+    return await read_records(bootstrap, topics, lambda r: (event_id(r.value), r.timestamp))
+
+
+async def read_records(
+    bootstrap: str, topics: Sequence[str], pick: Callable[[ConsumerRecord], R]
+) -> list[R]:
+    """``pick`` of every record of ``topics``, partition by partition.
 
     One partition at a time (see ``_record_at``): reading them all at once with
     aiokafka occasionally stalled for good on a finished partition's buffer.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    out: list[tuple[str | None, int]] = []
+    out: list[R] = []
     try:
         tps = await _partitions(consumer, topics)
         begins = await consumer.beginning_offsets(tps)
@@ -544,7 +553,7 @@ async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str
             while True:
                 got = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
                 records = got.get(tp, [])
-                out.extend((event_id(r.value), r.timestamp) for r in records)
+                out.extend(pick(r) for r in records)
                 # By position, not by the last record's offset: in exactly-once mode
                 # the partition ends with transaction markers nobody receives.
                 if await consumer.position(tp) >= ends[tp]:

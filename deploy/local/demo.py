@@ -5,8 +5,11 @@
    relying on default-registration and other consent that does not count,
    expired consents, opt-outs of every sender) and builds a snapshot from it,
 3. starts ``filterd run --workers 2``,
-4. streams a burst of synthetic carrier traffic into the input topic,
-5. shows live progress, then a table of what was routed where and why.
+4. streams a burst of synthetic carrier traffic into the input topic; during it, a wave of
+   live opt-outs: "TD" replies on the inbound topic and registry opt-outs on the changes
+   topic, for recipients that then receive more messages,
+5. shows live progress, then a table of what was routed where and why, and how many of
+   the wave's opt-outs were honoured and how soon.
 
 Run it through ``make demo`` (which installs and starts the broker first), or
 ``.venv/bin/python deploy/local/demo.py`` with ``KAFKA_BOOTSTRAP`` set.
@@ -25,10 +28,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from filterd.audit.optouts import FirstBlocks, honoured
+from filterd.audit.reader import KafkaParams
 from filterd.loadgen import iter_events, load_dataset, write_dataset
 from filterd.loadgen.evidence import evidence_events, write_evidence_inputs
 from filterd.loadgen.produce import produce_events
@@ -41,6 +47,7 @@ TOPICS = {
     "block": "demo.sms.blocked",
     "invalid": "demo.sms.invalid",
     "changes": "demo.sms.consent-changes",
+    "inbound": "demo.sms.inbound",
 }
 PARTITIONS = 6
 
@@ -117,17 +124,20 @@ async def watch(bootstrap: str, total: int, produced: asyncio.Task[object], limi
 DECLARED = ("declared", "category")
 
 
-async def tally(bootstrap: str) -> tuple[Counter[tuple[str, str]], float]:
+async def tally(
+    bootstrap: str, first: FirstBlocks | None = None
+) -> tuple[Counter[tuple[str, str]], float]:
     """Count the output records by route and reason; measure throughput from arrival times.
 
     Records decided as marketing although sent with an exempt category are also
-    counted under ``(DECLARED[0], their declared category)``.
+    counted under ``(DECLARED[0], their declared category)``. Blocks decided by a live
+    change go into ``first`` (the wave's summary).
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
     await consumer.start()
     counts: Counter[tuple[str, str]] = Counter()
-    first, last = float("inf"), 0.0
+    start, last = float("inf"), 0.0
     try:
         parts = [TopicPartition(TOPICS[r], p) for r in ("deliver", "block", "invalid")
                  for p in range(PARTITIONS)]  # fmt: skip
@@ -143,12 +153,16 @@ async def tally(bootstrap: str) -> tuple[Counter[tuple[str, str]], float]:
                     counts[(h["filterd-route"].decode(), h["filterd-reason"].decode())] += 1
                     if (declared := h.get("filterd-declared-category")) is not None:
                         counts[(DECLARED[0], declared.decode())] += 1
-                    first = min(first, rec.timestamp)
-                    last = max(last, rec.timestamp)
+                    change = h.get("filterd-change")
+                    if first is not None and change and h["filterd-route"] == b"block":
+                        first.add(change.decode(), rec.timestamp)
+                    if WAVE_MARK not in (rec.value or b""):  # the burst's throughput
+                        start = min(start, rec.timestamp)
+                        last = max(last, rec.timestamp)
                 remaining -= len(records)
     finally:
         await consumer.stop()
-    seconds = max((last - first) / 1000.0, 1e-3)
+    seconds = max((last - start) / 1000.0, 1e-3)
     return counts, sum(counts.values()) / seconds
 
 
@@ -168,15 +182,98 @@ def table(counts: Counter[tuple[str, str]], rate: float) -> str:
     return "\n".join(rows)
 
 
+# --------------------------------------------------------------------------- the opt-out wave
+
+#: Messages each wave recipient receives after its opt-out, and how far apart (s): the
+#: first blocked one shows when the opt-out took effect (the bound is 1 s).
+WAVE_FOLLOW_UPS = 15
+WAVE_SPACING_S = 0.1
+#: How far into the burst the wave is sent (s).
+WAVE_AFTER_S = 2.0
+#: In the id of the wave's follow-up messages: they are left out of the burst's throughput.
+WAVE_MARK = b"~wave"
+
+
+class Wave:
+    """Pairs (sender, recipient) of the burst that opt out during it, half by a "TD" reply,
+    half through the registry, and the messages each then receives."""
+
+    def __init__(self, records: list[tuple[bytes | None, bytes]], size: int, seed: int) -> None:
+        rng = random.Random(seed)
+        seen: set[bytes] = set()
+        self.picks: list[tuple[bytes, dict[str, object]]] = []
+        for key, value in rng.sample(records, min(len(records), size * 4)):
+            if key is None or key in seen or len(self.picks) >= size:
+                continue
+            doc = orjson.loads(value)
+            if isinstance(doc.get("sender"), str) and isinstance(doc.get("recipient"), str):
+                seen.add(key)
+                # Follow-ups are marketing: what an opt-out stops.
+                self.picks.append((key, {**doc, "category": "marketing"}))
+        self.replies = self.picks[::2]
+        self.registry = self.picks[1::2]
+
+    @property
+    def follow_ups(self) -> int:
+        return len(self.picks) * WAVE_FOLLOW_UPS
+
+    async def send(self, bootstrap: str) -> None:
+        """The replies and opt-outs, then the follow-up messages (demo scale: one send each)."""
+        await asyncio.sleep(WAVE_AFTER_S)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            now = int(time.time() * 1000)
+            for i, (key, doc) in enumerate(self.replies):
+                reply = {"id": f"demo-r{i}", "from": doc["recipient"], "to": doc["sender"],
+                         "text": "TD", "ts": now}  # fmt: skip
+                await producer.send(TOPICS["inbound"], orjson.dumps(reply), key=key)
+            for i, (key, doc) in enumerate(self.registry):
+                change = {"op": "opt-out", "sender": doc["sender"], "recipient": doc["recipient"],
+                          "source": "registry", "id": f"demo-reg{i}", "ts": now}  # fmt: skip
+                await producer.send(TOPICS["changes"], orjson.dumps(change), key=key)
+            await producer.flush()
+            for n in range(WAVE_FOLLOW_UPS):
+                await asyncio.sleep(WAVE_SPACING_S)
+                for key, doc in self.picks:
+                    value = orjson.dumps({**doc, "id": f"{doc.get('id')}~wave{n}"})
+                    await producer.send(TOPICS["input"], value, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def summary(self, bootstrap: str, first: FirstBlocks) -> str:
+        """How many of the wave's opt-outs blocked a message, and how soon after their append."""
+        result = await honoured(KafkaParams(bootstrap, {}), first, "86")
+        rows = {source: (n, p99) for source, n, _, p99, _ in result.rows()}
+        replies, registry = rows.get("mo-reply", (0, "-")), rows.get("registry", (0, "-"))
+        every = rows["all"]
+        return "\n".join([
+            "",
+            f"opt-out wave during the burst: {len(self.replies):,} TD replies and "
+            f"{len(self.registry):,} registry opt-outs, then {WAVE_FOLLOW_UPS} messages to each",
+            f"  honoured: {replies[0]:,} of {len(self.replies):,} TD replies, "
+            f"{registry[0]:,} of {len(self.registry):,} registry opt-outs",
+            f"  delay from the opt-out's append to the first message it blocked: "
+            f"p99 {every[1]} (TD {replies[1]}, registry {registry[1]})",
+        ])  # fmt: skip
+
+
 async def stream(
-    bootstrap: str, records: list[tuple[bytes | None, bytes]], rate: float | None
+    bootstrap: str,
+    records: list[tuple[bytes | None, bytes]],
+    rate: float | None,
+    wave: Wave | None = None,
 ) -> None:
     producing = asyncio.create_task(
         produce_events(bootstrap, TOPICS["input"], records, rate=rate,
                        profile="double11" if rate else "flat", count=len(records))
     )  # fmt: skip
-    await watch(bootstrap, len(records), producing, limit_s=300)
-    await producing
+    sending = asyncio.create_task(wave.send(bootstrap)) if wave is not None else None
+    total = len(records) + (wave.follow_ups if wave is not None else 0)
+    both = asyncio.gather(producing, *([sending] if sending is not None else []))
+    await watch(bootstrap, total, both, limit_s=300)
+    await both
 
 
 def build_snapshot(evidence: Path, snapshots: Path) -> str:
@@ -200,6 +297,9 @@ def main() -> int:
         help="average offered msgs/s (default: as fast as the producer goes)",
     )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--wave", type=int, default=1000, help="recipients opting out during the burst (0: none)"
+    )
     args = parser.parse_args()
     port = os.environ.get("KAFKA_PORT", "9092")
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or f"127.0.0.1:{port}"
@@ -241,7 +341,11 @@ def main() -> int:
             records = list(iter_events(load_dataset(dataset), args.events - extra, seed=seed))
             records += evidence_events(dataset, extra, seed=seed, ts_ms=int(time.time() * 1000))
             random.Random(seed).shuffle(records)
-            asyncio.run(stream(bootstrap, records, args.rate))
+            wave = Wave(records, args.wave, seed) if args.wave else None
+            if wave is not None:
+                say(f"during the burst: {len(wave.replies):,} TD replies and "
+                    f"{len(wave.registry):,} registry opt-outs")  # fmt: skip
+            asyncio.run(stream(bootstrap, records, args.rate, wave))
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
@@ -249,8 +353,11 @@ def main() -> int:
         print(log_path.read_text()[-3000:], file=sys.stderr)
         raise SystemExit(f"demo: filterd exited with {code}")
 
-    counts, rate = asyncio.run(tally(bootstrap))
+    first = FirstBlocks()
+    counts, rate = asyncio.run(tally(bootstrap, first))
     print(table(counts, rate))
+    if wave is not None:
+        print(asyncio.run(wave.summary(bootstrap, first)))
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s. Inspect the outputs, e.g.:\n"
           f"  .venv/bin/filterd audit summary --config {config}\n"
           f"  .venv/bin/filterd snapshot inspect {snapshots}")  # fmt: skip

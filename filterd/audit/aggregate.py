@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from filterd.audit.optouts import FirstBlocks
 from filterd.audit.reader import NO_LATE
 from filterd.audit.records import AuditRecord, sender_of
 from filterd.audit.timeutil import HourBuckets
@@ -81,6 +82,8 @@ class Summary:
         self.late = NO_LATE
         #: The earliest and latest record timestamps counted (None before any).
         self.seen = Seen()
+        #: Per live change named by a block: its first block (the opt-outs honoured).
+        self.first_blocks = FirstBlocks()
 
     def add_batch(self, records: Iterable[AuditRecord]) -> None:
         """Count a batch of records."""

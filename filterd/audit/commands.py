@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import getpass
 import logging
 import os
@@ -26,6 +27,9 @@ from filterd.audit.consent_report import load_versions
 from filterd.audit.coverage import Coverage
 from filterd.audit.export import ExportFilter, RowWriter, check_reasons, export_rows
 from filterd.audit.mask import full_recipient, mask_recipient
+from filterd.audit.optouts import Honoured, honoured
+from filterd.audit.optouts import csv_rows as optouts_csv_rows
+from filterd.audit.optouts import write_table as write_optouts_table
 from filterd.audit.output import format_why, write_summary_csv, write_summary_table
 from filterd.audit.reader import (
     KafkaParams,
@@ -252,6 +256,7 @@ async def summarize(
     ) as reader:
         async for batch in reader.batches():
             summary.add_batch(batch)
+            summary.first_blocks.add_batch(batch)
     summary.late = reader.late()
     if reader.skipped_out_of_range:
         logger.info(
@@ -285,28 +290,45 @@ async def count_topic(
     return counts
 
 
+async def optouts_honoured(ctx: _Context, summary: Summary) -> Honoured | None:
+    """The live opt-outs the summary's blocks name, read back from the changes topic
+    (None when no changes topic is configured or no block names a live change)."""
+    if not ctx.config.topics.changes or not summary.first_blocks.first_ms:
+        return None
+    return await honoured(ctx.params, summary.first_blocks, ctx.config.policy.default_country_code)
+
+
+async def _summary_and_optouts(ctx: _Context, topics: list[str]) -> tuple[Summary, Honoured | None]:
+    summary = await summarize(
+        ctx.params,
+        topics,
+        ctx.time_range,
+        HourBuckets(ctx.tz),
+        progress=ctx.progress,
+        late_ms=ctx.late_ms,
+    )
+    return summary, await optouts_honoured(ctx, summary)
+
+
 def _run_summary(args: argparse.Namespace) -> int:
     ctx = _Context(args)
-    summary = asyncio.run(
-        summarize(
-            ctx.params,
-            _topics(ctx.config, args.invalid),
-            ctx.time_range,
-            HourBuckets(ctx.tz),
-            progress=ctx.progress,
-            late_ms=ctx.late_ms,
-        )
-    )
+    summary, optouts = asyncio.run(_summary_and_optouts(ctx, _topics(ctx.config, args.invalid)))
     coverage = ctx.coverage(summary.late)
     out = sys.stdout
     if args.format == "json":
         doc = {"range": coverage.to_json(), **summary.to_json(args.top)}
+        if optouts is not None:
+            doc["optouts_honoured"] = optouts.to_json()
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         out.write("\n")
     elif args.format == "csv":
         write_summary_csv(summary, args.top, out, coverage)
+        if optouts is not None:
+            csv.writer(out, lineterminator="\n").writerows(optouts_csv_rows(optouts))
     else:
         write_summary_table(summary, args.top, out, coverage)
+        if optouts is not None:
+            write_optouts_table(optouts, out)
     return 0
 
 
@@ -421,8 +443,9 @@ def _run_why(args: argparse.Namespace) -> int:
 
 async def _read_report(
     ctx: _Context, *, deliver: bool, invalid: bool, deliver_limit: int | None
-) -> tuple[Summary, TopicCounts | None, TopicCounts | None]:
-    """The block topic summarized; the deliver and invalid topics counted (or None)."""
+) -> tuple[Summary, TopicCounts | None, TopicCounts | None, Honoured | None]:
+    """The block topic summarized; the deliver and invalid topics counted (or None); the
+    live opt-outs honoured (None without a changes topic)."""
     topics = ctx.config.topics
     progress, late_ms = ctx.progress, ctx.late_ms
     summary = await summarize(
@@ -452,7 +475,7 @@ async def _read_report(
     except BrokerError as exc:
         which = "--no-invalid" if delivered is not None or not deliver else "--no-deliver"
         raise BrokerError(f"{exc} ({which} skips it)") from exc
-    return summary, delivered, invalids
+    return summary, delivered, invalids, await optouts_honoured(ctx, summary)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -463,7 +486,7 @@ def _run_report(args: argparse.Namespace) -> int:
     topics = [cfg.topics.block]
     topics += [cfg.topics.deliver] if args.deliver else []
     topics += [cfg.topics.invalid] if args.invalid else []
-    summary, delivered, invalids = asyncio.run(
+    summary, delivered, invalids, optouts = asyncio.run(
         _read_report(
             ctx, deliver=args.deliver, invalid=args.invalid, deliver_limit=args.deliver_limit
         )
@@ -487,6 +510,7 @@ def _run_report(args: argparse.Namespace) -> int:
         late=ctx.coverage(late).late,
         delivered=delivered,
         invalid=invalids,
+        optouts=optouts,
     )
     document = render_report(summary, meta)
     tmp = f"{args.out}.tmp.{os.getpid()}"

@@ -19,6 +19,8 @@ from filterd.audit.aggregate import Burst, Seen, Summary, TopicCounts, find_burs
 from filterd.audit.axes import bin_hours, format_count, nice_ticks, time_ticks
 from filterd.audit.consent_report import consent_sections
 from filterd.audit.coverage import Coverage
+from filterd.audit.optouts import Honoured
+from filterd.audit.optouts import html_section as optouts_section
 from filterd.audit.rates import invalid_section, sender_section, totals_section
 from filterd.audit.reader import NO_LATE, LateRecords
 from filterd.audit.reasons import in_table_order
@@ -72,6 +74,8 @@ class ReportMeta:
     delivered: TopicCounts | None = None
     #: Counts of the invalid topic (None: not read, --no-invalid).
     invalid: TopicCounts | None = None
+    #: Live opt-outs honoured (None: no changes topic configured).
+    optouts: Honoured | None = None
 
 
 _e = escape
@@ -367,6 +371,7 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
         _table(("snapshot version", "blocks"), sorted(summary.by_snapshot.items()), {1}),
         "</section>",
         invalid_section(meta.invalid, meta.top),
+        optouts_section(meta.optouts),
         consent_sections(summary, meta.versions, meta.top),
         _MARKER,
         "</body></html>",

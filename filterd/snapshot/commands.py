@@ -1,4 +1,4 @@
-"""``filterd snapshot build | inspect | verify | keygen | sign | rollback | evidence``."""
+"""``filterd snapshot build | compact | inspect | verify | keygen | sign | rollback | evidence``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from filterd.config import load_config
 from filterd.errors import ConfigError, InvalidNumber, SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.build import build_snapshot, stderr_progress
+from filterd.snapshot.compact import compact_snapshot
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, parse_accept_methods
 from filterd.snapshot.format import MANIFEST, REFUSED_CSV, REJECTS_CSV, resolve_version
 from filterd.snapshot.granted import lookup_granted
@@ -102,6 +103,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--sign-key", type=Path, metavar="KEY", help="sign the version with this Ed25519 key"
     )
     build.set_defaults(func=_build)
+
+    compact = commands.add_parser(
+        "compact",
+        help="fold the live changes into a new version and make it current",
+        description="Write a new version under ROOT: the current version plus every change of "
+        "[topics] changes from its change watermark up to now, with the new watermark, and "
+        "publish it through the same guards as build (exit 3 when refused). A running filterd "
+        "that swaps to it drops the folded changes from memory.",
+    )
+    compact.add_argument("root", type=Path, metavar="ROOT")
+    compact.add_argument("--config", type=Path, required=True, metavar="F",
+                         help="the filterd config ([kafka], [topics] changes)")  # fmt: skip
+    compact.add_argument("--version", dest="snapshot_version", metavar="V",
+                         help="the version to start from (default: the current one)")  # fmt: skip
+    compact.add_argument(
+        "--keep", type=int, default=None, metavar="N",
+        help="versions to keep (default: the config's keep_versions)",
+    )  # fmt: skip
+    _publish_options(compact)
+    compact.add_argument("--no-publish", action="store_true",
+                         help="build the version, leave `current` alone")  # fmt: skip
+    compact.add_argument(
+        "--sign-key", type=Path, metavar="KEY", help="sign the version with this Ed25519 key"
+    )
+    compact.set_defaults(func=_compact)
 
     inspect = commands.add_parser(
         "inspect", help="validate the current version and print a JSON summary"
@@ -260,6 +286,16 @@ def _build(args: argparse.Namespace) -> int:
             f" kept as refused consents: {args.out / version / REFUSED_CSV}",
             file=sys.stderr,
         )
+    print(version)
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    version = compact_snapshot(
+        load_config(args.config), args.root, base=args.snapshot_version,
+        sign_key=args.sign_key, publish=not args.no_publish, max_drop=args.max_drop,
+        force=args.force, keep=args.keep,
+    )  # fmt: skip
     print(version)
     return 0
 

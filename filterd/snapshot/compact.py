@@ -9,7 +9,8 @@ from memory and keeps the rest (:meth:`filterd.changes.overlay.Overlay.rebase`).
 What a change does is defined once, by :class:`~filterd.changes.overlay.Overlay`: the
 changes are applied to an overlay exactly as the running service applies them, and the
 overlay's per-number deltas are then folded into the version's bitmaps and terms the way
-the decision reads a snapshot under an overlay (:func:`fold_pair_consent`). The property
+the decision reads a snapshot under an overlay
+(:func:`~filterd.changes.overlay.consent_with`). The property
 tests compare decisions of (old version + overlay) with (compacted version + empty
 overlay), pair by pair.
 
@@ -49,14 +50,13 @@ from pyroaring import BitMap64
 
 from filterd.changes.model import BadChange, Change, ChangeRef, parse_change
 from filterd.changes.overlay import (
-    CONSENT_REPLACED,
     CONSENT_UNCHANGED,
     NO_ACCEPTED,
     SET,
     UNCHANGED,
     Overlay,
-    PairChanges,
-    min_cap,
+    PairConsent,
+    consent_with,
 )
 from filterd.changes.watermark import MANIFEST_KEY, manifest_entry, watermark_of
 from filterd.config import Config
@@ -74,14 +74,11 @@ from filterd.snapshot.signing import Verifier, verifier_for
 from filterd.snapshot.store import FOREVER
 
 __all__ = [
-    "VersionData", "compact_snapshot", "fold_changes", "fold_pair_consent", "read_changes",
+    "VersionData", "compact_snapshot", "fold_changes", "read_changes",
     "read_version", "write_compacted",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-#: A pair's consent facts: (latest accepted validity or NO_ACCEPTED, any row, smallest cap).
-PairConsent = tuple[int, bool, int]
 
 
 @dataclass
@@ -161,17 +158,6 @@ def read_version(root: Path, version: str, verifier: Verifier | None = None) -> 
     return data
 
 
-def fold_pair_consent(snapshot: PairConsent, pair: PairChanges) -> PairConsent:
-    """A pair's consent facts after its pending changes: the snapshot's facts (as the
-    decision reads them) with the overlay's delta, as :mod:`filterd.router` combines them."""
-    if pair.consent == CONSENT_UNCHANGED:
-        return snapshot
-    if pair.consent == CONSENT_REPLACED:
-        return pair.until, pair.any_row, pair.cap
-    until, any_row, cap = snapshot
-    return max(until, pair.until), any_row or pair.any_row, min_cap(cap, pair.cap)
-
-
 def _flag(bitmap: BitMap64, number: int, flag: int) -> None:
     if flag == SET:
         bitmap.add(number)
@@ -200,7 +186,7 @@ def fold_changes(data: VersionData, overlay: Overlay) -> None:
                 before = (until, True, cap)
             else:
                 before = (NO_ACCEPTED, False, 0)
-            until, any_row, cap = fold_pair_consent(before, pair)
+            until, any_row, cap = consent_with(before, pair)
             plain.discard(number)
             if terms is not empty:
                 terms.pop(number, None)

@@ -172,12 +172,13 @@ def _write_version(
     dnd: BitMap64,
     rejects: Rejects,
     *,
-    granted: dict[str, dict[str, object]] | None = None,
+    carried: dict[str, dict[str, object]] | None = None,
     extra: dict[str, object] | None = None,
 ) -> None:
-    """Write a version's files and manifest into ``tmp``. ``granted`` is the ``files`` entry
-    of an evidence file already in ``tmp`` (default: made from the consents input);
-    ``extra`` adds or replaces manifest entries (a compaction's watermark and inputs)."""
+    """Write a version's files and manifest into ``tmp``. ``carried`` are the ``files``
+    entries of files already put in ``tmp`` (a compaction's evidence and rejects; default:
+    the evidence made from the consents input); ``extra`` adds or replaces manifest entries
+    (a compaction's watermark and inputs)."""
     files: dict[str, dict[str, object]] = {}
     consent_file = _DataFile(tmp / fmt.CONSENTS)
     optout_file = _DataFile(tmp / fmt.OPTOUTS)
@@ -225,7 +226,7 @@ def _write_version(
         rejects_file = _DataFile(tmp / fmt.REJECTS_CSV)
         rejects_file.write_raw(rejects_csv(rejects.rows))
         files[fmt.REJECTS_CSV] = rejects_file.close()
-    files.update(_granted_files(tmp, inputs[0]) if granted is None else granted)
+    files.update(_granted_files(tmp, inputs[0]) if carried is None else carried)
     manifest: dict[str, object] = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -102,6 +103,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.add_argument(
         "--sign-key", type=Path, metavar="KEY", help="sign the version with this Ed25519 key"
     )
+    build.add_argument(
+        "--changes", action="store_true",
+        help="also fold in every change of the config's [topics] changes up to now (needs "
+        "--config), and record the change watermark, as `snapshot compact` does",
+    )  # fmt: skip
     build.set_defaults(func=_build)
 
     compact = commands.add_parser(
@@ -231,6 +237,8 @@ def _max_rejects(text: str) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     progress = stderr_progress if args.progress or sys.stderr.isatty() else None
+    if args.changes and args.config is None:
+        raise ConfigError("--changes", "needs --config (the Kafka and [topics] changes to read)")
     config = load_config(args.config) if args.config is not None else None
     keep = args.keep
     if keep is None:
@@ -246,14 +254,25 @@ def _build(args: argparse.Namespace) -> int:
         keep=keep,
         country_code=country_code,
         progress=progress,
-        publish=not args.no_publish,
+        publish=not args.no_publish and not args.changes,
         max_drop=args.max_drop,
         force=args.force,
-        sign_key=args.sign_key,
+        sign_key=None if args.changes else args.sign_key,
         accept_methods=args.accept_methods,
         max_rejects=args.max_rejects,
         encoding=args.encoding,
     )
+    if args.changes:
+        assert config is not None
+        # The version built from the files is the base of the one with the changes folded
+        # in; only the latter is signed, published and kept.
+        built = version
+        version = compact_snapshot(
+            config, args.out, base=built, sign_key=args.sign_key,
+            publish=not args.no_publish, max_drop=args.max_drop, force=args.force, keep=keep,
+            check_signature=False,
+        )  # fmt: skip
+        shutil.rmtree(args.out / built)
     manifest = orjson.loads((args.out / version / MANIFEST).read_bytes())
     rejected = manifest.get("rejected_rows", {})
     if rejected.get("total"):

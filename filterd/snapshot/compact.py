@@ -239,22 +239,26 @@ def write_compacted(
         bitmaps, terms, data.refused, data.accept, bool(manifest.get("method_column", True))
     )
     files = manifest.get("files")
-    granted_entry = files.get(GRANTED) if isinstance(files, dict) else None
     extra: dict[str, object] = {
         MANIFEST_KEY: manifest_entry(topic, watermark),
         "compacted_from": {"version": data.version, "changes": changes},
         "inputs": manifest.get("inputs", []),
+        "rejected_rows": manifest.get("rejected_rows", {"total": 0, "max_rejects": 0}),
+    }
+    # Files of the base version that stay as they are: consent evidence, rows left out.
+    carried = {
+        name: entry
+        for name, entry in (files.items() if isinstance(files, dict) else ())
+        if name in (GRANTED, fmt.REJECTS_CSV) and isinstance(entry, dict)
     }
     country_code = str(manifest.get("country_code", ""))
 
     def write(tmp: Path, version: str) -> None:
-        granted: dict[str, dict[str, object]] = {}
-        if isinstance(granted_entry, dict):
-            shutil.copyfile(root / data.version / GRANTED, tmp / GRANTED)
-            granted[GRANTED] = granted_entry
+        for name in carried:
+            shutil.copyfile(root / data.version / name, tmp / name)
         _write_version(
             tmp, version, created_at, country_code, [], consent_set, optouts,
-            data.global_optouts, data.dnd, Rejects(0), granted=granted, extra=extra,
+            data.global_optouts, data.dnd, Rejects(0), carried=carried, extra=extra,
         )  # fmt: skip
 
     version, _removed = place_version(
@@ -330,13 +334,16 @@ def compact_snapshot(
     force: bool = False,
     keep: int | None = None,
     now: datetime | None = None,
+    check_signature: bool = True,
 ) -> str:
     """Write and publish a new version: ``base`` (default: the current version) plus the
-    changes up to now, with its watermark. Returns the new version's name."""
+    changes up to now, with its watermark. Returns the new version's name. The base must be
+    signed when the config names a public key, unless ``check_signature`` is false (a
+    version just built from files by the caller)."""
     started = time.monotonic()
     root = Path(root)
     base = fmt.resolve_version(root, base)
-    verifier = verifier_for(config.snapshot.public_key)
+    verifier = verifier_for(config.snapshot.public_key) if check_signature else None
     data = read_version(root, base, verifier)
     topic = config.topics.changes
     old = watermark_of(data.manifest, topic)

@@ -46,6 +46,7 @@ from typing import cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from pyroaring import BitMap64
 
 from filterd.changes.model import BadChange, Change, ChangeRef, parse_change
@@ -286,7 +287,11 @@ async def read_changes(
     )
     changes: list[tuple[ChangeRef, Change]] = []
     bad: Counter[str] = Counter()
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise SnapshotError(f"cannot read the changes topic {topic!r}: {exc!r}") from exc
     try:
         count = await client_topic_partitions(consumer._client, topic)
         if not count:

@@ -33,6 +33,7 @@ from tests.changes.test_overlay import (
 )
 from tests.snapshot.data import write_csv
 from tests.support.reference import Reference
+from tests.support.stream import run_cli
 
 #: CSV row (method, expires_at, max_per_day) of each snapshot pair state of test_overlay.
 _ROWS = {
@@ -208,3 +209,17 @@ def test_max_per_day_is_folded_as_the_decision_reads_it(tmp_path: Path) -> None:
     folded = Decider(load_snapshot(root, version), Policy())
     caps = [folded.max_per_day("SHOP", n) for n in NUMBERS]
     assert caps == [7, 4, 0, 7]
+
+
+def test_compact_without_a_broker_says_so_and_publishes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    base = build_on_disk(root, {("SHOP", NUMBERS[0]): "plain"}, set(), set(), set())
+    publish_version(root, base)
+    config = tmp_path / "filterd.toml"
+    config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n')
+    done = run_cli("snapshot", "compact", str(root), "--config", str(config), timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "cannot read the changes topic 'sms.consent-changes'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert load_snapshot(root).version == base
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("2")) == [base]

@@ -15,7 +15,7 @@ NATIVE_SRC := setup.py filterd/native.py \
 .DEFAULT_GOAL := help
 .PHONY: help install native lint typecheck unit test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: kafka-up-secure kafka-down-secure
-.PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot bench-signing
+.PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot bench-signing bench-compact
 .PHONY: faults faults-quick fuzz image image-test
 
 help: ## list the targets
@@ -128,6 +128,9 @@ bench-decide: $(NATIVE) ## micro-benchmark: decision path per event vs orjson.lo
 
 bench-snapshot: $(NATIVE) ## consent store: build rate, memory, load, loop stall, lookups at 1e6/1e7 (~10 min)
 	$(BIN)/python -m benchmarks.snapshot_bench $(BENCH_ARGS)
+
+bench-compact: $(NATIVE) ## snapshot compact: 1e7 consents with 1e6 pending changes (~3 min)
+	$(BIN)/python -m benchmarks.compact_bench $(BENCH_ARGS)
 
 bench-signing: $(NATIVE) ## snapshot signatures: verify cost and loop stall with and without public_key (~1 min)
 	$(BIN)/python -m benchmarks.signing_bench $(BENCH_ARGS)

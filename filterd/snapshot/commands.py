@@ -14,7 +14,6 @@ from filterd.config import load_config
 from filterd.errors import ConfigError, InvalidNumber, SnapshotError
 from filterd.snapshot import format as fmt
 from filterd.snapshot.build import build_snapshot, stderr_progress
-from filterd.snapshot.compact import compact_snapshot
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, parse_accept_methods
 from filterd.snapshot.format import MANIFEST, REFUSED_CSV, REJECTS_CSV, resolve_version
 from filterd.snapshot.granted import lookup_granted
@@ -263,6 +262,8 @@ def _build(args: argparse.Namespace) -> int:
         encoding=args.encoding,
     )
     if args.changes:
+        from filterd.snapshot.compact import compact_snapshot
+
         assert config is not None
         # The version built from the files is the base of the one with the changes folded
         # in; only the latter is signed, published and kept.
@@ -310,6 +311,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
+    # The Kafka client is loaded only by the commands that read the broker.
+    from filterd.snapshot.compact import compact_snapshot
+
     version = compact_snapshot(
         load_config(args.config), args.root, base=args.snapshot_version,
         sign_key=args.sign_key, publish=not args.no_publish, max_drop=args.max_drop,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.integration.test_changes_stream import (
     dataset,
     event,
     produce_at,
+    start,
 )
 from tests.support.kafka import drain
 from tests.support.reference import Reference
@@ -132,8 +134,12 @@ async def test_a_swap_to_a_compacted_version_mid_stream_changes_no_decision(
                 break
             await asyncio.sleep(0.05)
         assert len(feed.overlay) == 1
-    final = decisions_of(await stream.outputs_by_route())
-    new = {k: v for k, v in final.items() if k not in got}
+        new: dict[str, tuple[str, str, int]] = {}
+        for _ in range(30):
+            final = decisions_of(await stream.outputs_by_route())
+            new = {k: v for k, v in final.items() if k not in got}
+            if len(new) == len(NUMBERS):
+                break
     assert len(new) == len(NUMBERS)
     check(new, rebuilt.with_changes([extra]), stamp + 1000)
 
@@ -167,3 +173,49 @@ async def test_build_with_changes_folds_the_feed_into_a_registry_export(
     )  # fmt: skip
     assert done.returncode != 0
     assert "--changes" in done.stderr
+
+
+async def test_kill_9_after_compaction_keeps_every_change(
+    kafka_bootstrap: str, new_topic, new_group, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    dataset(tmp_path / "ds")
+    stream = await Stream.create(
+        kafka_bootstrap, new_topic, new_group, tmp_path / "snap", tmp_path / "ds"
+    )
+    build_snapshot(stream.root, tmp_path / "ds")
+    config = write_config(tmp_path / "filterd.toml", kafka_bootstrap, changes=stream.changes)
+    # Folded in: A opts out, C consents, D's consent is revoked. Pending: B opts out.
+    await append(kafka_bootstrap, stream.changes, CHANGES[:3], key_of=True)
+    await asyncio.to_thread(cli, "snapshot", "compact", str(stream.root), "--config", str(config))
+    env = stream.env()
+    log = tmp_path / "filterd.log"
+    first = start(env, log)
+    try:
+        (stamp,) = await append(kafka_bootstrap, stream.changes, [change("opt-out", B)], True)
+        await produce_at(kafka_bootstrap, stream.input, [event(0, A), event(1, B)], stamp + 1000)
+        before = await drain(kafka_bootstrap, stream.block, expected=2, timeout=60)
+        assert [header(r, "filterd-reason") for r in before] == ["opted-out"] * 2, log.read_text()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    later = [event(i, n) for i, n in enumerate(NUMBERS, 2)]
+    await produce_at(kafka_bootstrap, stream.input, later, stamp + 1000)
+    second = start(env, log)
+    ids: dict[str, str] = {}
+    try:
+        # At least once: records before the kill may come again, so wait for every id.
+        for _ in range(45):
+            block = await drain(kafka_bootstrap, stream.block, timeout=2)
+            deliver = await drain(kafka_bootstrap, stream.deliver, timeout=2)
+            ids = {
+                orjson.loads(r.value)["id"]: header(r, "filterd-reason") for r in block + deliver
+            }
+            if len(ids) == 6:
+                break
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(60)
+    assert ids == {
+        "m0": "opted-out", "m1": "opted-out",
+        "m2": "opted-out", "m3": "opted-out", "m4": "consent", "m5": "no-consent",
+    }, log.read_text()  # fmt: skip

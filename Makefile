@@ -16,7 +16,7 @@ NATIVE_SRC := setup.py filterd/native.py \
 .PHONY: help install native lint typecheck unit test demo kafka-fetch kafka-up kafka-down kafka-logs
 .PHONY: kafka-up-secure kafka-down-secure
 .PHONY: bench bench-quick bench-sweep bench-decide bench-deps bench-snapshot bench-signing bench-limits
-.PHONY: bench-changes
+.PHONY: bench-changes bench-compact
 .PHONY: faults faults-quick fuzz image image-test
 
 help: ## list the targets
@@ -136,6 +136,9 @@ bench-snapshot: $(NATIVE) ## consent store: build rate, memory, load, loop stall
 
 bench-limits: bench-deps ## step 4 cost: batch step with limits on vs off, bytes per counter at 1e7, restore of 1e6 (~3 min)
 	$(BIN)/python -m benchmarks.limits_bench $(BENCH_ARGS)
+
+bench-compact: $(NATIVE) ## snapshot compact: 1e7 consents with 1e6 pending changes (~3 min)
+	$(BIN)/python -m benchmarks.compact_bench $(BENCH_ARGS)
 
 bench-signing: $(NATIVE) ## snapshot signatures: verify cost and loop stall with and without public_key (~1 min)
 	$(BIN)/python -m benchmarks.signing_bench $(BENCH_ARGS)

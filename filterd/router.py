@@ -32,7 +32,7 @@ from filterd.changes.overlay import (
     UNCHANGED,
     NumberChanges,
     Overlay,
-    min_cap,
+    consent_with,
 )
 from filterd.config import PolicyConfig
 from filterd.errors import InvalidNumber
@@ -399,8 +399,7 @@ class Decider:
         until, any_row = NO_ACCEPTED, False
         if entry is not None and mode != CONSENT_REPLACED:
             until, any_row = _snapshot_consent(entry, number)
-        if pair is not None and mode != CONSENT_UNCHANGED:
-            until, any_row = max(until, pair.until), any_row or pair.any_row
+        until, any_row, _cap = consent_with((until, any_row, 0), pair)
         if any_row:
             self.change_ref = (
                 pair.consent_ref if pair is not None and mode != CONSENT_UNCHANGED else None
@@ -437,9 +436,7 @@ class Decider:
             terms: TermsLookup | None = getattr(entry, "terms", None)
             if terms is not None:
                 cap = int(getattr(terms, "max_per_day", _no_cap)(number))
-        if pair is not None and mode != CONSENT_UNCHANGED:
-            cap = min_cap(cap, pair.cap)
-        return cap
+        return consent_with((NO_ACCEPTED, False, cap), pair)[2]
 
     def max_per_day(self) -> int:
         """The ``max_per_day`` stated by the consents of the pair last decided (0: none).

@@ -52,6 +52,8 @@ __all__ = [
     "NumberChanges",
     "Overlay",
     "PairChanges",
+    "PairConsent",
+    "consent_with",
 ]  # fmt: skip
 
 #: A flag fact: the changes left it alone, set it, or cleared it.
@@ -107,6 +109,23 @@ def min_cap(a: int, b: int) -> int:
     if not b:
         return a
     return min(a, b)
+
+
+#: A pair's consent facts: (latest accepted validity in epoch ms or NO_ACCEPTED, any consent
+#: row of any method, smallest stated ``max_per_day`` of the accepted ones or 0).
+PairConsent = tuple[int, bool, int]
+
+
+def consent_with(snapshot: PairConsent, pair: PairChanges | None) -> PairConsent:
+    """A pair's consent facts with its pending changes: the snapshot's facts, the changes'
+    rows added to them, or the changes' rows alone after a ``consent-revoke``. The decision
+    (:mod:`filterd.router`) and compaction (:mod:`filterd.snapshot.compact`) both use it."""
+    if pair is None or pair.consent == CONSENT_UNCHANGED:
+        return snapshot
+    if pair.consent == CONSENT_REPLACED:
+        return pair.until, pair.any_row, pair.cap
+    until, any_row, cap = snapshot
+    return max(until, pair.until), any_row or pair.any_row, min_cap(cap, pair.cap)
 
 
 class Overlay:

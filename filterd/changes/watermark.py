@@ -5,9 +5,8 @@ per partition of the changes topic, the next offset the snapshot has not folded 
 snapshot without one (or with another topic's) folded in nothing: the feed reads the
 changes topic from the beginning.
 
-Partial: the feed reads this entry, but no command writes it yet (``filterd snapshot compact``
-and ``snapshot build --changes`` are not implemented); :func:`manifest_entry` is the form they
-will write.
+``filterd snapshot compact`` (:mod:`filterd.snapshot.compact`) writes it with
+:func:`manifest_entry`; the feed reads it.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,7 +43,9 @@ from filterd.snapshot.publish import DEFAULT_MAX_DROP, publish_version
 from filterd.snapshot.signing import sign_version
 from filterd.snapshot.store import FOREVER
 
-__all__ = ["GLOBAL_SENDER", "build_snapshot", "prune_versions", "refused_report"]
+__all__ = [
+    "GLOBAL_SENDER", "build_snapshot", "place_version", "prune_versions", "refused_report",
+]  # fmt: skip
 
 #: The opt-outs sender id that means every sender.
 GLOBAL_SENDER = "*"
@@ -169,7 +171,14 @@ def _write_version(
     global_optouts: BitMap64,
     dnd: BitMap64,
     rejects: Rejects,
+    *,
+    carried: dict[str, dict[str, object]] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> None:
+    """Write a version's files and manifest into ``tmp``. ``carried`` are the ``files``
+    entries of files already put in ``tmp`` (a compaction's evidence and rejects; default:
+    the evidence made from the consents input); ``extra`` adds or replaces manifest entries
+    (a compaction's watermark and inputs)."""
     files: dict[str, dict[str, object]] = {}
     consent_file = _DataFile(tmp / fmt.CONSENTS)
     optout_file = _DataFile(tmp / fmt.OPTOUTS)
@@ -217,8 +226,8 @@ def _write_version(
         rejects_file = _DataFile(tmp / fmt.REJECTS_CSV)
         rejects_file.write_raw(rejects_csv(rejects.rows))
         files[fmt.REJECTS_CSV] = rejects_file.close()
-    files.update(_granted_files(tmp, inputs[0]))
-    manifest = {
+    files.update(_granted_files(tmp, inputs[0]) if carried is None else carried)
+    manifest: dict[str, object] = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,
         "version": version,
@@ -253,6 +262,7 @@ def _write_version(
             for i in inputs
         ],
     }
+    manifest.update(extra or {})
     # The manifest is written last: a directory without one is a half-written version.
     with open(tmp / fmt.MANIFEST, "wb") as f:
         f.write(fmt.dumps(manifest) + b"\n")
@@ -350,28 +360,18 @@ def build_snapshot(
                 ", ".join(map(str, record.without_plus_lines)),
             )
 
-    root.mkdir(parents=True, exist_ok=True)
-    version = fmt.new_version(root, created_at)
-    tmp = root / f"{fmt.TMP_PREFIX}{version}"
-    tmp.mkdir()
-    try:
+    def write(tmp: Path, version: str) -> None:
         _write_version(
             tmp, version, created_at, country_code, inputs, consent_set, optout_maps,
             global_optouts, dnd_map, rejects,
         )  # fmt: skip
-        if sign_key is not None:
-            sign_version(tmp, sign_key)
-        os.rename(tmp, root / version)
-        fmt.fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    version, removed = place_version(
+        root, created_at, write, sign_key=sign_key, publish=publish, max_drop=max_drop,
+        force=force, keep=keep,
+    )  # fmt: skip
     if not publish:
-        log.info("snapshot %s built, not published (--no-publish)", version)
         return version
-    previous = fmt.current_version(root)
-    publish_version(root, version, max_drop=max_drop, force=force)
-    removed = prune_versions(root, keep, protect={previous} if previous else set())
     log.info(
         "snapshot %s published: %d senders, %d rows (%d consent rows of methods not"
         " accepted) in %.1fs, %d old versions removed",
@@ -383,6 +383,41 @@ def build_snapshot(
         len(removed),
     )
     return version
+
+
+def place_version(
+    root: Path,
+    created_at: datetime,
+    write: Callable[[Path, str], None],
+    *,
+    sign_key: Path | None,
+    publish: bool,
+    max_drop: float,
+    force: bool,
+    keep: int,
+) -> tuple[str, list[str]]:
+    """Write a new version with ``write(tmp, version)`` into a temporary directory, sign it
+    (``sign_key``), rename it into place and publish it through the guards unless
+    ``publish`` is false; prune old versions. Returns (version, versions removed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    version = fmt.new_version(root, created_at)
+    tmp = root / f"{fmt.TMP_PREFIX}{version}"
+    tmp.mkdir()
+    try:
+        write(tmp, version)
+        if sign_key is not None:
+            sign_version(tmp, sign_key)
+        os.rename(tmp, root / version)
+        fmt.fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not publish:
+        log.info("snapshot %s built, not published (--no-publish)", version)
+        return version, []
+    previous = fmt.current_version(root)
+    publish_version(root, version, max_drop=max_drop, force=force)
+    return version, prune_versions(root, keep, protect={previous} if previous else set())
 
 
 def prune_versions(root: Path, keep: int, protect: Set[str] = frozenset()) -> list[str]:

@@ -1,9 +1,10 @@
-"""``filterd snapshot build | inspect | verify | keygen | sign | rollback | evidence``."""
+"""``filterd snapshot build | compact | inspect | verify | keygen | sign | rollback | evidence``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -101,7 +102,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.add_argument(
         "--sign-key", type=Path, metavar="KEY", help="sign the version with this Ed25519 key"
     )
+    build.add_argument(
+        "--changes", action="store_true",
+        help="also fold in every change of the config's [topics] changes up to now (needs "
+        "--config), and record the change watermark, as `snapshot compact` does",
+    )  # fmt: skip
     build.set_defaults(func=_build)
+
+    compact = commands.add_parser(
+        "compact",
+        help="fold the live changes into a new version and make it current",
+        description="Write a new version under ROOT: the current version plus every change of "
+        "[topics] changes from its change watermark up to now, with the new watermark, and "
+        "publish it through the same guards as build (exit 3 when refused). A running filterd "
+        "that swaps to it drops the folded changes from memory.",
+    )
+    compact.add_argument("root", type=Path, metavar="ROOT")
+    compact.add_argument("--config", type=Path, required=True, metavar="F",
+                         help="the filterd config ([kafka], [topics] changes)")  # fmt: skip
+    compact.add_argument("--version", dest="snapshot_version", metavar="V",
+                         help="the version to start from (default: the current one)")  # fmt: skip
+    compact.add_argument(
+        "--keep", type=int, default=None, metavar="N",
+        help="versions to keep (default: the config's keep_versions)",
+    )  # fmt: skip
+    _publish_options(compact)
+    compact.add_argument("--no-publish", action="store_true",
+                         help="build the version, leave `current` alone")  # fmt: skip
+    compact.add_argument(
+        "--sign-key", type=Path, metavar="KEY", help="sign the version with this Ed25519 key"
+    )
+    compact.set_defaults(func=_compact)
 
     inspect = commands.add_parser(
         "inspect", help="validate the current version and print a JSON summary"
@@ -205,6 +236,8 @@ def _max_rejects(text: str) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     progress = stderr_progress if args.progress or sys.stderr.isatty() else None
+    if args.changes and args.config is None:
+        raise ConfigError("--changes", "needs --config (the Kafka and [topics] changes to read)")
     config = load_config(args.config) if args.config is not None else None
     keep = args.keep
     if keep is None:
@@ -220,14 +253,27 @@ def _build(args: argparse.Namespace) -> int:
         keep=keep,
         country_code=country_code,
         progress=progress,
-        publish=not args.no_publish,
+        publish=not args.no_publish and not args.changes,
         max_drop=args.max_drop,
         force=args.force,
-        sign_key=args.sign_key,
+        sign_key=None if args.changes else args.sign_key,
         accept_methods=args.accept_methods,
         max_rejects=args.max_rejects,
         encoding=args.encoding,
     )
+    if args.changes:
+        from filterd.snapshot.compact import compact_snapshot
+
+        assert config is not None
+        # The version built from the files is the base of the one with the changes folded
+        # in; only the latter is signed, published and kept.
+        built = version
+        version = compact_snapshot(
+            config, args.out, base=built, sign_key=args.sign_key,
+            publish=not args.no_publish, max_drop=args.max_drop, force=args.force, keep=keep,
+            check_signature=False,
+        )  # fmt: skip
+        shutil.rmtree(args.out / built)
     manifest = orjson.loads((args.out / version / MANIFEST).read_bytes())
     rejected = manifest.get("rejected_rows", {})
     if rejected.get("total"):
@@ -260,6 +306,19 @@ def _build(args: argparse.Namespace) -> int:
             f" kept as refused consents: {args.out / version / REFUSED_CSV}",
             file=sys.stderr,
         )
+    print(version)
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    # The Kafka client is loaded only by the commands that read the broker.
+    from filterd.snapshot.compact import compact_snapshot
+
+    version = compact_snapshot(
+        load_config(args.config), args.root, base=args.snapshot_version,
+        sign_key=args.sign_key, publish=not args.no_publish, max_drop=args.max_drop,
+        force=args.force, keep=args.keep,
+    )  # fmt: skip
     print(version)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from benchmarks import snapshot_bench
@@ -29,3 +30,18 @@ def test_generated_shape_builds(tmp_path: Path) -> None:
     assert snap.counts.senders > 50
     assert snap.counts.dnd > 0.9 * 500
     assert snap.counts.optouts > 0.9 * 100
+
+
+def test_the_compaction_benchmark_runs_and_folds_every_change(tmp_path: Path) -> None:
+    from benchmarks import compact_bench
+
+    out = tmp_path / "compact.json"
+    assert compact_bench.main(["--consents", "2e4", "--changes", "2e3", "--fetch", "0",
+                               "--out", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["watermark"] == {"0": 2000, "1": 2000}
+    base, compacted = result["base_counts"], result["compacted_counts"]
+    # Opt-outs of every sender and do-not-disturb adds came only as changes.
+    assert base["global_optouts"] == 0 < compacted["global_optouts"]
+    assert compacted["dnd"] > base["dnd"]
+    assert set(result["seconds"]) >= {"read_version", "parse", "overlay", "fold", "total"}

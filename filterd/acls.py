@@ -170,11 +170,14 @@ def principal_of(config: Config) -> str:
     return "the client certificate's principal"
 
 
-def not_authorized(exc: BaseException, config: Config) -> NotAuthorized | None:
+def not_authorized(
+    exc: BaseException, config: Config, operation: Operation | None = None
+) -> NotAuthorized | None:
     """``exc`` as one line naming the missing ACL, or None if it is no authorization refusal.
 
     The ACL named is the one :func:`required_acls` grants for that resource: the line says
-    what to grant, not only what failed.
+    what to grant, not only what failed. ``operation`` is what was refused when the caller
+    knows it (a produce is a WRITE): of several grants on one resource, that one is named.
     """
     from aiokafka.errors import (
         ClusterAuthorizationFailedError,
@@ -212,6 +215,8 @@ def not_authorized(exc: BaseException, config: Config) -> NotAuthorized | None:
             for name in names
         )
     ]
+    if operation is not None:
+        needed = [acl for acl in needed if acl.operation is operation] or needed
     if not needed:
         return NotAuthorized(
             f"not authorized: {principal} was refused {kind.name} {', '.join(names)}"

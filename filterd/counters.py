@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from filterd.config import Config
+from filterd.delivery import client_topic_partitions
 from filterd.errors import BrokerError
 from filterd.topics import counters_spec, create
 
@@ -61,10 +62,21 @@ async def read_changelog(
     )
     await consumer.start()
     try:
+        # One metadata question first: a missing READ raises here (the fetcher would only
+        # log it, and the counters would start from zero), a missing topic is 0.
+        if not await client_topic_partitions(consumer._client, name):
+            raise BrokerError(
+                f"restoring counters: the changelog {name!r} does not exist "
+                "(`filterd topics create --config FILE` creates it)"
+            )
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         left = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        # One fetch even of empty partitions: a missing READ (WRITE implies DESCRIBE, so the
+        # metadata answers) shows only as a fetch error, raised by getmany.
+        if not left:
+            await consumer.getmany(*tps, timeout_ms=200, max_records=1)
         while left:
             if time.monotonic() - started > timeout_s:
                 raise BrokerError(f"restoring counters from {name}: not read in {timeout_s:.0f}s")

@@ -39,7 +39,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from filterd.acls import not_authorized
+from filterd.acls import Operation, not_authorized
 from filterd.config import Config
 from filterd.errors import FilterdError
 from filterd.pipeline import Builder, PartitionOutput
@@ -209,7 +209,7 @@ class AtLeastOnce:
                         await self._producer.send_batch(builder, topic, partition=partition)
                     )
             except KafkaError as exc:
-                _raise_if_not_authorized(exc, self._config)
+                _raise_if_not_authorized(exc, self._config, Operation.WRITE)
                 log.warning("could not queue output of %s/%d: %r", out.topic, out.partition, exc)
                 await _await_all(futures)
                 submitted.failed.append(out)
@@ -226,7 +226,7 @@ class AtLeastOnce:
             if error is None:
                 offsets[TopicPartition(out.topic, out.partition)] = out.next_offset
             else:
-                _raise_if_not_authorized(error, self._config)
+                _raise_if_not_authorized(error, self._config, Operation.WRITE)
                 log.warning("output of %s/%d not acknowledged: %r", out.topic, out.partition, error)
                 failed.append(out)
         if offsets:
@@ -434,7 +434,7 @@ class ExactlyOnce:
             self._rewind(tp, out.first_offset)
             return False
         except (KafkaError, OSError) as exc:
-            _raise_if_not_authorized(exc, self._config)
+            _raise_if_not_authorized(exc, self._config, Operation.WRITE)
             log.warning("transaction for %s/%d failed, retrying: %r", tp.topic, tp.partition, exc)
             await self._recover(tp, producer)
             return False
@@ -461,9 +461,11 @@ class ExactlyOnce:
             self._consumer.seek(tp, offset)
 
 
-def _raise_if_not_authorized(exc: BaseException, config: Config) -> None:
+def _raise_if_not_authorized(
+    exc: BaseException, config: Config, operation: Operation | None = None
+) -> None:
     """A missing ACL is not retried: raise it as one line naming the ACL."""
-    denied = not_authorized(exc, config)
+    denied = not_authorized(exc, config, operation)
     if denied is not None:
         raise denied from None
 

@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from filterd.acls import not_authorized
 from filterd.config import Config
 from filterd.delivery import Delivery, Submitted
+from filterd.errors import BrokerError, FilterdError
 from filterd.limits import LimitRules, PartitionLimits
 from filterd.pipeline import (
     HeaderCache,
@@ -224,6 +225,8 @@ class BatchLoop:
         # of the new partitions before the rebalance listener returns, and none may be
         # decided before its partition's counters are back.
         self._restored = asyncio.Event()
+        #: Why the loop must stop (a failed counters restore); raised by run().
+        self.fatal: FilterdError | None = None
         self._restored.set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -246,6 +249,8 @@ class BatchLoop:
         while not self.should_exit():
             if self.delivery.fatal is not None:
                 raise self.delivery.fatal
+            if self.fatal is not None:
+                raise self.fatal
             try:
                 batch: Batch = await consumer.getmany(
                     timeout_ms=0 if self._finishing else timeout_ms, max_records=max_records
@@ -268,6 +273,9 @@ class BatchLoop:
             generation = self.generation
             if not self._restored.is_set():
                 await self._restored.wait()
+            if self.fatal is not None:
+                # The restore failed: nothing is decided on counters that start from zero.
+                raise self.fatal
             self._busy = True
             self._idle.clear()
             try:
@@ -362,7 +370,18 @@ class BatchLoop:
             inbound = self.replies.inbound if self.replies is not None else None
             inputs = {tp for tp in assigned if tp.topic != inbound}
             if self.restore is not None and inputs:
-                await self._restore(inputs)
+                try:
+                    await self._restore(inputs)
+                except (KafkaError, OSError, FilterdError) as exc:
+                    # Counters go on from what was delivered, never from zero: without
+                    # them the process stops (a restart retries the restore).
+                    self.fatal = (
+                        not_authorized(exc, self.config) if isinstance(exc, KafkaError) else None
+                    ) or (
+                        exc
+                        if isinstance(exc, FilterdError)
+                        else BrokerError(f"restoring counters failed: {exc!r}")
+                    )
         finally:
             self._restored.set()
         self.metrics.rebalance()

@@ -67,7 +67,8 @@ async def test_applied_acls_let_filterd_do_its_job_and_nothing_else(
                      "--apply", "--admin-config", str(admin_file))  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         assert f"ALLOW User:filterd READ TOPIC input-{suffix}" in proc.stdout
-        assert "applied 5 ACLs for User:filterd" in proc.stdout
+        # input READ, three outputs WRITE, group READ, counters changelog READ and WRITE.
+        assert "applied 7 ACLs for User:filterd" in proc.stdout
 
         options = config.kafka.client_options()
         consumer = AIOKafkaConsumer(

@@ -108,7 +108,7 @@ async def test_exactly_the_generated_acls(
     auditor_path = _config(secure_kafka, "auditor", suffix, mode, snapshots)
     auditor_acls = required_acls(load_config(auditor_path), "User:auditor", "auditor")
     try:
-        await _revoke_each_then_run_all(admin, service_path, acls)
+        await _revoke_each_then_run_all(admin, service_path, acls, mode)
         # The audit commands, as a read-only auditor.
         await apply_acls(admin, auditor_acls)
         audit = await asyncio.to_thread(
@@ -119,11 +119,12 @@ async def test_exactly_the_generated_acls(
         )  # fmt: skip
         assert audit.returncode == 0, audit.stderr
         summary = orjson.loads(audit.stdout)
-        assert summary["by_reason"] == {
-            "no-consent": 1,
-            "unknown-sender": 1,
-            "bad-recipient": 1,
-        }, summary
+        # At-least-once: the run refused its changelog WRITE may have written a batch that
+        # the full run wrote again (see _revoke_each_then_run_all), so once or twice.
+        allowed = {1} if mode == "exactly-once" else {1, 2}
+        by_reason = summary["by_reason"]
+        assert set(by_reason) == {"no-consent", "unknown-sender", "bad-recipient"}, summary
+        assert all(n in allowed for n in by_reason.values()), summary
     finally:
         await apply_acls(admin, acls + auditor_acls, revoke=True)
         t = admin.topics
@@ -131,13 +132,21 @@ async def test_exactly_the_generated_acls(
         await delete(admin.kafka.client_options(), topics)
 
 
-async def _revoke_each_then_run_all(admin: Config, service_path: Path, acls: list[Acl]) -> None:
+async def _revoke_each_then_run_all(
+    admin: Config, service_path: Path, acls: list[Acl], mode: str
+) -> None:
 
     # Each ACL revoked in turn: one line naming it, exit 1, nothing routed.
     for acl in acls:
         await apply_acls(admin, [acl], revoke=True)
         proc = _start(service_path)
-        output, _ = await asyncio.to_thread(proc.communicate, timeout=RUN_TIMEOUT_S)
+        try:
+            output, _ = await asyncio.to_thread(proc.communicate, timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            await apply_acls(admin, [acl])
+            raise AssertionError(f"filterd ran on without {acl}:\n{output[-4000:]}") from None
         await apply_acls(admin, [acl])
         assert proc.returncode == 1, (acl, output)
         errors = _filterd_errors(output)
@@ -147,11 +156,20 @@ async def _revoke_each_then_run_all(admin: Config, service_path: Path, acls: lis
             "(filterd topics acls --principal User:filterd prints them all)"
         ), (acl, output)
         assert "Traceback" not in output
-    assert await _routes(admin) == {}
+    expected = {event["id"]: outcome for event, outcome in EVENTS}
+    routed = await _routes(admin)
+    if mode == "exactly-once":
+        # Refused inside the transaction: nothing reaches a read_committed reader.
+        assert routed == {}
+    else:
+        # At-least-once: a batch's outputs and its counters' changelog records are sent
+        # together, so a missing WRITE on the changelog is learnt once the outputs are
+        # written. Their offsets are not committed (the next run writes them again, as
+        # at-least-once allows); what was written is decided right.
+        assert all(expected[mid] == outcome for mid, outcome in routed.items()), routed
 
     # The whole set: every event routed as the contract says.
     proc = _start(service_path)
-    expected = {event["id"]: outcome for event, outcome in EVENTS}
     deadline = time.monotonic() + RUN_TIMEOUT_S
     routed: dict[str, tuple[str, str]] = {}
     try:

@@ -106,7 +106,7 @@ class LimitRules:
     """The limits of a ``[policy]``: validated by the config, compiled here once."""
 
     __slots__ = (
-        "_lengths", "_offsets", "_prefixes", "by_id", "capped", "caps", "closing", "ids",
+        "_lengths", "_offsets", "_prefixes", "by_id", "capped", "caps", "closing", "encoded_ids", "ids",
         "monitor", "quiet", "zones",
     )  # fmt: skip
 
@@ -136,6 +136,10 @@ class LimitRules:
         for i, name in enumerate(self.ids):
             self.by_id.setdefault(name, []).append(i)
         self.by_id[MAX_PER_DAY_ID] = [MAX_PER_DAY_RULE]
+        #: The start of each changelog name's counter keys: ``["<name>",`` as orjson has it.
+        self.encoded_ids: dict[str, bytes] = {
+            name: orjson.dumps([name])[:-1] + b"," for name in self.by_id
+        }
 
     def zone_of(self, number: int) -> int:
         """The index in :attr:`zones` of the number's zone: the longest matching prefix."""
@@ -180,7 +184,7 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_closes", "_key_closes", "_keys", "_offset", "counters", "decided", "dirty", "dropped",
+        "_closes", "_key_closes", "_keys", "_offset", "_senders", "counters", "decided", "dirty", "dropped",
         "high", "late", "read_ms", "rules", "stream_time", "tracking", "would_block",
     )  # fmt: skip
 
@@ -216,6 +220,8 @@ class PartitionLimits:
         self.dirty: dict[CounterKey, int] = {}
         self.dropped: list[CounterKey] = []
         self._offset: int = -1
+        # sender -> its JSON (orjson), for the changelog keys; bounded.
+        self._senders: dict[str, bytes] = {}
 
     def apply(self, decider: Decider, outcome: Outcome, at_ms: int) -> Outcome:
         """The final outcome of the record ``decider`` just decided as ``outcome``.
@@ -391,14 +397,13 @@ class PartitionLimits:
         A batch decided again (a retry) writes its counters again, at their value now.
         """
         out: list[tuple[bytes, bytes | None]] = []
-        ids = self.rules.ids
         counters = self.counters
         for key, at in self.dirty.items():
             if at >= first_offset:
                 n = counters.get(key)
-                out.append((self._encode(key, ids), None if n is None else b"%d" % n))
+                out.append((self._encode(key), None if n is None else b"%d" % n))
         for key in self.dropped:
-            out.append((self._encode(key, ids), None))
+            out.append((self._encode(key), None))
         self.dropped.clear()
         if self.stream_time >= 0:
             # Every batch: a batch that changed no counter may still move the stream time,
@@ -406,10 +411,20 @@ class PartitionLimits:
             out.append((STREAM_TIME_KEY, b"%d" % self.stream_time))
         return out
 
-    @staticmethod
-    def _encode(key: CounterKey, ids: list[str]) -> bytes:
-        name = MAX_PER_DAY_ID if key[0] < 0 else ids[key[0]]
-        return orjson.dumps([name, key[1], key[2], key[3]])
+    def _encode(self, key: CounterKey) -> bytes:
+        """``orjson.dumps([rule id, sender, number, window])``, byte for byte, without
+        building the list: the rule's and the sender's JSON are encoded once each."""
+        rule = key[0]
+        names = self.rules.encoded_ids
+        prefix = names[MAX_PER_DAY_ID] if rule < 0 else names[self.rules.ids[rule]]
+        sender = key[1]
+        senders = self._senders
+        quoted = senders.get(sender)
+        if quoted is None:
+            quoted = orjson.dumps(sender)
+            if len(senders) < 100_000:
+                senders[sender] = quoted
+        return b"%s%s,%d,%d]" % (prefix, quoted, key[2], key[3])
 
     def restore(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Rebuild the counters from a changelog partition read in offset order (the last

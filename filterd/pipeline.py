@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from filterd.records import encode_header, encode_headers, varint
 from filterd.limits import FUTURE_LIMIT_MS, PartitionLimits
+from filterd.records import encode_header, encode_headers, varint
 from filterd.router import BLOCK, DELIVER, INVALID, OUTCOMES, Decider, Outcome
 
 HEADER_ROUTE: Final = "filterd-route"

@@ -106,8 +106,8 @@ class LimitRules:
     """The limits of a ``[policy]``: validated by the config, compiled here once."""
 
     __slots__ = (
-        "_lengths", "_offsets", "_prefixes", "by_id", "capped", "caps", "closing", "encoded_ids", "ids",
-        "monitor", "quiet", "zones",
+        "_lengths", "_offsets", "_prefixes", "by_category", "by_id", "capped", "caps", "closing",
+        "encoded_ids", "ids", "monitor", "quiet", "zones",
     )  # fmt: skip
 
     def __init__(self, policy: PolicyConfig) -> None:
@@ -130,6 +130,10 @@ class LimitRules:
         self.monitor: frozenset[str] = frozenset(policy.monitor)
         #: Every category some cap rule counts (a message of another one skips the caps).
         self.capped: frozenset[str] = frozenset(c for cap in self.caps for c in cap.categories)
+        #: The cap rules that count each category, in rule order.
+        self.by_category: dict[str, tuple[_Cap, ...]] = {
+            c: tuple(cap for cap in self.caps if c in cap.categories) for c in self.capped
+        }
         #: Changelog name of each cap rule, and the rules of each name.
         self.ids: list[str] = [rule_id(r.per, r.window, r.categories) for r in policy.caps]
         self.by_id: dict[str, list[int]] = {}
@@ -184,7 +188,8 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_closes", "_key_closes", "_keys", "_offset", "_senders", "counters", "decided", "dirty", "dropped",
+        "_closes", "_key_closes", "_keys", "_offset", "_senders", "counters", "decided",
+        "decided_would", "dirty", "dropped",
         "high", "late", "read_ms", "rules", "stream_time", "tracking", "would_block",
     )  # fmt: skip
 
@@ -208,10 +213,13 @@ class PartitionLimits:
         self.would_block: str | None = None
         #: Records decided without counting because their window had closed.
         self.late: int = 0
-        #: offset -> (final outcome, would-block reason) of records decided and not yet
-        #: committed: a record fetched again (a retried batch, a refetch after a rebalance
-        #: that kept the partition) gets the decision it had, and is not counted twice.
-        self.decided: dict[int, tuple[Outcome, str | None]] = {}
+        #: offset -> final outcome of records decided and not yet committed: a record
+        #: fetched again (a retried batch, a refetch after a rebalance that kept the
+        #: partition) gets the decision it had, and is not counted twice.
+        self.decided: dict[int, Outcome] = {}
+        #: offset -> would-block reason, of those of :attr:`decided` monitor mode let through
+        #: (few: no tuple per record).
+        self.decided_would: dict[int, str] = {}
         #: The highest offset in :attr:`decided` (-1: none).
         self.high: int = -1
         #: The stream keeps a changelog (:meth:`changelog`): counters changed and not yet
@@ -280,12 +288,15 @@ class PartitionLimits:
         if offset <= self.high:
             seen = self.decided.get(offset)
             if seen is not None:
-                self.would_block = seen[1]
-                return seen[0]
+                self.would_block = self.decided_would.get(offset)
+                return seen
         self._offset = offset
         final = self.apply(decider, outcome, at_ms)
         if final.route != INVALID:
-            self.decided[offset] = (final, self.would_block)
+            self.decided[offset] = final
+            would = self.would_block
+            if would is not None:
+                self.decided_would[offset] = would
             if offset > self.high:
                 self.high = offset
         return final
@@ -302,6 +313,10 @@ class PartitionLimits:
             done.append(offset)
         for offset in done:
             del decided[offset]
+        would = self.decided_would
+        if would:
+            for offset in [o for o in would if o < next_offset]:
+                del would[offset]
         dirty = self.dirty
         if dirty:
             for key in [k for k, at in dirty.items() if at < next_offset]:
@@ -327,7 +342,7 @@ class PartitionLimits:
         closes = self._key_closes
         closes.clear()
         rules = self.rules
-        caps = rules.caps if decider.category in rules.capped else ()
+        caps = rules.by_category.get(decider.category, ())
         if not caps and not require:
             return False
         if zone < 0:
@@ -336,12 +351,9 @@ class PartitionLimits:
         closing = rules.closing[zone]
         stream_time = self.stream_time
         counters = self.counters
-        category = decider.category
         number = decider.number
         full = False
         for cap in caps:
-            if category not in cap.categories:
-                continue
             window = local // cap.window_ms
             close = (window + 1) * cap.window_ms - closing
             if close <= stream_time:

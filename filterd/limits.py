@@ -19,8 +19,9 @@ without step 4 counting: it is neither capped nor counted.
 Partial (docs/limits.md "Status"): a counter is a dict entry keyed by a tuple, about
 170 bytes of RSS each, far from the 32-byte goal, and the tuple's hashing is most of
 what the caps cost per record (packed int keys in an open-addressing table of
-machine words would be needed for both, not done); and a pair's ``max_per_day`` is the snapshot's one value, the
-smallest of all its accepted consents, expired ones included.
+machine words would be needed for both, not done); and a pair's ``max_per_day`` is
+the snapshot's one value, the smallest of all its accepted consents, expired ones
+included.
 """
 
 from __future__ import annotations

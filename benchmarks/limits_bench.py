@@ -3,7 +3,7 @@
 Three figures, each against its goal (issue 18, item 6):
 
 * ``ratio`` — records per second of filterd's batch step (``decide_partition``: decide,
-  headers, producer batches; aiokafka's own ``BatchBuilder``) with quiet hours and three cap
+  headers, producer batches: filterd's ``RecordBatch``) with quiet hours and three cap
   rules on, over the same step with limits off, on the same events; goal ≥ 0.85. Limits on
   includes writing the changelog records. The Kafka client's fetch and produce work around the
   step is not here (the same for both), so the end-to-end ratio is closer to 1 than this one.
@@ -55,8 +55,9 @@ def rss_bytes() -> int:
 
 
 def throughput(snapshot_root: Path, values: list[bytes], repeat: int) -> dict[str, float]:
-    from aiokafka.producer.message_accumulator import BatchBuilder
     from aiokafka.structs import ConsumerRecord
+
+    from filterd.records import RecordBatch
 
     snapshot = load_snapshot(snapshot_root)
     # A day of traffic, in order: quiet hours and windows come and go.
@@ -80,7 +81,7 @@ def throughput(snapshot_root: Path, values: list[bytes], repeat: int) -> dict[st
             for a in range(0, len(records), chunk):
                 out = decide_partition(
                     decider, headers, "in", 0, records[a : a + chunk], outputs,
-                    lambda: BatchBuilder(1 << 20, 0), limits, BASE_MS + 2 * DAY_MS,
+                    lambda: RecordBatch(1 << 20), limits, BASE_MS + 2 * DAY_MS,
                 )  # fmt: skip
                 if limits is not None:
                     limits.committed(out.next_offset)

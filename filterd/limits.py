@@ -17,9 +17,11 @@ whose own window has already closed in stream time (a late record) is decided
 without step 4 counting: it is neither capped nor counted.
 
 Partial (docs/limits.md "Status"): a counter is a dict entry keyed by a tuple, about
-170 bytes of RSS each, far from the 32-byte goal (packed keys in a table of machine
-words would be needed); and a pair's ``max_per_day`` is the snapshot's one value, the
-smallest of all its accepted consents, expired ones included.
+170 bytes of RSS each, far from the 32-byte goal, and the tuple's hashing is most of
+what the caps cost per record (packed int keys in an open-addressing table of
+machine words would be needed for both, not done); and a pair's ``max_per_day`` is
+the snapshot's one value, the smallest of all its accepted consents, expired ones
+included.
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ class LimitRules:
     """The limits of a ``[policy]``: validated by the config, compiled here once."""
 
     __slots__ = (
-        "_lengths", "_offsets", "_prefixes", "by_id", "capped", "caps", "closing", "ids",
-        "monitor", "quiet", "zones",
+        "_lengths", "_offsets", "_prefixes", "by_category", "by_id", "capped", "caps", "closing",
+        "encoded_ids", "ids", "monitor", "quiet", "zones",
     )  # fmt: skip
 
     def __init__(self, policy: PolicyConfig) -> None:
@@ -130,12 +132,20 @@ class LimitRules:
         self.monitor: frozenset[str] = frozenset(policy.monitor)
         #: Every category some cap rule counts (a message of another one skips the caps).
         self.capped: frozenset[str] = frozenset(c for cap in self.caps for c in cap.categories)
+        #: The cap rules that count each category, in rule order.
+        self.by_category: dict[str, tuple[_Cap, ...]] = {
+            c: tuple(cap for cap in self.caps if c in cap.categories) for c in self.capped
+        }
         #: Changelog name of each cap rule, and the rules of each name.
         self.ids: list[str] = [rule_id(r.per, r.window, r.categories) for r in policy.caps]
         self.by_id: dict[str, list[int]] = {}
         for i, name in enumerate(self.ids):
             self.by_id.setdefault(name, []).append(i)
         self.by_id[MAX_PER_DAY_ID] = [MAX_PER_DAY_RULE]
+        #: The start of each changelog name's counter keys: ``["<name>",`` as orjson has it.
+        self.encoded_ids: dict[str, bytes] = {
+            name: orjson.dumps([name])[:-1] + b"," for name in self.by_id
+        }
 
     def zone_of(self, number: int) -> int:
         """The index in :attr:`zones` of the number's zone: the longest matching prefix."""
@@ -180,7 +190,8 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_closes", "_key_closes", "_keys", "_offset", "counters", "decided", "dirty", "dropped",
+        "_closes", "_key_closes", "_keys", "_offset", "_senders", "counters", "decided",
+        "decided_would", "dirty", "dropped",
         "high", "late", "read_ms", "rules", "stream_time", "tracking", "would_block",
     )  # fmt: skip
 
@@ -204,10 +215,13 @@ class PartitionLimits:
         self.would_block: str | None = None
         #: Records decided without counting because their window had closed.
         self.late: int = 0
-        #: offset -> (final outcome, would-block reason) of records decided and not yet
-        #: committed: a record fetched again (a retried batch, a refetch after a rebalance
-        #: that kept the partition) gets the decision it had, and is not counted twice.
-        self.decided: dict[int, tuple[Outcome, str | None]] = {}
+        #: offset -> final outcome of records decided and not yet committed: a record
+        #: fetched again (a retried batch, a refetch after a rebalance that kept the
+        #: partition) gets the decision it had, and is not counted twice.
+        self.decided: dict[int, Outcome] = {}
+        #: offset -> would-block reason, of those of :attr:`decided` monitor mode let through
+        #: (few: no tuple per record).
+        self.decided_would: dict[int, str] = {}
         #: The highest offset in :attr:`decided` (-1: none).
         self.high: int = -1
         #: The stream keeps a changelog (:meth:`changelog`): counters changed and not yet
@@ -216,6 +230,8 @@ class PartitionLimits:
         self.dirty: dict[CounterKey, int] = {}
         self.dropped: list[CounterKey] = []
         self._offset: int = -1
+        # sender -> its JSON (orjson), for the changelog keys; bounded.
+        self._senders: dict[str, bytes] = {}
 
     def apply(self, decider: Decider, outcome: Outcome, at_ms: int) -> Outcome:
         """The final outcome of the record ``decider`` just decided as ``outcome``.
@@ -274,12 +290,15 @@ class PartitionLimits:
         if offset <= self.high:
             seen = self.decided.get(offset)
             if seen is not None:
-                self.would_block = seen[1]
-                return seen[0]
+                self.would_block = self.decided_would.get(offset)
+                return seen
         self._offset = offset
         final = self.apply(decider, outcome, at_ms)
         if final.route != INVALID:
-            self.decided[offset] = (final, self.would_block)
+            self.decided[offset] = final
+            would = self.would_block
+            if would is not None:
+                self.decided_would[offset] = would
             if offset > self.high:
                 self.high = offset
         return final
@@ -296,6 +315,10 @@ class PartitionLimits:
             done.append(offset)
         for offset in done:
             del decided[offset]
+        would = self.decided_would
+        if would:
+            for offset in [o for o in would if o < next_offset]:
+                del would[offset]
         dirty = self.dirty
         if dirty:
             for key in [k for k, at in dirty.items() if at < next_offset]:
@@ -321,7 +344,7 @@ class PartitionLimits:
         closes = self._key_closes
         closes.clear()
         rules = self.rules
-        caps = rules.caps if decider.category in rules.capped else ()
+        caps = rules.by_category.get(decider.category, ())
         if not caps and not require:
             return False
         if zone < 0:
@@ -330,12 +353,9 @@ class PartitionLimits:
         closing = rules.closing[zone]
         stream_time = self.stream_time
         counters = self.counters
-        category = decider.category
         number = decider.number
         full = False
         for cap in caps:
-            if category not in cap.categories:
-                continue
             window = local // cap.window_ms
             close = (window + 1) * cap.window_ms - closing
             if close <= stream_time:
@@ -391,14 +411,13 @@ class PartitionLimits:
         A batch decided again (a retry) writes its counters again, at their value now.
         """
         out: list[tuple[bytes, bytes | None]] = []
-        ids = self.rules.ids
         counters = self.counters
         for key, at in self.dirty.items():
             if at >= first_offset:
                 n = counters.get(key)
-                out.append((self._encode(key, ids), None if n is None else b"%d" % n))
+                out.append((self._encode(key), None if n is None else b"%d" % n))
         for key in self.dropped:
-            out.append((self._encode(key, ids), None))
+            out.append((self._encode(key), None))
         self.dropped.clear()
         if self.stream_time >= 0:
             # Every batch: a batch that changed no counter may still move the stream time,
@@ -406,10 +425,20 @@ class PartitionLimits:
             out.append((STREAM_TIME_KEY, b"%d" % self.stream_time))
         return out
 
-    @staticmethod
-    def _encode(key: CounterKey, ids: list[str]) -> bytes:
-        name = MAX_PER_DAY_ID if key[0] < 0 else ids[key[0]]
-        return orjson.dumps([name, key[1], key[2], key[3]])
+    def _encode(self, key: CounterKey) -> bytes:
+        """``orjson.dumps([rule id, sender, number, window])``, byte for byte, without
+        building the list: the rule's and the sender's JSON are encoded once each."""
+        rule = key[0]
+        names = self.rules.encoded_ids
+        prefix = names[MAX_PER_DAY_ID] if rule < 0 else names[self.rules.ids[rule]]
+        sender = key[1]
+        senders = self._senders
+        quoted = senders.get(sender)
+        if quoted is None:
+            quoted = orjson.dumps(sender)
+            if len(senders) < 100_000:
+                senders[sender] = quoted
+        return b"%s%s,%d,%d]" % (prefix, quoted, key[2], key[3])
 
     def restore(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Rebuild the counters from a changelog partition read in offset order (the last

@@ -82,3 +82,27 @@ def test_restore_at_every_batch_boundary_decides_as_without_stopping(
         got |= reasons
     assert got == want
     assert "frequency-cap" in want.values()
+
+
+@pytest.mark.parametrize(
+    "sender", ["", "ACME", 'q"uo\\te', "Ünï €", "\x00\x1f ctl", "😀 emoji", "a/b,c"]
+)
+def test_changelog_key_is_the_json_of_rule_sender_number_window(sender: str) -> None:
+    # The key is built from pieces encoded once; it must stay what orjson makes of the
+    # list, which is what restore() parses.
+    rules = LimitRules(policy())
+    limits = PartitionLimits(rules)
+    limits.tracking = True
+    keys = [(i, sender, 8613800000000 + i, 20_000 + i) for i in range(len(rules.caps))]
+    keys.append((-1, sender, 919800000001, 20_400))
+    for n, key in enumerate(keys):
+        limits.counters[key] = n + 1
+        limits.dirty[key] = 7
+    got = dict(limits.changelog(0))
+    names = [*rules.ids, "max_per_day"]
+    for n, key in enumerate(keys):
+        expected = orjson.dumps([names[key[0]], key[1], key[2], key[3]])
+        assert got[expected] == b"%d" % (n + 1)
+    again = PartitionLimits(rules)
+    assert again.restore(got.items()) == len(keys)
+    assert again.counters == limits.counters

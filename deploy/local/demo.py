@@ -25,11 +25,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from filterd.audit.mask import mask_digits
+from filterd.audit.reader import KafkaParams, RangeReader
+from filterd.audit.timeutil import TimeRange
 from filterd.loadgen import iter_events, load_dataset, write_dataset
+from filterd.loadgen.bombing import DEMO_LIMITS, Bombing, bombing_events
 from filterd.loadgen.evidence import evidence_events, write_evidence_inputs
 from filterd.loadgen.produce import produce_events
 
@@ -43,6 +47,7 @@ TOPICS = {
     "changes": "demo.sms.consent-changes",
 }
 PARTITIONS = 6
+CAMPAIGN = "8 marketing messages each to 300 consenting customers, within the day"
 
 
 def say(text: str) -> None:
@@ -83,6 +88,77 @@ def write_config(bootstrap: str, path: Path, snapshots: Path) -> None:
             "[metrics]", "port = 9108",
         ]) + "\n"
     )  # fmt: skip
+
+
+def add_limits(path: Path) -> None:
+    """The anti-bombing limits: quiet hours and three cap rules (filterd.loadgen.bombing)."""
+    with path.open("a") as fh:
+        fh.write("\n".join(DEMO_LIMITS) + "\n")
+
+
+async def drop_counters(bootstrap: str) -> None:
+    """Delete the limits' counters changelog of an earlier run (filterd run creates it again):
+    this run's messages are counted from zero."""
+    name = f"{TOPICS['input']}.counters"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if name in await admin.list_topics():
+            await admin.delete_topics([name])
+            for _ in range(100):
+                if name not in await admin.list_topics():
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def send_stamped(bootstrap: str, records: list[tuple[bytes | None, bytes]], ts: int) -> None:
+    """Send records with the record timestamp ``ts`` (step 4 reads the record's time)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        # The default partitioner is the Java client's, as produce_events' is: keyed by
+        # recipient, each record lands on its recipient's partition.
+        sent = [await producer.send(TOPICS["input"], value, key=key, timestamp_ms=ts)
+                for key, value in records]  # fmt: skip
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def bombing_outcomes(bootstrap: str, bombing: Bombing) -> str:
+    """The closing lines on the campaign, the flood and the night promotion: what got through."""
+    kinds = {b'{"id":"bomb-': "campaign", b'{"id":"otp-': "flood", b'{"id":"night-': "night"}
+    seen: dict[str, Counter[str]] = {kind: Counter() for kind in kinds.values()}
+    # The audit's reader: every record of the two topics, only the reason header decoded.
+    topics = [TOPICS["deliver"], TOPICS["block"]]
+    async with RangeReader(KafkaParams(bootstrap), topics, TimeRange(None, None),
+                           reason_only=True) as reader:  # fmt: skip
+        async for batch in reader.batches():
+            for rec in batch:
+                head = (rec.value or b"")[:14]
+                for prefix, kind in kinds.items():
+                    if head.startswith(prefix):
+                        seen[kind][rec.reason] += 1
+
+    def line(kind: str, what: str) -> str:
+        counts = seen[kind]
+        total = sum(counts.values())
+        parts = ", ".join(f"{reason} {n:,}" for reason, n in counts.most_common())
+        return f"  {what}: {total:,} messages -> {parts}"
+
+    return "\n".join([
+        "",
+        "bombing stopped by the limits (quiet hours 22:00-08:00 Asia/Shanghai; caps: marketing 3"
+        " a day per sender and recipient, verification 10 an hour per recipient, 30 a day per"
+        " recipient):",
+        line("campaign", f"campaign of shop {bombing.campaign_sender} ({CAMPAIGN}),"
+             " capped at 3 a day each"),
+        line("flood", f"OTP flood at {mask_digits(str(bombing.flood_recipient))} (150 codes"
+             " from 50 senders within the hour), capped at 10 an hour"),
+        line("night", "marketing stamped 07:30 local time, inside the quiet hours"),
+    ])  # fmt: skip
 
 
 async def end_offsets(consumer: AIOKafkaConsumer, topic: str) -> int:
@@ -169,13 +245,17 @@ def table(counts: Counter[tuple[str, str]], rate: float) -> str:
 
 
 async def stream(
-    bootstrap: str, records: list[tuple[bytes | None, bytes]], rate: float | None
+    bootstrap: str,
+    records: list[tuple[bytes | None, bytes]],
+    rate: float | None,
+    *,
+    routed_before: int = 0,
 ) -> None:
     producing = asyncio.create_task(
         produce_events(bootstrap, TOPICS["input"], records, rate=rate,
                        profile="double11" if rate else "flat", count=len(records))
     )  # fmt: skip
-    await watch(bootstrap, len(records), producing, limit_s=300)
+    await watch(bootstrap, len(records) + routed_before, producing, limit_s=300)
     await producing
 
 
@@ -209,6 +289,7 @@ def main() -> int:
     say(f"topics on {bootstrap} ({PARTITIONS} partitions each)")
     try:
         asyncio.run(recreate_topics(bootstrap))
+        asyncio.run(drop_counters(bootstrap))
     except KafkaError as exc:
         raise SystemExit(f"demo: cannot reach Kafka at {bootstrap}: {exc!r}") from exc
 
@@ -225,6 +306,7 @@ def main() -> int:
 
     config = WORK / "filterd.toml"
     write_config(bootstrap, config, snapshots)
+    add_limits(config)
     log_path = WORK / "filterd.log"
     say(f"filterd run --workers {args.workers}   (log: {log_path}, "
         "metrics: http://127.0.0.1:9108/metrics)")  # fmt: skip
@@ -237,11 +319,20 @@ def main() -> int:
                 "verification, bad input; 5% aimed at the consent evidence, promotions "
                 "sent as codes)")  # fmt: skip
             seed = int(time.time())
+            bombing = bombing_events(
+                load_dataset(dataset), now_ms=int(time.time() * 1000), seed=seed
+            )
+            say(f"SMS bombing: a shop's campaign ({CAMPAIGN}), an OTP flood at one number "
+                "(150 codes from 50 senders), marketing at 07:30 local time; quiet hours "
+                "22:00-08:00 and three cap rules")  # fmt: skip
             extra = args.events // 20
-            records = list(iter_events(load_dataset(dataset), args.events - extra, seed=seed))
+            regular = args.events - extra - len(bombing.events) - len(bombing.night)
+            records = list(iter_events(load_dataset(dataset), regular, seed=seed))
             records += evidence_events(dataset, extra, seed=seed, ts_ms=int(time.time() * 1000))
+            records += bombing.events
             random.Random(seed).shuffle(records)
-            asyncio.run(stream(bootstrap, records, args.rate))
+            asyncio.run(send_stamped(bootstrap, bombing.night, bombing.night_ms))
+            asyncio.run(stream(bootstrap, records, args.rate, routed_before=len(bombing.night)))
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
@@ -251,6 +342,7 @@ def main() -> int:
 
     counts, rate = asyncio.run(tally(bootstrap))
     print(table(counts, rate))
+    print(asyncio.run(bombing_outcomes(bootstrap, bombing)))
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s. Inspect the outputs, e.g.:\n"
           f"  .venv/bin/filterd audit summary --config {config}\n"
           f"  .venv/bin/filterd snapshot inspect {snapshots}")  # fmt: skip

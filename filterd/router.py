@@ -441,7 +441,6 @@ class Decider:
             cap = min_cap(cap, pair.cap)
         return cap
 
-
     def max_per_day(self) -> int:
         """The ``max_per_day`` stated by the consents of the pair last decided (0: none).
 

@@ -278,6 +278,10 @@ class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108
+    #: Senders named by ``filterd_frequency_cap_top_sender_blocks`` (0: no such gauge).
+    top_capped_senders: int = 20
+    #: The window, in seconds, that gauge counts frequency-cap blocks over.
+    top_capped_window_s: float = 300.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -690,6 +694,11 @@ def _validate(config: Config) -> None:
     m = config.metrics
     if not 0 <= m.port <= 65535:
         raise ConfigError("metrics.port", f"expected 0-65535, got {m.port}")
+    if not 0 <= m.top_capped_senders <= 1000:
+        raise ConfigError(
+            "metrics.top_capped_senders", f"expected 0-1000, got {m.top_capped_senders}"
+        )
+    _positive("metrics.top_capped_window_s", m.top_capped_window_s)
 
     _one_of("logging.level", config.logging.level.upper(), allowed_values(LogLevel))
 

@@ -100,6 +100,8 @@ class LoopMetrics(Protocol):
 
     def set_limits_state(self, live_counters: int, restore_seconds: float) -> None: ...
 
+    def record_capped_senders(self, counts: Mapping[str, int]) -> None: ...
+
 
 class NoMetrics:
     """Metrics disabled (``[metrics] enabled = false``): every report is dropped."""
@@ -138,6 +140,9 @@ class NoMetrics:
         return None
 
     def set_limits_state(self, live_counters: int, restore_seconds: float) -> None:
+        return None
+
+    def record_capped_senders(self, counts: Mapping[str, int]) -> None:
         return None
 
 
@@ -478,6 +483,8 @@ class BatchLoop:
                         limits.committed(out.next_offset)
                     if out.would_block or out.foreign_keys or out.unusable_times:
                         metrics.record_limits(out.would_block, out.foreign_keys, out.unusable_times)
+                    if out.capped_senders:
+                        metrics.record_capped_senders(out.capped_senders)
             if not failed:
                 break
             metrics.produce_error(sum(sum(o.counts.values()) for o in failed))

@@ -130,6 +130,8 @@ class Metrics:
         latency_max_per_batch: int = LATENCY_MAX_PER_BATCH,
         bad_input_log_interval: float | None = 10.0,
         clock: Callable[[], float] = time.time,
+        top_capped_senders: int = 20,
+        top_capped_window_s: float = 300.0,
     ) -> None:
         if latency_sample_every < 1 or latency_max_per_batch < 1:
             raise ValueError("latency sampling parameters must be >= 1")
@@ -251,6 +253,10 @@ class Metrics:
             " time they were read.",
             registry=reg,
         )
+        #: The K senders with the most frequency-cap blocks in the last window.
+        self.top_capped = TopCappedSenders(top_capped_senders, top_capped_window_s, clock)
+        if top_capped_senders > 0:
+            reg.register(self.top_capped)
         self.limit_counters = Gauge(
             "filterd_limit_counters",
             "Step 4 counters live (windows still open) in the partitions this process holds.",
@@ -435,6 +441,10 @@ class Metrics:
         if unusable_times:
             self.unusable_timestamps.inc(unusable_times)
 
+    def record_capped_senders(self, counts: Mapping[str, int]) -> None:
+        """Count one partition's frequency-cap blocks by sender (for the top-K gauge)."""
+        self.top_capped.add(counts)
+
     def set_limits_state(self, live_counters: int, restore_seconds: float) -> None:
         """Set the live step 4 counters and the last restore's duration."""
         self.limit_counters.set(live_counters)
@@ -523,3 +533,84 @@ class LoopLagMonitor:
             set_lag(max(previous_max, current_max))
             if self.on_tick is not None:
                 self.on_tick()
+
+
+class TopCappedSenders:
+    """``filterd_frequency_cap_top_sender_blocks{sender}``: the ``k`` senders with the most
+    frequency-cap blocks in the last complete window of ``window_s`` seconds.
+
+    Metrics carry no sender label in general (thousands of senders are too many
+    series); this gauge names at most ``k``, so a sender that starts bombing shows
+    by name and its jump can be alerted on (deploy/prometheus/alerts.yml,
+    ``FilterdSenderFrequencyCapJump``). A sender that leaves the top ``k`` loses its
+    series. Counting is exact for up to ``max_tracked`` distinct capped senders per
+    window; beyond that, senders first seen in the window are not counted (their
+    number is ``dropped``). Fed once per partition per batch, never per message; a
+    scrape only reads the last window's published rows.
+    """
+
+    name = "filterd_frequency_cap_top_sender_blocks"
+    documentation = (
+        "frequency-cap blocks in the last complete window ([metrics] top_capped_window_s)"
+        " of the [metrics] top_capped_senders senders with the most"
+    )
+
+    def __init__(
+        self,
+        k: int,
+        window_s: float,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_tracked: int | None = None,
+    ) -> None:
+        self.k = k
+        self.window_s = window_s
+        self._clock = clock
+        self.max_tracked = max_tracked if max_tracked is not None else max(1000, 50 * k)
+        self._counts: dict[str, int] = {}
+        self._window_start = clock()
+        #: (sender, blocks) of the last complete window, and until when they are current.
+        self._published: tuple[tuple[str, int], ...] = ()
+        self._published_until = 0.0
+        #: Blocks not counted because ``max_tracked`` senders were already counted.
+        self.dropped = 0
+
+    def add(self, counts: Mapping[str, int], now: float | None = None) -> None:
+        """Count a partition's frequency-cap blocks of one batch, by sender."""
+        self._roll(self._clock() if now is None else now)
+        mine = self._counts
+        for sender, n in counts.items():
+            if sender in mine:
+                mine[sender] += n
+            elif len(mine) < self.max_tracked:
+                mine[sender] = n
+            else:
+                self.dropped += n
+
+    def _roll(self, now: float) -> None:
+        if now < self._window_start + self.window_s:
+            return
+        # The window that just ended (an older one when no block came for a while
+        # is published as nothing: it ended more than one window ago).
+        ended = self._window_start + self.window_s
+        rows = sorted(self._counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.k]
+        fresh = now < ended + self.window_s
+        self._published = tuple(rows) if fresh else ()
+        self._published_until = ended + self.window_s
+        self._counts = {}
+        # Windows are aligned to the first one: start of the window holding ``now``.
+        self._window_start += self.window_s * ((now - self._window_start) // self.window_s)
+
+    def rows(self, now: float | None = None) -> tuple[tuple[str, int], ...]:
+        """The published (sender, blocks), or none once they are a window out of date."""
+        at = self._clock() if now is None else now
+        return self._published if at < self._published_until else ()
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation, labels=["sender"])]
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["sender"])
+        for sender, blocks in self.rows():
+            family.add_metric([sender], blocks)
+        return [family]

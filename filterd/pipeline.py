@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 from filterd.limits import FUTURE_LIMIT_MS, PartitionLimits
 from filterd.records import encode_header, encode_headers, varint
-from filterd.router import BLOCK, DELIVER, INVALID, OUTCOMES, Decider, Outcome
+from filterd.router import BLOCK, DELIVER, FREQUENCY_CAP, INVALID, OUTCOMES, Decider, Outcome
 
 HEADER_ROUTE: Final = "filterd-route"
 HEADER_REASON: Final = "filterd-reason"
@@ -102,6 +102,8 @@ class PartitionOutput:
     counts: Counter[Outcome] = field(default_factory=Counter)
     #: Monitored deliveries by the block reason they would have had.
     would_block: Counter[str] = field(default_factory=Counter)
+    #: frequency-cap blocks by sender (the top-K senders gauge, filterd.metrics).
+    capped_senders: Counter[str] = field(default_factory=Counter)
     #: Records whose key is not their recipient's digits (caps are exact per partition
     #: only when producers key by recipient).
     foreign_keys: int = 0
@@ -176,6 +178,7 @@ def decide_partition(
         apply = limits.apply_record
         limits.read_ms = read_ms
     would_block = out.would_block
+    capped_senders = out.capped_senders
     future = read_ms + FUTURE_LIMIT_MS
     for record in records:
         value = record.value
@@ -190,6 +193,8 @@ def decide_partition(
         outcome = decider.decide(value, at)
         if apply is not None and limits is not None:
             outcome = apply(decider, outcome, at, record.offset)
+            if outcome is FREQUENCY_CAP:
+                capped_senders[decider.sender] += 1
             if outcome.route != INVALID:
                 key = record.key
                 if key is None or key != b"%d" % decider.number:

@@ -70,7 +70,15 @@ class Service:
         self.policy = config.policy
         self.health = Health()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics: Metrics | None = Metrics(self.registry) if config.metrics.enabled else None
+        self.metrics: Metrics | None = (
+            Metrics(
+                self.registry,
+                top_capped_senders=config.metrics.top_capped_senders,
+                top_capped_window_s=config.metrics.top_capped_window_s,
+            )
+            if config.metrics.enabled
+            else None
+        )
         self.should_exit = False
         self.force_exit = False
         self.started_at = time.monotonic()

@@ -58,6 +58,17 @@ def test_every_alert_is_unit_tested() -> None:
         ),
         # The block anomaly alert now also fires on a 3/s rise from nothing.
         ('{route="block"}[1h] offset 5m)), 5)', '{route="block"}[1h] offset 5m)), 1)'),
+        # The sender jump alert now fires on a newcomer under the floor (D, 100 blocks).
+        (
+            "(filterd_frequency_cap_top_sender_blocks) >= 300",
+            "(filterd_frequency_cap_top_sender_blocks) >= 50",
+        ),
+        # ... and misses a sender new in the top senders (C: no series an hour before).
+        (
+            "\n                or\n"
+            "              sum by (job, sender) (filterd_frequency_cap_top_sender_blocks) * 0",
+            "",
+        ),
     ],
 )
 def test_unit_tests_catch_a_changed_threshold(tmp_path: Path, old: str, new: str) -> None:

@@ -87,6 +87,9 @@ def exposed_series() -> set[str]:
     feed = ChangeFeed(load_config(None, env={}), Overlay(()), {})
     registry.register(ChangeMetrics(feed, Replies(feed.config, lambda: 1)))
     metrics.record_limits({"frequency-cap": 1}, 1, 1)
+    metrics.record_capped_senders({"1069000001": 1})
+    # The window ends: the top senders are published.
+    metrics.top_capped.add({}, now=time.time() + metrics.top_capped.window_s)
     text = generate_latest(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -33,9 +33,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from filterd.audit.mask import mask_digits
 from filterd.audit.optouts import FirstBlocks, honoured
-from filterd.audit.reader import KafkaParams
+from filterd.audit.reader import KafkaParams, RangeReader
+from filterd.audit.timeutil import TimeRange
 from filterd.loadgen import iter_events, load_dataset, write_dataset
+from filterd.loadgen.bombing import DEMO_LIMITS, Bombing, bombing_events
 from filterd.loadgen.evidence import evidence_events, write_evidence_inputs
 from filterd.loadgen.produce import produce_events
 
@@ -50,6 +53,7 @@ TOPICS = {
     "inbound": "demo.sms.inbound",
 }
 PARTITIONS = 6
+CAMPAIGN = "8 marketing messages each to 300 consenting customers, within the day"
 
 
 def say(text: str) -> None:
@@ -90,6 +94,77 @@ def write_config(bootstrap: str, path: Path, snapshots: Path) -> None:
             "[metrics]", "port = 9108",
         ]) + "\n"
     )  # fmt: skip
+
+
+def add_limits(path: Path) -> None:
+    """The anti-bombing limits: quiet hours and three cap rules (filterd.loadgen.bombing)."""
+    with path.open("a") as fh:
+        fh.write("\n".join(DEMO_LIMITS) + "\n")
+
+
+async def drop_counters(bootstrap: str) -> None:
+    """Delete the limits' counters changelog of an earlier run (filterd run creates it again):
+    this run's messages are counted from zero."""
+    name = f"{TOPICS['input']}.counters"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if name in await admin.list_topics():
+            await admin.delete_topics([name])
+            for _ in range(100):
+                if name not in await admin.list_topics():
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def send_stamped(bootstrap: str, records: list[tuple[bytes | None, bytes]], ts: int) -> None:
+    """Send records with the record timestamp ``ts`` (step 4 reads the record's time)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        # The default partitioner is the Java client's, as produce_events' is: keyed by
+        # recipient, each record lands on its recipient's partition.
+        sent = [await producer.send(TOPICS["input"], value, key=key, timestamp_ms=ts)
+                for key, value in records]  # fmt: skip
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def bombing_outcomes(bootstrap: str, bombing: Bombing) -> str:
+    """The closing lines on the campaign, the flood and the night promotion: what got through."""
+    kinds = {b'{"id":"bomb-': "campaign", b'{"id":"otp-': "flood", b'{"id":"night-': "night"}
+    seen: dict[str, Counter[str]] = {kind: Counter() for kind in kinds.values()}
+    # The audit's reader: every record of the two topics, only the reason header decoded.
+    topics = [TOPICS["deliver"], TOPICS["block"]]
+    async with RangeReader(KafkaParams(bootstrap), topics, TimeRange(None, None),
+                           reason_only=True) as reader:  # fmt: skip
+        async for batch in reader.batches():
+            for rec in batch:
+                head = (rec.value or b"")[:14]
+                for prefix, kind in kinds.items():
+                    if head.startswith(prefix):
+                        seen[kind][rec.reason] += 1
+
+    def line(kind: str, what: str) -> str:
+        counts = seen[kind]
+        total = sum(counts.values())
+        parts = ", ".join(f"{reason} {n:,}" for reason, n in counts.most_common())
+        return f"  {what}: {total:,} messages -> {parts}"
+
+    return "\n".join([
+        "",
+        "bombing stopped by the limits (quiet hours 22:00-08:00 Asia/Shanghai; caps: marketing 3"
+        " a day per sender and recipient, verification 10 an hour per recipient, 30 a day per"
+        " recipient):",
+        line("campaign", f"campaign of shop {bombing.campaign_sender} ({CAMPAIGN}),"
+             " capped at 3 a day each"),
+        line("flood", f"OTP flood at {mask_digits(str(bombing.flood_recipient))} (150 codes"
+             " from 50 senders within the hour), capped at 10 an hour"),
+        line("night", "marketing stamped 07:30 local time, inside the quiet hours"),
+    ])  # fmt: skip
 
 
 async def end_offsets(consumer: AIOKafkaConsumer, topic: str) -> int:
@@ -264,13 +339,15 @@ async def stream(
     records: list[tuple[bytes | None, bytes]],
     rate: float | None,
     wave: Wave | None = None,
+    *,
+    routed_before: int = 0,
 ) -> None:
     producing = asyncio.create_task(
         produce_events(bootstrap, TOPICS["input"], records, rate=rate,
                        profile="double11" if rate else "flat", count=len(records))
     )  # fmt: skip
     sending = asyncio.create_task(wave.send(bootstrap)) if wave is not None else None
-    total = len(records) + (wave.follow_ups if wave is not None else 0)
+    total = len(records) + routed_before + (wave.follow_ups if wave is not None else 0)
     both = asyncio.gather(producing, *([sending] if sending is not None else []))
     await watch(bootstrap, total, both, limit_s=300)
     await both
@@ -309,6 +386,7 @@ def main() -> int:
     say(f"topics on {bootstrap} ({PARTITIONS} partitions each)")
     try:
         asyncio.run(recreate_topics(bootstrap))
+        asyncio.run(drop_counters(bootstrap))
     except KafkaError as exc:
         raise SystemExit(f"demo: cannot reach Kafka at {bootstrap}: {exc!r}") from exc
 
@@ -325,6 +403,7 @@ def main() -> int:
 
     config = WORK / "filterd.toml"
     write_config(bootstrap, config, snapshots)
+    add_limits(config)
     log_path = WORK / "filterd.log"
     say(f"filterd run --workers {args.workers}   (log: {log_path}, "
         "metrics: http://127.0.0.1:9108/metrics)")  # fmt: skip
@@ -337,15 +416,26 @@ def main() -> int:
                 "verification, bad input; 5% aimed at the consent evidence, promotions "
                 "sent as codes)")  # fmt: skip
             seed = int(time.time())
+            bombing = bombing_events(
+                load_dataset(dataset), now_ms=int(time.time() * 1000), seed=seed
+            )
+            say(f"SMS bombing: a shop's campaign ({CAMPAIGN}), an OTP flood at one number "
+                "(150 codes from 50 senders), marketing at 07:30 local time; quiet hours "
+                "22:00-08:00 and three cap rules")  # fmt: skip
             extra = args.events // 20
-            records = list(iter_events(load_dataset(dataset), args.events - extra, seed=seed))
+            regular = args.events - extra - len(bombing.events) - len(bombing.night)
+            records = list(iter_events(load_dataset(dataset), regular, seed=seed))
             records += evidence_events(dataset, extra, seed=seed, ts_ms=int(time.time() * 1000))
+            records += bombing.events
             random.Random(seed).shuffle(records)
             wave = Wave(records, args.wave, seed) if args.wave else None
             if wave is not None:
                 say(f"during the burst: {len(wave.replies):,} TD replies and "
                     f"{len(wave.registry):,} registry opt-outs")  # fmt: skip
-            asyncio.run(stream(bootstrap, records, args.rate, wave))
+            asyncio.run(send_stamped(bootstrap, bombing.night, bombing.night_ms))
+            asyncio.run(
+                stream(bootstrap, records, args.rate, wave, routed_before=len(bombing.night))
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
@@ -356,6 +446,7 @@ def main() -> int:
     first = FirstBlocks()
     counts, rate = asyncio.run(tally(bootstrap, first))
     print(table(counts, rate))
+    print(asyncio.run(bombing_outcomes(bootstrap, bombing)))
     if wave is not None:
         print(asyncio.run(wave.summary(bootstrap, first)))
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s. Inspect the outputs, e.g.:\n"

@@ -184,6 +184,8 @@ class TopicCounts:
         self.total = 0
         self.by_sender: Counter[str] = Counter()
         self.by_reason: Counter[str] = Counter()
+        #: ``filterd-would-block`` reason -> monitored deliveries.
+        self.would_block: Counter[str] = Counter()
         self.limit = limit
         #: False when ``limit`` cut the read short.
         self.complete = True
@@ -208,6 +210,7 @@ class TopicCounts:
         # Only the sender is parsed out of each value, and only the header's reason read.
         by_sender.update([sender_of(r.value) or NO_SENDER for r in records])
         self.by_reason.update([r.reason for r in records])
+        self.would_block.update([r.would_block for r in records if r.would_block is not None])
         self.total += len(records)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 import orjson
 
 from filterd.audit.aggregate import Summary, TopicCounts
+from filterd.audit.bombing import UTC_ZONE, LimitCounts, write_limits_csv, write_limits_table
 from filterd.audit.consent_report import load_versions
 from filterd.audit.coverage import Coverage
 from filterd.audit.export import ExportFilter, RowWriter, check_reasons, export_rows
@@ -77,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     summary.add_argument("--invalid", action="store_true", help="also read the invalid topic")
     summary.add_argument("--format", choices=("table", "json", "csv"), default="table")
     summary.add_argument("--top", type=int, default=20, help="senders listed (default 20)")
+    summary.add_argument(
+        "--monitored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read the deliver topic for monitored would-blocks "
+        "(default: when the config's [policy] monitor lists reasons)",
+    )
     summary.set_defaults(func=_pipe_safe(_run_summary))
 
     export = sub.add_parser("export", help="one row per blocked message: the evidence file")
@@ -192,8 +200,14 @@ class _Context:
             raise ConfigError("--late-ms", "must be >= 0")
         self.late_ms: int = args.late_ms
         self.params = kafka_params(self.config)
+        self.config_given: bool = args.config is not None
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         self.progress: ProgressCallback | None = _print_progress if show else None
+
+    def limit_counts(self) -> LimitCounts:
+        """Empty counts of the limits' blocks, quiet hours read in the recipients'
+        zones of the config (in UTC when no config was given)."""
+        return limit_counts(self.config if self.config_given else None)
 
     def coverage(self, late: LateRecords) -> Coverage:
         """What was read, after the read; its warning (if any) goes to the log too."""
@@ -211,6 +225,24 @@ def kafka_params(config: Config) -> KafkaParams:
     # The audit names itself in broker logs, not as the service.
     options.pop("client_id", None)
     return KafkaParams(bootstrap, options)
+
+
+def limit_counts(config: Config | None) -> LimitCounts:
+    """Empty :class:`LimitCounts` for a config's zones; UTC hours when ``config`` is None."""
+    if config is None:
+        return LimitCounts(zone_note=UTC_ZONE)
+    from filterd.limits import LimitRules
+
+    policy = config.policy
+    rules = LimitRules(policy)
+    zones = f"[policy] timezone {policy.timezone}"
+    if policy.timezones:
+        zones += " and [policy.timezones]"
+    return LimitCounts(
+        lambda number, at_ms: rules.offset(rules.zone_of(number), at_ms),
+        zone_note=f"the recipient's local time ({zones})",
+        country_code=policy.default_country_code,
+    )
 
 
 def _print_progress(p: ReadProgress) -> None:
@@ -248,8 +280,10 @@ async def summarize(
     sender_hours: bool = False,
     progress: ProgressCallback | None = None,
     late_ms: int = 0,
+    limits: LimitCounts | None = None,
 ) -> Summary:
-    """Read ``topics`` over the range into a :class:`Summary`."""
+    """Read ``topics`` over the range into a :class:`Summary` (and the limits'
+    blocks into ``limits`` when given)."""
     summary = Summary(buckets, sender_hours=sender_hours)
     async with RangeReader(
         params, topics, time_range, progress=progress, late_ms=late_ms
@@ -257,6 +291,8 @@ async def summarize(
         async for batch in reader.batches():
             summary.add_batch(batch)
             summary.first_blocks.add_batch(batch)
+            if limits is not None:
+                limits.add_blocks(batch)
     summary.late = reader.late()
     if reader.skipped_out_of_range:
         logger.info(
@@ -298,35 +334,67 @@ async def optouts_honoured(ctx: _Context, summary: Summary) -> Honoured | None:
     return await honoured(ctx.params, summary.first_blocks, ctx.config.policy.default_country_code)
 
 
-async def _summary_and_optouts(ctx: _Context, topics: list[str]) -> tuple[Summary, Honoured | None]:
+async def _read_summary(
+    ctx: _Context, *, invalid: bool, monitored: bool
+) -> tuple[Summary, LimitCounts, Honoured | None]:
+    """The block (and invalid) topics summarized; with ``monitored`` the deliver
+    topic's would-block headers counted too; the live opt-outs honoured."""
+    limits = ctx.limit_counts()
     summary = await summarize(
         ctx.params,
-        topics,
+        _topics(ctx.config, invalid),
         ctx.time_range,
         HourBuckets(ctx.tz),
         progress=ctx.progress,
         late_ms=ctx.late_ms,
+        limits=limits,
     )
-    return summary, await optouts_honoured(ctx, summary)
+    if monitored:
+        try:
+            delivered = await count_topic(
+                ctx.params,
+                ctx.config.topics.deliver,
+                ctx.time_range,
+                progress=ctx.progress,
+                late_ms=ctx.late_ms,
+            )
+        except BrokerError as exc:
+            raise BrokerError(f"{exc} (--no-monitored skips it)") from exc
+        limits.add_would_block(delivered.would_block)
+        late = summary.late
+        summary.late = LateRecords(
+            late.records + delivered.late.records,
+            max(late.needed_ms, delivered.late.needed_ms),
+        )
+    return summary, limits, await optouts_honoured(ctx, summary)
 
 
 def _run_summary(args: argparse.Namespace) -> int:
     ctx = _Context(args)
-    summary, optouts = asyncio.run(_summary_and_optouts(ctx, _topics(ctx.config, args.invalid)))
+    monitored = args.monitored if args.monitored is not None else bool(ctx.config.policy.monitor)
+    summary, limits, optouts = asyncio.run(
+        _read_summary(ctx, invalid=args.invalid, monitored=monitored)
+    )
     coverage = ctx.coverage(summary.late)
     out = sys.stdout
     if args.format == "json":
-        doc = {"range": coverage.to_json(), **summary.to_json(args.top)}
+        doc = {
+            "range": coverage.to_json(),
+            **summary.to_json(args.top),
+            "limits": limits.to_json(args.top),
+        }
         if optouts is not None:
             doc["optouts_honoured"] = optouts.to_json()
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         out.write("\n")
     elif args.format == "csv":
         write_summary_csv(summary, args.top, out, coverage)
+        write_limits_csv(limits, args.top, out)
         if optouts is not None:
             csv.writer(out, lineterminator="\n").writerows(optouts_csv_rows(optouts))
     else:
         write_summary_table(summary, args.top, out, coverage)
+        write_limits_table(limits, args.top, out, monitored=monitored)
         if optouts is not None:
             write_optouts_table(optouts, out)
     return 0
@@ -442,10 +510,16 @@ def _run_why(args: argparse.Namespace) -> int:
 
 
 async def _read_report(
-    ctx: _Context, *, deliver: bool, invalid: bool, deliver_limit: int | None
+    ctx: _Context,
+    *,
+    deliver: bool,
+    invalid: bool,
+    deliver_limit: int | None,
+    limits: LimitCounts | None = None,
 ) -> tuple[Summary, TopicCounts | None, TopicCounts | None, Honoured | None]:
-    """The block topic summarized; the deliver and invalid topics counted (or None); the
-    live opt-outs honoured (None without a changes topic)."""
+    """The block topic summarized (its limits' blocks into ``limits``); the deliver and
+    invalid topics counted (or None); the live opt-outs honoured (None without a changes
+    topic)."""
     topics = ctx.config.topics
     progress, late_ms = ctx.progress, ctx.late_ms
     summary = await summarize(
@@ -456,6 +530,7 @@ async def _read_report(
         sender_hours=True,
         progress=progress,
         late_ms=late_ms,
+        limits=limits,
     )
     delivered = invalids = None
     try:
@@ -486,11 +561,18 @@ def _run_report(args: argparse.Namespace) -> int:
     topics = [cfg.topics.block]
     topics += [cfg.topics.deliver] if args.deliver else []
     topics += [cfg.topics.invalid] if args.invalid else []
+    limits = ctx.limit_counts()
     summary, delivered, invalids, optouts = asyncio.run(
         _read_report(
-            ctx, deliver=args.deliver, invalid=args.invalid, deliver_limit=args.deliver_limit
+            ctx,
+            deliver=args.deliver,
+            invalid=args.invalid,
+            deliver_limit=args.deliver_limit,
+            limits=limits,
         )
     )
+    if delivered is not None:
+        limits.add_would_block(delivered.would_block)
     late = summary.late
     for counts in (delivered, invalids):
         if counts is not None:
@@ -511,6 +593,7 @@ def _run_report(args: argparse.Namespace) -> int:
         delivered=delivered,
         invalid=invalids,
         optouts=optouts,
+        limits=limits,
     )
     document = render_report(summary, meta)
     tmp = f"{args.out}.tmp.{os.getpid()}"

@@ -26,7 +26,7 @@ from filterd.audit.records import (
     change_of,
     declared_category_of,
     decode_headers,
-    reason_of,
+    reason_and_would_block,
 )
 from filterd.audit.timeutil import TimeRange
 from filterd.errors import BrokerError
@@ -105,7 +105,8 @@ class RangeReader:
     With ``reason_only`` only the reason header is decoded (counting a large
     topic, such as the deliver topic, by sender and reason needs no more):
     the records' ``route``, ``snapshot`` and ``source`` are then empty strings
-    (not read) and ``declared_category`` None.
+    (not read) and ``declared_category`` None; ``would_block`` is decoded (the
+    monitored deliveries' ``filterd-would-block``).
 
     A margin too small is not silent: past each stop offset the reader looks
     at up to ``probe_offsets`` more offsets, counts the records stamped inside
@@ -308,6 +309,7 @@ class RangeReader:
                         self.skipped_out_of_range += 1
                         continue
                     if reason_only:
+                        reason, would_block = reason_and_would_block(msg.headers)
                         append(
                             AuditRecord(
                                 msg.topic,
@@ -317,9 +319,12 @@ class RangeReader:
                                 msg.key,
                                 msg.value,
                                 "",
-                                reason_of(msg.headers),
+                                reason,
                                 "",
                                 "",
+                                None,
+                                None,
+                                would_block,
                             )
                         )
                         continue

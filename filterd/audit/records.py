@@ -22,6 +22,9 @@ SOURCE_HEADER = "filterd-source"
 #: Present where step 2 decided an exempt-category message as marketing.
 DECLARED_CATEGORY_HEADER = "filterd-declared-category"
 
+#: On a ``monitored`` delivery: the block reason it would have had.
+WOULD_BLOCK_HEADER = "filterd-would-block"
+
 #: Shown where a header is absent (a record not written by filterd).
 MISSING = "(missing)"
 
@@ -53,6 +56,9 @@ class AuditRecord(NamedTuple):
     #: ``topic/partition/offset`` of the live consent change that decided it
     #: (``filterd-change``); None otherwise.
     change: str | None = None
+    #: The ``filterd-would-block`` header of a ``monitored`` delivery; None otherwise
+    #: (decoded by the reason-only read of the deliver topic).
+    would_block: str | None = None
 
     @property
     def location(self) -> str:
@@ -77,6 +83,19 @@ def reason_of(headers: Sequence[tuple[str, bytes]]) -> str:
         if name == REASON_HEADER:
             return raw.decode("utf-8", "replace")
     return MISSING
+
+
+def reason_and_would_block(headers: Sequence[tuple[str, bytes]]) -> tuple[str, str | None]:
+    """The ``filterd-reason`` header (:data:`MISSING` if absent) and the
+    ``filterd-would-block`` one (None if absent), in one pass over the headers."""
+    reason = MISSING
+    would_block = None
+    for name, raw in headers:
+        if name == REASON_HEADER:
+            reason = raw.decode("utf-8", "replace")
+        elif name == WOULD_BLOCK_HEADER:
+            would_block = raw.decode("utf-8", "replace")
+    return reason, would_block
 
 
 def declared_category_of(headers: Sequence[tuple[str, bytes]]) -> str | None:

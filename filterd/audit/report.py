@@ -17,6 +17,7 @@ from datetime import tzinfo
 from filterd import __version__
 from filterd.audit.aggregate import Burst, Seen, Summary, TopicCounts, find_bursts
 from filterd.audit.axes import bin_hours, format_count, nice_ticks, time_ticks
+from filterd.audit.bombing import LimitCounts, bombing_section
 from filterd.audit.consent_report import consent_sections
 from filterd.audit.coverage import Coverage
 from filterd.audit.optouts import Honoured
@@ -76,6 +77,8 @@ class ReportMeta:
     invalid: TopicCounts | None = None
     #: Live opt-outs honoured (None: no changes topic configured).
     optouts: Honoured | None = None
+    #: What the anti-bombing limits blocked (None: no such section).
+    limits: LimitCounts | None = None
 
 
 _e = escape
@@ -366,6 +369,7 @@ def render_report(summary: Summary, meta: ReportMeta) -> str:
     else:
         out.append("<p>No sender's block rate jumped by this rule.</p>")
     out.append("</section>")
+    out.append(bombing_section(meta.limits, meta.top, deliver_read=meta.delivered is not None))
     out += [
         "<section><h2>Snapshot versions</h2>",
         _table(("snapshot version", "blocks"), sorted(summary.by_snapshot.items()), {1}),

@@ -89,6 +89,13 @@ async def test_summary_json_csv_and_table_with_invalid_topic(
         "by_hour": dict(sorted(Counter(cst_hour(r.ts_ms) for r in inside).items())),
         "by_snapshot": dict(sorted(Counter(r.snapshot for r in inside).items())),
         "by_declared_category": {},  # no recategorized message in this stream
+        "limits": {  # no limits' block in this stream (tests/audit/test_bombing.py)
+            "top_recipients_capped": [],
+            "top_pairs_capped": [],
+            "quiet_hours_by_hour": {},
+            "quiet_hours_zone": "the recipient's local time ([policy] timezone Asia/Shanghai)",
+            "would_block_by_reason": {},
+        },
     }
     assert "malformed-json" in got["by_reason"]
 

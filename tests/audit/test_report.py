@@ -166,6 +166,9 @@ async def test_report_renders_in_a_headless_browser(
     malformed = sum(1 for r in invalids if r.reason == "malformed-json")
     assert f"<td>malformed-json</td><td class=num>{malformed:,}</td>" in section
     assert "malformed-json" not in page[: page.index("Invalid messages (apart")]
+    # Every block reason includes frequency-cap and quiet-hours: the limits' tables are filled.
+    bombing = page[page.index("<h2>Bombing blocked</h2>") :].split("</section>")[0]
+    assert bombing.count("<table>") == 3  # recipients, pairs, hours (no monitored deliveries)
 
     dom = headless(report.as_uri(), tmp_path / "profile", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]

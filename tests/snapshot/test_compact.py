@@ -115,7 +115,8 @@ def _assert_same_decisions(
                 assert got == UNKNOWN_SENDER, (sender, number)
                 continue
             assert got == expected, (sender, number)
-            assert folded.max_per_day(sender, number) == pending.max_per_day(sender, number)
+            cap = pending.pair_max_per_day(sender, number)
+            assert folded.pair_max_per_day(sender, number) == cap, (sender, number)
 
 
 @settings(max_examples=150, deadline=None)
@@ -207,7 +208,7 @@ def test_max_per_day_is_folded_as_the_decision_reads_it(tmp_path: Path) -> None:
         reference.with_changes(list(values)),
     )  # fmt: skip
     folded = Decider(load_snapshot(root, version), Policy())
-    caps = [folded.max_per_day("SHOP", n) for n in NUMBERS]
+    caps = [folded.pair_max_per_day("SHOP", n) for n in NUMBERS]
     assert caps == [7, 4, 0, 7]
 
 

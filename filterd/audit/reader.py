@@ -308,43 +308,23 @@ class RangeReader:
                     if not contains(msg.timestamp):
                         self.skipped_out_of_range += 1
                         continue
+                    headers = msg.headers
                     if reason_only:
-                        reason, would_block = reason_and_would_block(msg.headers)
-                        append(
-                            AuditRecord(
-                                msg.topic,
-                                msg.partition,
-                                msg.offset,
-                                msg.timestamp,
-                                msg.key,
-                                msg.value,
-                                "",
-                                reason,
-                                "",
-                                "",
-                                None,
-                                None,
-                                would_block,
-                            )
-                        )
-                        continue
-                    route, reason, snapshot, source = decode_headers(msg.headers)
+                        # Counting only: the reason (and a monitored record's would-block).
+                        reason, would_block = reason_and_would_block(headers)
+                        route = snapshot = source = ""
+                        declared = change = None
+                    else:
+                        route, reason, snapshot, source = decode_headers(headers)
+                        declared, change = declared_category_of(headers), change_of(headers)
+                        would_block = None
                     append(
                         AuditRecord(
-                            msg.topic,
-                            msg.partition,
-                            msg.offset,
-                            msg.timestamp,
-                            msg.key,
-                            msg.value,
-                            route,
-                            reason,
-                            snapshot,
-                            source,
-                            declared_category_of(msg.headers),
-                            change_of(msg.headers),
+                            msg.topic, msg.partition, msg.offset, msg.timestamp, msg.key,
+                            msg.value, route, reason, snapshot, source, declared, change,
+                            would_block,
                         )
-                    )
+                    )  # fmt: skip
             # The position, not the last record, says when a partition is
             # done: transaction markers and aborted batches take offsets but
             # yield no record, and may sit just before the stop offset.

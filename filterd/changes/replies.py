@@ -128,6 +128,9 @@ def convert_partition(
     a number is in one partition, in order."""
     out = PartitionOutput(topic, partition, records[0].offset, records[-1].offset)
     builders: dict[int, Builder] = {}
+    # The changes topic stamps records with the broker's append time; this one (once per
+    # batch) is what a topic with CreateTime would keep.
+    now_ms = time.time_ns() // 1_000_000
     for record in records:
         result, key, value = reply_change(record.value, keywords, country_code)
         results[result] += 1
@@ -136,9 +139,6 @@ def convert_partition(
         target = (murmur2(key) & 0x7FFFFFFF) % changes_partitions
         builder = builders.get(target)
         headers = encode_header("filterd-source", f"{topic}/{partition}/{record.offset}".encode())
-        # The changes topic stamps records with the broker's append time; this one is
-        # what a topic with CreateTime would keep.
-        now_ms = time.time_ns() // 1_000_000
         if builder is None or not builder.append(now_ms, key, value, headers, 1):
             builder = builders[target] = new_builder()
             out.batches.append((changes_topic, target, builder))

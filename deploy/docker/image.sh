@@ -166,6 +166,12 @@ build() {
 		--pull=false ${BUILD_ARGS[@]+"${BUILD_ARGS[@]}"} \
 		-f "$dockerfile" -t "$image" "$repo" >&2
 	say "built $image in $((SECONDS - started)) s, $(size "$image")"
+	if [[ "$ENGINE" == "$here/podman.sh" ]]; then
+		# The private store keeps every earlier build of the tag as a dangling image, each a
+		# full copy with the vfs driver (~0.9 GB a build): only the layer cache is worth
+		# keeping. Another engine's store is the operator's, never pruned here.
+		"$ENGINE" image prune --force >/dev/null 2>&1 || true
+	fi
 }
 
 size() {

@@ -17,11 +17,12 @@ overlay), pair by pair.
 The new version is written by the build's code (same files, same manifest, signed with
 ``sign_key``) and published through the build's guards (:mod:`filterd.snapshot.publish`).
 
+A sender left with no consent, opt-out or terms (all revoked or cleared), or named by a
+change only, has no sender line: the manifest's ``senders_without_numbers`` keeps it known,
+so its messages get ``no-consent`` after compaction as before it.
+
 Partial:
 
-* a sender left with no consent, opt-out or terms (all revoked or cleared) cannot be
-  stored in a version (the format refuses a sender without numbers): it is left out, so
-  its messages get ``unknown-sender`` instead of ``no-consent`` after compaction;
 * the consent evidence (``granted.csv.gz``) of the current version is carried over as
   is: consents that came as live changes have no evidence row there (the change topic
   itself is their record).
@@ -95,6 +96,9 @@ class VersionData:
     global_optouts: BitMap64 = field(default_factory=BitMap64)
     dnd: BitMap64 = field(default_factory=BitMap64)
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Every sender the version knows (its sender lines and its senders without numbers),
+    #: plus those the folded changes named: kept known even when left without numbers.
+    known: set[str] = field(default_factory=set)
 
     @property
     def accept(self) -> tuple[str, ...]:
@@ -147,6 +151,8 @@ def read_version(root: Path, version: str, verifier: Verifier | None = None) -> 
             terms = _terms(contents.get(fmt.TERMS, b""), entry.get("terms"))
             if terms:
                 data.terms[sender] = terms
+            data.known.add(sender)
+        data.known.update(cast(list[str], manifest.get(fmt.SENDERS_WITHOUT_NUMBERS, [])))
         data.dnd = _bitmap(contents[fmt.DND], manifest["dnd_chunks"])
         data.global_optouts = _bitmap(
             contents.get(fmt.GLOBAL_OPTOUTS, b""), manifest.get("global_optout_chunks", [])
@@ -170,6 +176,7 @@ def fold_changes(data: VersionData, overlay: Overlay) -> None:
     """Fold the overlay's deltas into ``data`` (in place); refused consent changes are
     added to the refused report."""
     empty: dict[int, tuple[int, int]] = {}
+    data.known.update(overlay.senders)
     for number, state in overlay.by_number.items():
         _flag(data.global_optouts, number, state.global_optout)
         _flag(data.dnd, number, state.dnd)
@@ -228,11 +235,12 @@ def write_compacted(
     root = Path(root)
     created_at = now or datetime.now(UTC)
     manifest = data.manifest
-    # A sender without any number cannot be stored (see the module doc: partial).
+    # A sender without any number has no sender line: the manifest lists it as known.
     senders = {
         s for s in data.consents.keys() | data.optouts.keys() | data.terms.keys()
         if data.consents.get(s) or data.optouts.get(s) or data.terms.get(s)
     }  # fmt: skip
+    without_numbers = sorted(data.known - senders)
     bitmaps = {s: b for s, b in data.consents.items() if s in senders}
     optouts = {s: b for s, b in data.optouts.items() if s in senders}
     terms = {s: _sender_terms(t) for s, t in data.terms.items() if t}
@@ -246,6 +254,8 @@ def write_compacted(
         "inputs": manifest.get("inputs", []),
         "rejected_rows": manifest.get("rejected_rows", {"total": 0, "max_rejects": 0}),
     }
+    if without_numbers:
+        extra[fmt.SENDERS_WITHOUT_NUMBERS] = without_numbers
     # Files of the base version that stay as they are: consent evidence, rows left out.
     carried = {
         name: entry

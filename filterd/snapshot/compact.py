@@ -21,11 +21,11 @@ A sender left with no consent, opt-out or terms (all revoked or cleared), or nam
 change only, has no sender line: the manifest's ``senders_without_numbers`` keeps it known,
 so its messages get ``no-consent`` after compaction as before it.
 
-Partial:
-
-* the consent evidence (``granted.csv.gz``) of the current version is carried over as
-  is: consents that came as live changes have no evidence row there (the change topic
-  itself is their record).
+Consent evidence: the current version's ``granted.csv.gz`` is carried over as it is, and
+each folded ``consent`` change gets a row in ``granted-changes.csv.gz`` (the base's rows
+carried, the new ones appended as a further gzip member) with the change's
+``topic/partition/offset``, ``id`` and ``source``, so ``filterd snapshot evidence`` answers
+for consents that came as changes too.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +68,7 @@ from filterd.snapshot import format as fmt
 from filterd.snapshot.build import _Consents, _write_version, place_version
 from filterd.snapshot.errors import SnapshotCorrupt
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, SenderTerms
-from filterd.snapshot.granted import GRANTED
+from filterd.snapshot.granted import GRANTED, GRANTED_CHANGES, append_change_rows
 from filterd.snapshot.inputs import Rejects
 from filterd.snapshot.load import _hash_files, _read_manifest
 from filterd.snapshot.publish import DEFAULT_MAX_DROP
@@ -229,9 +229,12 @@ def write_compacted(
     max_drop: float = DEFAULT_MAX_DROP,
     force: bool = False,
     keep: int = 5,
+    evidence: Iterable[tuple[ChangeRef, Change]] = (),
 ) -> str:
     """Write ``data`` as a new version under ``root`` with ``watermark`` of ``topic`` and
-    publish it through the guards (unless ``publish`` is false); return its name."""
+    publish it through the guards (unless ``publish`` is false); return its name. The
+    ``consent`` changes of ``evidence`` (the folded ones) get a row each in the version's
+    consent evidence (:data:`~filterd.snapshot.granted.GRANTED_CHANGES`)."""
     root = Path(root)
     created_at = now or datetime.now(UTC)
     manifest = data.manifest
@@ -263,13 +266,20 @@ def write_compacted(
         if name in (GRANTED, fmt.REJECTS_CSV) and isinstance(entry, dict)
     }
     country_code = str(manifest.get("country_code", ""))
+    # The base's evidence of consents that came as changes, with the folded ones appended.
+    had = isinstance(files, dict) and isinstance(files.get(GRANTED_CHANGES), dict)
+    base_changes = root / data.version / GRANTED_CHANGES if had else None
 
     def write(tmp: Path, version: str) -> None:
         for name in carried:
             shutil.copyfile(root / data.version / name, tmp / name)
+        written = dict(carried)
+        entry = append_change_rows(base_changes, tmp / GRANTED_CHANGES, evidence)
+        if entry is not None:
+            written[GRANTED_CHANGES] = entry
         _write_version(
             tmp, version, created_at, country_code, [], consent_set, optouts,
-            data.global_optouts, data.dnd, Rejects(0), carried=carried, extra=extra,
+            data.global_optouts, data.dnd, Rejects(0), carried=written, extra=extra,
         )  # fmt: skip
 
     version, _removed = place_version(
@@ -372,6 +382,7 @@ def compact_snapshot(
         root, data, topic, watermark, len(overlay), now=now, sign_key=sign_key,
         publish=publish, max_drop=max_drop, force=force,
         keep=config.snapshot.keep_versions if keep is None else keep,
+        evidence=changes,
     )  # fmt: skip
     log.info(
         "snapshot %s: %s plus %d changes (%d malformed skipped%s), watermark %s, in %.1fs",

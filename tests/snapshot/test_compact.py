@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from filterd.changes import BadChange, ChangeRef, Overlay, parse_change
 from filterd.changes.watermark import watermark_of
+from filterd.errors import SnapshotError
 from filterd.router import NO_CONSENT, RECIPIENT_DND, UNKNOWN_SENDER, Decider, Policy
 from filterd.snapshot.build import build_snapshot
 from filterd.snapshot.compact import fold_changes, read_version, write_compacted
+from filterd.snapshot.granted import GrantedRow, lookup_granted
 from filterd.snapshot.load import load_snapshot, verify_snapshot
 from filterd.snapshot.publish import PublishRefused, publish_version
 from filterd.snapshot.store import ConsentSnapshot
@@ -80,7 +82,15 @@ def compact(root: Path, base: str, values: list[bytes]) -> tuple[str, Overlay]:
     data = read_version(root, base)
     overlay = overlay_of(values, data.accept)
     fold_changes(data, overlay)
-    version = write_compacted(root, data, TOPIC, {0: len(values)}, len(overlay), publish=False)
+    evidence = []
+    for offset, value in enumerate(values):
+        try:
+            evidence.append((ChangeRef(TOPIC, 0, offset), parse_change(value, "86")))
+        except BadChange:
+            continue
+    version = write_compacted(
+        root, data, TOPIC, {0: len(values)}, len(overlay), publish=False, evidence=evidence
+    )
     return version, overlay
 
 
@@ -240,3 +250,74 @@ def test_a_sender_whose_numbers_all_went_stays_known(tmp_path: Path) -> None:
     # Compacting the compacted version again keeps them known.
     again, _ = compact(root, version, [])
     assert load_snapshot(root, again).manifest["senders_without_numbers"] == ["BANK", "NEW"]
+
+
+def test_consents_that_came_as_changes_have_evidence_rows(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    consents = write_csv(
+        tmp_path / "consents.csv", ["sender", "recipient", "method", "granted_at"],
+        [("SHOP", f"+{NUMBERS[0]}", "written", "2026-10-01T09:30:00+08:00")],
+    )  # fmt: skip
+    base = build_snapshot(root, consents, publish=False)
+    first = [
+        change(
+            "consent",
+            NUMBERS[1],
+            method="explicit",
+            expires_at="2027-01-01T00:00:00+00:00",
+            max_per_day=3,
+            id="c-1",
+            ts=1_790_000_000_000,
+            source="portal",
+        ),
+        change("opt-out", NUMBERS[2]),
+        change("consent", NUMBERS[2], "BANK", method="pre-ticked"),  # refused: evidence too
+    ]
+    version, _ = compact(root, base, first)
+    found = lookup_granted(root, version, "SHOP", f"+{NUMBERS[1]}")
+    assert [r._replace(line=0) for r in found] == [
+        GrantedRow(
+            "SHOP", f"+{NUMBERS[1]}", "explicit", "2026-09-21T14:13:20.000+00:00",
+            "2027-01-01T00:00:00.000+00:00", 0, f"{TOPIC}/0/0",
+        )
+    ]  # fmt: skip
+    assert [r.change for r in lookup_granted(root, version, "BANK", f"+{NUMBERS[2]}")] == [
+        f"{TOPIC}/0/2"
+    ]
+    assert lookup_granted(root, version, "SHOP", f"+{NUMBERS[2]}") == []  # an opt-out
+    # The consents file's rows are still there.
+    assert [r.line for r in lookup_granted(root, version, "SHOP", f"+{NUMBERS[0]}")] == [2]
+    # A further compaction carries the rows of the earlier one and appends its own.
+    again = read_version(root, version)
+    overlay = Overlay(again.accept)
+    later = [change("consent", NUMBERS[1], method="written")]
+    overlay.watermark = {0: 3}
+    refs = [(ChangeRef(TOPIC, 0, 3), parse_change(later[0], "86"))]
+    overlay.extend(refs)
+    fold_changes(again, overlay)
+    third = write_compacted(root, again, TOPIC, {0: 4}, 1, publish=False, evidence=refs)
+    rows = lookup_granted(root, third, "SHOP", f"+{NUMBERS[1]}")
+    assert [(r.method, r.change) for r in rows] == [
+        ("explicit", f"{TOPIC}/0/0"), ("written", f"{TOPIC}/0/3")
+    ]  # fmt: skip
+    assert verify_snapshot(root, third) == []
+    done = run_cli(
+        "snapshot", "evidence", str(root), "--version", third, "--sender", "SHOP",
+        "--recipient", f"+{NUMBERS[1]}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"change {TOPIC}/0/3: sender SHOP" in done.stdout
+
+
+def test_a_version_without_a_consents_evidence_file_has_the_changes_evidence(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "snap"
+    base = build_on_disk(root, {("SHOP", NUMBERS[0]): "plain"}, set(), set(), set())
+    with pytest.raises(SnapshotError, match="no per-row consent evidence"):
+        lookup_granted(root, base, "SHOP", f"+{NUMBERS[0]}")
+    version, _ = compact(root, base, [change("consent", NUMBERS[1], method="explicit")])
+    assert lookup_granted(root, version, "SHOP", f"+{NUMBERS[0]}") == []
+    assert [r.change for r in lookup_granted(root, version, "SHOP", f"+{NUMBERS[1]}")] == [
+        f"{TOPIC}/0/0"
+    ]

@@ -176,14 +176,22 @@ static void remove_slot(PairTable *t, Py_ssize_t i)
 
 /* --- argument conversion ------------------------------------------------------------ */
 
-static int to_number(PyObject *obj, uint64_t *out)
+/* obj as a C long long; -1 with an exception set when it is not an int or does not fit. */
+static int as_long_long(PyObject *obj, const char *what, long long *out)
 {
     if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "number must be an int, not %.100s", Py_TYPE(obj)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
         return -1;
     }
-    long long v = PyLong_AsLongLong(obj);
-    if (v == -1 && PyErr_Occurred())
+    *out = PyLong_AsLongLong(obj);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int to_number(PyObject *obj, uint64_t *out)
+{
+    long long v;
+    if (as_long_long(obj, "number", &v) < 0)
         return -1;
     if (v <= 0) {
         PyErr_SetString(PyExc_ValueError, "number must be 1 .. 2**63-1");
@@ -212,15 +220,11 @@ static int to_sender(PyObject *obj, uint32_t *out)
 
 static int to_word(const PairTable *t, PyObject *obj, int *out)
 {
-    if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "word must be an int, not %.100s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    long v = PyLong_AsLong(obj);
-    if (v == -1 && PyErr_Occurred())
+    long long v;
+    if (as_long_long(obj, "word", &v) < 0)
         return -1;
     if (v < 0 || v >= t->words) {
-        PyErr_Format(PyExc_IndexError, "word %ld out of range (the table has %d)", v, t->words);
+        PyErr_Format(PyExc_IndexError, "word %lld out of range (the table has %d)", v, t->words);
         return -1;
     }
     *out = (int)v;
@@ -230,12 +234,8 @@ static int to_word(const PairTable *t, PyObject *obj, int *out)
 /* A Python int as a word value; -1 with an exception when it does not fit. */
 static int to_value(const PairTable *t, PyObject *obj, int64_t *out)
 {
-    if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "value must be an int, not %.100s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    long long v = PyLong_AsLongLong(obj);
-    if (v == -1 && PyErr_Occurred())
+    long long v;
+    if (as_long_long(obj, "value", &v) < 0)
         return -1;
     if (t->word_bytes == 4 && (v < 0 || v > 0xFFFFFFFFLL)) {
         PyErr_SetString(PyExc_OverflowError, "value must be 0 .. 2**32-1 (4-byte words)");
@@ -364,12 +364,8 @@ static PyObject *PairTable_add(PairTable *self, PyObject *const *args, Py_ssize_
     int word = 0;
     if (check_nargs("add", nargs, 3, 4) < 0 || key_args(args, &number, &sender) < 0)
         return NULL;
-    if (!PyLong_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "delta must be an int");
-        return NULL;
-    }
-    long long delta = PyLong_AsLongLong(args[2]);
-    if (delta == -1 && PyErr_Occurred())
+    long long delta;
+    if (as_long_long(args[2], "delta", &delta) < 0)
         return NULL;
     if (nargs > 3 && to_word(self, args[3], &word) < 0)
         return NULL;

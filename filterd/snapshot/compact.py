@@ -50,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pyroaring import BitMap64
 
-from filterd.changes.model import BadChange, Change, ChangeRef, parse_change
+from filterd.changes.model import CONSENT, BadChange, Change, ChangeRef, parse_change
 from filterd.changes.overlay import (
     CONSENT_UNCHANGED,
     NO_ACCEPTED,
@@ -172,40 +172,47 @@ def _flag(bitmap: BitMap64, number: int, flag: int) -> None:
         bitmap.discard(number)
 
 
-def fold_changes(data: VersionData, overlay: Overlay) -> None:
-    """Fold the overlay's deltas into ``data`` (in place); refused consent changes are
-    added to the refused report."""
+def fold_changes(
+    data: VersionData, overlay: Overlay, changes: Iterable[tuple[ChangeRef, Change]] = ()
+) -> None:
+    """Fold the overlay's facts into ``data`` (in place); the refused ``consent`` changes of
+    ``changes`` (those the overlay applied) are added to the refused report."""
     empty: dict[int, tuple[int, int]] = {}
     data.known.update(overlay.senders)
-    for number, state in overlay.by_number.items():
-        _flag(data.global_optouts, number, state.global_optout)
-        _flag(data.dnd, number, state.dnd)
-        for sender, pair in state.pairs.items():
-            if pair.optout != UNCHANGED:
-                _flag(data.optouts.setdefault(sender, BitMap64()), number, pair.optout)
-            if pair.consent == CONSENT_UNCHANGED:
-                continue
-            plain = data.consents.setdefault(sender, BitMap64())
-            terms = data.terms.get(sender, empty)
-            if number in plain:
-                before: PairConsent = (FOREVER, True, terms.get(number, (FOREVER, 0))[1])
-            elif number in terms:
-                until, cap = terms[number]
-                before = (until, True, cap)
-            else:
-                before = (NO_ACCEPTED, False, 0)
-            until, any_row, cap = consent_with(before, pair)
-            plain.discard(number)
-            if terms is not empty:
-                terms.pop(number, None)
-            if not any_row:
-                continue
-            if until == FOREVER:
-                plain.add(number)
-            if until != FOREVER or cap:
-                data.terms.setdefault(sender, {})[number] = (until, cap)
-    for _ref, change in overlay.log:
-        if change.method is not None and change.method not in overlay.accept:
+    for fact in overlay.facts():
+        number, sender = fact.number, fact.sender
+        if not sender:
+            _flag(data.global_optouts, number, fact.optout)
+            _flag(data.dnd, number, fact.dnd)
+            continue
+        if fact.optout != UNCHANGED:
+            _flag(data.optouts.setdefault(sender, BitMap64()), number, fact.optout)
+        if fact.consent == CONSENT_UNCHANGED:
+            continue
+        plain = data.consents.setdefault(sender, BitMap64())
+        terms = data.terms.get(sender, empty)
+        if number in plain:
+            before: PairConsent = (FOREVER, True, terms.get(number, (FOREVER, 0))[1])
+        elif number in terms:
+            until, cap = terms[number]
+            before = (until, True, cap)
+        else:
+            before = (NO_ACCEPTED, False, 0)
+        until, any_row, cap = consent_with(before, fact.consent, fact.rows)
+        plain.discard(number)
+        if terms is not empty:
+            terms.pop(number, None)
+        if not any_row:
+            continue
+        if until == FOREVER:
+            plain.add(number)
+        if until != FOREVER or cap:
+            data.terms.setdefault(sender, {})[number] = (until, cap)
+    accept = overlay.accept
+    for ref, change in changes:
+        if ref.offset < overlay.watermark.get(ref.partition, 0):
+            continue
+        if change.op == CONSENT and change.method is not None and change.method not in accept:
             data.refused[(change.sender, change.method)] += 1
 
 
@@ -376,17 +383,17 @@ def compact_snapshot(
     overlay = Overlay(data.accept)
     overlay.watermark = dict(old)
     overlay.extend(changes)
-    fold_changes(data, overlay)
+    fold_changes(data, overlay, changes)
     watermark = {p: max(end, old.get(p, 0)) for p, end in ends.items()}
     version = write_compacted(
-        root, data, topic, watermark, len(overlay), now=now, sign_key=sign_key,
+        root, data, topic, watermark, len(changes), now=now, sign_key=sign_key,
         publish=publish, max_drop=max_drop, force=force,
         keep=config.snapshot.keep_versions if keep is None else keep,
         evidence=changes,
     )  # fmt: skip
     log.info(
         "snapshot %s: %s plus %d changes (%d malformed skipped%s), watermark %s, in %.1fs",
-        version, base, len(overlay), sum(bad.values()),
+        version, base, len(changes), sum(bad.values()),
         "".join(f", {n} {why}" for why, n in sorted(bad.items())),
         manifest_entry(topic, watermark)["offsets"], time.monotonic() - started,
     )  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterd.changes import BadChange, ChangeRef, Overlay, parse_change
+from filterd.changes import BadChange, Change, ChangeRef, Overlay, parse_change
 from filterd.changes.watermark import watermark_of
 from filterd.errors import SnapshotError
 from filterd.router import NO_CONSENT, RECIPIENT_DND, UNKNOWN_SENDER, Decider, Policy
@@ -24,11 +24,13 @@ from filterd.snapshot.publish import PublishRefused, publish_version
 from filterd.snapshot.store import ConsentSnapshot
 from tests.changes.test_overlay import (
     NUMBERS,
-    PAIR_STATES,
     SENDERS,
     TOPIC,
     T,
     _change,
+    _numbers,
+    _optouts,
+    _pairs,
     build,
     change,
     ev,
@@ -81,13 +83,13 @@ def overlay_of(values: list[bytes], accept: Iterable[str], partition: int = 0) -
 def compact(root: Path, base: str, values: list[bytes]) -> tuple[str, Overlay]:
     data = read_version(root, base)
     overlay = overlay_of(values, data.accept)
-    fold_changes(data, overlay)
     evidence = []
     for offset, value in enumerate(values):
         try:
             evidence.append((ChangeRef(TOPIC, 0, offset), parse_change(value, "86")))
         except BadChange:
             continue
+    fold_changes(data, overlay, evidence)
     version = write_compacted(
         root, data, TOPIC, {0: len(values)}, len(overlay), publish=False, evidence=evidence
     )
@@ -119,13 +121,10 @@ def _assert_same_decisions(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    pairs=st.dictionaries(
-        st.tuples(st.sampled_from(SENDERS[:2]), st.sampled_from(NUMBERS)),
-        st.sampled_from(PAIR_STATES),
-    ),
-    optouts=st.sets(st.tuples(st.sampled_from(SENDERS[:2]), st.sampled_from(NUMBERS))),
-    global_optouts=st.sets(st.sampled_from(NUMBERS)),
-    dnd=st.sets(st.sampled_from(NUMBERS)),
+    pairs=_pairs,
+    optouts=_optouts,
+    global_optouts=_numbers,
+    dnd=_numbers,
     changes=st.lists(st.one_of(_change, st.just(b"not json")), max_size=12),
 )
 def test_compacted_version_decides_as_the_version_with_the_changes_pending(
@@ -155,7 +154,8 @@ def test_the_watermark_is_in_the_manifest_and_drops_the_folded_changes(tmp_path:
     assert new.manifest["compacted_from"] == {"version": base, "changes": 2}
     # A running overlay holding these changes and one more keeps only the newer one.
     running = overlay_of([*values, change("opt-out-clear", NUMBERS[0])], data_accept(new))
-    assert running.rebase(running.accept, watermark_of(new.manifest, TOPIC)) == 2
+    # Facts: the dnd-add is dropped; the opt-out's fact was last set by the clearing (kept).
+    assert running.rebase(running.accept, watermark_of(new.manifest, TOPIC)) == 1
     assert len(running) == 1
     decider = Decider(new, Policy(), overlay=running)
     assert decider.decide(ev("SHOP", NUMBERS[0]), T) == Decider(
@@ -294,7 +294,7 @@ def test_consents_that_came_as_changes_have_evidence_rows(tmp_path: Path) -> Non
     overlay.watermark = {0: 3}
     refs = [(ChangeRef(TOPIC, 0, 3), parse_change(later[0], "86"))]
     overlay.extend(refs)
-    fold_changes(again, overlay)
+    fold_changes(again, overlay, refs)
     third = write_compacted(root, again, TOPIC, {0: 4}, 1, publish=False, evidence=refs)
     rows = lookup_granted(root, third, "SHOP", f"+{NUMBERS[1]}")
     assert [(r.method, r.change) for r in rows] == [
@@ -321,3 +321,63 @@ def test_a_version_without_a_consents_evidence_file_has_the_changes_evidence(
     assert [r.change for r in lookup_granted(root, version, "SHOP", f"+{NUMBERS[1]}")] == [
         f"{TOPIC}/0/0"
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pairs=_pairs,
+    optouts=_optouts,
+    dnd=_numbers,
+    changes=st.lists(_change, max_size=14),
+    cuts=st.tuples(st.integers(0, 8), st.integers(0, 8)),
+)
+def test_a_partial_fold_with_the_rest_pending_decides_as_before(
+    pairs: dict[tuple[str, int], str],
+    optouts: set[tuple[str, int]],
+    dnd: set[int],
+    changes: list[bytes],
+    cuts: tuple[int, int],
+) -> None:
+    """A running overlay holding every change, rebased onto a version that folded in only the
+    first ones of each partition (the changes topic is keyed by recipient: a number's
+    changes are all in one partition), decides as the old version with every change."""
+    refs: list[tuple[ChangeRef, Change]] = []
+    offsets = [0, 0]
+    for value in changes:
+        try:
+            parsed = parse_change(value, "86")
+        except BadChange:
+            continue
+        partition = NUMBERS.index(parsed.number) % 2
+        refs.append((ChangeRef(TOPIC, partition, offsets[partition]), parsed))
+        offsets[partition] += 1
+    watermark = {p: min(cut, offsets[p]) for p, cut in enumerate(cuts)}
+    folded = [(r, c) for r, c in refs if r.offset < watermark[r.partition]]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "snap"
+        base = build_on_disk(root, pairs, optouts, set(), dnd)
+        data = read_version(root, base)
+        overlay = Overlay(data.accept)
+        overlay.extend(folded)
+        fold_changes(data, overlay, folded)
+        version = write_compacted(
+            root, data, TOPIC, watermark, len(folded), publish=False, evidence=folded
+        )
+        old, new = load_snapshot(root, base), load_snapshot(root, version)
+    everything = Overlay(data_accept(old))
+    everything.extend(refs)
+    running = Overlay(data_accept(old))
+    running.extend(refs)
+    held = len(running)
+    dropped = running.rebase(data_accept(new), watermark_of(new.manifest, TOPIC))
+    assert dropped >= 0
+    assert len(running) == held - dropped
+    before = Decider(old, Policy(), overlay=everything)
+    after = Decider(new, Policy(), overlay=running)
+    for sender in SENDERS:
+        for number in [*NUMBERS, 8613899999999]:
+            value = ev(sender, number)
+            assert after.decide(value, T) == before.decide(value, T), (sender, number)
+            assert after.pair_max_per_day(sender, number) == before.pair_max_per_day(
+                sender, number
+            ), (sender, number)

@@ -200,10 +200,10 @@ class Decider:
 
     __slots__ = (
         "_cc", "_changed", "_default_exempt", "_dnd", "_entry", "_event_time", "_exempt",
-        "_facts", "_global", "_global_filter", "_markers", "_marketing_exempt", "_max_bytes",
-        "_new_senders", "_overlay", "_plus_low", "_plus_ranges", "_senders", "_sids", "_ts",
-        "category", "change_ref", "declared_category", "number", "sender", "snapshot",
-        "version", "without_plus",
+        "_facts", "_facts_filter", "_facts_mask", "_global", "_global_filter", "_markers",
+        "_marketing_exempt", "_max_bytes", "_new_senders", "_overlay", "_plus_low",
+        "_plus_ranges", "_senders", "_sids", "_ts", "category", "change_ref",
+        "declared_category", "number", "sender", "snapshot", "version", "without_plus",
     )  # fmt: skip
 
     def __init__(
@@ -245,6 +245,9 @@ class Decider:
         self._overlay: Overlay | None = overlay
         self._facts: PairTable | None = overlay.table if overlay is not None else None
         self._sids: dict[str, int] = overlay.interned.ids if overlay is not None else {}
+        # A bit per number with facts (Overlay.filter): most numbers stop at that bit.
+        self._facts_filter: bytearray = overlay.filter if overlay is not None else bytearray(1)
+        self._facts_mask: int = (len(self._facts_filter) << 3) - 1
         self._new_senders: set[str] = overlay.senders if overlay is not None else set()
         # Whether the record last decided had facts of live changes (for max_per_day()).
         self._changed: bool = False
@@ -335,7 +338,8 @@ class Decider:
                     return EXEMPT_CATEGORY
             # require-consent, first match wins (docs/contract.md "Policy and reason codes").
             facts = self._facts
-            if facts is not None:
+            i = (number ^ (number >> 21)) & self._facts_mask  # filterd.prefilter.slot
+            if facts is not None and self._facts_filter[i >> 3] >> (i & 7) & 1:
                 own = facts.row(number, NUMBER)
                 sid = self._sids.get(sender, 0)
                 pair = facts.row(number, sid) if sid else None

@@ -25,7 +25,11 @@ Layout (:class:`filterd.table.PairTable`, flat arrays, no Python object per fact
   cap, accepted forever without a cap, or in :attr:`Overlay.terms`;
 * :attr:`Overlay.terms`: (number, sender id) -> (until, cap) of the pairs whose consent fact
   says so (an expiry or a cap: the minority);
-* sender names interned to ids (:attr:`Overlay.interned`); id 0 is the number's own facts.
+* sender names interned to ids (:attr:`Overlay.interned`); id 0 is the number's own facts;
+* :attr:`Overlay.filter`: a one-hash filter of the numbers with facts (the bit of
+  :func:`filterd.prefilter.slot`, 2**24 bits, 2 MiB however many facts), set when a fact is
+  applied and rebuilt by :meth:`Overlay.rebase`: the decision tests one bit and looks the
+  tables up only for a number whose bit is set (at 1 M facts, ~6 % of the others).
 
 ``ref`` is ``partition << 44 | offset``: offsets below 2**44 (17 trillion) and partitions
 below 2**14 (a change beyond raises ValueError; the feed skips it, counted and logged).
@@ -67,6 +71,7 @@ from filterd.changes.model import (
     Change,
     ChangeRef,
 )
+from filterd.prefilter import slot
 from filterd.table import Interned, PairTable
 
 __all__ = [
@@ -110,6 +115,8 @@ _KIND_TERMS: Final = 2  # in Overlay.terms
 _OFFSET_BITS: Final = 44
 _OFFSET_MASK: Final = (1 << _OFFSET_BITS) - 1
 _PARTITIONS: Final = 1 << 14
+#: Bits of :attr:`Overlay.filter` (a power of two).
+FILTER_BITS: Final = 1 << 24
 
 
 def min_cap(a: int, b: int) -> int:
@@ -182,6 +189,8 @@ class Overlay:
         #: life: deciders hold them.
         self.table = PairTable(2, 8)
         self.terms = PairTable(2, 8)
+        #: A bit per number with facts (see the module doc); may hold stale bits.
+        self.filter = bytearray(FILTER_BITS >> 3)
         #: Sender names interned to ids (id 0: a number's own facts).
         self.interned = Interned(first=1)
         #: Senders named by an ``opt-out`` or ``consent`` change.
@@ -208,6 +217,8 @@ class Overlay:
         self.topic = ref.topic
         here = _ref_plus_one(ref.partition, ref.offset)
         op, sender, number = change.op, change.sender, change.number
+        bit = slot(number, FILTER_BITS)
+        self.filter[bit >> 3] |= 1 << (bit & 7)
         if op in (DND_ADD, DND_REMOVE):
             self._put(number, NUMBER, DND_WORD, here << 1 | (op == DND_ADD))
             return True
@@ -294,11 +305,15 @@ class Overlay:
         if not watermark or not self._facts:
             return 0
         before = self._facts
-        table, terms = self.table, self.terms
+        table, terms, bits = self.table, self.terms, self.filter
+        bits[:] = bytes(len(bits))  # the same object: deciders hold it
         for number, sid, (first, second) in table.items():
             shift = 1 if sid == NUMBER else 5
             drop_first = bool(first) and self._folded(first >> 1)
             drop_second = bool(second) and self._folded(second >> shift)
+            if (first and not drop_first) or (second and not drop_second):
+                bit = slot(number, FILTER_BITS)
+                bits[bit >> 3] |= 1 << (bit & 7)
             if not drop_first and not drop_second:
                 continue
             self._facts -= drop_first + drop_second
@@ -321,6 +336,7 @@ class Overlay:
         objects)."""
         self.table.clear()
         self.terms.clear()
+        self.filter[:] = bytes(len(self.filter))
         self.senders.clear()
         self._facts = 0
 

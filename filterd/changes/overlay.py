@@ -50,9 +50,10 @@ then on (a later ``opt-out-clear`` or ``consent-revoke`` does not make it unknow
 
 Memory: ``len(overlay)`` counts the facts held (a number's or a pair's, each once however
 many changes set it). An opt-out of a number of its own costs one key of
-:attr:`Overlay.table`: 28 bytes per slot at a load of 0.53-0.8, 35-53 bytes (measured RSS:
-``python -m benchmarks.changes_memory``, goal 64); a consent with an expiry or a cap one key
-of :attr:`Overlay.terms` more.
+:attr:`Overlay.table`: 28 bytes per slot at a load of 0.53-0.8, 35-53 bytes, plus the
+filter's 2 MiB (measured RSS at 1 M: about 50 bytes per pending change, ``python -m
+benchmarks.changes_memory``, goal 64); a consent with an expiry or a cap one key of
+:attr:`Overlay.terms` more.
 """
 
 from __future__ import annotations

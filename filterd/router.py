@@ -24,8 +24,10 @@ import orjson
 from filterd.changes.model import ChangeRef
 from filterd.changes.overlay import (
     CONSENT_REPLACED,
+    CONSENT_SHIFT,
     CONSENT_UNCHANGED,
     CONSENT_WORD,
+    FLAG_SHIFT,
     FOREVER,
     NO_ACCEPTED,
     NUMBER,
@@ -240,8 +242,9 @@ class Decider:
         #: decided it as marketing (the output's ``filterd-declared-category``); else None.
         self.declared_category: str | None = None
         # Live consent changes not in the snapshot (filterd.changes.overlay): their facts,
-        # keyed (number, 0) and (number, sender id), one or two table lookups per event
-        # (none without an overlay); the sender ids; the senders they name.
+        # keyed (number, 0) and (number, sender id), one or two table lookups for an event
+        # whose number's filter bit is set (none without an overlay); the sender ids; the
+        # senders they name.
         self._overlay: Overlay | None = overlay
         self._facts: PairTable | None = overlay.table if overlay is not None else None
         self._sids: dict[str, int] = overlay.interned.ids if overlay is not None else {}
@@ -413,12 +416,12 @@ class Decider:
         assert overlay is not None
         flag = own[0] if own is not None else 0
         if flag & 1 or (not flag and number in self._global):
-            self.change_ref = overlay.ref(flag, 1) if flag else None
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT) if flag else None
             return OPTED_OUT
         entry = self._senders.get(sender)
         flag = pair[0] if pair is not None else 0
         if flag & 1 or (not flag and entry is not None and number in entry.optouts):
-            self.change_ref = overlay.ref(flag, 1) if flag else None
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT) if flag else None
             return OPTED_OUT
         word = pair[1] if pair is not None else 0
         mode, rows = overlay.consent_of(number, sid, word)
@@ -427,7 +430,9 @@ class Decider:
             until, any_row = _snapshot_consent(entry, number)
         until, any_row, _cap = consent_with((until, any_row, 0), mode, rows)
         if any_row:
-            self.change_ref = overlay.ref(word, 5) if mode != CONSENT_UNCHANGED else None
+            self.change_ref = (
+                overlay.ref(word, CONSENT_SHIFT) if mode != CONSENT_UNCHANGED else None
+            )
             if until == NO_ACCEPTED:
                 return CONSENT_NOT_EXPLICIT
             if until == FOREVER:
@@ -439,12 +444,12 @@ class Decider:
             return UNKNOWN_SENDER
         flag = own[1] if own is not None else 0
         if flag & 1 or (not flag and number in self._dnd):
-            self.change_ref = overlay.ref(flag, 1) if flag else None
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT) if flag else None
             return RECIPIENT_DND
         if mode == CONSENT_REPLACED:
-            self.change_ref = overlay.ref(word, 5)
+            self.change_ref = overlay.ref(word, CONSENT_SHIFT)
         elif flag:
-            self.change_ref = overlay.ref(flag, 1)  # do-not-disturb cleared
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT)  # do-not-disturb cleared
         return NO_CONSENT
 
     def pair_max_per_day(self, sender: str, number: int) -> int:

@@ -77,6 +77,8 @@ from filterd.table import Interned, PairTable
 
 __all__ = [
     "CLEARED",
+    "CONSENT_SHIFT",
+    "FLAG_SHIFT",
     "FOREVER",
     "NO_ACCEPTED",
     "NUMBER",
@@ -109,6 +111,9 @@ GLOBAL_WORD: Final = 0
 DND_WORD: Final = 1
 OPTOUT_WORD: Final = 0
 CONSENT_WORD: Final = 1
+#: Bits below the ``ref + 1`` of a flag fact and of a consent fact (:meth:`Overlay.ref`).
+FLAG_SHIFT: Final = 1
+CONSENT_SHIFT: Final = 5
 #: Where a consent fact's (until, cap) are.
 _KIND_NONE: Final = 0  # (NO_ACCEPTED, 0)
 _KIND_FOREVER: Final = 1  # (FOREVER, 0)
@@ -221,14 +226,14 @@ class Overlay:
         bit = slot(number, FILTER_BITS)
         self.filter[bit >> 3] |= 1 << (bit & 7)
         if op in (DND_ADD, DND_REMOVE):
-            self._put(number, NUMBER, DND_WORD, here << 1 | (op == DND_ADD))
+            self._put(number, NUMBER, DND_WORD, here << FLAG_SHIFT | (op == DND_ADD))
             return True
         if sender == ALL_SENDERS:
-            self._put(number, NUMBER, GLOBAL_WORD, here << 1 | (op == OPT_OUT))
+            self._put(number, NUMBER, GLOBAL_WORD, here << FLAG_SHIFT | (op == OPT_OUT))
             return True
         sid = self.interned.id(sender)
         if op in (OPT_OUT, OPT_OUT_CLEAR):
-            self._put(number, sid, OPTOUT_WORD, here << 1 | (op == OPT_OUT))
+            self._put(number, sid, OPTOUT_WORD, here << FLAG_SHIFT | (op == OPT_OUT))
             if op == OPT_OUT:
                 self.senders.add(sender)
         elif op == CONSENT_REVOKE:
@@ -270,10 +275,11 @@ class Overlay:
             self.terms.put_row(number, sid, (until, cap))
         if kind != _KIND_TERMS:
             self.terms.discard(number, sid)
-        self._put(number, sid, CONSENT_WORD, here << 5 | kind << 3 | mode << 1 | any_row)
+        word = here << CONSENT_SHIFT | kind << 3 | mode << 1 | any_row
+        self._put(number, sid, CONSENT_WORD, word)
 
     def ref(self, word: int, shift: int) -> ChangeRef:
-        """The change that set a fact ``word`` (shift 1 for a flag fact, 5 for a consent)."""
+        """The change that set a fact ``word`` (``shift``: FLAG_SHIFT or CONSENT_SHIFT)."""
         packed = (word >> shift) - 1
         return ChangeRef(self.topic, packed >> _OFFSET_BITS, packed & _OFFSET_MASK)
 
@@ -309,8 +315,8 @@ class Overlay:
         table, terms, bits = self.table, self.terms, self.filter
         bits[:] = bytes(len(bits))  # the same object: deciders hold it
         for number, sid, (first, second) in table.items():
-            shift = 1 if sid == NUMBER else 5
-            drop_first = bool(first) and self._folded(first >> 1)
+            shift = FLAG_SHIFT if sid == NUMBER else CONSENT_SHIFT
+            drop_first = bool(first) and self._folded(first >> FLAG_SHIFT)
             drop_second = bool(second) and self._folded(second >> shift)
             if (first and not drop_first) or (second and not drop_second):
                 bit = slot(number, FILTER_BITS)

@@ -299,7 +299,11 @@ class Overlay:
         (next offset per partition; a partition not named folded none) and return how many.
         When the facts cannot be kept (the snapshot accepts other methods, or its watermark
         goes back) they are all cleared and -1 is returned: the changes from ``watermark``
-        on must be applied again."""
+        on must be applied again.
+
+        Partial: the walk over the facts runs in one go, on the event loop when a swap
+        calls it: 0.4-0.9 s of CPU at 1 M facts (measured; re-applying a log of 1 M changes,
+        as before, took longer). Slicing it between batches is not done."""
         accept = frozenset(accept)
         back = any(watermark.get(p, 0) < offset for p, offset in self.watermark.items())
         if back or (accept != self.accept and self._facts):

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # FILTERD__PURE_PYTHON=1 builds nothing and runs them as plain Python (slower).
 HOT_PATH := $(if $(filter-out 0,$(FILTERD__PURE_PYTHON)),interpreted,compiled)
 NATIVE := $(VENV)/.native-$(HOT_PATH)
-NATIVE_SRC := setup.py filterd/native.py \
+NATIVE_SRC := setup.py filterd/native.py filterd/_table.c \
 	$(shell sed -n 's/^ *"\(filterd\/[a-z_/]*\.py\)",$$/\1/p' filterd/native.py)
 
 .DEFAULT_GOAL := help

@@ -147,11 +147,13 @@ def compact(root: Path, base: str, values: list[bytes]) -> dict[str, float]:
     changes = timed("parse", parse)
     overlay = Overlay(data.accept)
     timed("overlay", lambda: overlay.extend(changes))
-    timed("fold", lambda: fold_changes(data, overlay))
+    timed("fold", lambda: fold_changes(data, overlay, changes))
     watermark = {0: len(values), 1: len(values)}
     timed(
         "write_publish",
-        lambda: write_compacted(root, data, TOPIC, watermark, len(overlay), force=True),
+        lambda: write_compacted(
+            root, data, TOPIC, watermark, len(changes), force=True, evidence=changes
+        ),
     )
     phases["total"] = round(sum(phases.values()), 2)
     return phases

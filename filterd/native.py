@@ -25,7 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SOURCES", "Module", "build_label", "hot_path", "modules", "stale_warning"]
+__all__ = [
+    "EXTENSIONS", "SOURCES", "Module", "build_label", "extensions", "hot_path", "modules",
+    "stale_warning",
+]  # fmt: skip
 
 #: The compiled modules, as paths from the repository root (setup.py reads this).
 SOURCES = (
@@ -38,6 +41,8 @@ SOURCES = (
     "filterd/limits.py",
     "filterd/snapshot/store.py",
 )
+#: C extensions built beside them (setup.py), each with its pure-Python fallback.
+EXTENSIONS = ("filterd/_table.c",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,8 @@ class Module:
     name: str
     file: Path
     compiled: bool
+    #: The source's file name (``table.py``; ``_table.c`` for a C extension).
+    source: str = ""
 
     @property
     def stale(self) -> bool:
@@ -58,7 +65,7 @@ class Module:
         """
         if not self.compiled or not _in_checkout(self.file):
             return False
-        source = self.file.parent / (self.name.rpartition(".")[2] + ".py")
+        source = self.file.parent / (self.source or self.name.rpartition(".")[2] + ".py")
         try:
             return source.stat().st_mtime > self.file.stat().st_mtime
         except OSError:
@@ -87,6 +94,23 @@ def modules() -> list[Module]:
     return found
 
 
+def extensions() -> list[Module]:
+    """Each C extension of :data:`EXTENSIONS`, and whether it is built (else its
+    pure-Python twin runs). Not part of :func:`hot_path`: the decisions are the same
+    either way, only memory and speed differ."""
+    package = Path(__file__).resolve().parent
+    found = []
+    for source in EXTENSIONS:
+        name = source.removesuffix(".c").replace("/", ".")
+        try:
+            file = Path(importlib.import_module(name).__file__ or "")
+        except ImportError:  # not built: its pure-Python twin runs
+            found.append(Module(name, package / Path(source).name, False, Path(source).name))
+        else:
+            found.append(Module(name, file, True, Path(source).name))
+    return found
+
+
 def hot_path() -> str:
     """``compiled``, ``interpreted``, or ``partly compiled`` (a broken build)."""
     return _hot_path(modules())
@@ -103,12 +127,12 @@ def build_label() -> str:
     """:func:`hot_path`, with ``-stale`` appended when a compiled module is stale."""
     found = modules()
     label = _hot_path(found)
-    return f"{label}-stale" if any(m.stale for m in found) else label
+    return f"{label}-stale" if any(m.stale for m in found + extensions()) else label
 
 
 def stale_warning() -> str | None:
     """The start-up warning when compiled modules are older than their sources."""
-    stale = [m.name for m in modules() if m.stale]
+    stale = [m.name for m in modules() + extensions() if m.stale]
     if not stale:
         return None
     return (
@@ -119,11 +143,17 @@ def stale_warning() -> str | None:
 
 def main() -> int:
     found = modules()
-    for m in found:
+    built = extensions()
+    for m in found + built:
         state = "compiled" if m.compiled else "interpreted"
         print(f"{m.name:24} {state:12} {m.file}{'  STALE: run make native' if m.stale else ''}")
     print(f"hot path: {hot_path()}")
-    return 1 if any(m.stale for m in found) or hot_path() == "partly compiled" else 0
+    # A compiled build without its C extensions is as broken as a partly compiled one.
+    half = hot_path() == "compiled" and not all(m.compiled for m in built)
+    if half:
+        print("C extensions missing from a compiled build: run make native")
+    stale = any(m.stale for m in found + built)
+    return 1 if stale or half or hot_path() == "partly compiled" else 0
 
 
 if __name__ == "__main__":

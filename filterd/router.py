@@ -23,15 +23,16 @@ import orjson
 
 from filterd.changes.model import ChangeRef
 from filterd.changes.overlay import (
-    CLEARED,
     CONSENT_REPLACED,
+    CONSENT_SHIFT,
     CONSENT_UNCHANGED,
+    CONSENT_WORD,
+    FLAG_SHIFT,
     FOREVER,
     NO_ACCEPTED,
-    SET,
-    UNCHANGED,
-    NumberChanges,
+    NUMBER,
     Overlay,
+    PairConsent,
     consent_with,
 )
 from filterd.config import PolicyConfig
@@ -39,6 +40,7 @@ from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
 from filterd.markers import MarkerMatcher, matcher
 from filterd.numbers import MAX_DIGITS, looks_without_plus, normalize, without_plus_ranges
+from filterd.table import PairTable
 
 log = logging.getLogger(__name__)
 _internal_errors = RateLimitedLogger(log, 10.0, level=logging.ERROR)
@@ -199,9 +201,10 @@ class Decider:
     """
 
     __slots__ = (
-        "_cc", "_default_exempt", "_dnd", "_entry", "_event_time", "_exempt", "_global",
-        "_global_filter", "_markers", "_marketing_exempt", "_max_bytes", "_new_senders",
-        "_pending", "_plus_low", "_plus_ranges", "_senders", "_ts", "category", "change_ref",
+        "_cc", "_changed", "_default_exempt", "_dnd", "_entry", "_event_time", "_exempt",
+        "_facts", "_facts_filter", "_facts_mask", "_global", "_global_filter", "_markers",
+        "_marketing_exempt", "_max_bytes", "_new_senders", "_overlay", "_plus_low",
+        "_plus_ranges", "_senders", "_sids", "_ts", "category", "change_ref",
         "declared_category", "number", "sender", "snapshot", "version", "without_plus",
     )  # fmt: skip
 
@@ -238,10 +241,19 @@ class Decider:
         #: The declared category of the record :meth:`decide` last decided, when step 2
         #: decided it as marketing (the output's ``filterd-declared-category``); else None.
         self.declared_category: str | None = None
-        # Live consent changes not in the snapshot (filterd.changes.overlay): the numbers
-        # they touch, one dict membership test per event, and the senders they name.
-        self._pending: dict[int, NumberChanges] = overlay.by_number if overlay is not None else {}
+        # Live consent changes not in the snapshot (filterd.changes.overlay): their facts,
+        # keyed (number, 0) and (number, sender id), one or two table lookups for an event
+        # whose number's filter bit is set (none without an overlay); the sender ids; the
+        # senders they name.
+        self._overlay: Overlay | None = overlay
+        self._facts: PairTable | None = overlay.table if overlay is not None else None
+        self._sids: dict[str, int] = overlay.interned.ids if overlay is not None else {}
+        # A bit per number with facts (Overlay.filter): most numbers stop at that bit.
+        self._facts_filter: bytearray = overlay.filter if overlay is not None else bytearray(1)
+        self._facts_mask: int = (len(self._facts_filter) << 3) - 1
         self._new_senders: set[str] = overlay.senders if overlay is not None else set()
+        # Whether the record last decided had facts of live changes (for max_per_day()).
+        self._changed: bool = False
         #: The change whose fact decided the record :meth:`decide` last decided (the
         #: output's ``filterd-change``); else None.
         self.change_ref: ChangeRef | None = None
@@ -318,6 +330,7 @@ class Decider:
             self.category = category
             self._ts = ts
             self._entry = None
+            self._changed = False
             if self._exempt.get(category, self._default_exempt):
                 # Step 2, honest category: only exempt messages with a text are searched.
                 if text is None or not self._markers.search(text):
@@ -327,10 +340,17 @@ class Decider:
                 if self._marketing_exempt:
                     return EXEMPT_CATEGORY
             # require-consent, first match wins (docs/contract.md "Policy and reason codes").
-            if number in self._pending:
-                if self._event_time and ts is not None:
-                    at_ms = int(ts)
-                return self._decide_changed(self._pending[number], sender, number, at_ms)
+            facts = self._facts
+            i = (number ^ (number >> 21)) & self._facts_mask  # filterd.prefilter.slot
+            if facts is not None and self._facts_filter[i >> 3] >> (i & 7) & 1:
+                own = facts.row(number, NUMBER)
+                sid = self._sids.get(sender, 0)
+                pair = facts.row(number, sid) if sid else None
+                if own is not None or pair is not None:
+                    if self._event_time and ts is not None:
+                        at_ms = int(ts)
+                    self._changed = True
+                    return self._decide_changed(own, pair, sid, sender, number, at_ms)
             global_filter = self._global_filter
             if global_filter:
                 # Rule 1 for every sender (`*`): the same inline filter test as below.
@@ -380,29 +400,38 @@ class Decider:
             return INTERNAL_ERROR
 
     def _decide_changed(
-        self, changes: NumberChanges, sender: str, number: int, at_ms: int
+        self,
+        own: tuple[int, ...] | None,
+        pair: tuple[int, ...] | None,
+        sid: int,
+        sender: str,
+        number: int,
+        at_ms: int,
     ) -> Outcome:
-        """Step 3 for a number with pending live changes: the snapshot's facts where the
-        changes left them alone (filterd.changes.overlay), and ``change_ref`` set when the
-        deciding fact came from a change."""
-        flag = changes.global_optout
-        if flag == SET or (flag == UNCHANGED and number in self._global):
-            self.change_ref = changes.global_ref if flag == SET else None
+        """Step 3 for a number with facts of pending live changes (its own ``own``, the
+        pair's ``pair``): the snapshot's facts where the changes left them alone
+        (filterd.changes.overlay), and ``change_ref`` set when the deciding fact came from a
+        change. A flag fact is 0 (unchanged) or odd (set) or even (cleared)."""
+        overlay = self._overlay
+        assert overlay is not None
+        flag = own[0] if own is not None else 0
+        if flag & 1 or (not flag and number in self._global):
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT) if flag else None
             return OPTED_OUT
         entry = self._senders.get(sender)
-        pair = changes.pairs.get(sender)
-        flag = pair.optout if pair is not None else UNCHANGED
-        if flag == SET or (flag == UNCHANGED and entry is not None and number in entry.optouts):
-            self.change_ref = pair.optout_ref if pair is not None and flag == SET else None
+        flag = pair[0] if pair is not None else 0
+        if flag & 1 or (not flag and entry is not None and number in entry.optouts):
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT) if flag else None
             return OPTED_OUT
-        mode = pair.consent if pair is not None else CONSENT_UNCHANGED
+        word = pair[1] if pair is not None else 0
+        mode, rows = overlay.consent_of(number, sid, word)
         until, any_row = NO_ACCEPTED, False
         if entry is not None and mode != CONSENT_REPLACED:
             until, any_row = _snapshot_consent(entry, number)
-        until, any_row, _cap = consent_with((until, any_row, 0), pair)
+        until, any_row, _cap = consent_with((until, any_row, 0), mode, rows)
         if any_row:
             self.change_ref = (
-                pair.consent_ref if pair is not None and mode != CONSENT_UNCHANGED else None
+                overlay.ref(word, CONSENT_SHIFT) if mode != CONSENT_UNCHANGED else None
             )
             if until == NO_ACCEPTED:
                 return CONSENT_NOT_EXPLICIT
@@ -413,37 +442,40 @@ class Decider:
             return CONSENT if until > at_ms else CONSENT_EXPIRED
         if entry is None and sender not in self._new_senders:
             return UNKNOWN_SENDER
-        flag = changes.dnd
-        if flag == SET or (flag == UNCHANGED and number in self._dnd):
-            self.change_ref = changes.dnd_ref if flag == SET else None
+        flag = own[1] if own is not None else 0
+        if flag & 1 or (not flag and number in self._dnd):
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT) if flag else None
             return RECIPIENT_DND
         if mode == CONSENT_REPLACED:
-            assert pair is not None
-            self.change_ref = pair.consent_ref
-        elif flag == CLEARED:
-            self.change_ref = changes.dnd_ref
+            self.change_ref = overlay.ref(word, CONSENT_SHIFT)
+        elif flag:
+            self.change_ref = overlay.ref(flag, FLAG_SHIFT)  # do-not-disturb cleared
         return NO_CONSENT
 
     def pair_max_per_day(self, sender: str, number: int) -> int:
         """The (sender, number) pair's ``max_per_day`` with the live changes applied (0: none
         stated): the smallest of its accepted consents' (snapshot and changes)."""
         entry = self._senders.get(sender)
-        changes = self._pending.get(number)
-        pair = changes.pairs.get(sender) if changes is not None else None
-        mode = pair.consent if pair is not None else CONSENT_UNCHANGED
+        mode = CONSENT_UNCHANGED
+        rows: PairConsent = (NO_ACCEPTED, False, 0)
+        overlay = self._overlay
+        sid = self._sids.get(sender, 0)
+        if overlay is not None and sid:
+            word = overlay.table.get(number, sid, CONSENT_WORD)
+            mode, rows = overlay.consent_of(number, sid, word)
         cap = 0
         if entry is not None and mode != CONSENT_REPLACED:
             terms: TermsLookup | None = getattr(entry, "terms", None)
             if terms is not None:
                 cap = int(getattr(terms, "max_per_day", _no_cap)(number))
-        return consent_with((NO_ACCEPTED, False, cap), pair)[2]
+        return consent_with((NO_ACCEPTED, False, cap), mode, rows)[2]
 
     def max_per_day(self) -> int:
         """The ``max_per_day`` stated by the consents of the pair last decided (0: none).
 
         Looked up only when step 4 asks (a delivered ``require-consent`` message).
         """
-        if self.number in self._pending:
+        if self._changed:
             # A live change may have granted, replaced or revoked the pair's consents.
             return self.pair_max_per_day(self.sender, self.number)
         entry = self._entry

@@ -148,6 +148,12 @@ def test_hot_path_is_what_the_build_promised() -> None:
     if expected:
         assert native.hot_path() == expected
     assert not [m.name for m in found if m.stale], "stale compiled modules: run make native"
+    built = native.extensions()
+    assert [m.name for m in built] == [
+        s.removesuffix(".c").replace("/", ".") for s in native.EXTENSIONS
+    ]
+    if native.hot_path() == "compiled":
+        assert all(m.compiled and not m.stale for m in built), built
 
 
 @pytest.mark.parametrize("checkout", [True, False])

@@ -108,8 +108,13 @@ def format_why(
             elif not s.evidence.rows:
                 buf.write(f"  consent evidence: no consent row of this pair in {r.snapshot}\n")
             for row in s.evidence.rows:
+                where = (
+                    f"change {row.change}"
+                    if row.change
+                    else f"line {row.line} of the consents file"
+                )
                 buf.write(
-                    f"  consent evidence: line {row.line} of the consents file: method "
+                    f"  consent evidence: {where}: method "
                     f"{row.method or '(none)'}, granted_at {row.granted_at or '(none)'}, "
                     f"expires_at {row.expires_at or '(none)'}\n"
                 )

@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from filterd.acls import not_authorized
 from filterd.changes.model import BadChange, Change, ChangeRef, parse_change
-from filterd.changes.overlay import Overlay
+from filterd.changes.overlay import Overlay, fits
 from filterd.changes.watermark import watermark_of
 from filterd.config import Config
 from filterd.delivery import client_topic_partitions
@@ -197,6 +197,8 @@ class ChangeFeed:
     def _take(self, partition: int, offset: int, value: bytes | None, timestamp: int = 0) -> None:
         try:
             change = parse_change(value, self.config.policy.default_country_code)
+            if not fits(partition, offset):
+                raise BadChange(f"offset beyond the overlay's range ({partition}/{offset})")
         except BadChange as exc:
             self.bad[str(exc).split(" ", 1)[0]] += 1
             _bad_changes.log(
@@ -228,10 +230,11 @@ class ChangeFeed:
     def rebase(self, snapshot: object) -> Overlay:
         """The overlay on top of ``snapshot`` (idempotent per snapshot object).
 
-        Changes below the snapshot's watermark are dropped from memory; the others stay. A
-        snapshot whose watermark is below the one in force (a rollback, a build without
-        the feed folded in) needs changes already dropped: the feed reads the topic again
-        from that watermark, and nothing is decided until it has caught up.
+        Facts whose last change is below the snapshot's watermark are dropped from memory;
+        the others stay (:meth:`Overlay.rebase`). A snapshot whose watermark is below the
+        one in force (a rollback, a build without the feed folded in), or that accepts other
+        consent methods, needs changes no longer held: the feed reads the topic again from
+        its watermark, and nothing is decided until it has caught up.
         """
         if snapshot is self._based_on:
             return self.overlay
@@ -239,23 +242,22 @@ class ChangeFeed:
         manifest = getattr(snapshot, "manifest", None)
         watermark = watermark_of(manifest if isinstance(manifest, dict) else None, self.topic)
         accept = accept_methods(manifest if isinstance(manifest, dict) else None)
-        old = self.overlay.watermark
-        if any(watermark.get(p, 0) < offset for p, offset in old.items()):
-            log.info("snapshot watermark went back: reading the changes topic again from it")
-            self.overlay.rebase(accept, watermark)
-            self.overlay.log.clear()
-            self.overlay.by_number.clear()
-            self.overlay.senders.clear()
+        dropped = self.overlay.rebase(accept, watermark)
+        if dropped < 0:
+            log.info(
+                "snapshot watermark went back or its accepted methods differ: reading the "
+                "changes topic again from its watermark"
+            )
             self.positions = dict(watermark)
+            self.start_watermark = dict(watermark)
             self._fetched = []
             self.fresh_ms = self._fetched_fresh_ms = 0
             if self._task is not None:
                 self._task.cancel()
                 self._task = asyncio.create_task(self._run(), name="filterd-change-feed")
             return self.overlay
-        dropped = self.overlay.rebase(accept, watermark)
         if dropped:
-            log.info("snapshot folded in %d live changes; dropped from memory", dropped)
+            log.info("snapshot folded in %d facts of live changes; dropped from memory", dropped)
         return self.overlay
 
     def fresh_for(self, record_ms: int) -> bool:

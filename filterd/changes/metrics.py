@@ -4,11 +4,15 @@
 |---|---|
 | ``filterd_changes_applied_total{op, source}`` | changes applied to the overlay |
 | ``filterd_changes_malformed_total`` | change records skipped as malformed |
-| ``filterd_changes_pending`` | changes not yet folded into the snapshot (in memory) |
+| ``filterd_changes_pending`` | facts of live changes held, not folded into the snapshot |
 | ``filterd_change_feed_lag_records`` | changes appended but not yet fetched |
 | ``filterd_change_feed_lag_seconds`` | how old the feed's last catch-up is (bound: 1 s) |
 | ``filterd_change_oldest_unapplied_age_seconds`` | age of the oldest change not yet applied |
 | ``filterd_mo_replies_total{result}`` | MO replies: ``keyword``, ``ignored``, ``bad`` |
+
+``filterd_changes_pending`` counts facts, not change records: a number's global opt-out or
+do-not-disturb, a pair's opt-out or consent, each once however many changes set it
+(:class:`~filterd.changes.overlay.Overlay`).
 """
 
 from __future__ import annotations
@@ -53,7 +57,10 @@ class ChangeMetrics(Collector):
             sum(feed.bad.values()),
         )
         yield GaugeMetricFamily(
-            "filterd_changes_pending", "Changes not folded into the snapshot", len(feed.overlay)
+            "filterd_changes_pending",
+            "Facts of live changes held, not folded into the snapshot (a number's global "
+            "opt-out or do-not-disturb, a pair's opt-out or consent; each once)",
+            len(feed.overlay),
         )
         yield GaugeMetricFamily(
             "filterd_change_feed_lag_records", "Changes appended, not fetched", feed.lag_records()

@@ -1,35 +1,65 @@
 """The pending changes: what the changes topic says beyond the snapshot in force.
 
 An :class:`Overlay` holds, per recipient number with pending changes, what those changes
-did, as a delta on any snapshot: for the number, whether it is opted out of every sender
-and whether it is on the do-not-disturb list (set, cleared, or unchanged); per (sender,
-number) pair, whether it is opted out, and its consent rows (added to the snapshot's, or
-replacing them after a ``consent-revoke``), reduced as a snapshot build reduces them: up to
-when the latest accepted consent is valid, whether any row exists, and the smallest stated
-``max_per_day``. Deciding with the snapshot and the overlay then gives the decision the
-snapshot rebuilt with the changes applied in offset order would give (the property tests
-compare the two), so the decision reads the snapshot only where the overlay leaves a fact
-unchanged.
+did, as a delta on any snapshot (the *facts*): for the number, whether it is opted out of
+every sender and whether it is on the do-not-disturb list (set, cleared, or unchanged); per
+(sender, number) pair, whether it is opted out, and its consent rows (added to the
+snapshot's, or replacing them after a ``consent-revoke``), reduced as a snapshot build
+reduces them: up to when the latest accepted consent is valid, whether any row exists, and
+the smallest stated ``max_per_day``. Deciding with the snapshot and the overlay then gives
+the decision the snapshot rebuilt with the changes applied in offset order would give (the
+property tests compare the two), so the decision reads the snapshot only where the overlay
+leaves a fact unchanged.
 
-Each fact remembers the change that last set it (:class:`~filterd.changes.model.ChangeRef`):
-an output decided by that fact carries it in ``filterd-change``.
+Each fact remembers the change that last set it, packed in the same 64-bit word (partition
+and offset; the topic is the feed's one changes topic, :attr:`Overlay.topic`): an output
+decided by that fact carries it in ``filterd-change``.
 
-The changes themselves are kept too (:attr:`Overlay.log`), so that a swap to a snapshot
-with a newer change watermark can drop the folded ones and compute the deltas again
-(:meth:`Overlay.rebase`).
+Layout (:class:`filterd.table.PairTable`, flat arrays, no Python object per fact):
+
+* :attr:`Overlay.table`, two signed 64-bit words per key. Key (number, 0): the number's
+  global opt-out and do-not-disturb facts. Key (number, sender id): the pair's opt-out fact
+  and its consent fact. A flag fact is 0 (unchanged) or ``(ref + 1) << 1 | set``; a consent
+  fact is 0 (unchanged) or ``(ref + 1) << 5 | kind << 3 | mode << 1 | any_row`` with ``mode``
+  added/replaced and ``kind`` saying where the validity and cap are: no accepted row and no
+  cap, accepted forever without a cap, or in :attr:`Overlay.terms`;
+* :attr:`Overlay.terms`: (number, sender id) -> (until, cap) of the pairs whose consent fact
+  says so (an expiry or a cap: the minority);
+* sender names interned to ids (:attr:`Overlay.interned`); id 0 is the number's own facts;
+* :attr:`Overlay.filter`: a one-hash filter of the numbers with facts (the bit of
+  :func:`filterd.prefilter.slot`, 2**24 bits, 2 MiB however many facts), set when a fact is
+  applied and rebuilt by :meth:`Overlay.rebase`: the decision tests one bit and looks the
+  tables up only for a number whose bit is set (at 1 M facts, ~6 % of the others).
+
+``ref`` is ``partition << 44 | offset``: offsets below 2**44 (17 trillion) and partitions
+below 2**14 (a change beyond raises ValueError; the feed skips it, counted and logged).
+
+No log of the changes is kept. A swap to a snapshot with a newer watermark (:meth:`rebase`)
+drops each fact whose last change is below it: the changes topic is keyed by recipient, so
+every change of a number is in one partition, and a fact whose last change was folded in had
+all its changes folded in. A fact whose last change is at or above it is kept as it is: the
+reduction is idempotent (until = max, any row = or, cap = min, and a ``consent-revoke`` that
+replaced the rows is folded in too), so adding to the new snapshot what it already holds
+changes nothing. When the new snapshot accepts other methods, or its watermark goes back,
+the facts cannot be recomputed without the changes: :meth:`rebase` clears them and the feed
+reads the changes topic again from the watermark (:meth:`filterd.changes.feed.ChangeFeed.rebase`),
+deciding nothing until caught up.
 
 Senders: a sender named by an ``opt-out`` or ``consent`` change is in the snapshot from
 then on (a later ``opt-out-clear`` or ``consent-revoke`` does not make it unknown again).
 
-Memory: one :class:`NumberChanges` (plus one :class:`PairChanges` per pair) per number with
-pending changes, and the log. This is plain Python objects, not yet the compact columns
-the 64 B per pending change goal asks for (see CHANGELOG).
+Memory: ``len(overlay)`` counts the facts held (a number's or a pair's, each once however
+many changes set it). An opt-out of a number of its own costs one key of
+:attr:`Overlay.table`: 28 bytes per slot at a load of 0.53-0.8, 35-53 bytes, plus the
+filter's 2 MiB (measured RSS at 1 M: about 50 bytes per pending change, ``python -m
+benchmarks.changes_memory``, goal 64); a consent with an expiry or a cap one key of
+:attr:`Overlay.terms` more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
-from typing import Final
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import Final, NamedTuple
 
 from filterd.changes.model import (
     ALL_SENDERS,
@@ -42,18 +72,24 @@ from filterd.changes.model import (
     Change,
     ChangeRef,
 )
+from filterd.prefilter import slot
+from filterd.table import Interned, PairTable
 
 __all__ = [
     "CLEARED",
+    "CONSENT_SHIFT",
+    "FLAG_SHIFT",
     "FOREVER",
     "NO_ACCEPTED",
+    "NUMBER",
     "SET",
     "UNCHANGED",
-    "NumberChanges",
+    "Fact",
     "Overlay",
-    "PairChanges",
     "PairConsent",
     "consent_with",
+    "fits",
+    "flag_of",
 ]  # fmt: skip
 
 #: A flag fact: the changes left it alone, set it, or cleared it.
@@ -68,38 +104,25 @@ NO_ACCEPTED: Final = -1
 CONSENT_UNCHANGED: Final = 0
 CONSENT_ADDED: Final = 1
 CONSENT_REPLACED: Final = 2
-
-
-class PairChanges:
-    """What the pending changes did to one (sender, number) pair."""
-
-    __slots__ = ("any_row", "cap", "consent", "consent_ref", "optout", "optout_ref", "until")
-
-    def __init__(self) -> None:
-        self.optout = UNCHANGED
-        self.optout_ref: ChangeRef | None = None
-        #: CONSENT_UNCHANGED, CONSENT_ADDED (rows added to the snapshot's) or CONSENT_REPLACED.
-        self.consent = CONSENT_UNCHANGED
-        #: Of the rows the changes hold: latest accepted validity (epoch ms), or NO_ACCEPTED.
-        self.until = NO_ACCEPTED
-        #: The changes hold at least one consent row (of any method).
-        self.any_row = False
-        #: The smallest ``max_per_day`` of their accepted rows (0: none stated).
-        self.cap = 0
-        self.consent_ref: ChangeRef | None = None
-
-
-class NumberChanges:
-    """What the pending changes did to one recipient number."""
-
-    __slots__ = ("dnd", "dnd_ref", "global_optout", "global_ref", "pairs")
-
-    def __init__(self) -> None:
-        self.global_optout = UNCHANGED
-        self.global_ref: ChangeRef | None = None
-        self.dnd = UNCHANGED
-        self.dnd_ref: ChangeRef | None = None
-        self.pairs: dict[str, PairChanges] = {}
+#: The sender id of a number's own facts (global opt-out, do-not-disturb).
+NUMBER: Final = 0
+#: Words of a key of :attr:`Overlay.table`.
+GLOBAL_WORD: Final = 0
+DND_WORD: Final = 1
+OPTOUT_WORD: Final = 0
+CONSENT_WORD: Final = 1
+#: Bits below the ``ref + 1`` of a flag fact and of a consent fact (:meth:`Overlay.ref`).
+FLAG_SHIFT: Final = 1
+CONSENT_SHIFT: Final = 5
+#: Where a consent fact's (until, cap) are.
+_KIND_NONE: Final = 0  # (NO_ACCEPTED, 0)
+_KIND_FOREVER: Final = 1  # (FOREVER, 0)
+_KIND_TERMS: Final = 2  # in Overlay.terms
+_OFFSET_BITS: Final = 44
+_OFFSET_MASK: Final = (1 << _OFFSET_BITS) - 1
+_PARTITIONS: Final = 1 << 14
+#: Bits of :attr:`Overlay.filter` (a power of two).
+FILTER_BITS: Final = 1 << 24
 
 
 def min_cap(a: int, b: int) -> int:
@@ -116,97 +139,217 @@ def min_cap(a: int, b: int) -> int:
 PairConsent = tuple[int, bool, int]
 
 
-def consent_with(snapshot: PairConsent, pair: PairChanges | None) -> PairConsent:
-    """A pair's consent facts with its pending changes: the snapshot's facts, the changes'
-    rows added to them, or the changes' rows alone after a ``consent-revoke``. The decision
-    (:mod:`filterd.router`) and compaction (:mod:`filterd.snapshot.compact`) both use it."""
-    if pair is None or pair.consent == CONSENT_UNCHANGED:
+def consent_with(snapshot: PairConsent, mode: int, changes: PairConsent) -> PairConsent:
+    """A pair's consent facts with its pending changes (``mode`` and their facts): the
+    snapshot's facts, the changes' rows added to them, or the changes' rows alone after a
+    ``consent-revoke``. The decision (:mod:`filterd.router`) and compaction
+    (:mod:`filterd.snapshot.compact`) both use it."""
+    if mode == CONSENT_UNCHANGED:
         return snapshot
-    if pair.consent == CONSENT_REPLACED:
-        return pair.until, pair.any_row, pair.cap
+    if mode == CONSENT_REPLACED:
+        return changes
     until, any_row, cap = snapshot
-    return max(until, pair.until), any_row or pair.any_row, min_cap(cap, pair.cap)
+    return max(until, changes[0]), any_row or changes[1], min_cap(cap, changes[2])
+
+
+def flag_of(word: int) -> int:
+    """UNCHANGED, SET or CLEARED: the state of a flag fact."""
+    return UNCHANGED if not word else word & 1
+
+
+def fits(partition: int, offset: int) -> bool:
+    """Whether a change at ``partition``/``offset`` can be held (see the module doc)."""
+    return 0 <= partition < _PARTITIONS and 0 <= offset <= _OFFSET_MASK
+
+
+def _ref_plus_one(partition: int, offset: int) -> int:
+    if not fits(partition, offset):
+        raise ValueError(f"change {partition}/{offset} out of the overlay's range")
+    return (partition << _OFFSET_BITS | offset) + 1
+
+
+class Fact(NamedTuple):
+    """One fact, unpacked (:meth:`Overlay.facts`): a number's (``sender`` "") or a pair's."""
+
+    number: int
+    sender: str
+    #: Global opt-out (a number's) or the pair's opt-out: UNCHANGED, SET or CLEARED.
+    optout: int
+    #: Do-not-disturb (a number's; UNCHANGED for a pair).
+    dnd: int
+    #: CONSENT_UNCHANGED, CONSENT_ADDED or CONSENT_REPLACED (a pair's).
+    consent: int
+    #: The changes' consent facts (meaningful unless ``consent`` is CONSENT_UNCHANGED).
+    rows: PairConsent
 
 
 class Overlay:
     """The pending changes, applied in offset order (see the module doc)."""
 
-    def __init__(self, accept: Collection[str]) -> None:
+    def __init__(self, accept: Collection[str], topic: str = "") -> None:
         #: Methods the snapshot in force accepts (its manifest's ``accept_methods``).
         self.accept = frozenset(accept)
-        #: Numbers with pending changes. The decision's one membership test per record;
-        #: the dict object stays the same for the overlay's life (deciders hold it).
-        self.by_number: dict[int, NumberChanges] = {}
+        #: The changes topic (the topic of every change applied).
+        self.topic = topic
+        #: The facts (see the module doc). The objects stay the same for the overlay's
+        #: life: deciders hold them.
+        self.table = PairTable(2, 8)
+        self.terms = PairTable(2, 8)
+        #: A bit per number with facts (see the module doc); may hold stale bits.
+        self.filter = bytearray(FILTER_BITS >> 3)
+        #: Sender names interned to ids (id 0: a number's own facts).
+        self.interned = Interned(first=1)
         #: Senders named by an ``opt-out`` or ``consent`` change.
         self.senders: set[str] = set()
-        #: The pending changes, in the order applied.
-        self.log: list[tuple[ChangeRef, Change]] = []
         #: The snapshot's change watermark: next offset per partition it folded in.
         self.watermark: dict[int, int] = {}
+        self._facts = 0
 
     def __len__(self) -> int:
-        """Pending changes."""
-        return len(self.log)
+        """Facts held (a number's global opt-out or do-not-disturb, a pair's opt-out or
+        consent), each counted once however many changes set it."""
+        return self._facts
+
+    def _put(self, number: int, sid: int, word: int, value: int) -> None:
+        if not self.table.get(number, sid, word):
+            self._facts += 1
+        self.table.put(number, sid, value, word)
 
     def apply(self, change: Change, ref: ChangeRef) -> bool:
         """Apply one change (changes of a partition in offset order); False when the
         snapshot already folded it in (below its watermark)."""
         if ref.offset < self.watermark.get(ref.partition, 0):
             return False
-        self.log.append((ref, change))
-        self._apply(change, ref)
-        return True
-
-    def _apply(self, change: Change, ref: ChangeRef) -> None:
-        state = self.by_number.get(change.number)
-        if state is None:
-            state = self.by_number[change.number] = NumberChanges()
-        op, sender = change.op, change.sender
+        self.topic = ref.topic
+        here = _ref_plus_one(ref.partition, ref.offset)
+        op, sender, number = change.op, change.sender, change.number
+        bit = slot(number, FILTER_BITS)
+        self.filter[bit >> 3] |= 1 << (bit & 7)
         if op in (DND_ADD, DND_REMOVE):
-            state.dnd = SET if op == DND_ADD else CLEARED
-            state.dnd_ref = ref
-            return
+            self._put(number, NUMBER, DND_WORD, here << FLAG_SHIFT | (op == DND_ADD))
+            return True
         if sender == ALL_SENDERS:
-            state.global_optout = SET if op == OPT_OUT else CLEARED
-            state.global_ref = ref
-            return
-        pair = state.pairs.get(sender)
-        if pair is None:
-            pair = state.pairs[sender] = PairChanges()
+            self._put(number, NUMBER, GLOBAL_WORD, here << FLAG_SHIFT | (op == OPT_OUT))
+            return True
+        sid = self.interned.id(sender)
         if op in (OPT_OUT, OPT_OUT_CLEAR):
-            pair.optout = SET if op == OPT_OUT else CLEARED
-            pair.optout_ref = ref
+            self._put(number, sid, OPTOUT_WORD, here << FLAG_SHIFT | (op == OPT_OUT))
             if op == OPT_OUT:
                 self.senders.add(sender)
         elif op == CONSENT_REVOKE:
-            pair.consent = CONSENT_REPLACED
-            pair.until, pair.any_row, pair.cap = NO_ACCEPTED, False, 0
-            pair.consent_ref = ref
+            self._set_consent(number, sid, here, CONSENT_REPLACED, (NO_ACCEPTED, False, 0))
         elif op == CONSENT:
             self.senders.add(sender)
-            if pair.consent == CONSENT_UNCHANGED:
-                pair.consent = CONSENT_ADDED
-            pair.any_row = True
-            pair.consent_ref = ref
+            mode, (until, _any, cap) = self._consent(number, sid)
+            if mode == CONSENT_UNCHANGED:
+                mode = CONSENT_ADDED
             if change.method is None or change.method in self.accept:
-                until = FOREVER if change.expires_ms is None else change.expires_ms
-                pair.until = max(pair.until, until)
-                pair.cap = min_cap(pair.cap, change.max_per_day)
+                expires = FOREVER if change.expires_ms is None else change.expires_ms
+                until = max(until, expires)
+                cap = min_cap(cap, change.max_per_day)
+            self._set_consent(number, sid, here, mode, (until, True, cap))
+        return True
+
+    def _consent(self, number: int, sid: int) -> tuple[int, PairConsent]:
+        return self.consent_of(number, sid, self.table.get(number, sid, CONSENT_WORD))
+
+    def consent_of(self, number: int, sid: int, word: int) -> tuple[int, PairConsent]:
+        """(mode, the changes' consent facts) of a pair's consent fact ``word``."""
+        if not word:
+            return CONSENT_UNCHANGED, (NO_ACCEPTED, False, 0)
+        kind = word >> 3 & 3
+        if kind == _KIND_TERMS:
+            until, cap = self.terms.get(number, sid, 0), self.terms.get(number, sid, 1)
+        else:
+            until, cap = (FOREVER if kind == _KIND_FOREVER else NO_ACCEPTED), 0
+        return word >> 1 & 3, (until, bool(word & 1), cap)
+
+    def _set_consent(self, number: int, sid: int, here: int, mode: int, rows: PairConsent) -> None:
+        until, any_row, cap = rows
+        if not cap and until == NO_ACCEPTED:
+            kind = _KIND_NONE
+        elif not cap and until == FOREVER:
+            kind = _KIND_FOREVER
+        else:
+            kind = _KIND_TERMS
+            self.terms.put_row(number, sid, (until, cap))
+        if kind != _KIND_TERMS:
+            self.terms.discard(number, sid)
+        word = here << CONSENT_SHIFT | kind << 3 | mode << 1 | any_row
+        self._put(number, sid, CONSENT_WORD, word)
+
+    def ref(self, word: int, shift: int) -> ChangeRef:
+        """The change that set a fact ``word`` (``shift``: FLAG_SHIFT or CONSENT_SHIFT)."""
+        packed = (word >> shift) - 1
+        return ChangeRef(self.topic, packed >> _OFFSET_BITS, packed & _OFFSET_MASK)
+
+    def facts(self) -> Iterator[Fact]:
+        """Every number and pair with facts, unpacked (in no particular order)."""
+        names = self.interned.names
+        for number, sid, (first, second) in self.table.items():
+            if sid == NUMBER:
+                rows: PairConsent = (NO_ACCEPTED, False, 0)
+                yield Fact(number, "", flag_of(first), flag_of(second), CONSENT_UNCHANGED, rows)
+            else:
+                mode, rows = self.consent_of(number, sid, second)
+                yield Fact(number, names[sid], flag_of(first), UNCHANGED, mode, rows)
 
     def rebase(self, accept: Collection[str], watermark: Mapping[int, int]) -> int:
-        """For a new snapshot: drop the changes below its ``watermark`` (next offset per
-        partition; a partition not named folded none), take its accepted methods, and
-        compute the deltas again from the rest. Returns how many changes were dropped."""
-        kept = [(ref, c) for ref, c in self.log if ref.offset >= watermark.get(ref.partition, 0)]
-        dropped = len(self.log) - len(kept)
-        self.accept = frozenset(accept)
+        """For a new snapshot: drop the facts whose last change is below its ``watermark``
+        (next offset per partition; a partition not named folded none) and return how many.
+        When the facts cannot be kept (the snapshot accepts other methods, or its watermark
+        goes back) they are all cleared and -1 is returned: the changes from ``watermark``
+        on must be applied again.
+
+        Partial: the walk over the facts runs in one go, on the event loop when a swap
+        calls it: 0.4-0.9 s of CPU at 1 M facts (measured; re-applying a log of 1 M changes,
+        as before, took longer). Slicing it between batches is not done."""
+        accept = frozenset(accept)
+        back = any(watermark.get(p, 0) < offset for p, offset in self.watermark.items())
+        if back or (accept != self.accept and self._facts):
+            self.clear()
+            self.accept = accept
+            self.watermark = dict(watermark)
+            return -1
+        self.accept = accept
         self.watermark = dict(watermark)
-        self.by_number.clear()
+        if not watermark or not self._facts:
+            return 0
+        before = self._facts
+        table, terms, bits = self.table, self.terms, self.filter
+        bits[:] = bytes(len(bits))  # the same object: deciders hold it
+        for number, sid, (first, second) in table.items():
+            shift = FLAG_SHIFT if sid == NUMBER else CONSENT_SHIFT
+            drop_first = bool(first) and self._folded(first >> FLAG_SHIFT)
+            drop_second = bool(second) and self._folded(second >> shift)
+            if (first and not drop_first) or (second and not drop_second):
+                bit = slot(number, FILTER_BITS)
+                bits[bit >> 3] |= 1 << (bit & 7)
+            if not drop_first and not drop_second:
+                continue
+            self._facts -= drop_first + drop_second
+            if (drop_first or not first) and (drop_second or not second):
+                table.discard(number, sid)
+            elif drop_first:
+                table.put(number, sid, 0, 0)
+            else:
+                table.put(number, sid, 0, 1)
+            if drop_second and sid != NUMBER:
+                terms.discard(number, sid)
+        return before - self._facts
+
+    def _folded(self, ref_plus_one: int) -> bool:
+        packed = ref_plus_one - 1
+        return (packed & _OFFSET_MASK) < self.watermark.get(packed >> _OFFSET_BITS, 0)
+
+    def clear(self) -> None:
+        """Forget every fact and the senders named by changes (the tables stay the same
+        objects)."""
+        self.table.clear()
+        self.terms.clear()
+        self.filter[:] = bytes(len(self.filter))
         self.senders.clear()
-        self.log = []
-        for ref, change in kept:
-            self.apply(change, ref)
-        return dropped
+        self._facts = 0
 
     def extend(self, changes: Iterable[tuple[ChangeRef, Change]]) -> None:
         for ref, change in changes:

@@ -190,7 +190,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "evidence",
         help="when and how a recipient consented to a sender (granted_at, method, expiry)",
         description="Print the consent rows of one (sender, recipient) pair kept in a "
-        "version's granted.csv.gz, checked against its manifest. Exit 0 found, 1 none.",
+        "version's granted.csv.gz (and, for consents that came as live changes, "
+        "granted-changes.csv.gz), checked against its manifest. Exit 0 found, 1 none.",
     )
     evidence.add_argument("root", type=Path, metavar="ROOT")
     evidence.add_argument("--version", dest="snapshot_version", metavar="V",
@@ -367,7 +368,8 @@ def _evidence(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             print(
-                f"{version}: line {r.line}: sender {r.sender} recipient {r.recipient} "
+                f"{version}: {f'change {r.change}' if r.change else f'line {r.line}'}: "
+                f"sender {r.sender} recipient {r.recipient} "
                 f"method {r.method or '(none)'} granted_at {r.granted_at or '(none)'} "
                 f"expires_at {r.expires_at or '(none)'}"
             )

@@ -17,14 +17,15 @@ overlay), pair by pair.
 The new version is written by the build's code (same files, same manifest, signed with
 ``sign_key``) and published through the build's guards (:mod:`filterd.snapshot.publish`).
 
-Partial:
+A sender left with no consent, opt-out or terms (all revoked or cleared), or named by a
+change only, has no sender line: the manifest's ``senders_without_numbers`` keeps it known,
+so its messages get ``no-consent`` after compaction as before it.
 
-* a sender left with no consent, opt-out or terms (all revoked or cleared) cannot be
-  stored in a version (the format refuses a sender without numbers): it is left out, so
-  its messages get ``unknown-sender`` instead of ``no-consent`` after compaction;
-* the consent evidence (``granted.csv.gz``) of the current version is carried over as
-  is: consents that came as live changes have no evidence row there (the change topic
-  itself is their record).
+Consent evidence: the current version's ``granted.csv.gz`` is carried over as it is, and
+each folded ``consent`` change gets a row in ``granted-changes.csv.gz`` (the base's rows
+carried, the new ones appended as a further gzip member) with the change's
+``topic/partition/offset``, ``id`` and ``source``, so ``filterd snapshot evidence`` answers
+for consents that came as changes too.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pyroaring import BitMap64
 
-from filterd.changes.model import BadChange, Change, ChangeRef, parse_change
+from filterd.changes.model import CONSENT, BadChange, Change, ChangeRef, parse_change
 from filterd.changes.overlay import (
     CONSENT_UNCHANGED,
     NO_ACCEPTED,
@@ -67,7 +68,7 @@ from filterd.snapshot import format as fmt
 from filterd.snapshot.build import _Consents, _write_version, place_version
 from filterd.snapshot.errors import SnapshotCorrupt
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, SenderTerms
-from filterd.snapshot.granted import GRANTED
+from filterd.snapshot.granted import GRANTED, GRANTED_CHANGES, append_change_rows
 from filterd.snapshot.inputs import Rejects
 from filterd.snapshot.load import _hash_files, _read_manifest
 from filterd.snapshot.publish import DEFAULT_MAX_DROP
@@ -95,6 +96,9 @@ class VersionData:
     global_optouts: BitMap64 = field(default_factory=BitMap64)
     dnd: BitMap64 = field(default_factory=BitMap64)
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Every sender the version knows (its sender lines and its senders without numbers),
+    #: plus those the folded changes named: kept known even when left without numbers.
+    known: set[str] = field(default_factory=set)
 
     @property
     def accept(self) -> tuple[str, ...]:
@@ -147,6 +151,8 @@ def read_version(root: Path, version: str, verifier: Verifier | None = None) -> 
             terms = _terms(contents.get(fmt.TERMS, b""), entry.get("terms"))
             if terms:
                 data.terms[sender] = terms
+            data.known.add(sender)
+        data.known.update(cast(list[str], manifest.get(fmt.SENDERS_WITHOUT_NUMBERS, [])))
         data.dnd = _bitmap(contents[fmt.DND], manifest["dnd_chunks"])
         data.global_optouts = _bitmap(
             contents.get(fmt.GLOBAL_OPTOUTS, b""), manifest.get("global_optout_chunks", [])
@@ -166,39 +172,47 @@ def _flag(bitmap: BitMap64, number: int, flag: int) -> None:
         bitmap.discard(number)
 
 
-def fold_changes(data: VersionData, overlay: Overlay) -> None:
-    """Fold the overlay's deltas into ``data`` (in place); refused consent changes are
-    added to the refused report."""
+def fold_changes(
+    data: VersionData, overlay: Overlay, changes: Iterable[tuple[ChangeRef, Change]] = ()
+) -> None:
+    """Fold the overlay's facts into ``data`` (in place); the refused ``consent`` changes of
+    ``changes`` (those the overlay applied) are added to the refused report."""
     empty: dict[int, tuple[int, int]] = {}
-    for number, state in overlay.by_number.items():
-        _flag(data.global_optouts, number, state.global_optout)
-        _flag(data.dnd, number, state.dnd)
-        for sender, pair in state.pairs.items():
-            if pair.optout != UNCHANGED:
-                _flag(data.optouts.setdefault(sender, BitMap64()), number, pair.optout)
-            if pair.consent == CONSENT_UNCHANGED:
-                continue
-            plain = data.consents.setdefault(sender, BitMap64())
-            terms = data.terms.get(sender, empty)
-            if number in plain:
-                before: PairConsent = (FOREVER, True, terms.get(number, (FOREVER, 0))[1])
-            elif number in terms:
-                until, cap = terms[number]
-                before = (until, True, cap)
-            else:
-                before = (NO_ACCEPTED, False, 0)
-            until, any_row, cap = consent_with(before, pair)
-            plain.discard(number)
-            if terms is not empty:
-                terms.pop(number, None)
-            if not any_row:
-                continue
-            if until == FOREVER:
-                plain.add(number)
-            if until != FOREVER or cap:
-                data.terms.setdefault(sender, {})[number] = (until, cap)
-    for _ref, change in overlay.log:
-        if change.method is not None and change.method not in overlay.accept:
+    data.known.update(overlay.senders)
+    for fact in overlay.facts():
+        number, sender = fact.number, fact.sender
+        if not sender:
+            _flag(data.global_optouts, number, fact.optout)
+            _flag(data.dnd, number, fact.dnd)
+            continue
+        if fact.optout != UNCHANGED:
+            _flag(data.optouts.setdefault(sender, BitMap64()), number, fact.optout)
+        if fact.consent == CONSENT_UNCHANGED:
+            continue
+        plain = data.consents.setdefault(sender, BitMap64())
+        terms = data.terms.get(sender, empty)
+        if number in plain:
+            before: PairConsent = (FOREVER, True, terms.get(number, (FOREVER, 0))[1])
+        elif number in terms:
+            until, cap = terms[number]
+            before = (until, True, cap)
+        else:
+            before = (NO_ACCEPTED, False, 0)
+        until, any_row, cap = consent_with(before, fact.consent, fact.rows)
+        plain.discard(number)
+        if terms is not empty:
+            terms.pop(number, None)
+        if not any_row:
+            continue
+        if until == FOREVER:
+            plain.add(number)
+        if until != FOREVER or cap:
+            data.terms.setdefault(sender, {})[number] = (until, cap)
+    accept = overlay.accept
+    for ref, change in changes:
+        if ref.offset < overlay.watermark.get(ref.partition, 0):
+            continue
+        if change.op == CONSENT and change.method is not None and change.method not in accept:
             data.refused[(change.sender, change.method)] += 1
 
 
@@ -222,17 +236,21 @@ def write_compacted(
     max_drop: float = DEFAULT_MAX_DROP,
     force: bool = False,
     keep: int = 5,
+    evidence: Iterable[tuple[ChangeRef, Change]] = (),
 ) -> str:
     """Write ``data`` as a new version under ``root`` with ``watermark`` of ``topic`` and
-    publish it through the guards (unless ``publish`` is false); return its name."""
+    publish it through the guards (unless ``publish`` is false); return its name. The
+    ``consent`` changes of ``evidence`` (the folded ones) get a row each in the version's
+    consent evidence (:data:`~filterd.snapshot.granted.GRANTED_CHANGES`)."""
     root = Path(root)
     created_at = now or datetime.now(UTC)
     manifest = data.manifest
-    # A sender without any number cannot be stored (see the module doc: partial).
+    # A sender without any number has no sender line: the manifest lists it as known.
     senders = {
         s for s in data.consents.keys() | data.optouts.keys() | data.terms.keys()
         if data.consents.get(s) or data.optouts.get(s) or data.terms.get(s)
     }  # fmt: skip
+    without_numbers = sorted(data.known - senders)
     bitmaps = {s: b for s, b in data.consents.items() if s in senders}
     optouts = {s: b for s, b in data.optouts.items() if s in senders}
     terms = {s: _sender_terms(t) for s, t in data.terms.items() if t}
@@ -246,6 +264,8 @@ def write_compacted(
         "inputs": manifest.get("inputs", []),
         "rejected_rows": manifest.get("rejected_rows", {"total": 0, "max_rejects": 0}),
     }
+    if without_numbers:
+        extra[fmt.SENDERS_WITHOUT_NUMBERS] = without_numbers
     # Files of the base version that stay as they are: consent evidence, rows left out.
     carried = {
         name: entry
@@ -253,13 +273,20 @@ def write_compacted(
         if name in (GRANTED, fmt.REJECTS_CSV) and isinstance(entry, dict)
     }
     country_code = str(manifest.get("country_code", ""))
+    # The base's evidence of consents that came as changes, with the folded ones appended.
+    had = isinstance(files, dict) and isinstance(files.get(GRANTED_CHANGES), dict)
+    base_changes = root / data.version / GRANTED_CHANGES if had else None
 
     def write(tmp: Path, version: str) -> None:
         for name in carried:
             shutil.copyfile(root / data.version / name, tmp / name)
+        written = dict(carried)
+        entry = append_change_rows(base_changes, tmp / GRANTED_CHANGES, evidence)
+        if entry is not None:
+            written[GRANTED_CHANGES] = entry
         _write_version(
             tmp, version, created_at, country_code, [], consent_set, optouts,
-            data.global_optouts, data.dnd, Rejects(0), carried=carried, extra=extra,
+            data.global_optouts, data.dnd, Rejects(0), carried=written, extra=extra,
         )  # fmt: skip
 
     version, _removed = place_version(
@@ -356,16 +383,17 @@ def compact_snapshot(
     overlay = Overlay(data.accept)
     overlay.watermark = dict(old)
     overlay.extend(changes)
-    fold_changes(data, overlay)
+    fold_changes(data, overlay, changes)
     watermark = {p: max(end, old.get(p, 0)) for p, end in ends.items()}
     version = write_compacted(
-        root, data, topic, watermark, len(overlay), now=now, sign_key=sign_key,
+        root, data, topic, watermark, len(changes), now=now, sign_key=sign_key,
         publish=publish, max_drop=max_drop, force=force,
         keep=config.snapshot.keep_versions if keep is None else keep,
+        evidence=changes,
     )  # fmt: skip
     log.info(
         "snapshot %s: %s plus %d changes (%d malformed skipped%s), watermark %s, in %.1fs",
-        version, base, len(overlay), sum(bad.values()),
+        version, base, len(changes), sum(bad.values()),
         "".join(f", {n} {why}" for why, n in sorted(bad.items())),
         manifest_entry(topic, watermark)["offsets"], time.monotonic() - started,
     )  # fmt: skip

@@ -55,6 +55,8 @@ REFUSED_JSON = "refused.json"
 REFUSED_CSV = "refused.csv"
 #: The bad input rows a build left out (``--max-rejects``); only in a version that has some.
 REJECTS_CSV = "rejects.csv"
+#: Manifest field: the senders a version knows without any number (optional).
+SENDERS_WITHOUT_NUMBERS = "senders_without_numbers"
 DATA_FILES_V1 = (SENDERS, CONSENTS, OPTOUTS, DND)
 DATA_FILES = (*DATA_FILES_V1, GLOBAL_OPTOUTS, TERMS, REFUSED_JSON, REFUSED_CSV)
 

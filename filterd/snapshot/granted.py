@@ -28,10 +28,12 @@ import io
 import os
 import shutil
 import zlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 import orjson
 
@@ -39,10 +41,16 @@ from filterd.errors import InvalidNumber, SnapshotError
 from filterd.numbers import normalize
 from filterd.snapshot.format import sha256_file
 
+if TYPE_CHECKING:
+    from filterd.changes.model import Change, ChangeRef
+
 __all__ = [
+    "CHANGE_COLUMNS",
     "GRANTED",
+    "GRANTED_CHANGES",
     "GRANTED_COLUMNS",
     "GrantedRow",
+    "append_change_rows",
     "find_granted",
     "lookup_granted",
     "write_granted",
@@ -52,6 +60,11 @@ __all__ = [
 GRANTED = "granted.csv.gz"
 #: Its header.
 GRANTED_COLUMNS: tuple[str, ...] = ("sender", "recipient", "method", "granted_at", "expires_at")
+#: The evidence of the consents that came as live changes (``snapshot compact``).
+GRANTED_CHANGES = "granted-changes.csv.gz"
+#: Its header: the consent's fields, then the change's ``topic/partition/offset`` and its
+#: ``id`` and ``source``.
+CHANGE_COLUMNS: tuple[str, ...] = (*GRANTED_COLUMNS, "max_per_day", "change", "id", "source")
 #: The consents-file columns filterd reads; a file with only these is copied whole.
 _KNOWN_COLUMNS = frozenset((*GRANTED_COLUMNS, "max_per_day"))
 _CHUNK = 1 << 20
@@ -70,8 +83,12 @@ class GrantedRow(NamedTuple):
     expires_at: str
     #: The row's line in the consents file (the header is line 1). In a file of
     #: other columns, where only some were kept, a row whose quoted field spanned
-    #: lines (a bad row) shifts the numbers of the rows after it.
+    #: lines (a bad row) shifts the numbers of the rows after it. For a consent that
+    #: came as a live change: its line in :data:`GRANTED_CHANGES`.
     line: int
+    #: For a consent that came as a live change, the change (``topic/partition/offset``);
+    #: else "".
+    change: str = ""
 
 
 def _open_text(path: Path, encoding: str) -> IO[str]:
@@ -201,7 +218,7 @@ class _Match:
     def __init__(self, header: list[str], sender: str, number: int, country_code: str) -> None:
         width = len(header)
         # A column the file lacks reads as "" (one past the last field, padded).
-        self.at = [header.index(c) if c in header else width for c in GRANTED_COLUMNS]
+        self.at = [header.index(c) if c in header else width for c in (*GRANTED_COLUMNS, "change")]
         self.need = max(self.at) + 1
         self.sender = sender
         self.number = number
@@ -220,7 +237,9 @@ class _Match:
             return
         row += [""] * (self.need + 1 - len(row))
         found.append(
-            GrantedRow(self.sender, row[at[1]], row[at[2]], row[at[3]], row[at[4]], lineno)
+            GrantedRow(
+                self.sender, row[at[1]], row[at[2]], row[at[3]], row[at[4]], lineno, row[at[5]]
+            )
         )
 
 
@@ -230,8 +249,10 @@ def find_granted(
     number: int,
     country_code: str,
     expected: dict[str, object] | None = None,
+    name: str = GRANTED,
 ) -> list[GrantedRow]:
-    """The consent rows of (``sender``, ``number``) in version directory ``vdir``.
+    """The consent rows of (``sender``, ``number``) in evidence file ``name`` (default
+    :data:`GRANTED`) of version directory ``vdir``.
 
     ``number`` is the normalized recipient (:func:`filterd.numbers.normalize`);
     ``country_code`` the version's, for the rows' national numbers. With
@@ -239,14 +260,14 @@ def find_granted(
     checked, and a mismatch raises :class:`SnapshotError` naming it.
     Raises :class:`SnapshotError` when the version has no evidence file.
     """
-    path = Path(vdir) / GRANTED
+    path = Path(vdir) / name
     sender = sender.strip()
     encoding = str((expected or {}).get("encoding", "utf-8"))
     found: list[GrantedRow] = []
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        raise SnapshotError(f"{vdir.name}: no {GRANTED}") from None
+        raise SnapshotError(f"{vdir.name}: no {name}") from None
     with raw:
         hashing = _Hashing(raw)
         with io.TextIOWrapper(
@@ -285,7 +306,7 @@ def find_granted(
     )
     if altered:
         raise SnapshotError(
-            f"{vdir.name}/{GRANTED}: size or sha256 differs from the manifest (altered)"
+            f"{vdir.name}/{name}: size or sha256 differs from the manifest (altered)"
         )
     return found
 
@@ -309,11 +330,61 @@ def lookup_granted(root: Path, version: str, sender: str, recipient: str) -> lis
         raise SnapshotError(f"{version}: unreadable manifest")
     country_code = str(manifest.get("country_code", "86"))
     files = manifest.get("files")
-    entry = files.get(GRANTED) if isinstance(files, dict) else None
-    if not isinstance(entry, dict):
+    entries = {
+        name: entry
+        for name in (GRANTED, GRANTED_CHANGES)
+        if isinstance(entry := (files.get(name) if isinstance(files, dict) else None), dict)
+    }
+    if not entries:
         raise SnapshotError(
             f"{version}: no per-row consent evidence (the consents file had no granted_at "
             "column, or the version was built by an older filterd)"
         )
     number = normalize(recipient.strip(), country_code)
-    return find_granted(vdir, sender, number, country_code, entry)
+    return [
+        row
+        for name, entry in entries.items()
+        for row in find_granted(vdir, sender, number, country_code, entry, name)
+    ]
+
+
+def _iso_ms(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def append_change_rows(
+    base: Path | None, dest: Path, changes: Iterable[tuple[ChangeRef, Change]]
+) -> dict[str, object] | None:
+    """Write :data:`GRANTED_CHANGES` to ``dest``: the file ``base`` (a previous version's,
+    or None) with one row per ``consent`` change of ``changes`` appended as a further gzip
+    member (fsynced): its sender, recipient (``+`` and the digits), method, ``ts`` as
+    ``granted_at`` and ``expires_at`` (ISO 8601 UTC), ``max_per_day``, the change's
+    ``topic/partition/offset``, ``id`` and ``source``. Returns the file's ``files`` entry,
+    or None when there is neither a base nor a row."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    if base is None:
+        out.writerow(CHANGE_COLUMNS)
+    n = 0
+    for ref, change in changes:
+        if change.op != "consent":
+            continue
+        out.writerow((
+            change.sender, f"+{change.number}", change.method or "", _iso_ms(change.ts),
+            _iso_ms(change.expires_ms), change.max_per_day or "",
+            f"{ref.topic}/{ref.partition}/{ref.offset}", change.id or "", change.source or "",
+        ))  # fmt: skip
+        n += 1
+    if base is None and not n:
+        return None
+    if base is not None:
+        shutil.copyfile(base, dest)
+    with open(dest, "ab") as f:
+        if n or base is None:
+            f.write(gzip.compress(buf.getvalue().encode(), _LEVEL, mtime=0))
+        f.flush()
+        os.fsync(f.fileno())
+    sha256, size = sha256_file(dest)
+    return {"bytes": size, "sha256": sha256, "encoding": "utf-8"}

@@ -358,6 +358,28 @@ def _load_steps(
         n_consents += sizes[0] + special
         n_optouts += sizes[1]
         yield
+    n_listed = len(senders)
+    if not problems:
+        # Senders a version knows without any number (a compaction whose changes revoked or
+        # cleared all of theirs): known, so decided by rules 1-4 (no-consent), not
+        # unknown-sender. Not counted in counts.senders (the sender lines).
+        known = manifest.get(fmt.SENDERS_WITHOUT_NUMBERS, [])
+        if not isinstance(known, list):
+            problems.append(f"{fmt.MANIFEST}: {fmt.SENDERS_WITHOUT_NUMBERS} is not a list")
+            known = []
+        for sender in known:
+            if not isinstance(sender, str) or not sender or sender != sender.strip():
+                problems.append(f"{fmt.MANIFEST}: {fmt.SENDERS_WITHOUT_NUMBERS}: bad sender id")
+                break
+            if sender in senders:
+                problems.append(
+                    f"{fmt.MANIFEST}: {fmt.SENDERS_WITHOUT_NUMBERS}: sender {sender!r} "
+                    f"is in {fmt.SENDERS} too"
+                )
+                break
+        else:
+            for sender in known:
+                senders[sender] = SenderConsent(_EMPTY, _EMPTY, b"", None)
     dnd_chunks = manifest["dnd_chunks"]
     assert isinstance(dnd_chunks, list)
     dnd: NumberSet = _EMPTY
@@ -380,7 +402,7 @@ def _load_steps(
             unindexed = len(contents.get(name, b"")) - positions.get(name, 0)
             if unindexed:
                 problems.append(f"{name}: {unindexed} bytes not indexed")
-        found = Counts(len(senders), n_consents, n_optouts, n_dnd, n_global, n_terms)
+        found = Counts(n_listed, n_consents, n_optouts, n_dnd, n_global, n_terms)
         expected = Counts(*(counts_m.get(k, 0) for k in Counts._fields))
         if found != expected:
             problems.append(

@@ -4,6 +4,7 @@ bound, the readiness reason, malformed records skipped and counted."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -36,10 +37,10 @@ def test_drain_applies_in_order_and_skips_what_the_snapshot_folded(feed: ChangeF
     assert feed.drain() == 3
     assert feed.bad == {"not": 1, "unknown": 1}
     assert feed.applied == {("opt-out", "mo-reply"): 1, ("opt-out-clear", "mo-reply"): 1}
-    assert len(feed.overlay) == 2
-    pair = feed.overlay.by_number[8613800000002].pairs["S"]
-    assert pair.optout == 0  # cleared: the later change wins
-    assert 8613800000001 not in feed.overlay.by_number
+    assert len(feed.overlay) == 1  # facts: the pair's opt-out, set and then cleared
+    facts = {(f.number, f.sender): f for f in feed.overlay.facts()}
+    assert list(facts) == [(8613800000002, "S")]  # nothing of the folded one
+    assert facts[(8613800000002, "S")].optout == 0  # cleared: the later change wins
 
 
 def test_a_record_waits_until_the_feed_is_fresh_for_its_time(feed: ChangeFeed) -> None:
@@ -71,3 +72,22 @@ def test_readiness_says_why_when_the_feed_lags_past_the_bound(
     assert feed.problem() == "change feed of 'c' is 5.1s behind (bound 1s)"
     feed._set_problem("changes topic 'c' does not exist")
     assert feed.problem() == "changes topic 'c' does not exist"
+
+
+def test_a_snapshot_of_other_methods_has_the_changes_read_again(feed: ChangeFeed) -> None:
+    feed._take(0, 2, value("opt-out", 8613800000002))
+    feed._fetched_fresh_ms = NOW
+    feed.drain()
+    assert len(feed.overlay) == 1
+    assert feed.fresh_for(NOW)
+    watermark = {"topic": "c", "offsets": {"0": 2}}
+    same = SimpleNamespace(manifest={"accept_methods": ["explicit"], "change_watermark": watermark})
+    assert feed.rebase(same) is feed.overlay
+    assert len(feed.overlay) == 1
+    other = SimpleNamespace(manifest={"accept_methods": ["written"], "change_watermark": watermark})
+    assert feed.rebase(other) is feed.overlay
+    # Nothing held, read again from the watermark, nothing decided until caught up.
+    assert len(feed.overlay) == 0
+    assert feed.overlay.accept == {"written"}
+    assert feed.positions == {0: 2}
+    assert not feed.fresh_for(NOW)

@@ -153,15 +153,20 @@ _change = st.builds(
 )
 
 
+#: Snapshot contents for the property tests: pair states, opt-outs, numbers.
+_pairs = st.dictionaries(
+    st.tuples(st.sampled_from(SENDERS[:2]), st.sampled_from(NUMBERS)), st.sampled_from(PAIR_STATES)
+)
+_optouts = st.sets(st.tuples(st.sampled_from(SENDERS[:2]), st.sampled_from(NUMBERS)))
+_numbers = st.sets(st.sampled_from(NUMBERS))
+
+
 @settings(max_examples=400, deadline=None)
 @given(
-    pairs=st.dictionaries(
-        st.tuples(st.sampled_from(SENDERS[:2]), st.sampled_from(NUMBERS)),
-        st.sampled_from(PAIR_STATES),
-    ),
-    optouts=st.sets(st.tuples(st.sampled_from(SENDERS[:2]), st.sampled_from(NUMBERS))),
-    global_optouts=st.sets(st.sampled_from(NUMBERS)),
-    dnd=st.sets(st.sampled_from(NUMBERS)),
+    pairs=_pairs,
+    optouts=_optouts,
+    global_optouts=_numbers,
+    dnd=_numbers,
     changes=st.lists(st.one_of(_change, st.just(b"not json"), st.just(b"[]")), max_size=12),
 )
 def test_snapshot_plus_changes_decides_as_the_snapshot_rebuilt_with_them(
@@ -318,3 +323,50 @@ def test_a_sender_named_by_a_change_is_known(op: str) -> None:
     for number, outcome in ((NUMBERS[1], RECIPIENT_DND), (NUMBERS[2], NO_CONSENT)):
         assert decider.decide(ev("NEW", number), T) == outcome
         assert rebuilt.decide(ev("NEW", number), T) == outcome
+
+
+def test_rebase_to_other_methods_or_an_older_watermark_asks_for_the_changes_again() -> None:
+    overlay = Overlay(ACCEPT)
+    overlay.watermark = {0: 5}
+    overlay.apply(Change("consent", "SHOP", NUMBERS[0], method="written"), ChangeRef(TOPIC, 0, 5))
+    assert len(overlay) == 1
+    # The same methods, a newer watermark: nothing folded, the fact stays.
+    assert overlay.rebase(ACCEPT, {0: 5, 1: 3}) == 0
+    assert len(overlay) == 1
+    # Other methods: "written" may no longer count; the fact cannot be recomputed here.
+    assert overlay.rebase(("explicit",), {0: 5, 1: 3}) == -1
+    assert len(overlay) == 0
+    assert not overlay.senders
+    assert not list(overlay.facts())
+    assert overlay.accept == {"explicit"}
+    assert overlay.watermark == {0: 5, 1: 3}
+    overlay.apply(Change("opt-out", "SHOP", NUMBERS[1]), ChangeRef(TOPIC, 1, 3))
+    # An older watermark: changes below the one in force are not held.
+    assert overlay.rebase(("explicit",), {0: 2}) == -1
+    assert len(overlay) == 0
+    # Other methods with nothing held: nothing to recompute.
+    assert overlay.rebase(ACCEPT, {0: 2}) == 0
+
+
+def test_facts_name_their_last_change_and_count_once() -> None:
+    overlay = Overlay(ACCEPT)
+    big = ChangeRef(TOPIC, (1 << 14) - 1, (1 << 44) - 1)
+    overlay.apply(Change("opt-out", "SHOP", NUMBERS[0]), ChangeRef(TOPIC, 3, 7))
+    overlay.apply(Change("opt-out-clear", "SHOP", NUMBERS[0]), big)
+    overlay.apply(Change("dnd-add", "", NUMBERS[0]), ChangeRef(TOPIC, 3, 9))
+    overlay.apply(Change("opt-out", "*", NUMBERS[0]), ChangeRef(TOPIC, 3, 10))
+    cap = Change("consent", "BANK", NUMBERS[0], "explicit", T + 5, 4)
+    overlay.apply(cap, ChangeRef(TOPIC, 3, 11))
+    assert len(overlay) == 4  # SHOP's opt-out, dnd, global opt-out, BANK's consent
+    facts = {f.sender: f for f in overlay.facts()}
+    assert facts[""][2:4] == (1, 1)  # global opt-out and dnd set
+    assert facts["SHOP"].optout == 0
+    assert (facts["BANK"].consent, facts["BANK"].rows) == (1, (T + 5, True, 4))
+    word = overlay.table.get(NUMBERS[0], overlay.interned.ids["SHOP"], 0)
+    assert overlay.ref(word, 1) == big
+    with pytest.raises(ValueError, match="out of the overlay's range"):
+        overlay.apply(cap, ChangeRef(TOPIC, 1 << 14, 0))
+    # A revoke drops the terms the consent kept.
+    overlay.apply(Change("consent-revoke", "BANK", NUMBERS[0]), ChangeRef(TOPIC, 3, 12))
+    assert len(overlay.terms) == 0
+    assert len(overlay) == 4

@@ -77,7 +77,8 @@ async def test_a_swap_to_a_compacted_version_mid_stream_changes_no_decision(
         assert len(await drain(kafka_bootstrap, stream.block, expected=1, timeout=60)) == 1
         feed = service.change_feed
         assert feed is not None
-        assert len(feed.overlay) == len(CHANGES) - 1  # the malformed one is skipped
+        # Facts held: the malformed change is skipped, B's opt-out and its clearing are one.
+        assert len(feed.overlay) == len(CHANGES) - 2
 
         swapped = asyncio.Event()
 

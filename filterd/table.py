@@ -1,0 +1,185 @@
+"""A compact table of per-recipient state: ``(number, sender) -> words``.
+
+filterd keeps millions of small records keyed by a recipient: the step 4 counters
+(:mod:`filterd.limits`) and the pending live changes (:mod:`filterd.changes.overlay`).
+A dict keyed by tuples costs 150 to 1,000 bytes per record; :class:`PairTable` costs
+8 + 4 + ``words * word_bytes`` bytes per slot, with the load kept between 0.53 and 0.8,
+so 20-30 bytes per key for one 32-bit counter.
+
+Keys are a recipient ``number`` (1 .. 2**63-1; the digits as an int, never 0) and a
+``sender`` id (0 .. 2**32-1; callers intern sender names to ids, :class:`Interned`).
+Values are ``words`` fixed-width words per key: unsigned 32-bit (``word_bytes=4``) or
+signed 64-bit (``word_bytes=8``); a value that does not fit raises ``OverflowError``.
+
+The table is the C extension ``filterd._table`` (``filterd/_table.c``, built with the
+compiled modules by ``setup.py``: open addressing, linear probing, multiply-shift home
+slots, backward-shift deletion). Without it (``FILTERD__PURE_PYTHON=1``, no C compiler)
+the pure-Python :class:`PyPairTable` below has the same behaviour, with a dict's memory;
+``tests/test_table.py`` runs both against one model. :data:`IMPLEMENTATION` says which.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+__all__ = ["IMPLEMENTATION", "Interned", "PairTable", "PyPairTable"]
+
+_MAX_NUMBER: Final = (1 << 63) - 1
+_MAX_SENDER: Final = (1 << 32) - 1
+_MAX_WORDS: Final = 8
+
+
+class PyPairTable:
+    """The pure-Python twin of ``filterd._table.PairTable`` (see the module doc)."""
+
+    __slots__ = ("_rows", "word_bytes", "words")
+
+    def __init__(self, words: int = 1, word_bytes: int = 8) -> None:
+        if not 1 <= words <= _MAX_WORDS:
+            raise ValueError(f"words must be 1 .. {_MAX_WORDS}")
+        if word_bytes not in (4, 8):
+            raise ValueError("word_bytes must be 4 or 8")
+        self.words = words
+        self.word_bytes = word_bytes
+        self._rows: dict[int, list[int]] = {}
+
+    @staticmethod
+    def _key(number: int, sender: int) -> int:
+        if not isinstance(number, int):
+            raise TypeError(f"number must be an int, not {type(number).__name__}")
+        if not isinstance(sender, int):
+            raise TypeError(f"sender must be an int, not {type(sender).__name__}")
+        if number > _MAX_NUMBER:
+            raise OverflowError("number must be 1 .. 2**63-1")
+        if number <= 0:
+            raise ValueError("number must be 1 .. 2**63-1")
+        if not 0 <= sender <= _MAX_SENDER:
+            raise OverflowError("sender must be 0 .. 2**32-1")
+        return (number << 32) | sender
+
+    def _word(self, word: int) -> int:
+        if not isinstance(word, int):
+            raise TypeError(f"word must be an int, not {type(word).__name__}")
+        if not 0 <= word < self.words:
+            raise IndexError(f"word {word} out of range (the table has {self.words})")
+        return word
+
+    def _value(self, value: int) -> int:
+        if not isinstance(value, int):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if self.word_bytes == 4:
+            if not 0 <= value <= _MAX_SENDER:
+                raise OverflowError("value must be 0 .. 2**32-1 (4-byte words)")
+        elif not -(1 << 63) <= value <= _MAX_NUMBER:
+            raise OverflowError("value does not fit a signed 64-bit word")
+        return value
+
+    def get(self, number: int, sender: int, word: int = 0, default: int = 0) -> int:
+        key = self._key(number, sender)
+        word = self._word(word)
+        row = self._rows.get(key)
+        return default if row is None else row[word]
+
+    def add(self, number: int, sender: int, delta: int, word: int = 0) -> int:
+        key = self._key(number, sender)
+        if not isinstance(delta, int):
+            raise TypeError("delta must be an int")
+        if not -(1 << 63) <= delta <= _MAX_NUMBER:
+            raise OverflowError("delta does not fit a signed 64-bit int")
+        word = self._word(word)
+        row = self._rows.get(key)
+        total = (0 if row is None else row[word]) + delta
+        try:
+            self._value(total)
+        except OverflowError:
+            raise OverflowError("the sum does not fit the word") from None
+        if row is None:
+            row = self._rows[key] = [0] * self.words
+        row[word] = total
+        return total
+
+    def put(self, number: int, sender: int, value: int, word: int = 0) -> None:
+        key = self._key(number, sender)
+        value = self._value(value)
+        word = self._word(word)
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = [0] * self.words
+        row[word] = value
+
+    def row(self, number: int, sender: int) -> tuple[int, ...] | None:
+        row = self._rows.get(self._key(number, sender))
+        return None if row is None else tuple(row)
+
+    def put_row(self, number: int, sender: int, values: Sequence[int]) -> None:
+        key = self._key(number, sender)
+        values = list(values)
+        if len(values) != self.words:
+            raise ValueError(f"{len(values)} values for a table of {self.words} words")
+        self._rows[key] = [self._value(v) for v in values]
+
+    def has(self, number: int, sender: int) -> bool:
+        return self._key(number, sender) in self._rows
+
+    def discard(self, number: int, sender: int) -> bool:
+        return self._rows.pop(self._key(number, sender), None) is not None
+
+    def items(self) -> list[tuple[int, int, tuple[int, ...]]]:
+        return [(k >> 32, k & _MAX_SENDER, tuple(row)) for k, row in self._rows.items()]
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._rows)
+
+    @property
+    def nbytes(self) -> int:
+        """An estimate: the dict, its keys and rows (the C table's figure is exact)."""
+        rows = self._rows
+        per_row = sys.getsizeof([0] * self.words) + 32 + 32 * self.words
+        return sys.getsizeof(rows) + len(rows) * per_row
+
+
+try:
+    from filterd._table import PairTable
+except ImportError:  # not compiled (FILTERD__PURE_PYTHON=1): the same behaviour, bigger
+    PairTable = PyPairTable  # type: ignore[assignment,misc]
+    IMPLEMENTATION: str = "python"
+else:
+    IMPLEMENTATION = "c"
+
+
+class Interned:
+    """Sender names as the small ints a :class:`PairTable` key holds, and back.
+
+    Ids are handed out in first-seen order from ``first`` and never reused, so an id stays
+    valid for the life of the object (the set of senders is small: thousands, not millions).
+    """
+
+    __slots__ = ("ids", "names")
+
+    def __init__(self, first: int = 1) -> None:
+        self.ids: dict[str, int] = {}
+        #: ``names[id - first]`` is the name of ``id``; ``first`` ids are reserved.
+        self.names: list[str] = [""] * first
+
+    def id(self, name: str) -> int:
+        """The id of ``name``, given one when new."""
+        found = self.ids.get(name)
+        if found is None:
+            found = self.ids[name] = len(self.names)
+            self.names.append(name)
+        return found
+
+    def name(self, id_: int) -> str:
+        return self.names[id_]
+
+    def __len__(self) -> int:
+        return len(self.ids)

@@ -299,6 +299,14 @@ class _Group:
         self.dirty_counts.append(count)
         self.dirty_offsets.append(offset)
 
+    def unmark(self) -> bool:
+        """Take back the last change; True when none is left."""
+        self.dirty_numbers.pop()
+        self.dirty_senders.pop()
+        self.dirty_counts.pop()
+        self.dirty_offsets.pop()
+        return not self.dirty_offsets
+
     def forget(self, next_offset: int) -> bool:
         """Forget the changes of records before ``next_offset``; True when none is left."""
         offsets = self.dirty_offsets
@@ -328,9 +336,8 @@ class PartitionLimits:
 
     __slots__ = (
         "_cur_group", "_cur_window", "_dirty", "_dropped", "_groups", "_memo", "_memo_offsets",
-        "_next_close", "_offset", "_sender_json", "_senders", "_stale", "_touched",
-        "_touched_counts", "_touched_senders", "decided_would", "high", "late", "read_ms",
-        "rules", "stream_time", "tracking", "would_block",
+        "_next_close", "_offset", "_sender_json", "_senders", "_stale", "decided_would",
+        "high", "late", "read_ms", "rules", "stream_time", "tracking", "would_block",
     )  # fmt: skip
 
     def __init__(self, rules: LimitRules) -> None:
@@ -377,10 +384,6 @@ class PartitionLimits:
         # changelog keys). Id 0 is "" (per-recipient counters).
         self._senders = Interned(first=1)
         self._sender_json: list[bytes] = [b'"",']
-        # The groups and sender ids the record being decided counted in (for an undo).
-        self._touched: list[_Group] = []
-        self._touched_senders: list[int] = []
-        self._touched_counts: list[int] = []
 
     def apply(self, decider: Decider, outcome: Outcome, at_ms: int) -> Outcome:
         """The final outcome of the record ``decider`` just decided as ``outcome``.
@@ -517,22 +520,32 @@ class PartitionLimits:
         ``max_per_day`` when ``most`` > 0); True when one was already at its maximum.
 
         With ``enforce``, a message that finds one at its maximum is not counted (it is
-        blocked): the counts it added are taken back.
+        blocked): the counts it added are taken back (rare: a second pass).
         """
         number = decider.number
         if number <= 0:
             return False  # no recipient number (never so for a decided record)
-        rules = self.rules
-        cls = rules.zone_class[zone]
-        touched = self._touched
-        senders = self._touched_senders
-        counts = self._touched_counts
+        cls = self.rules.zone_class[zone]
+        full = self._add(decider, caps, most, cls, local, 1)
+        if full and enforce:
+            self._add(decider, caps, most, cls, local, -1)
+        return full
+
+    def _add(
+        self, decider: Decider, caps: tuple[_Cap, ...], most: int, cls: int, local: int,
+        delta: int,
+    ) -> bool:  # fmt: skip
+        """Add ``delta`` (1: count, -1: take back the count just made) to the message's
+        counters; with 1, True when one went over its maximum."""
+        number = decider.number
+        tracking = self.tracking
         sid = -1
         full = False
         for cap in caps:
             group = self._group(cap.slot, cls, local // cap.window_ms)
             if group is None:
-                self.late += 1
+                if delta > 0:
+                    self.late += 1
                 continue
             if cap.per_pair:
                 if sid < 0:
@@ -540,42 +553,44 @@ class PartitionLimits:
                 key = sid
             else:
                 key = _NO_SENDER
-            n = group.table.add(number, key, 1)
-            if n > cap.max:
-                full = True
-            touched.append(group)
-            senders.append(key)
-            counts.append(n)
+            n = group.table.add(number, key, delta)
+            if delta > 0:
+                if n > cap.max:
+                    full = True
+                if tracking:
+                    self._mark(group, number, key, n)
+            else:
+                self._take_back(group, number, key, n)
         if most > 0:
-            group = self._group(rules.max_per_day_slot, cls, local // DAY_MS)
+            group = self._group(self.rules.max_per_day_slot, cls, local // DAY_MS)
             if group is None:
-                self.late += 1
+                if delta > 0:
+                    self.late += 1
             else:
                 if sid < 0:
                     sid = self._sender_id(decider.sender)
-                n = group.table.add(number, sid, 1)
-                if n > most:
-                    full = True
-                touched.append(group)
-                senders.append(sid)
-                counts.append(n)
-        if full and enforce:
-            for i in range(len(touched)):
-                table = touched[i].table
-                if table.add(number, senders[i], -1) == 0:
-                    table.discard(number, senders[i])
-        elif self.tracking:
-            offset = self._offset
-            dirty = self._dirty
-            for i in range(len(touched)):
-                group = touched[i]
-                if not group.dirty_offsets:
-                    dirty.append(group)
-                group.mark(number, senders[i], counts[i], offset)
-        touched.clear()
-        senders.clear()
-        counts.clear()
+                n = group.table.add(number, sid, delta)
+                if delta > 0:
+                    if n > most:
+                        full = True
+                    if tracking:
+                        self._mark(group, number, sid, n)
+                else:
+                    self._take_back(group, number, sid, n)
         return full
+
+    def _mark(self, group: _Group, number: int, sid: int, count: int) -> None:
+        if not group.dirty_offsets:
+            self._dirty.append(group)
+        group.mark(number, sid, count, self._offset)
+
+    def _take_back(self, group: _Group, number: int, sid: int, count: int) -> None:
+        """After a count of (number, sid) was taken back to ``count``: no key of count 0,
+        and no change to write (it was the group's last one)."""
+        if count == 0:
+            group.table.discard(number, sid)
+        if self.tracking and group.unmark():
+            self._dirty.remove(group)
 
     def put(self, key: CounterKey, count: int, offset: int = -1) -> bool:
         """Set a counter (a restore; tools and tests), as changed by the record at
@@ -597,9 +612,8 @@ class PartitionLimits:
         sid = self._sender_id(sender) if sender else _NO_SENDER
         group.table.put(number, sid, count)
         if self.tracking and offset >= 0:
-            if not group.dirty_offsets:
-                self._dirty.append(group)
-            group.mark(number, sid, count, offset)
+            self._offset = offset
+            self._mark(group, number, sid, count)
         return True
 
     def live(self) -> int:

@@ -265,6 +265,8 @@ CounterKey = tuple[int, str, int, int]
 _COUNTS: Final[list[bytes]] = [b"%d" % n for n in range(256)]
 #: The sender id of per-recipient counters: "" (the sender of their changelog keys).
 _NO_SENDER: Final = 0
+#: Interned senders kept before those no live counter names are let go.
+_SENDERS_KEPT: Final = 100_000
 
 
 class _Group:
@@ -346,7 +348,8 @@ class PartitionLimits:
     __slots__ = (
         "_cur_group", "_cur_window", "_dirty", "_dropped", "_groups", "_memo", "_memo_offsets",
         "_next_close", "_offset", "_sender_json", "_senders", "_stale", "decided_would",
-        "high", "late", "read_ms", "rules", "stream_time", "tracking", "would_block",
+        "high", "late", "read_ms", "rules", "sender_limit", "stream_time", "tracking",
+        "would_block",
     )  # fmt: skip
 
     def __init__(self, rules: LimitRules) -> None:
@@ -393,6 +396,9 @@ class PartitionLimits:
         # changelog keys). Id 0 is "" (per-recipient counters).
         self._senders = Interned(first=1)
         self._sender_json: list[bytes] = [b'"",']
+        #: Interned senders beyond which :meth:`drop_closed` lets go of those no live counter
+        #: names (monitored ``unknown-sender`` messages can bring any string).
+        self.sender_limit: int = _SENDERS_KEPT
 
     def apply(self, decider: Decider, outcome: Outcome, at_ms: int) -> Outcome:
         """The final outcome of the record ``decider`` just decided as ``outcome``.
@@ -604,13 +610,16 @@ class PartitionLimits:
     def put(self, key: CounterKey, count: int, offset: int = -1) -> bool:
         """Set a counter (a restore; tools and tests), as changed by the record at
         ``offset`` when the changelog is kept and ``offset`` >= 0. False when its rule is
-        not configured, the count is out of range, or its window has closed."""
+        not configured (or a per-recipient one is given a sender), the count is out of range,
+        or its window has closed."""
         rule, sender, number, window = key
         rules = self.rules
         if rule < 0:
             slot = rules.max_per_day_slot
         elif rule < len(rules.caps):
             slot = rule
+            if sender and not rules.caps[rule].per_pair:
+                return False  # never read: a per-recipient counter has no sender
         else:
             return False
         if number <= 0 or number > _TOP or not 0 < count < _COUNT_TOP:
@@ -743,7 +752,48 @@ class PartitionLimits:
         for i in range(len(cur)):
             if self._cur_group[i].close <= stream_time:
                 cur[i] = -1
+        if dropped and len(self._sender_json) > self.sender_limit:
+            self._reintern()
         return dropped
+
+    def _reintern(self) -> None:
+        """Intern again only the senders that live counters (or tombstones not yet
+        written) name: their tables and changes are keyed anew."""
+        names = self._senders.names
+        old_json = self._sender_json
+        senders = Interned(first=1)
+        json = [old_json[_NO_SENDER]]
+        remap: dict[int, int] = {_NO_SENDER: _NO_SENDER}
+
+        def new_id(sid: int) -> int:
+            found = remap.get(sid)
+            if found is None:
+                found = remap[sid] = senders.id(names[sid])
+                if found == len(json):
+                    json.append(old_json[sid])
+            return found
+
+        caps = self.rules.caps
+        live = len(self._groups)
+        named = 1
+        for at, group in enumerate([*self._groups.values(), *self._dropped]):
+            if at == live:
+                named = len(json)  # the senders of live counters
+            slot = group.slot
+            if slot < len(caps) and not caps[slot].per_pair:
+                continue  # per recipient: no sender
+            table = PairTable(1, 4)
+            for number, sid, words in group.table.items():
+                table.put(number, new_id(sid), words[0])
+            group.table = table
+            group.dirty_senders = [new_id(sid) for sid in group.dirty_senders]
+            group.templates.clear()
+        self._senders = senders
+        self._sender_json = json
+        if not self._dropped:
+            named = len(json)
+        # Many live senders: keep them, and look again when they have doubled.
+        self.sender_limit = max(self.sender_limit, 2 * named)
 
     def items(self) -> Iterator[tuple[CounterKey, int]]:
         """The live counters."""

@@ -316,3 +316,31 @@ def test_zone_of_is_the_longest_prefix_of_the_digits(prefixes: dict[str, str]) -
     for number in [*numbers, *reversed(numbers), *numbers[::3]]:
         if 0 < number < 2**63:
             assert names[rules.zone_of(number)] == by_digits(number), number
+
+
+def test_senders_no_live_counter_names_are_let_go() -> None:
+    # Monitored unknown senders bring any string: interned senders stay bounded.
+    pair = CapRule(("marketing",), "pair", "hour", 1)
+    limits, decider = setup(caps=(pair,), monitor=("unknown-sender",))
+    limits.sender_limit = 10
+    limits.tracking = True
+    for hour in range(4):
+        at = MIDNIGHT_UTC + hour * HOUR
+        for i in range(8):
+            limits._offset = hour * 100 + i
+            assert decide(limits, decider, event(sender=f"X{hour}-{i}"), at) == "monitored"
+        assert decide(limits, decider, event(), at) == "consent"
+        assert decide(limits, decider, event(), at + 1) == "frequency-cap"
+        limits.drop_closed()
+        # The changelog names the senders of the changed and of the deleted counters.
+        log = [(orjson.loads(k), v) for k, v in limits.changelog(hour * 100)[:-1]]
+        assert {k[1] for k, v in log if v is not None} == {f"X{hour}-{i}" for i in range(8)} | {"S"}
+        gone = {k[1] for k, v in log if v is None}
+        assert gone == (set() if hour == 0 else {f"X{hour - 1}-{i}" for i in range(8)} | {"S"})
+        limits.committed(hour * 100 + 100)
+    assert len(limits._senders) < 20
+    window = (MIDNIGHT_UTC + 3 * HOUR + 8 * HOUR) // HOUR
+    live = dict(limits.items())
+    assert live == {(0, "S", 8613800000001, window): 1} | {
+        (0, f"X3-{i}", 8613800000001, window): 1 for i in range(8)
+    }

@@ -93,7 +93,10 @@ def test_changelog_key_is_the_json_of_rule_sender_number_window(sender: str) -> 
     rules = LimitRules(policy())
     limits = PartitionLimits(rules)
     limits.tracking = True
-    keys = [(i, sender, 8613800000000 + i, 20_000 + i) for i in range(len(rules.caps))]
+    keys = [
+        (i, sender if cap.per_pair else "", 8613800000000 + i, 20_000 + i)
+        for i, cap in enumerate(rules.caps)
+    ]
     keys.append((-1, sender, 919800000001, 20_400))
     for n, key in enumerate(keys):
         assert limits.put(key, n + 1, 7)

@@ -43,26 +43,25 @@ def decide(decider: Decider, limits: PartitionLimits, batch: list[Rec]):  # type
     return out, reasons, changelog
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("size", [7, 20])
-def test_restore_at_every_batch_boundary_decides_as_without_stopping(
-    tmp_path: Path, seed: int, size: int
-) -> None:
-    case = generate(tmp_path / "ds", BASE_MS, seed, events=800)
+def limits_case(tmp_path: Path, seed: int, events: int) -> tuple[Decider, LimitRules, list[Rec]]:
+    """A generated case's snapshot, rules and records."""
+    case = generate(tmp_path / "ds", BASE_MS, seed, events=events)
     root = tmp_path / "snap"
     assert main(["snapshot", "build", "--consents", str(case.directory / "consents.csv.gz"),
                  "--optouts", str(case.directory / "optouts.csv.gz"),
                  "--dnd", str(case.directory / "dnd.csv.gz"), "--out", str(root)]) == 0  # fmt: skip
-    snapshot = load_snapshot(root)
-    rules = LimitRules(policy())
-    decider = Decider(snapshot, policy())
     records = []
     for i, line in enumerate(case.lines):
         ts = orjson.loads(line).get("ts")
         usable = isinstance(ts, int) and BASE_MS <= ts <= BASE_MS + 4 * 86_400_000
         records.append(Rec(i, ts if usable else BASE_MS, None, line))
-    batches = [records[i : i + size] for i in range(0, len(records), size)]
-    # One partition that never stops.
+    return Decider(load_snapshot(root), policy()), LimitRules(policy()), records
+
+
+def decide_steadily(
+    decider: Decider, rules: LimitRules, batches: list[list[Rec]]
+) -> tuple[dict[int, str], PartitionLimits]:
+    """The reasons of one partition that never stops, by offset, and its counters."""
     steady = PartitionLimits(rules)
     steady.tracking = True
     want: dict[int, str] = {}
@@ -70,6 +69,17 @@ def test_restore_at_every_batch_boundary_decides_as_without_stopping(
         out, reasons, _ = decide(decider, steady, batch)
         steady.committed(out.next_offset)
         want |= reasons
+    return want, steady
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("size", [7, 20])
+def test_restore_at_every_batch_boundary_decides_as_without_stopping(
+    tmp_path: Path, seed: int, size: int
+) -> None:
+    decider, rules, records = limits_case(tmp_path, seed, 800)
+    batches = [records[i : i + size] for i in range(0, len(records), size)]
+    want, _ = decide_steadily(decider, rules, batches)
     # One restored from the changelog after every batch (a new owner each time).
     log: list[tuple[bytes | None, bytes | None]] = []
     got: dict[int, str] = {}
@@ -77,7 +87,7 @@ def test_restore_at_every_batch_boundary_decides_as_without_stopping(
         limits = PartitionLimits(rules)
         limits.tracking = True
         limits.restore(log)
-        out, reasons, changelog = decide(decider, limits, batch)
+        _, reasons, changelog = decide(decider, limits, batch)
         log += changelog
         got |= reasons
     assert got == want
@@ -111,30 +121,10 @@ def test_changelog_key_is_the_json_of_rule_sender_number_window(sender: str) -> 
     assert limits.get(keys[0]) == 1
 
 
-def limits_case(tmp_path: Path, seed: int) -> tuple[Decider, LimitRules, list[Rec]]:
-    case = generate(tmp_path / "ds", BASE_MS, seed, events=600)
-    root = tmp_path / "snap"
-    assert main(["snapshot", "build", "--consents", str(case.directory / "consents.csv.gz"),
-                 "--optouts", str(case.directory / "optouts.csv.gz"),
-                 "--dnd", str(case.directory / "dnd.csv.gz"), "--out", str(root)]) == 0  # fmt: skip
-    records = []
-    for i, line in enumerate(case.lines):
-        ts = orjson.loads(line).get("ts")
-        usable = isinstance(ts, int) and BASE_MS <= ts <= BASE_MS + 4 * 86_400_000
-        records.append(Rec(i, ts if usable else BASE_MS, None, line))
-    return Decider(load_snapshot(root), policy()), LimitRules(policy()), records
-
-
 def test_a_batch_decided_again_keeps_its_decisions_and_counts_once(tmp_path: Path) -> None:
-    decider, rules, records = limits_case(tmp_path, 3)
+    decider, rules, records = limits_case(tmp_path, 3, 600)
     batches = [records[i : i + 40] for i in range(0, len(records), 40)]
-    steady = PartitionLimits(rules)
-    steady.tracking = True
-    want: dict[int, str] = {}
-    for batch in batches:
-        out, reasons, _ = decide(decider, steady, batch)
-        steady.committed(out.next_offset)
-        want |= reasons
+    want, steady = decide_steadily(decider, rules, batches)
     retried = PartitionLimits(rules)
     retried.tracking = True
     got: dict[int, str] = {}

@@ -194,6 +194,10 @@ class LimitRules:
             name: orjson.dumps([name])[:-1] + b"," for name in self.by_id
         }
 
+    def group_key(self, slot: int, cls: int, window: int) -> int:
+        """One int naming a counter slot's window in a zone class (a group of counters)."""
+        return (window * (len(self.caps) + 1) + slot) * len(self.class_closing) + cls
+
     def _index_prefixes(self) -> None:
         ranges: list[tuple[int, int]] = []
         for prefix in self._prefixes:
@@ -354,7 +358,7 @@ class PartitionLimits:
 
     def __init__(self, rules: LimitRules) -> None:
         self.rules = rules
-        # The open windows' counters: group key (see _group_key) -> group.
+        # The open windows' counters: group key (LimitRules.group_key) -> group.
         self._groups: dict[int, _Group] = {}
         # Per (counter slot, zone class), the group of the window last counted in: most
         # records of a batch fall in the same windows. Window -1: none.
@@ -505,7 +509,7 @@ class PartitionLimits:
         if self._cur_window[at] == window:
             group = self._cur_group[at]
         else:
-            key = (window * (len(rules.caps) + 1) + slot) * len(rules.class_closing) + cls
+            key = rules.group_key(slot, cls, window)
             found = self._groups.get(key)
             if found is None:
                 close = (window + 1) * rules.slot_windows[slot] - rules.class_closing[cls]
@@ -813,7 +817,6 @@ class PartitionLimits:
         if sid < 0 or number <= 0:
             return 0
         group = self._groups.get(
-            (window * (len(rules.caps) + 1) + slot) * len(rules.class_closing)
-            + rules.zone_class[rules.zone_of(number)]
+            rules.group_key(slot, rules.zone_class[rules.zone_of(number)], window)
         )
         return 0 if group is None else group.table.get(number, sid)

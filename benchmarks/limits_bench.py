@@ -103,19 +103,15 @@ def memory(counters: int) -> dict[str, float]:
     gc.collect()
     before = rss_bytes()
     limits = PartitionLimits(rules)
-    # Counters as the stream makes them: per recipient per local day, per pair per day.
+    # Counters as the stream makes them: per recipient per local day (one window's table).
     window = (BASE_MS + 8 * 3_600_000) // DAY_MS
-    close = (window + 1) * DAY_MS - rules.closing[0]
-    keys = []
-    table = limits.counters
     for i in range(counters):
-        key = (2, "", 8613800000000 + i, window)
-        table[key] = 1 + (i & 3)
-        keys.append(key)
-    limits._closes[close] = keys  # what _count() registers, without deciding 10 M records
+        limits.put((2, "", 8613800000000 + i, window), 1 + (i & 3))
     after = rss_bytes()
     per = (after - before) / counters
-    del limits, keys, table
+    live = limits.live()
+    assert live == counters, (live, counters)
+    del limits
     gc.collect()
     return {"counters": counters, "bytes_per_counter": round(per, 1)}
 

@@ -533,5 +533,5 @@ class BatchLoop:
         if counts:
             metrics.commit()
         metrics.set_limits_state(
-            sum(len(limits.counters) for limits in self.limits.values()), self.restore_seconds
+            sum(limits.live() for limits in self.limits.values()), self.restore_seconds
         )

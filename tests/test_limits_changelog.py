@@ -10,7 +10,7 @@ import pytest
 
 from filterd.cli import main
 from filterd.config import CapRule, PolicyConfig
-from filterd.limits import LimitRules, PartitionLimits
+from filterd.limits import STREAM_TIME_KEY, LimitRules, PartitionLimits
 from filterd.pipeline import HeaderCache, OutputTopics, decide_partition
 from filterd.router import Decider
 from filterd.snapshot import load_snapshot
@@ -43,26 +43,25 @@ def decide(decider: Decider, limits: PartitionLimits, batch: list[Rec]):  # type
     return out, reasons, changelog
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("size", [7, 20])
-def test_restore_at_every_batch_boundary_decides_as_without_stopping(
-    tmp_path: Path, seed: int, size: int
-) -> None:
-    case = generate(tmp_path / "ds", BASE_MS, seed, events=800)
+def limits_case(tmp_path: Path, seed: int, events: int) -> tuple[Decider, LimitRules, list[Rec]]:
+    """A generated case's snapshot, rules and records."""
+    case = generate(tmp_path / "ds", BASE_MS, seed, events=events)
     root = tmp_path / "snap"
     assert main(["snapshot", "build", "--consents", str(case.directory / "consents.csv.gz"),
                  "--optouts", str(case.directory / "optouts.csv.gz"),
                  "--dnd", str(case.directory / "dnd.csv.gz"), "--out", str(root)]) == 0  # fmt: skip
-    snapshot = load_snapshot(root)
-    rules = LimitRules(policy())
-    decider = Decider(snapshot, policy())
     records = []
     for i, line in enumerate(case.lines):
         ts = orjson.loads(line).get("ts")
         usable = isinstance(ts, int) and BASE_MS <= ts <= BASE_MS + 4 * 86_400_000
         records.append(Rec(i, ts if usable else BASE_MS, None, line))
-    batches = [records[i : i + size] for i in range(0, len(records), size)]
-    # One partition that never stops.
+    return Decider(load_snapshot(root), policy()), LimitRules(policy()), records
+
+
+def decide_steadily(
+    decider: Decider, rules: LimitRules, batches: list[list[Rec]]
+) -> tuple[dict[int, str], PartitionLimits]:
+    """The reasons of one partition that never stops, by offset, and its counters."""
     steady = PartitionLimits(rules)
     steady.tracking = True
     want: dict[int, str] = {}
@@ -70,6 +69,17 @@ def test_restore_at_every_batch_boundary_decides_as_without_stopping(
         out, reasons, _ = decide(decider, steady, batch)
         steady.committed(out.next_offset)
         want |= reasons
+    return want, steady
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("size", [7, 20])
+def test_restore_at_every_batch_boundary_decides_as_without_stopping(
+    tmp_path: Path, seed: int, size: int
+) -> None:
+    decider, rules, records = limits_case(tmp_path, seed, 800)
+    batches = [records[i : i + size] for i in range(0, len(records), size)]
+    want, _ = decide_steadily(decider, rules, batches)
     # One restored from the changelog after every batch (a new owner each time).
     log: list[tuple[bytes | None, bytes | None]] = []
     got: dict[int, str] = {}
@@ -77,7 +87,7 @@ def test_restore_at_every_batch_boundary_decides_as_without_stopping(
         limits = PartitionLimits(rules)
         limits.tracking = True
         limits.restore(log)
-        out, reasons, changelog = decide(decider, limits, batch)
+        _, reasons, changelog = decide(decider, limits, batch)
         log += changelog
         got |= reasons
     assert got == want
@@ -93,11 +103,13 @@ def test_changelog_key_is_the_json_of_rule_sender_number_window(sender: str) -> 
     rules = LimitRules(policy())
     limits = PartitionLimits(rules)
     limits.tracking = True
-    keys = [(i, sender, 8613800000000 + i, 20_000 + i) for i in range(len(rules.caps))]
+    keys = [
+        (i, sender if cap.per_pair else "", 8613800000000 + i, 20_000 + i)
+        for i, cap in enumerate(rules.caps)
+    ]
     keys.append((-1, sender, 919800000001, 20_400))
     for n, key in enumerate(keys):
-        limits.counters[key] = n + 1
-        limits.dirty[key] = 7
+        assert limits.put(key, n + 1, 7)
     got = dict(limits.changelog(0))
     names = [*rules.ids, "max_per_day"]
     for n, key in enumerate(keys):
@@ -105,4 +117,57 @@ def test_changelog_key_is_the_json_of_rule_sender_number_window(sender: str) -> 
         assert got[expected] == b"%d" % (n + 1)
     again = PartitionLimits(rules)
     assert again.restore(got.items()) == len(keys)
-    assert again.counters == limits.counters
+    assert sorted(again.items()) == sorted(limits.items())
+    assert limits.get(keys[0]) == 1
+
+
+def test_a_batch_decided_again_keeps_its_decisions_and_counts_once(tmp_path: Path) -> None:
+    decider, rules, records = limits_case(tmp_path, 3, 600)
+    batches = [records[i : i + 40] for i in range(0, len(records), 40)]
+    want, steady = decide_steadily(decider, rules, batches)
+    retried = PartitionLimits(rules)
+    retried.tracking = True
+    got: dict[int, str] = {}
+    for i, batch in enumerate(batches):
+        _, first, log = decide(decider, retried, batch)
+        # Its output was not committed: decided again, as it is and with the next batch's
+        # records (a refetch), it keeps its decisions and writes its counters again.
+        _, again, log_again = decide(decider, retried, batch)
+        assert again == first
+        assert dict(log_again) == {k: v for k, v in log if v is not None}
+        out, longer, _ = decide(decider, retried, batch + batches[i + 1][:10] if i + 1 < len(
+            batches) else batch)  # fmt: skip
+        assert {o: r for o, r in longer.items() if o in first} == first
+        retried.committed(out.first_offset + len(batch))
+        got |= first
+    assert got == want
+    assert sorted(retried.items()) == sorted(steady.items())
+    assert "frequency-cap" in want.values()
+
+
+def test_a_closed_window_deletes_each_of_its_counters() -> None:
+    rules = LimitRules(policy())
+    names = [*rules.ids, "max_per_day"]
+    limits = PartitionLimits(rules)
+    limits.tracking = True
+    window = 20_400  # a day
+    keys = [(2, "", 8613800000000 + i, window) for i in range(5)]
+    keys += [(0, "SHOP", 8613800000001, window), (-1, "SHOP", 919800000001, window)]
+    for key in keys:
+        assert limits.put(key, 2, 10)
+    limits.committed(11)
+    assert limits.changelog(0) == []
+    later = (window + 2) * 86_400_000
+    limits.stream_time = later
+    assert limits.drop_closed() == len(keys)
+    assert limits.live() == 0
+    stream = (STREAM_TIME_KEY, b"%d" % later)
+    tombstones = [(orjson.dumps([names[k[0]], k[1], k[2], k[3]]), None) for k in keys]
+    assert sorted(limits.changelog(0), key=repr) == sorted([*tombstones, stream], key=repr)
+    assert limits.changelog(0) == [stream]  # written once
+    # A restore that finds a closed window's counters deletes them with its first batch.
+    restored = PartitionLimits(rules)
+    restored.tracking = True
+    log: list[tuple[bytes | None, bytes | None]] = [(k, b"3") for k, _ in tombstones]
+    assert restored.restore([*log, stream]) == 0
+    assert sorted(restored.changelog(0), key=repr) == sorted([*tombstones, stream], key=repr)

@@ -25,10 +25,15 @@ group in offset order (number, sender id, the count made, the record's offset); 
 decisions of records not yet committed are two lists in offset order. Counting a
 message makes no dict entry and no tuple.
 
-Partial (docs/limits.md "Status"): the batch step with limits on routes about 0.63
+The changelog (:mod:`filterd.counters`) gets one record per counter a batch changed, and
+no tombstone when a window closes: like Kafka Streams' windowed stores, the topic is
+``compact,delete`` with a retention longer than any window
+(:data:`filterd.topics.COUNTERS_RETENTION_MS`), so the broker deletes closed windows'
+counters by age, and a restore skips those it still finds.
+
+Partial (docs/limits.md "Status"): the batch step with limits on routes about 0.7
 of what it routes with them off (goal 0.85): most of what is left is the changelog,
-one record per counter a batch changed and one tombstone per counter of a closed
-window, each encoded and appended to its batch in Python. A pair's ``max_per_day`` is
+each record encoded and appended to its batch in Python. A pair's ``max_per_day`` is
 the snapshot's one value, the smallest of all its accepted consents, expired ones
 included.
 """
@@ -350,8 +355,8 @@ class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
-        "_cur_group", "_cur_window", "_dirty", "_dropped", "_groups", "_memo", "_memo_offsets",
-        "_next_close", "_offset", "_sender_json", "_senders", "_stale", "decided_would",
+        "_cur_group", "_cur_window", "_dirty", "_groups", "_memo", "_memo_offsets",
+        "_next_close", "_offset", "_sender_json", "_senders", "decided_would",
         "high", "late", "read_ms", "rules", "sender_limit", "stream_time", "tracking",
         "would_block",
     )  # fmt: skip
@@ -389,12 +394,9 @@ class PartitionLimits:
         #: The highest offset decided (-1: none).
         self.high: int = -1
         #: The stream keeps a changelog (:meth:`changelog`): the groups with changes not
-        #: yet committed, the groups dropped since the last changelog (their keys are
-        #: deleted), and changelog keys a restore found closed (deleted too).
+        #: yet committed.
         self.tracking: bool = False
         self._dirty: list[_Group] = []
-        self._dropped: list[_Group] = []
-        self._stale: list[bytes] = []
         self._offset: int = -1
         # Senders of per-pair counters, interned, and per id its JSON and a comma (for
         # changelog keys). Id 0 is "" (per-recipient counters).
@@ -644,7 +646,8 @@ class PartitionLimits:
 
     def changelog(self, first_offset: int) -> list[tuple[bytes, bytes | None]]:
         """The changelog records of a batch that starts at ``first_offset``: each counter
-        its records changed, at its value now (None: dropped), and the stream time.
+        its records changed, at its value now, and the stream time (no tombstones: the
+        topic's retention deletes closed windows' counters, see the module doc).
 
         A batch decided again (a retry) writes its counters again, at their value now.
         """
@@ -670,13 +673,6 @@ class PartitionLimits:
                     (group.template(sid, json[sid]) % number,
                      _COUNTS[n] if n < 256 else b"%d" % n)
                 )  # fmt: skip
-        for group in self._dropped:
-            for number, sid, _ in group.table.items():
-                out.append((group.template(sid, json[sid]) % number, None))
-        self._dropped.clear()
-        for raw in self._stale:
-            out.append((raw, None))
-        self._stale.clear()
         if self.stream_time >= 0:
             # Every batch: a batch that changed no counter may still move the stream time,
             # and a restore must close the same windows as the stream it continues.
@@ -717,21 +713,9 @@ class PartitionLimits:
             sender: str = fields[1]
             number: int = fields[2]
             window: int = fields[3]
-            closed = False
             for index in by_id.get(fields[0], ()):
-                if not self.put((index, sender, number, window), count) and (
-                    self._close_of(index, number, window) <= self.stream_time
-                ):
-                    closed = True
-            if closed:
-                self._stale.append(raw)
+                self.put((index, sender, number, window), count)  # closed: left out
         return self.live()
-
-    def _close_of(self, rule: int, number: int, window: int) -> int:
-        """When the window of a counter of ``rule`` closes in stream time (UTC ms)."""
-        rules = self.rules
-        window_ms = DAY_MS if rule < 0 else rules.caps[rule].window_ms
-        return (window + 1) * window_ms - rules.closing[rules.zone_of(number)]
 
     def drop_closed(self) -> int:
         """Drop the counters of windows closed in stream time; how many were dropped."""
@@ -748,8 +732,6 @@ class PartitionLimits:
             dropped += len(group.table)
             if group.dirty_offsets:
                 self._dirty.remove(group)
-            if self.tracking and len(group.table):
-                self._dropped.append(group)
         self._next_close = next_close
         # No cached group may be a dropped one.
         cur = self._cur_window
@@ -761,8 +743,8 @@ class PartitionLimits:
         return dropped
 
     def _reintern(self) -> None:
-        """Intern again only the senders that live counters (or tombstones not yet
-        written) name: their tables and changes are keyed anew."""
+        """Intern again only the senders that live counters name: their tables and
+        changes are keyed anew."""
         names = self._senders.names
         old_json = self._sender_json
         senders = Interned(first=1)
@@ -778,11 +760,7 @@ class PartitionLimits:
             return found
 
         caps = self.rules.caps
-        live = len(self._groups)
-        named = 1
-        for at, group in enumerate([*self._groups.values(), *self._dropped]):
-            if at == live:
-                named = len(json)  # the senders of live counters
+        for group in self._groups.values():
             slot = group.slot
             if slot < len(caps) and not caps[slot].per_pair:
                 continue  # per recipient: no sender
@@ -794,10 +772,8 @@ class PartitionLimits:
             group.templates.clear()
         self._senders = senders
         self._sender_json = json
-        if not self._dropped:
-            named = len(json)
         # Many live senders: keep them, and look again when they have doubled.
-        self.sender_limit = max(self.sender_limit, 2 * named)
+        self.sender_limit = max(self.sender_limit, 2 * len(json))
 
     def items(self) -> Iterator[tuple[CounterKey, int]]:
         """The live counters."""

@@ -134,13 +134,24 @@ class Difference:
     why: str = ""
 
 
+#: Retention of the step 4 counters' changelog: its longest window (a local day) plus two
+#: days, so a stream that falls behind by up to two days still restores its open windows.
+COUNTERS_RETENTION_MS = 3 * 86_400_000
+
+
 def counters_spec(partitions: int, replication: int = 1) -> TopicSpec:
-    """The step 4 counters' changelog (filterd.counters): compacted, one partition per
-    input partition."""
+    """The step 4 counters' changelog (filterd.counters): one partition per input
+    partition, compacted (the latest count per counter) and deleted by age (a closed
+    window's counters go with their segment, without a tombstone each), as Kafka Streams
+    keeps a windowed store's changelog."""
     return TopicSpec(
         partitions,
         replication,
-        {"cleanup.policy": "compact", "min.insync.replicas": str(min(2, replication))},
+        {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(COUNTERS_RETENTION_MS),
+            "min.insync.replicas": str(min(2, replication)),
+        },
     )
 
 

@@ -184,5 +184,3 @@ def test_the_changelog_topic_is_compacted_and_deleted_by_age() -> None:
     spec = counters_spec(4)
     assert spec.config["cleanup.policy"] == "compact,delete"
     assert int(spec.config["retention.ms"]) == COUNTERS_RETENTION_MS > 86_400_000
-
-

@@ -1352,7 +1352,8 @@ def _warmup_line(results: Mapping[str, object]) -> str:
     if isinstance(gate, Mapping) and "records" in gate:
         text += (
             f" Kafka Streams peer's gate on this session's {gate['records']:,} events: "
-            f"{gate['agreed']:,} agree with filterd (route and reason), "
+            f"{gate['agreed']:,} agree with filterd (route and reason; without step 2, "
+            "honest categories, which the peer does not implement), "
             f"{'passed' if gate.get('ok') else '**failed: not timed**'}."
         )
     return text
@@ -1694,21 +1695,32 @@ async def gate_peer(bootstrap: str, workload: Workload, workdir: Path) -> dict[s
 
     Its route and reason must agree with filterd's on every record (and the output
     contract hold) or it is not timed. Threads do not change the decision: one gate
-    serves both configurations.
+    serves both configurations. The peer has no step 2 (honest categories: no marker
+    search), so it is compared with filterd's decision without it (``marketing_markers``
+    empty): on the session's promotions disguised as verification codes it delivers what
+    filterd, as shipped, blocks.
     """
     from benchmarks.peer_kafka_streams import check_agreement
+    from filterd.config import PolicyConfig
 
     records = [(k, v) for k, v in workload.throughput_events]
     log.info("kafka_streams: correctness gate on the session's %d events", len(records))
     started = time.monotonic()
     try:
         agreement = await check_agreement(
-            records, bootstrap=bootstrap, snapshot_root=workload.snapshot_root, workdir=workdir
+            records,
+            bootstrap=bootstrap,
+            snapshot_root=workload.snapshot_root,
+            workdir=workdir,
+            policy=replace(PolicyConfig(), marketing_markers=()),
         )
     except Exception as exc:
         log.error("kafka_streams: the gate could not run: %s", exc)
         return {"ok": False, "error": str(exc)[:2000]}
-    report = agreement.as_dict() | {"seconds": round(time.monotonic() - started, 1)}
+    report = agreement.as_dict() | {
+        "seconds": round(time.monotonic() - started, 1),
+        "compared_with": "filterd's decision without step 2 (marketing_markers = [])",
+    }
     log.info(
         "  gate: %d of %d records agree (%s)",
         agreement.agreed,

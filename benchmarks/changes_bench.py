@@ -33,7 +33,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,16 +97,24 @@ def registry_change(key: bytes, sender: str, recipient: str, k: int, op: str = "
     return key, orjson.dumps(doc)
 
 
-def registry_churn(events: Sequence[Event], pool: int, count: int) -> list[Event]:
+def registry_churn(
+    events: Sequence[Event], pool: int, count: int, senders: Collection[str] | None = None
+) -> list[Event]:
     """``count`` registry changes of ``pool`` pairs of the keyed (valid) ``events``, taken
     evenly over them: each pair is opted out, then cleared (``opt-out-clear``) a pool's
     length of changes later, and so on in turn. Every change changes a pair's state, and at
-    any moment at most ``pool`` pairs of the traffic are opted out by the changes."""
+    any moment at most ``pool`` pairs of the traffic are opted out by the changes.
+
+    ``senders``: only pairs of these (the registry's own senders). A sender an opt-out
+    names is known from then on, so opt-outs of the traffic's unregistered senders would
+    turn its ``unknown-sender`` blocks into ``no-consent``."""
     keyed = [
         (key, pair)
         for key, value in events
         # Keyed events are the valid ones (loadgen keys only those).
-        if key is not None and (pair := _pair(value)) is not None
+        if key is not None
+        and (pair := _pair(value)) is not None
+        and (senders is None or pair[0] in senders)
     ]
     if not keyed or pool < 1:
         return []

@@ -625,10 +625,12 @@ class Session:
         if not variant.change_rate:
             return []
         from benchmarks.changes_bench import registry_churn
+        from filterd.loadgen import load_dataset
 
         events = self.workload.throughput_events
         count = int(variant.change_rate * (records / 20_000 + 30))
-        return registry_churn(events, max(10, len(events) // 100), count)
+        senders = {s.id for s in load_dataset(self.workload.dataset).senders}
+        return registry_churn(events, max(10, len(events) // 100), count, senders)
 
     @contextlib.asynccontextmanager
     async def _live_changes(

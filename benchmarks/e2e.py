@@ -1455,6 +1455,7 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
         bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color="#4472c4")
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in meds], padding=3, fontsize=8)
         ax.set_ylabel("msgs/s (median, min–max)")
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_title(
             f"Throughput, {results['events']:,} events, {results['partitions']} partitions"
         )
@@ -1471,7 +1472,7 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
         ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=3, fontsize=8)
         ax.set_ylabel("CPU µs per record (median; lower is better)")
         ax.set_title("CPU per record over the timed window (process tree, user + system)")
-        ax.tick_params(axis="x", labelrotation=20)
+        ax.tick_params(axis="x", labelrotation=30)
         fig.tight_layout()
         path = stem.with_name(stem.name + "-cpu.png")
         fig.savefig(path, dpi=110)
@@ -1491,7 +1492,7 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
             n + (" †" if _section(results, n).get("saturated_at_offered_load") else "")
             for n in lat_names
         ]
-        ax.set_xticks(range(len(lat_names)), ticks)
+        ax.set_xticks(range(len(lat_names)), ticks, rotation=30)
         ax.set_yscale("log")
         ax.set_ylabel("ms (log scale)")
         ax.set_title(

@@ -112,7 +112,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	FILTERD__PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench: bench-deps ## end-to-end: filterd vs raw pipe, naive, Quix and Kafka Streams peers, warm (full, ~40-60 min)
+bench: bench-deps ## end-to-end: filterd vs raw pipe, naive, Quix and Kafka Streams peers, filterd with its features on, warm (full, ~40-60 min)
 	$(KAFKA_SH) up
 	$(BIN)/python -m benchmarks.e2e $(BENCH_ARGS)
 

@@ -37,7 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from filterd import topics
 from filterd.router import event_id
-from tests.support.produce import bulk_producer, partition_for, produce
+from tests.support.produce import Outgoing, bulk_producer, partition_for, produce
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -201,8 +201,13 @@ async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- producing
 
 
-async def preload(bootstrap: str, topic: str, partitions: int, events: Sequence[Event]) -> None:
-    """Write ``events`` into ``topic`` as fast as possible and wait for every ack."""
+async def preload(
+    bootstrap: str, topic: str, partitions: int, events: Sequence[Event] | Sequence[Outgoing]
+) -> None:
+    """Write ``events`` into ``topic`` as fast as possible and wait for every ack.
+
+    An event with a timestamp (``Outgoing``'s four-tuple) keeps it as its CreateTime.
+    """
     await produce(bootstrap, topic, events, partitions)
 
 
@@ -530,9 +535,14 @@ async def read_arrivals(bootstrap: str, topics: Sequence[str]) -> list[tuple[str
 
 
 async def read_records(
-    bootstrap: str, topics: Sequence[str], pick: Callable[[ConsumerRecord], R]
+    bootstrap: str,
+    topics: Sequence[str],
+    pick: Callable[[ConsumerRecord], R],
+    *,
+    since_ms: int | None = None,
 ) -> list[R]:
-    """``pick`` of every record of ``topics``, partition by partition.
+    """``pick`` of every record of ``topics``, partition by partition; with ``since_ms``,
+    of the records appended at or after it (LogAppendTime topics).
 
     One partition at a time (see ``_record_at``): reading them all at once with
     aiokafka occasionally stalled for good on a finished partition's buffer.
@@ -544,6 +554,9 @@ async def read_records(
         tps = await _partitions(consumer, topics)
         begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+            begins = {tp: ends[tp] if at is None else at.offset for tp, at in found.items()}
         for tp in tps:
             if ends[tp] <= begins[tp]:
                 continue

@@ -33,7 +33,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,55 @@ def _pair(value: bytes) -> tuple[str, str] | None:
     if isinstance(sender, str) and isinstance(recipient, str):
         return sender, recipient
     return None
+
+
+def registry_change(key: bytes, sender: str, recipient: str, k: int, op: str = "opt-out") -> Event:
+    """Change ``k`` from the registry (``op`` of ``recipient`` for ``sender``), keyed as the
+    event of that pair is, by the recipient's normalized digits."""
+    doc = {"op": op, "sender": sender, "recipient": recipient}
+    doc |= {"source": REGISTRY, "id": f"reg-{k}"}
+    return key, orjson.dumps(doc)
+
+
+def registry_churn(
+    events: Sequence[Event], pool: int, count: int, senders: Collection[str] | None = None
+) -> list[Event]:
+    """``count`` registry changes of ``pool`` pairs of the keyed (valid) ``events``, taken
+    evenly over them: each pair is opted out, then cleared (``opt-out-clear``) a pool's
+    length of changes later, and so on in turn. Every change changes a pair's state, and at
+    any moment at most ``pool`` pairs of the traffic are opted out by the changes.
+
+    ``senders``: only pairs of these (the registry's own senders). A sender an opt-out
+    names is known from then on, so opt-outs of the traffic's unregistered senders would
+    turn its ``unknown-sender`` blocks into ``no-consent``."""
+    keyed = [
+        (key, pair)
+        for key, value in events
+        # Keyed events are the valid ones (loadgen keys only those).
+        if key is not None
+        and (pair := _pair(value)) is not None
+        and (senders is None or pair[0] in senders)
+    ]
+    if not keyed or pool < 1:
+        return []
+    every = max(1, len(keyed) // pool)
+    pairs = keyed[::every][:pool]
+    ops = ("opt-out", "opt-out-clear")
+    return [
+        registry_change(key, *pair, k, ops[(k // len(pairs)) % 2])
+        for k, (key, pair) in ((k, pairs[k % len(pairs)]) for k in range(count))
+    ]
+
+
+async def create_changes_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """A changes topic as ``filterd topics create`` makes it (compacted), stamped by the
+    broker (LogAppendTime) so a change's append time can be read back."""
+    spec = filterd_topics.TopicSpec(
+        partitions, 1, {"cleanup.policy": "compact", "message.timestamp.type": "LogAppendTime"}
+    )
+    await filterd_topics.create(
+        {"bootstrap_servers": bootstrap}, {name: spec}, ready_timeout_s=30.0
+    )
 
 
 def plan_traffic(
@@ -144,11 +193,7 @@ def plan_traffic(
     for k in range(int(active_s * change_rate)):
         found = target(k / change_rate)
         if found is not None:
-            # Keyed by the recipient's normalized digits, as the event is.
-            key, sender, recipient = found
-            doc = {"op": "opt-out", "sender": sender, "recipient": recipient}
-            doc |= {"source": REGISTRY, "id": f"reg-{k}"}
-            changes.append((key, orjson.dumps(doc)))
+            changes.append(registry_change(*found, k))
     replies: list[Event] = []
     for k in range(int(active_s * reply_rate)):
         found = target(k / reply_rate)
@@ -231,12 +276,7 @@ async def paced_run(
     if with_changes:
         base = unique_name("bench-changes")
         topics["changes"], topics["inbound"] = f"{base}.changes", f"{base}.inbound"
-        specs = filterd_topics.TopicSpec(
-            parts, 1, {"cleanup.policy": "compact", "message.timestamp.type": "LogAppendTime"}
-        )
-        await filterd_topics.create(
-            {"bootstrap_servers": bootstrap}, {topics["changes"]: specs}, ready_timeout_s=30.0
-        )
+        await create_changes_topic(bootstrap, topics["changes"], parts)
         await create_topics(bootstrap, [topics["inbound"]], parts, log_append_time=True)
         extra = {"topics": {"changes": topics["changes"], "inbound": topics["inbound"]}}
     outputs = [topics[r] for r in variant.routes]

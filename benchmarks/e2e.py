@@ -11,6 +11,9 @@ topic layout and event count):
 * ``filterd_eos`` — the same in exactly-once mode (``[delivery] mode``);
 * ``naive`` — message-by-message aiokafka loop (``benchmarks/naive_filter.py``);
 * ``peer`` — the filter in Quix Streams (``benchmarks/peer_quix.py``);
+* ``filterd_limits`` / ``filterd_features`` — ``filterd run`` with step 4 on (quiet hours,
+  three cap rules), and with the wave's features on (honest categories, live changes at
+  1,000/s, quiet hours and the caps): their ratios to ``filterd`` are the features' cost;
 * and Kafka's own ``ProducerPerformance``/``ConsumerPerformance`` as the ceiling.
 
 Two figures per variant:
@@ -49,10 +52,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, TypeVar
+from zoneinfo import ZoneInfo
+
+from aiokafka import ConsumerRecord
 
 from benchmarks._common import (
     Event,
@@ -70,6 +77,7 @@ from benchmarks._common import (
     produce_paced,
     ratio,
     read_arrivals,
+    read_records,
     records_since,
     spread,
     throughput,
@@ -77,6 +85,9 @@ from benchmarks._common import (
     wait_for_group,
 )
 from benchmarks.cpu import follow, summarize
+from filterd.loadgen.bombing import DEMO_LIMITS
+from filterd.pipeline import HEADER_CHANGE
+from tests.support.produce import Outgoing
 
 log = logging.getLogger("benchmarks.e2e")
 
@@ -102,6 +113,9 @@ GOALS = {
     # Warm, against the Kafka Streams peer.
     "filterd_cpu_vs_kafka_streams": 0.8,
     "filterd_x2_vs_kafka_streams": 1.2,
+    # The cost of the features, one process each, same events, same run (issues 18 and 20).
+    "filterd_limits_vs_filterd": 0.85,
+    "filterd_features_vs_filterd": 0.85,
 }
 #: Goals where lower is better.
 LOWER_IS_BETTER = frozenset(
@@ -131,6 +145,27 @@ class Variant:
     tools: tuple[str, ...] = ()
     #: Run once before the session's first run (a build); raises to skip the variant.
     prepare: Callable[[], object] | None = None
+    #: Live changes offered per second on a changes topic of its own while it runs
+    #: (registry opt-outs of pairs of the traffic); 0: no changes topic.
+    change_rate: float = 0.0
+    #: Block reasons (and ``filterd-change`` / ``filterd-declared-category`` headers) its
+    #: timed window must show, or the run is marked as not doing what it is named for.
+    expect: tuple[str, ...] = ()
+
+
+#: Step 4 of the features variants: the demo's quiet hours (22:00-08:00) and three cap
+#: rules (marketing per pair per day, verification per recipient per hour, every category
+#: per recipient per day; ``filterd.loadgen.bombing.DEMO_LIMITS``), monitor mode off, and
+#: zones by number prefix (the longest prefix is looked up per record).
+LIMITS_POLICY: dict[str, object] = {
+    **tomllib.loads("\n".join(DEMO_LIMITS))["policy"],
+    "monitor": [],
+    "timezones": {"86": "Asia/Shanghai", "91": "Asia/Kolkata", "1": "America/New_York"},
+}
+#: Live changes per second of ``filterd_features`` (issue 20's wave).
+FEATURE_CHANGE_RATE = 1000.0
+#: The headers that show a feature decided: a live change, an honest category.
+HEADER_DECLARED = "filterd-declared-category"
 
 
 def make_variants(workers: int | None = None) -> dict[str, Variant]:
@@ -141,6 +176,15 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
     if workers:
         run += ("--workers", str(workers))
     metrics_on = {"metrics": {"enabled": True}}
+    # Step 4 on: quiet hours and three cap rules (the counters' changelog written).
+    limits = Variant(
+        "filterd_limits",
+        run,
+        config={**metrics_on, "policy": LIMITS_POLICY},
+        members=members,
+        label="quiet hours, 3 caps",
+        expect=("quiet-hours", "frequency-cap"),
+    )
     return {
         "raw_pipe": Variant("raw_pipe", (py, "-m", "benchmarks.raw_pipe"), routes=("deliver",)),
         "filterd": Variant("filterd", run, config=metrics_on, members=members),
@@ -154,6 +198,16 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
             config={**metrics_on, "kafka": {"heartbeat_interval_ms": 500}},
             members=2,
             label="--workers 2",
+        ),
+        "filterd_limits": limits,
+        # The wave's features on: honest categories (the shipped marketing_markers, on in
+        # `filterd` too), live changes at 1,000/s during the run, quiet hours and the caps.
+        "filterd_features": replace(
+            limits,
+            name="filterd_features",
+            label="changes 1,000/s, quiet hours, 3 caps",
+            change_rate=FEATURE_CHANGE_RATE,
+            expect=("quiet-hours", "frequency-cap", "opted-out", HEADER_CHANGE, HEADER_DECLARED),
         ),
         "filterd_nometrics": Variant(
             "filterd_nometrics", run, config={"metrics": {"enabled": False}}, members=members
@@ -205,15 +259,19 @@ def make_variants(workers: int | None = None) -> dict[str, Variant]:
 
 
 DEFAULT_ORDER = (
-    "raw_pipe", "filterd", "filterd_x2", "filterd_nometrics", "filterd_eos", "naive", "peer",
-    "kafka_streams",
+    "raw_pipe", "filterd", "filterd_x2", "filterd_limits", "filterd_features",
+    "filterd_nometrics", "filterd_eos", "naive", "peer", "kafka_streams",
 )  # fmt: skip
 
 _PEER_TOOLS = ("mvn", "java", "javac")
 
 #: Variants warmed up before their timed window (``--warmup``): the peer's JIT needs
-#: it; filterd gets the same for fairness. The others are timed from a fresh start.
-WARM_VARIANTS = ("filterd", "filterd_x2", "kafka_streams", "kafka_streams_x2")
+#: it; filterd gets the same for fairness, and the features variants as filterd does
+#: (their ratios to it). The others are timed from a fresh start.
+WARM_VARIANTS = (
+    "filterd", "filterd_x2", "filterd_limits", "filterd_features", "kafka_streams",
+    "kafka_streams_x2",
+)  # fmt: skip
 #: Warm-up records: about what the peer's JIT needs here (full) and a quick stand-in.
 WARMUP_FULL = 2_000_000
 WARMUP_QUICK = 500_000
@@ -238,20 +296,72 @@ def _build_kafka_streams() -> object:
     return build()
 
 
+def stamp_days(events: Sequence[Event], warmup: int, now_ms: int) -> list[Outgoing]:
+    """``events`` with record timestamps for step 4, the same whenever the run starts.
+
+    Step 4 reads a record's timestamp in the recipient's local time. The timed records
+    (after the first ``warmup``) are spread evenly over the last whole day of Asia/Shanghai
+    before ``now_ms``, in order, and the warm-up over the day before: the timed window holds
+    every local hour once, so the quiet hours (22:00-08:00) take the same share of it at any
+    time of day, and the day's caps fill as a day of traffic fills them.
+    """
+    day_ms = 86_400_000
+    zone = ZoneInfo("Asia/Shanghai")
+    midnight = dt.datetime.fromtimestamp(now_ms / 1000, zone).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    end = int(midnight.timestamp() * 1000)
+    warmup = min(warmup, len(events))
+    out: list[Outgoing] = []
+    for start, part in ((end - 2 * day_ms, events[:warmup]), (end - day_ms, events[warmup:])):
+        step = day_ms / max(1, len(part))
+        out.extend((k, v, start + int(i * step), ()) for i, (k, v) in enumerate(part))
+    return out
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _tables(values: Sequence[object]) -> bool:
+    """A non-empty list of mappings: an array of tables."""
+    return bool(values) and all(isinstance(v, Mapping) for v in values)
+
+
+def _toml_table(header: str, values: Mapping[str, object], lines: list[str]) -> None:
+    """``[header]`` with its keys, then its sub-tables and arrays of tables."""
+    lines.append(header)
+    name = header.strip("[]")
+    nested: list[tuple[str, Mapping[str, object]]] = []
+    for key, value in values.items():
+        path = f"{name}.{key if _BARE_KEY.fullmatch(key) else json.dumps(key)}"
+        if isinstance(value, Mapping):
+            nested.append((f"[{path}]", value))
+        elif isinstance(value, list | tuple) and _tables(value):
+            nested.extend((f"[[{path}]]", v) for v in value)
+        else:
+            key_text = key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+            lines.append(f"{key_text} = {_toml_value(value)}")
+    lines.append("")
+    for sub_header, sub in nested:
+        _toml_table(sub_header, sub, lines)
+
+
 def to_toml(sections: Mapping[str, Mapping[str, object]]) -> str:
-    """A TOML document for flat sections of strings, numbers and booleans."""
+    """A TOML document: sections of strings, numbers, booleans and arrays of them, with
+    sub-tables (a mapping value) and arrays of tables (a list of mappings, ``[[policy.caps]]``)."""
     lines: list[str] = []
     for section, values in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, int | float):
-                text = repr(value)
-            else:
-                text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
-            lines.append(f"{key} = {text}")
-        lines.append("")
+        _toml_table(f"[{section}]", values, lines)
     return "\n".join(lines)
 
 
@@ -380,18 +490,58 @@ class Workload:
 
 
 def prepare_workload(
-    workdir: Path, *, events: int, dataset: Path | None, seed: int = 7
+    workdir: Path, *, events: int, dataset: Path | None, seed: int = 7, features: bool = False
 ) -> Workload:
-    """Generate (or reuse) a data set, build its snapshot, generate the events."""
+    """Generate (or reuse) a data set, build its snapshot, generate the events.
+
+    ``features`` spreads traffic the wave's features act on evenly through the throughput
+    events (the generator's pairs rarely repeat and its texts are honest): the demo's SMS
+    bombing (``filterd.loadgen.bombing``: a shop's campaign, 8 promotions to each of 300
+    consenting customers, and an OTP flood of 150 codes at one number; 2,550 events), for the
+    caps to cap, and about 500 promotions sent as verification codes
+    (``filterd.loadgen.evidence``), for the honest-category step to catch.
+    """
     dataset, snapshot_root = ensure_snapshot(workdir, dataset)
     # Distinct seeds: event ids are m-<seed>-<n>, so the three sets never share an id.
+    throughput_events = load_events(str(dataset), events, seed=seed)
+    if features:
+        from filterd.loadgen import load_dataset
+        from filterd.loadgen.bombing import bombing_events
+        from filterd.loadgen.evidence import evidence_events
+
+        now_ms = int(time.time() * 1000)
+        bombing = bombing_events(load_dataset(dataset), now_ms=now_ms, seed=seed).events
+        # Of the evidence events, only the disguises: the others are aimed at senders and
+        # opt-outs of an evidence data set this snapshot does not hold.
+        disguises = [
+            e
+            for e in evidence_events(dataset, 2_500, seed=seed, ts_ms=now_ms)
+            if b'"category":"verification"' in e[1]
+        ]
+        throughput_events = interleave(interleave(throughput_events, bombing), disguises)
     return Workload(
         dataset=dataset,
         snapshot_root=snapshot_root,
-        throughput_events=load_events(str(dataset), events, seed=seed),
+        throughput_events=throughput_events,
         warmup_events=load_events(str(dataset), 200, seed=seed + 2),
         seed=seed,
     )
+
+
+def interleave(events: Sequence[Event], extra: Sequence[Event]) -> list[Event]:
+    """``events`` with ``extra`` spread evenly among them, each list's order kept."""
+    if not extra:
+        return list(events)
+    out: list[Event] = []
+    every = len(events) / len(extra)
+    j = 0
+    for i, event in enumerate(events):
+        while j < len(extra) and j * every <= i:
+            out.append(extra[j])
+            j += 1
+        out.append(event)
+    out.extend(extra[j:])
+    return out
 
 
 class Session:
@@ -449,13 +599,76 @@ class Session:
     ) -> dict[str, str]:
         base = unique_name(f"bench-{variant.name.replace('_', '-')}")
         topics = {"input": f"{base}.in", **{r: f"{base}.{r}" for r in ROUTES}}
+        # Step 4's changelog: `filterd run` creates it at start-up (limits on or off); named
+        # here so that the run's clean-up deletes it with the others.
+        topics["counters"] = f"{base}.counters"
         await create_topics(
             self.bootstrap, [topics["input"]], partitions, log_append_time=input_append_time
         )
         await create_topics(
             self.bootstrap, [topics[r] for r in ROUTES], partitions, log_append_time=True
         )
+        if variant.change_rate:
+            from benchmarks.changes_bench import create_changes_topic
+
+            topics["changes"] = f"{base}.changes"
+            await create_changes_topic(self.bootstrap, topics["changes"], partitions)
         return topics
+
+    def _changes_for(self, variant: Variant, records: int) -> list[Event]:
+        """The live changes of a run routing ``records`` (none without a change rate).
+
+        Enough for the run at 20k records/s and half a minute more (``changes_ran_out`` in
+        the result says when that was too few); built before the variant starts, so that
+        building them takes no CPU from it.
+        """
+        if not variant.change_rate:
+            return []
+        from benchmarks.changes_bench import registry_churn
+        from filterd.loadgen import load_dataset
+
+        events = self.workload.throughput_events
+        count = int(variant.change_rate * (records / 20_000 + 30))
+        senders = {s.id for s in load_dataset(self.workload.dataset).senders}
+        return registry_churn(events, max(10, len(events) // 100), count, senders)
+
+    @contextlib.asynccontextmanager
+    async def _live_changes(
+        self, variant: Variant, topics: Mapping[str, str], partitions: int, changes: list[Event]
+    ) -> AsyncIterator[dict[str, object]]:
+        """While the variant runs: ``changes`` at ``variant.change_rate`` per second.
+
+        Opt-outs of a pool of pairs of the throughput events (1 %, spread over them), each
+        cleared again a pool's length later (``changes_bench.registry_churn``): every change
+        is parsed, applied and kept pending as any other, each opt-out blocks the later
+        records of its pair (the warm-up repeats the events) with ``filterd-change``, and the
+        decisions stay close to those of the run without changes (at most 1 % of the pairs
+        opted out at a time), so the ratio to it measures the feed rather than a different
+        mix of outcomes. What was offered is filled in on the way out.
+        """
+        offered: dict[str, object] = {}
+        if not changes:
+            yield offered
+            return
+        started = time.monotonic()
+        task = asyncio.create_task(
+            produce_paced(
+                self.bootstrap, topics["changes"], partitions, changes, variant.change_rate
+            )
+        )
+        try:
+            yield offered
+        finally:
+            ran_out = task.done()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            offered.update(
+                change_rate=variant.change_rate,
+                changes_offered_s=round(time.monotonic() - started, 1),
+                # The list ran out before the run ended: changes stopped early (say so).
+                changes_ran_out=ran_out,
+            )
 
     async def _cleanup(self, topics: Mapping[str, str]) -> None:
         if not self.keep_topics:
@@ -494,7 +707,10 @@ class Session:
             self.workdir / f"run-{self._runs:03d}-{variant.name}-throughput.log",
         )
         try:
-            await preload(self.bootstrap, topics["input"], parts, events)
+            # Every variant gets the same records, stamped for step 4 (stamp_days).
+            stamped = stamp_days(events, warmup, int(time.time() * 1000))
+            await preload(self.bootstrap, topics["input"], parts, stamped)
+            changes = self._changes_for(variant, len(events))
             started, started_mono = time.time(), time.monotonic()
             proc.start()
             assert proc.proc is not None
@@ -503,7 +719,10 @@ class Session:
                 settled = asyncio.create_task(
                     wait_for_group(self.bootstrap, group, variant.members, alive=proc.alive)
                 )
-            async with OutputWatcher(self.bootstrap, outputs) as watcher:
+            async with (
+                self._live_changes(variant, topics, parts, changes) as offered,
+                OutputWatcher(self.bootstrap, outputs) as watcher,
+            ):
                 checkpoints = await follow(
                     proc.proc.pid,
                     watcher.total,
@@ -521,6 +740,12 @@ class Session:
             sustained: dict[str, object] = {}
             if settled is not None:
                 sustained = await self._since_settled(await settled, span, outputs, started)
+            timed = await self._timed_window(checkpoints, warmup, len(events), outputs, started)
+            features: dict[str, object] = {}
+            if variant.expect:
+                features["features"] = await self._features(
+                    variant, topics, len(events), span, timed, offered
+                )
             return {
                 "msgs_per_s": round(span.msgs_per_s(), 1),
                 "records_in": len(events),
@@ -532,13 +757,60 @@ class Session:
                 "per_topic": {r: span.per_topic[topics[r]] for r in variant.routes},
                 "partitions": parts,
                 **sustained,
-                **(await self._timed_window(checkpoints, warmup, len(events), outputs, started)),
+                **timed,
+                **features,
             }
         except Exception as exc:
             raise RunFailed(f"{variant.name}: {exc}\n{proc.tail()}") from exc
         finally:
             await proc.stop()
             await self._cleanup(topics)
+
+    async def _features(
+        self,
+        variant: Variant,
+        topics: Mapping[str, str],
+        records_in: int,
+        span: OutputSpan,
+        timed: Mapping[str, object],
+        offered: Mapping[str, object],
+    ) -> dict[str, object]:
+        """What the features did in the timed window, and whether it is what they are for.
+
+        Reads the block topic from the window's opening (LogAppendTime): the records by
+        block reason and those carrying ``filterd-change`` or ``filterd-declared-category``;
+        and how many were delivered. ``step4_share``: the records step 4 evaluated (the ones
+        step 3 delivered, then delivered or blocked by quiet hours or a cap) over the window's.
+        ``ok``: every record routed, and every mark of ``variant.expect`` present.
+        """
+        since = timed.get("timed_from_ms")
+        since_ms = since if isinstance(since, int) else None
+        marks = await asyncio.wait_for(
+            read_records(self.bootstrap, [topics["block"]], _block_marks, since_ms=since_ms),
+            READ_TIMEOUT_S,
+        )
+        counts: dict[str, int] = {}
+        for record_marks in marks:
+            for mark in record_marks:
+                counts[mark] = counts.get(mark, 0) + 1
+        delivered = await records_since(self.bootstrap, [topics["deliver"]], since_ms or 0)
+        window = timed.get("timed_records")
+        window_records = window if isinstance(window, int) else span.count
+        step4 = delivered + counts.get("quiet-hours", 0) + counts.get("frequency-cap", 0)
+        missing = [mark for mark in variant.expect if not counts.get(mark)]
+        routed = span.count >= records_in
+        return {
+            "window": "timed" if since_ms is not None else "whole run",
+            "records": window_records,
+            "delivered": delivered,
+            "blocked": {k: v for k, v in sorted(counts.items()) if not k.startswith("filterd-")},
+            "headers": {k: v for k, v in sorted(counts.items()) if k.startswith("filterd-")},
+            "step4_share": round(step4 / window_records, 3) if window_records else None,
+            "routed_every_record": routed,
+            "missing": missing,
+            "ok": routed and not missing,
+            **offered,
+        }
 
     async def _since_settled(
         self, settled_ms: int, span: OutputSpan, outputs: Sequence[str], started: float
@@ -592,6 +864,7 @@ class Session:
                     f"no output after the {warmup}-record warm-up could be timed: use more --events"
                 )
             out.update(
+                timed_from_ms=opened_ms,
                 warmup_records=warmup,
                 msgs_per_s_cold=cold["msgs_per_s"],
                 cpu_us_per_record_cold=cold["cpu_us_per_record"],
@@ -623,13 +896,17 @@ class Session:
         warmup = self.warmup_for(variant)
         first = with_warmup(self.workload.throughput_events, warmup)[:warmup] if warmup else warm
         events = self.workload.latency_events
+        changes = self._changes_for(variant, len(first) + len(events))
         try:
             proc.start()
             # Warm-up: the variant has joined its group, loaded its snapshot and
             # opened its producer connections before the measured traffic starts.
             await preload(self.bootstrap, topics["input"], parts, first)
             routed = len(first)
-            async with OutputWatcher(self.bootstrap, outputs) as watcher:
+            async with (
+                self._live_changes(variant, topics, parts, changes) as offered,
+                OutputWatcher(self.bootstrap, outputs) as watcher,
+            ):
                 await watcher.wait_for(routed, stall_timeout_s=120.0, alive=proc.alive)
                 if variant.members > 1:
                     # Every worker in the group, and each through one batch, first.
@@ -666,6 +943,7 @@ class Session:
                 generator=paced.client,
                 expected_tick_records=round(rate * 0.002, 1),
                 partitions=parts,
+                **offered,
             )
             return summary
         except Exception as exc:
@@ -677,6 +955,17 @@ class Session:
 
 class RunFailed(Exception):
     """One run of one variant failed; the session records it and goes on."""
+
+
+def _block_marks(record: ConsumerRecord) -> tuple[str, ...]:
+    """A block record's reason, and the feature headers it carries."""
+    marks: list[str] = []
+    for name, value in record.headers:
+        if name == "filterd-reason":
+            marks.append(bytes(value).decode())
+        elif name in (HEADER_CHANGE, HEADER_DECLARED):
+            marks.append(name)
+    return tuple(marks)
 
 
 # --------------------------------------------------------------------------- kafka's own tools
@@ -832,6 +1121,16 @@ def summarize_variant(
         if values:
             out[key] = round(statistics.median(values), 3)
             out[f"{key}_spread"] = spread(values)
+    checks = [c for r in throughput_runs if isinstance(c := r.get("features"), Mapping)]
+    if checks:
+        shares = [float(v) for c in checks if isinstance(v := c.get("step4_share"), int | float)]
+        out["features"] = {
+            "ok": all(c.get("ok") for c in checks),
+            "runs": len(checks),
+            "step4_share": round(statistics.median(shares), 3) if shares else None,
+            # One run's counts in full (the others are in throughput_runs).
+            "last_run": checks[-1],
+        }
     out["throughput_runs"] = list(throughput_runs)
     out["latency_runs"] = list(latency_runs)
     if errors:
@@ -870,6 +1169,19 @@ def compute_ratios(results: Mapping[str, object]) -> dict[str, float | None]:
             _num(results.get("filterd"), "cpu_us_per_record"),
             _num(results.get("kafka_streams"), "cpu_us_per_record"),
         ),
+        # The features' cost, one process each, warm: throughput with them on over off,
+        # and CPU per record the other way round (above 1: a record costs more).
+        **{
+            f"{name}_vs_filterd": ratio(_num(results.get(name), "msgs_per_s"), f)
+            for name in ("filterd_limits", "filterd_features")
+        },
+        **{
+            f"{name}_cpu_vs_filterd": ratio(
+                _num(results.get(name), "cpu_us_per_record"),
+                _num(results.get("filterd"), "cpu_us_per_record"),
+            )
+            for name in ("filterd_limits", "filterd_features")
+        },
     }
 
 
@@ -999,6 +1311,7 @@ def render_markdown(results: Mapping[str, object], order: Sequence[str]) -> str:
             "whole run, so its latency measures the backlog, not its path.",
         ]
     lines += _full_speed_lines(results, order)
+    lines += _feature_lines(results, order)
     lines += ["", "| goal | target | measured | met |", "|---|---:|---:|:---:|"]
     g = results.get("goals", {})
     assert isinstance(g, Mapping)
@@ -1041,10 +1354,57 @@ def _warmup_line(results: Mapping[str, object]) -> str:
     if isinstance(gate, Mapping) and "records" in gate:
         text += (
             f" Kafka Streams peer's gate on this session's {gate['records']:,} events: "
-            f"{gate['agreed']:,} agree with filterd (route and reason), "
+            f"{gate['agreed']:,} agree with filterd (route and reason; without step 2, "
+            "honest categories, which the peer does not implement), "
             f"{'passed' if gate.get('ok') else '**failed: not timed**'}."
         )
     return text
+
+
+def _feature_lines(results: Mapping[str, object], order: Sequence[str]) -> list[str]:
+    """What the features variants' timed windows held: the check that they did their work."""
+    lines: list[str] = []
+    for name in order:
+        features = _section(results, name).get("features")
+        if not isinstance(features, Mapping):
+            continue
+        last = features.get("last_run")
+        assert isinstance(last, Mapping)
+        blocked = last.get("blocked", {})
+        headers = last.get("headers", {})
+        assert isinstance(blocked, Mapping)
+        assert isinstance(headers, Mapping)
+        text = (
+            f"- `{name}`: {_fmt(features.get('step4_share'), 3)} of the records of its timed "
+            f"window went through step 4 (median of {features['runs']} runs); one run's "
+            f"{last.get('window')} window of {_fmt(last.get('records'), 0)} records: "
+            f"{_fmt(last.get('delivered'), 0)} delivered, blocked "
+            + ", ".join(f"{reason} {n:,}" for reason, n in blocked.items())
+            + "; "
+            + (", ".join(f"`{h}` on {n:,}" for h, n in headers.items()) or "no feature header")
+            + " (block topic)"
+        )
+        if last.get("change_rate"):
+            text += (
+                f"; live changes offered at {_fmt(last.get('change_rate'), 0)}/s for "
+                f"{_fmt(last.get('changes_offered_s'), 1)} s"
+                + (
+                    " (**the change list ran out before the run ended**)"
+                    if last.get("changes_ran_out")
+                    else ""
+                )
+            )
+        missing = last.get("missing")
+        text += (
+            ". Check: passed."
+            if features.get("ok")
+            else f". Check: **failed** (missing: {', '.join(map(str, missing or [])) or '–'}; "
+            "or not every record routed)."
+        )
+        lines.append(text)
+    if not lines:
+        return []
+    return ["", "Features variants (their ratios to `filterd` are in the goals):", "", *lines]
 
 
 def _full_speed_lines(results: Mapping[str, object], order: Sequence[str]) -> list[str]:
@@ -1095,6 +1455,7 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
         bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color="#4472c4")
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in meds], padding=3, fontsize=8)
         ax.set_ylabel("msgs/s (median, min–max)")
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_title(
             f"Throughput, {results['events']:,} events, {results['partitions']} partitions"
         )
@@ -1111,7 +1472,7 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
         ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=3, fontsize=8)
         ax.set_ylabel("CPU µs per record (median; lower is better)")
         ax.set_title("CPU per record over the timed window (process tree, user + system)")
-        ax.tick_params(axis="x", labelrotation=20)
+        ax.tick_params(axis="x", labelrotation=30)
         fig.tight_layout()
         path = stem.with_name(stem.name + "-cpu.png")
         fig.savefig(path, dpi=110)
@@ -1131,7 +1492,7 @@ def render_charts(results: Mapping[str, object], order: Sequence[str], stem: Pat
             n + (" †" if _section(results, n).get("saturated_at_offered_load") else "")
             for n in lat_names
         ]
-        ax.set_xticks(range(len(lat_names)), ticks)
+        ax.set_xticks(range(len(lat_names)), ticks, rotation=30)
         ax.set_yscale("log")
         ax.set_ylabel("ms (log scale)")
         ax.set_title(
@@ -1199,6 +1560,8 @@ async def run_session(args: argparse.Namespace) -> dict[str, object]:
         workdir,
         events=args.events,
         dataset=Path(args.dataset) if args.dataset else None,
+        # The same events for every variant, with traffic the features act on.
+        features=True,
     )
     gate = None
     if args.gate and any(n.startswith("kafka_streams") for n in order):
@@ -1335,21 +1698,32 @@ async def gate_peer(bootstrap: str, workload: Workload, workdir: Path) -> dict[s
 
     Its route and reason must agree with filterd's on every record (and the output
     contract hold) or it is not timed. Threads do not change the decision: one gate
-    serves both configurations.
+    serves both configurations. The peer has no step 2 (honest categories: no marker
+    search), so it is compared with filterd's decision without it (``marketing_markers``
+    empty): on the session's promotions disguised as verification codes it delivers what
+    filterd, as shipped, blocks.
     """
     from benchmarks.peer_kafka_streams import check_agreement
+    from filterd.config import PolicyConfig
 
     records = [(k, v) for k, v in workload.throughput_events]
     log.info("kafka_streams: correctness gate on the session's %d events", len(records))
     started = time.monotonic()
     try:
         agreement = await check_agreement(
-            records, bootstrap=bootstrap, snapshot_root=workload.snapshot_root, workdir=workdir
+            records,
+            bootstrap=bootstrap,
+            snapshot_root=workload.snapshot_root,
+            workdir=workdir,
+            policy=replace(PolicyConfig(), marketing_markers=()),
         )
     except Exception as exc:
         log.error("kafka_streams: the gate could not run: %s", exc)
         return {"ok": False, "error": str(exc)[:2000]}
-    report = agreement.as_dict() | {"seconds": round(time.monotonic() - started, 1)}
+    report = agreement.as_dict() | {
+        "seconds": round(time.monotonic() - started, 1),
+        "compared_with": "filterd's decision without step 2 (marketing_markers = [])",
+    }
     log.info(
         "  gate: %d of %d records agree (%s)",
         agreement.agreed,

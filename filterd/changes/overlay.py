@@ -38,13 +38,13 @@ No log of the changes is kept. A swap to a snapshot with a newer watermark drops
 whose last change is below it (:meth:`Overlay.rebase`; the stream spreads the walk over the
 batches that follow the swap, :meth:`Overlay.walk`, so a swap never stalls the loop): the
 changes topic is keyed by recipient, so every change of a number is in one partition, and a
-fact whose last change was folded in had all its changes folded in. A fact whose last change is at or above it is kept as it is: the
-reduction is idempotent (until = max, any row = or, cap = min, and a ``consent-revoke`` that
-replaced the rows is folded in too), so adding to the new snapshot what it already holds
-changes nothing. When the new snapshot accepts other methods, or its watermark goes back,
-the facts cannot be recomputed without the changes: :meth:`rebase` clears them and the feed
-reads the changes topic again from the watermark (:meth:`filterd.changes.feed.ChangeFeed.rebase`),
-deciding nothing until caught up.
+fact whose last change was folded in had all its changes folded in. A fact whose last change
+is at or above it is kept as it is: the reduction is idempotent (until = max, any row = or,
+cap = min, and a ``consent-revoke`` that replaced the rows is folded in too), so adding to
+the new snapshot what it already holds changes nothing. When the new snapshot accepts other
+methods, or its watermark goes back, the facts cannot be recomputed without the changes:
+:meth:`rebase` clears them and the feed reads the changes topic again from the watermark
+(:meth:`filterd.changes.feed.ChangeFeed.rebase`), deciding nothing until caught up.
 
 Senders: a sender named by an ``opt-out`` or ``consent`` change is in the snapshot from
 then on (a later ``opt-out-clear`` or ``consent-revoke`` does not make it unknown again).
@@ -125,7 +125,8 @@ _PARTITIONS: Final = 1 << 14
 #: Bits of :attr:`Overlay.filter` (a power of two).
 FILTER_BITS: Final = 1 << 24
 #: Slots of the facts' table a swap's walk goes over per batch (:meth:`Overlay.walk`):
-#: ~10 ms of CPU, so 1 M facts take ~100 batches, never a stall of the loop.
+#: 5-20 ms of CPU (measured at 1 M facts, half of them folded: 124 steps, median 5.4 ms,
+#: max 19.8 ms, 0.79 s in all), never one stall of the loop.
 WALK_SLOTS: Final = 16_384
 
 
@@ -338,7 +339,9 @@ class Overlay:
 
         Until the walk has gone over a fact, the fact stays and the decision still reads it:
         the new snapshot folded in every change that fact holds, and applying a fact to a
-        snapshot that holds it changes no decision (the module doc), so only memory waits."""
+        snapshot that holds it changes no decision (the module doc), so only memory waits;
+        an output such a fact decides names its change in ``filterd-change``, a change the
+        new version holds."""
         accept = frozenset(accept)
         back = any(watermark.get(p, 0) < offset for p, offset in self.watermark.items())
         if back or (accept != self.accept and self._facts):

@@ -30,6 +30,7 @@ typedef struct {
     unsigned char *values;
     Py_ssize_t capacity;
     Py_ssize_t size;
+    Py_ssize_t resizes;
     int words;
     int word_bytes;
 } PairTable;
@@ -98,6 +99,7 @@ static int resize(PairTable *t, Py_ssize_t capacity)
     t->senders = senders;
     t->values = values;
     t->capacity = capacity;
+    t->resizes++;
     for (Py_ssize_t j = 0; j < old_capacity; j++) {
         uint64_t n = old_numbers[j];
         if (n == 0)
@@ -495,6 +497,41 @@ static PyObject *PairTable_items(PairTable *self, PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+static PyObject *PairTable_scan(PairTable *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long cursor, count;
+    if (check_nargs("scan", nargs, 2, 2) < 0 || as_long_long(args[0], "cursor", &cursor) < 0 ||
+        as_long_long(args[1], "count", &count) < 0)
+        return NULL;
+    if (cursor < 0 || count < 1) {
+        PyErr_SetString(PyExc_ValueError, "scan needs a cursor >= 0 and a count >= 1");
+        return NULL;
+    }
+    Py_ssize_t start = cursor < self->capacity ? (Py_ssize_t)cursor : self->capacity;
+    Py_ssize_t end = count < self->capacity - start ? start + (Py_ssize_t)count : self->capacity;
+    PyObject *found = PyList_New(0);
+    if (found == NULL)
+        return NULL;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (self->numbers[i] == 0)
+            continue;
+        PyObject *row = row_tuple(self, i);
+        if (row == NULL) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        PyObject *item = Py_BuildValue("(KIN)", (unsigned long long)self->numbers[i],
+                                       (unsigned int)self->senders[i], row);
+        if (item == NULL || PyList_Append(found, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(found);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return Py_BuildValue("(nN)", end >= self->capacity ? (Py_ssize_t)-1 : end, found);
+}
+
 static PyObject *PairTable_clear(PairTable *self, PyObject *Py_UNUSED(ignored))
 {
     PyMem_Free(self->numbers);
@@ -533,6 +570,11 @@ static PyObject *PairTable_get_capacity(PairTable *self, void *Py_UNUSED(closure
     return PyLong_FromSsize_t(self->capacity);
 }
 
+static PyObject *PairTable_get_resizes(PairTable *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->resizes);
+}
+
 static PyObject *PairTable_get_words(PairTable *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromLong(self->words);
@@ -560,6 +602,8 @@ static PyMethodDef PairTable_methods[] = {
      "discard(number, sender): remove the key; True when it was there"},
     {"items", (PyCFunction)PairTable_items, METH_NOARGS,
      "items(): a list of (number, sender, words) of every key, in no particular order"},
+    {"scan", (PyCFunction)(void (*)(void))PairTable_scan, METH_FASTCALL,
+     "scan(cursor, count): (next cursor or -1 at the end, the keys of up to count slots)"},
     {"clear", (PyCFunction)PairTable_clear, METH_NOARGS, "clear(): remove every key"},
     {"__sizeof__", (PyCFunction)PairTable_sizeof, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -568,6 +612,8 @@ static PyMethodDef PairTable_methods[] = {
 static PyGetSetDef PairTable_getset[] = {
     {"nbytes", (getter)PairTable_get_nbytes, NULL, "bytes allocated for the slots", NULL},
     {"capacity", (getter)PairTable_get_capacity, NULL, "slots allocated", NULL},
+    {"resizes", (getter)PairTable_get_resizes, NULL,
+     "times the slots were re-placed (a scan under way may then miss keys)", NULL},
     {"words", (getter)PairTable_get_words, NULL, "values per key", NULL},
     {"word_bytes", (getter)PairTable_get_word_bytes, NULL, "4 (unsigned) or 8 (signed)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

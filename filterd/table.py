@@ -11,6 +11,13 @@ Keys are a recipient ``number`` (1 .. 2**63-1; the digits as an int, never 0) an
 Values are ``words`` fixed-width words per key: unsigned 32-bit (``word_bytes=4``) or
 signed 64-bit (``word_bytes=8``); a value that does not fit raises ``OverflowError``.
 
+``scan(cursor, count)`` walks the table a piece at a time (from cursor 0 until it returns
+-1), so that a walk over millions of keys can be spread between batches. A walk sees every
+key once when the table does not change under it. Between pieces, keys may be inserted and
+values changed (a new key may or may not be seen); a removal (it shifts keys back) or a
+growth (``resizes`` goes up: it re-places every key) may make the walk miss keys, so a
+walk that must see every key removes nothing until it ends and starts again after a growth.
+
 The table is the C extension ``filterd._table`` (``filterd/_table.c``, built with the
 compiled modules by ``setup.py``: open addressing, linear probing, multiply-shift home
 slots, backward-shift deletion). Without it (``FILTERD__PURE_PYTHON=1``, no C compiler)
@@ -34,7 +41,7 @@ _MAX_WORDS: Final = 8
 class PyPairTable:
     """The pure-Python twin of ``filterd._table.PairTable`` (see the module doc)."""
 
-    __slots__ = ("_rows", "word_bytes", "words")
+    __slots__ = ("_rows", "_scan", "word_bytes", "words")
 
     def __init__(self, words: int = 1, word_bytes: int = 8) -> None:
         if not 1 <= words <= _MAX_WORDS:
@@ -44,6 +51,8 @@ class PyPairTable:
         self.words = words
         self.word_bytes = word_bytes
         self._rows: dict[int, list[int]] = {}
+        # The keys of the walk under way (scan): a dict has no slots to walk.
+        self._scan: list[int] = []
 
     @staticmethod
     def _key(number: int, sender: int) -> int:
@@ -129,6 +138,23 @@ class PyPairTable:
     def items(self) -> list[tuple[int, int, tuple[int, ...]]]:
         return [(k >> 32, k & _MAX_SENDER, tuple(row)) for k, row in self._rows.items()]
 
+    def scan(self, cursor: int, count: int) -> tuple[int, list[tuple[int, int, tuple[int, ...]]]]:
+        if cursor < 0 or count < 1:
+            raise ValueError("scan needs a cursor >= 0 and a count >= 1")
+        if cursor == 0:
+            self._scan = list(self._rows)
+        keys = self._scan[cursor : cursor + count]
+        end = cursor + count
+        found = []
+        for k in keys:
+            row = self._rows.get(k)
+            if row is not None:
+                found.append((k >> 32, k & _MAX_SENDER, tuple(row)))
+        if end >= len(self._scan):
+            self._scan = []
+            return -1, found
+        return end, found
+
     def clear(self) -> None:
         self._rows.clear()
 
@@ -138,6 +164,11 @@ class PyPairTable:
     @property
     def capacity(self) -> int:
         return len(self._rows)
+
+    @property
+    def resizes(self) -> int:
+        """Always 0: a walk here goes over the keys listed when it started."""
+        return 0
 
     @property
     def nbytes(self) -> int:

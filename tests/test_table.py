@@ -147,3 +147,42 @@ def test_interned_names_keep_their_ids() -> None:
     assert [names.id("SHOP"), names.id("BANK"), names.id("SHOP")] == [1, 2, 1]
     assert names.name(2) == "BANK"
     assert len(names) == 2
+
+
+@pytest.mark.parametrize("count", [1, 7, 1_000_000])
+def test_a_scan_sees_every_key_once(impl: type, count: int) -> None:
+    t = impl(2, 8)
+    for n in range(1, 3_001):
+        t.put_row(n * 31, n % 5, (n, -n))
+    seen: list[tuple[int, int, tuple[int, ...]]] = []
+    cursor = 0
+    while True:
+        cursor, found = t.scan(cursor, count)
+        seen += found
+        if cursor < 0:
+            break
+    assert sorted(seen) == sorted(t.items())
+    assert len(seen) == 3_000
+
+
+def test_a_scan_with_keys_added_sees_every_key_it_started_with(impl: type) -> None:
+    t = impl(1, 4)
+    for n in range(1, 5_001):
+        t.put(n, 0, n)
+    resizes = t.resizes
+    seen: set[int] = set()
+    cursor, step = 0, 0
+    while cursor >= 0:
+        cursor, found = t.scan(cursor, 257)
+        seen |= {number for number, _, _ in found}
+        for n in range(10_000 + step * 5, 10_000 + (step + 1) * 5):
+            t.put(n, 0, 1)  # a few keys added between pieces: no growth
+            t.put(n % 5_000 + 1, 0, 7)  # values changed
+        step += 1
+    assert t.resizes == resizes, "the test must not grow the table"
+    assert set(range(1, 5_001)) <= seen
+    t.put(99_999, 0, 1)
+    grown = t.resizes
+    for n in range(100_000, 110_000):
+        t.put(n, 0, 1)
+    assert t.resizes > grown or impl is PyPairTable

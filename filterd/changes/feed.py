@@ -221,20 +221,27 @@ class ChangeFeed:
         """Apply what was fetched, in offset order per partition; return how many."""
         fetched, self._fetched = self._fetched, []
         self._oldest_fetched_ms = 0
+        overlay = self.overlay
         for ref, change in fetched:
-            if self.overlay.apply(change, ref):
+            if overlay.apply(change, ref):
                 self.applied[(change.op, change.source or "")] += 1
         self.fresh_ms = self._fetched_fresh_ms
+        # A swap's walk over the facts goes on a step per batch (Overlay.walk).
+        if overlay.walking and overlay.walk():
+            log.info(
+                "snapshot folded in %d facts of live changes; dropped from memory", overlay.walked
+            )
         return len(fetched)
 
     def rebase(self, snapshot: object) -> Overlay:
         """The overlay on top of ``snapshot`` (idempotent per snapshot object).
 
-        Facts whose last change is below the snapshot's watermark are dropped from memory;
-        the others stay (:meth:`Overlay.rebase`). A snapshot whose watermark is below the
-        one in force (a rollback, a build without the feed folded in), or that accepts other
-        consent methods, needs changes no longer held: the feed reads the topic again from
-        its watermark, and nothing is decided until it has caught up.
+        Facts whose last change is below the snapshot's watermark are dropped from memory,
+        a step per batch (:meth:`Overlay.rebase_start`, :meth:`drain`); the others stay. A
+        snapshot whose watermark is below the one in force (a rollback, a build without the
+        feed folded in), or that accepts other consent methods, needs changes no longer held:
+        the feed reads the topic again from its watermark, and nothing is decided until it
+        has caught up.
         """
         if snapshot is self._based_on:
             return self.overlay
@@ -242,8 +249,7 @@ class ChangeFeed:
         manifest = getattr(snapshot, "manifest", None)
         watermark = watermark_of(manifest if isinstance(manifest, dict) else None, self.topic)
         accept = accept_methods(manifest if isinstance(manifest, dict) else None)
-        dropped = self.overlay.rebase(accept, watermark)
-        if dropped < 0:
+        if self.overlay.rebase_start(accept, watermark) < 0:
             log.info(
                 "snapshot watermark went back or its accepted methods differ: reading the "
                 "changes topic again from its watermark"
@@ -256,8 +262,6 @@ class ChangeFeed:
                 self._task.cancel()
                 self._task = asyncio.create_task(self._run(), name="filterd-change-feed")
             return self.overlay
-        if dropped:
-            log.info("snapshot folded in %d facts of live changes; dropped from memory", dropped)
         return self.overlay
 
     def fresh_for(self, record_ms: int) -> bool:

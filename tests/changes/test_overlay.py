@@ -370,3 +370,69 @@ def test_facts_name_their_last_change_and_count_once() -> None:
     overlay.apply(Change("consent-revoke", "BANK", NUMBERS[0]), ChangeRef(TOPIC, 3, 12))
     assert len(overlay.terms) == 0
     assert len(overlay) == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 1_000),
+    slots=st.sampled_from([1, 3, 64]),
+)
+def test_a_walk_in_steps_with_changes_between_ends_as_the_walk_at_once(
+    seed: int, slots: int
+) -> None:
+    """The stream's walk (a step per batch, changes applied between steps, the table growing
+    under it) leaves the facts, their count and the filter of the walk at once."""
+    import random
+
+    rng = random.Random(seed)
+    ops = ["opt-out", "opt-out-clear", "consent", "consent-revoke", "dnd-add", "dnd-remove"]
+    numbers = [8613800000000 + rng.randrange(400) for _ in range(60)]
+
+    def some(count: int, offsets: list[int]) -> list[tuple[Change, ChangeRef]]:
+        out = []
+        for _ in range(count):
+            number = rng.choice(numbers)
+            op = rng.choice(ops)
+            sender = "" if op.startswith("dnd") else rng.choice(["SHOP", "BANK", "*"])
+            if sender == "*" and op not in ("opt-out", "opt-out-clear"):
+                sender = "SHOP"
+            expires = rng.choice([None, T + 5])
+            change = Change(op, sender, number, "explicit", expires, rng.choice([0, 2]))
+            partition = number % 2
+            out.append((change, ChangeRef(TOPIC, partition, offsets[partition])))
+            offsets[partition] += 1
+        return out
+
+    offsets = [0, 0]
+    first = some(300, offsets)
+    watermark = {0: offsets[0] // 2, 1: offsets[1] - 3}
+    later = some(200, offsets)
+    stepped, at_once = Overlay(ACCEPT), Overlay(ACCEPT)
+    for overlay in (stepped, at_once):
+        for change, ref in first:
+            overlay.apply(change, ref)
+    at_once.rebase(ACCEPT, watermark)
+    assert stepped.rebase_start(ACCEPT, watermark) == 1
+    pending = list(later)
+    while True:
+        done = stepped.walk(slots)
+        for change, ref in pending[:7]:
+            stepped.apply(change, ref)
+        pending = pending[7:]
+        if done and not pending:
+            break
+    for change, ref in later:
+        at_once.apply(change, ref)
+    assert not stepped.walking
+    assert sorted(stepped.facts()) == sorted(at_once.facts())
+    assert len(stepped) == len(at_once)
+    assert stepped.filter == at_once.filter == filter_of(stepped)
+
+
+def filter_of(overlay: Overlay) -> bytearray:
+    """The filter an overlay's facts need: a bit per number with facts, none else."""
+    bits = bytearray(len(overlay.filter))
+    for fact in overlay.facts():
+        bit = prefilter.slot(fact.number, len(bits) * 8)
+        bits[bit >> 3] |= 1 << (bit & 7)
+    return bits

@@ -167,6 +167,12 @@ def fits(partition: int, offset: int) -> bool:
     return 0 <= partition < _PARTITIONS and 0 <= offset <= _OFFSET_MASK
 
 
+def _mark(bits: bytearray, number: int) -> None:
+    """Set the number's bit of a filter (:attr:`Overlay.filter`)."""
+    bit = slot(number, FILTER_BITS)
+    bits[bit >> 3] |= 1 << (bit & 7)
+
+
 def _ref_plus_one(partition: int, offset: int) -> int:
     if not fits(partition, offset):
         raise ValueError(f"change {partition}/{offset} out of the overlay's range")
@@ -238,10 +244,9 @@ class Overlay:
         self.topic = ref.topic
         here = _ref_plus_one(ref.partition, ref.offset)
         op, sender, number = change.op, change.sender, change.number
-        bit = slot(number, FILTER_BITS)
-        self.filter[bit >> 3] |= 1 << (bit & 7)
+        _mark(self.filter, number)
         if self._next_filter is not None:
-            self._next_filter[bit >> 3] |= 1 << (bit & 7)
+            _mark(self._next_filter, number)
         if op in (DND_ADD, DND_REMOVE):
             self._put(number, NUMBER, DND_WORD, here << FLAG_SHIFT | (op == DND_ADD))
             return True
@@ -323,7 +328,7 @@ class Overlay:
         goes back) they are all cleared and -1 is returned: the changes from ``watermark``
         on must be applied again.
 
-        The whole walk at once (tools, compaction, tests); the stream spreads it between
+        The whole walk at once (tests and tools); the stream spreads it between
         batches instead (:meth:`rebase_start`, :meth:`walk`)."""
         if self.rebase_start(accept, watermark) < 0:
             return -1
@@ -384,12 +389,9 @@ class Overlay:
             assert bits is not None
             stale = self._stale
             for number, sid, (first, second) in found:
-                shift = FLAG_SHIFT if sid == NUMBER else CONSENT_SHIFT
-                drop_first = bool(first) and self._folded(first >> FLAG_SHIFT)
-                drop_second = bool(second) and self._folded(second >> shift)
+                drop_first, drop_second = self._stale_words(sid, first, second)
                 if (first and not drop_first) or (second and not drop_second):
-                    bit = slot(number, FILTER_BITS)
-                    bits[bit >> 3] |= 1 << (bit & 7)
+                    _mark(bits, number)
                 if drop_first or drop_second:
                     stale.append((number, sid))
             if self._cursor < 0:
@@ -407,9 +409,7 @@ class Overlay:
             if row is None:
                 continue
             first, second = row
-            shift = FLAG_SHIFT if sid == NUMBER else CONSENT_SHIFT
-            drop_first = bool(first) and self._folded(first >> FLAG_SHIFT)
-            drop_second = bool(second) and self._folded(second >> shift)
+            drop_first, drop_second = self._stale_words(sid, first, second)
             if not drop_first and not drop_second:
                 continue
             dropped = drop_first + drop_second
@@ -434,6 +434,15 @@ class Overlay:
     def walking(self) -> bool:
         """Whether a swap's walk is under way."""
         return self._cursor >= 0 or self._dropping >= 0
+
+    def _stale_words(self, sid: int, first: int, second: int) -> tuple[bool, bool]:
+        """Which of a key's two fact words the snapshot in force folded in (a word of 0 is
+        no fact)."""
+        shift = FLAG_SHIFT if sid == NUMBER else CONSENT_SHIFT
+        return (
+            bool(first) and self._folded(first >> FLAG_SHIFT),
+            bool(second) and self._folded(second >> shift),
+        )
 
     def _folded(self, ref_plus_one: int) -> bool:
         packed = ref_plus_one - 1

@@ -57,6 +57,7 @@ from filterd.snapshot.compact import (
     write_compacted,
 )
 from filterd.snapshot.load import load_snapshot
+from filterd.snapshot.store import NO_CAP
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPIC = "sms.consent-changes"
@@ -84,7 +85,7 @@ def make_version(root: Path, n: int, rng: random.Random) -> tuple[str, list[str]
         timed = count // 20
         data.consents[sender] = BitMap64(numbers[timed:])
         if timed:
-            data.terms[sender] = {x: (EXPIRY_MS, 0) for x in numbers[:timed]}
+            data.terms[sender] = {x: (EXPIRY_MS, NO_CAP) for x in numbers[:timed]}
         opted = max(1, count // 50)
         data.optouts[sender] = BitMap64(LO + rng.randrange(SPAN) for _ in range(opted))
         sample.extend(numbers[:: max(1, count // 2000)])

@@ -426,13 +426,13 @@ class PartitionLimits:
                 return outcome
             self.would_block = outcome.reason
             caps = rules.by_category.get(decider.category, ())
-            most = decider.max_per_day()
+            most = decider.max_per_day(at_ms)
             if caps or most > 0:
                 zone = rules.zone_of(decider.number)
                 self._count(decider, caps, most, zone, at_ms + rules.offset(zone, at_ms), False)
             return MONITORED
         require = outcome is not EXEMPT_CATEGORY
-        most = decider.max_per_day() if require else 0
+        most = decider.max_per_day(at_ms) if require else 0
         caps = rules.by_category.get(decider.category, ())
         quiet = rules.quiet if require else None
         if not most and not caps and quiet is None:

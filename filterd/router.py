@@ -40,6 +40,7 @@ from filterd.errors import InvalidNumber
 from filterd.logs import RateLimitedLogger
 from filterd.markers import MarkerMatcher, matcher
 from filterd.numbers import MAX_DIGITS, looks_without_plus, normalize, without_plus_ranges
+from filterd.snapshot.store import NO_CAP, CapSchedule, cap_at
 from filterd.table import PairTable
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,12 @@ class TermsLookup(Protocol):
         """The ``until`` of a pair with only consents of methods not accepted."""
         ...
 
-    def max_per_day(self, number: int) -> int:
-        """The pair's stated ``max_per_day`` (0: none)."""
+    def max_per_day(self, number: int, at_ms: int) -> int:
+        """The pair's ``max_per_day`` at ``at_ms`` (0: none stated by a consent valid then)."""
+        ...
+
+    def cap_schedule(self, number: int) -> CapSchedule:
+        """The pair's ``max_per_day`` schedule (filterd.snapshot.store.CapSchedule)."""
         ...
 
 
@@ -428,7 +433,7 @@ class Decider:
         until, any_row = NO_ACCEPTED, False
         if entry is not None and mode != CONSENT_REPLACED:
             until, any_row = _snapshot_consent(entry, number)
-        until, any_row, _cap = consent_with((until, any_row, 0), mode, rows)
+        until, any_row, _schedule = consent_with((until, any_row, NO_CAP), mode, rows)
         if any_row:
             self.change_ref = (
                 overlay.ref(word, CONSENT_SHIFT) if mode != CONSENT_UNCHANGED else None
@@ -452,37 +457,39 @@ class Decider:
             self.change_ref = overlay.ref(flag, FLAG_SHIFT)  # do-not-disturb cleared
         return NO_CONSENT
 
-    def pair_max_per_day(self, sender: str, number: int) -> int:
-        """The (sender, number) pair's ``max_per_day`` with the live changes applied (0: none
-        stated): the smallest of its accepted consents' (snapshot and changes)."""
+    def pair_max_per_day(self, sender: str, number: int, at_ms: int) -> int:
+        """The (sender, number) pair's ``max_per_day`` at ``at_ms`` with the live changes
+        applied (0: none stated): the smallest of its accepted consents (snapshot and
+        changes) valid then."""
         entry = self._senders.get(sender)
         mode = CONSENT_UNCHANGED
-        rows: PairConsent = (NO_ACCEPTED, False, 0)
+        rows: PairConsent = (NO_ACCEPTED, False, NO_CAP)
         overlay = self._overlay
         sid = self._sids.get(sender, 0)
         if overlay is not None and sid:
             word = overlay.table.get(number, sid, CONSENT_WORD)
             mode, rows = overlay.consent_of(number, sid, word)
-        cap = 0
+        schedule = NO_CAP
         if entry is not None and mode != CONSENT_REPLACED:
             terms: TermsLookup | None = getattr(entry, "terms", None)
             if terms is not None:
-                cap = int(getattr(terms, "max_per_day", _no_cap)(number))
-        return consent_with((NO_ACCEPTED, False, cap), mode, rows)[2]
+                schedule = terms.cap_schedule(number)
+        return cap_at(consent_with((NO_ACCEPTED, False, schedule), mode, rows)[2], at_ms)
 
-    def max_per_day(self) -> int:
-        """The ``max_per_day`` stated by the consents of the pair last decided (0: none).
+    def max_per_day(self, at_ms: int) -> int:
+        """The ``max_per_day`` at ``at_ms`` of the pair last decided (0: none): the smallest
+        stated by its accepted consents valid then.
 
         Looked up only when step 4 asks (a delivered ``require-consent`` message).
         """
         if self._changed:
             # A live change may have granted, replaced or revoked the pair's consents.
-            return self.pair_max_per_day(self.sender, self.number)
+            return self.pair_max_per_day(self.sender, self.number, at_ms)
         entry = self._entry
         if entry is None:
             return 0
         terms: TermsLookup | None = getattr(entry, "terms", None)
-        return 0 if terms is None else terms.max_per_day(self.number)
+        return 0 if terms is None else terms.max_per_day(self.number, at_ms)
 
     def message_time(self, at_ms: int) -> int:
         """The time of the message last decided, as :meth:`decide` read it for ``at_ms``.
@@ -492,10 +499,6 @@ class Decider:
         if self._event_time and self._ts is not None:
             return self._ts
         return at_ms if at_ms >= 0 else time.time_ns() // 1_000_000
-
-
-def _no_cap(number: int) -> int:
-    return 0
 
 
 def _snapshot_consent(entry: SenderLookup, number: int) -> tuple[int, bool]:

@@ -197,8 +197,8 @@ def test_terms_in_whole_seconds_keep_4_bytes_and_the_same_decisions() -> None:
         t = terms({EXPIRING: (until, 0), REFUSED: (REFUSED_ONLY, 0), CAPPED: (FOREVER, 7)})
         assert t.until.itemsize == itemsize
         assert len(t.numbers) == 2  # the capped plain pair is only in the caps table
-        assert t.max_per_day(CAPPED) == 7
-        assert t.max_per_day(EXPIRING) == 0
+        assert t.max_per_day(CAPPED, until) == 7
+        assert t.max_per_day(EXPIRING, until) == 0
         entry = SenderConsent.of(BitMap64([CAPPED]), BitMap64(), t)
         snap = ConsentSnapshot("v", datetime.now(UTC), {SHOP: entry}, BitMap64(),
                                Counts(1, 3, 0, 0, 0, 3), 0, {})  # fmt: skip
@@ -209,4 +209,4 @@ def test_terms_in_whole_seconds_keep_4_bytes_and_the_same_decisions() -> None:
         assert decider.decide(ev(CAPPED), until) == CONSENT
         assert snap.consent_until(SHOP, EXPIRING) == until
         assert snap.consent_until(SHOP, REFUSED) == REFUSED_ONLY
-        assert snap.max_per_day(SHOP, CAPPED) == 7
+        assert snap.max_per_day(SHOP, CAPPED, until) == 7

@@ -7,13 +7,14 @@ A generated set with quiet hours in three zones, three cap rules, consents stati
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 
 from filterd.cli import main
-from tests.support.limit_cases import config_toml, generate, reference_policy
+from tests.support.limit_cases import config_toml, generate, generate_stacked, reference_policy
 from tests.support.reference import Reference
 
 BASE_MS = 1_794_398_400_000  # 2026-11-11T12:00:00Z
@@ -81,3 +82,38 @@ def test_monitor_turns_blocks_into_deliveries_that_count(tmp_path: Path) -> None
     assert after["monitored"] >= before["frequency-cap"] > 0
     assert after["frequency-cap"] == 0
     assert after["quiet-hours"] == before["quiet-hours"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_max_per_day_is_that_of_the_consents_valid_at_each_message(
+    tmp_path: Path, seed: int
+) -> None:
+    # docs/contract.md step 4: "with several valid consents for a pair, the smallest applies".
+    case = generate_stacked(tmp_path / "ds", BASE_MS, seed)
+    root = tmp_path / "snap"
+    assert main(["snapshot", "build", "--consents", str(case.directory / "consents.csv.gz"),
+                 "--out", str(root)]) == 0  # fmt: skip
+    config = tmp_path / "filterd.toml"
+    config.write_text("[policy]\n")
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(v + b"\n" for v in case.lines))
+    out = tmp_path / "out"
+    assert main(["replay", "--snapshot", str(root), "--input", str(events), "--out", str(out),
+                 "--config", str(config), "--at", AT]) == 0  # fmt: skip
+    decisions = [orjson.loads(x) for x in (out / "decisions.jsonl").read_bytes().splitlines()]
+    reference = Reference.from_dataset(case.directory)
+    # The reading this replaced: the smallest cap of every accepted consent, expired or not.
+    smallest_ever = replace(reference.for_partition(), consent_caps={
+        pair: [(None, most) for _expires, most in rows]
+        for pair, rows in reference.consent_caps.items()
+    })  # fmt: skip
+    differ = 0
+    seen: Counter[str] = Counter()
+    for line, got in zip(case.lines, decisions, strict=True):
+        route, reason = reference.decide_record(line, AT_MS, event_time=True)[:2]
+        assert (got["route"], got["reason"]) == (route, reason), (line, got["line"])
+        differ += smallest_ever.decide_record(line, AT_MS, event_time=True)[1] != reason
+        seen[reason] += 1
+    assert seen["frequency-cap"] > 0, seen
+    assert seen["consent"] > 0, seen
+    assert differ > 0  # the set tells the two readings apart

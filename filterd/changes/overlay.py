@@ -6,7 +6,8 @@ every sender and whether it is on the do-not-disturb list (set, cleared, or unch
 (sender, number) pair, whether it is opted out, and its consent rows (added to the
 snapshot's, or replacing them after a ``consent-revoke``), reduced as a snapshot build
 reduces them: up to when the latest accepted consent is valid, whether any row exists, and
-the smallest stated ``max_per_day``. Deciding with the snapshot and the overlay then gives
+the ``max_per_day`` schedule (the smallest stated by the consents valid at each time,
+:data:`filterd.snapshot.store.CapSchedule`). Deciding with the snapshot and the overlay then gives
 the decision the snapshot rebuilt with the changes applied in offset order would give (the
 property tests compare the two), so the decision reads the snapshot only where the overlay
 leaves a fact unchanged.
@@ -24,7 +25,8 @@ Layout (:class:`filterd.table.PairTable`, flat arrays, no Python object per fact
   added/replaced and ``kind`` saying where the validity and cap are: no accepted row and no
   cap, accepted forever without a cap, or in :attr:`Overlay.terms`;
 * :attr:`Overlay.terms`: (number, sender id) -> (until, cap) of the pairs whose consent fact
-  says so (an expiry or a cap: the minority);
+  says so (an expiry or a cap: the minority); cap -1 when it changes with time (a capped
+  consent expires before the pair's last one, rare), its schedule in :attr:`Overlay.schedules`;
 * sender names interned to ids (:attr:`Overlay.interned`); id 0 is the number's own facts;
 * :attr:`Overlay.filter`: a one-hash filter of the numbers with facts (the bit of
   :func:`filterd.prefilter.slot`, 2**24 bits, 2 MiB however many facts), set when a fact is
@@ -40,9 +42,10 @@ batches that follow the swap, :meth:`Overlay.walk`, so a swap never stalls the l
 changes topic is keyed by recipient, so every change of a number is in one partition, and a
 fact whose last change was folded in had all its changes folded in. A fact whose last change
 is at or above it is kept as it is: the reduction is idempotent (until = max, any row = or,
-cap = min, and a ``consent-revoke`` that replaced the rows is folded in too), so adding to
-the new snapshot what it already holds changes nothing. When the new snapshot accepts other
-methods, or its watermark goes back, the facts cannot be recomputed without the changes:
+cap schedule = that of the union, and a ``consent-revoke`` that replaced the rows is folded
+in too), so adding to the new snapshot what it already holds changes nothing. When the new
+snapshot accepts other methods, or its watermark goes back, the facts cannot be recomputed
+without the changes:
 :meth:`rebase` clears them and the feed reads the changes topic again from the watermark
 (:meth:`filterd.changes.feed.ChangeFeed.rebase`), deciding nothing until caught up.
 
@@ -74,6 +77,7 @@ from filterd.changes.model import (
     ChangeRef,
 )
 from filterd.prefilter import slot
+from filterd.snapshot.store import NO_CAP, CapSchedule, cap_schedule, simple_cap
 from filterd.table import Interned, PairTable
 
 __all__ = [
@@ -130,18 +134,10 @@ FILTER_BITS: Final = 1 << 24
 WALK_SLOTS: Final = 16_384
 
 
-def min_cap(a: int, b: int) -> int:
-    """The smaller stated ``max_per_day`` (0 is none stated)."""
-    if not a:
-        return b
-    if not b:
-        return a
-    return min(a, b)
-
-
 #: A pair's consent facts: (latest accepted validity in epoch ms or NO_ACCEPTED, any consent
-#: row of any method, smallest stated ``max_per_day`` of the accepted ones or 0).
-PairConsent = tuple[int, bool, int]
+#: row of any method, the ``max_per_day`` schedule of the accepted ones,
+#: :data:`filterd.snapshot.store.CapSchedule`).
+PairConsent = tuple[int, bool, CapSchedule]
 
 
 def consent_with(snapshot: PairConsent, mode: int, changes: PairConsent) -> PairConsent:
@@ -153,8 +149,9 @@ def consent_with(snapshot: PairConsent, mode: int, changes: PairConsent) -> Pair
         return snapshot
     if mode == CONSENT_REPLACED:
         return changes
-    until, any_row, cap = snapshot
-    return max(until, changes[0]), any_row or changes[1], min_cap(cap, changes[2])
+    until, any_row, schedule = snapshot
+    merged = cap_schedule((*schedule, *changes[2])) if changes[2] else schedule
+    return max(until, changes[0]), any_row or changes[1], merged
 
 
 def flag_of(word: int) -> int:
@@ -206,6 +203,9 @@ class Overlay:
         #: life: deciders hold them.
         self.table = PairTable(2, 8)
         self.terms = PairTable(2, 8)
+        #: The cap schedules of the few pairs whose cap changes with time (their cap word
+        #: in :attr:`terms` is -1).
+        self.schedules: dict[tuple[int, int], CapSchedule] = {}
         #: A bit per number with facts (see the module doc); may hold stale bits.
         self.filter = bytearray(FILTER_BITS >> 3)
         #: Sender names interned to ids (id 0: a number's own facts).
@@ -259,17 +259,18 @@ class Overlay:
             if op == OPT_OUT:
                 self.senders.add(sender)
         elif op == CONSENT_REVOKE:
-            self._set_consent(number, sid, here, CONSENT_REPLACED, (NO_ACCEPTED, False, 0))
+            self._set_consent(number, sid, here, CONSENT_REPLACED, (NO_ACCEPTED, False, NO_CAP))
         elif op == CONSENT:
             self.senders.add(sender)
-            mode, (until, _any, cap) = self._consent(number, sid)
+            mode, (until, _any, schedule) = self._consent(number, sid)
             if mode == CONSENT_UNCHANGED:
                 mode = CONSENT_ADDED
             if change.method is None or change.method in self.accept:
                 expires = FOREVER if change.expires_ms is None else change.expires_ms
                 until = max(until, expires)
-                cap = min_cap(cap, change.max_per_day)
-            self._set_consent(number, sid, here, mode, (until, True, cap))
+                if change.max_per_day:
+                    schedule = cap_schedule(((expires, change.max_per_day), *schedule))
+            self._set_consent(number, sid, here, mode, (until, True, schedule))
         return True
 
     def _consent(self, number: int, sid: int) -> tuple[int, PairConsent]:
@@ -283,27 +284,42 @@ class Overlay:
     def consent_of(self, number: int, sid: int, word: int) -> tuple[int, PairConsent]:
         """(mode, the changes' consent facts) of a pair's consent fact ``word``."""
         if not word:
-            return CONSENT_UNCHANGED, (NO_ACCEPTED, False, 0)
+            return CONSENT_UNCHANGED, (NO_ACCEPTED, False, NO_CAP)
         kind = word >> 3 & 3
+        schedule = NO_CAP
         if kind == _KIND_TERMS:
             until, cap = self.terms.get(number, sid, 0), self.terms.get(number, sid, 1)
+            if cap > 0:
+                schedule = ((until, cap),)
+            elif cap < 0:
+                schedule = self.schedules[number, sid]
         else:
-            until, cap = (FOREVER if kind == _KIND_FOREVER else NO_ACCEPTED), 0
-        return word >> 1 & 3, (until, bool(word & 1), cap)
+            until = FOREVER if kind == _KIND_FOREVER else NO_ACCEPTED
+        return word >> 1 & 3, (until, bool(word & 1), schedule)
 
     def _set_consent(self, number: int, sid: int, here: int, mode: int, rows: PairConsent) -> None:
-        until, any_row, cap = rows
-        if not cap and until == NO_ACCEPTED:
+        until, any_row, schedule = rows
+        if not schedule and until == NO_ACCEPTED:
             kind = _KIND_NONE
-        elif not cap and until == FOREVER:
+        elif not schedule and until == FOREVER:
             kind = _KIND_FOREVER
         else:
             kind = _KIND_TERMS
+            cap = simple_cap(schedule, until)
             self.terms.put_row(number, sid, (until, cap))
+            if cap < 0:
+                self.schedules[number, sid] = schedule
+            elif self.schedules:
+                self.schedules.pop((number, sid), None)
         if kind != _KIND_TERMS:
-            self.terms.discard(number, sid)
+            self._drop_terms(number, sid)
         word = here << CONSENT_SHIFT | kind << 3 | mode << 1 | any_row
         self._put(number, sid, CONSENT_WORD, word)
+
+    def _drop_terms(self, number: int, sid: int) -> None:
+        self.terms.discard(number, sid)
+        if self.schedules:
+            self.schedules.pop((number, sid), None)
 
     def ref(self, word: int, shift: int) -> ChangeRef:
         """The change that set a fact ``word`` (``shift``: FLAG_SHIFT or CONSENT_SHIFT)."""
@@ -315,7 +331,7 @@ class Overlay:
         names = self.interned.names
         for number, sid, (first, second) in self.table.items():
             if sid == NUMBER:
-                rows: PairConsent = (NO_ACCEPTED, False, 0)
+                rows: PairConsent = (NO_ACCEPTED, False, NO_CAP)
                 yield Fact(number, "", flag_of(first), flag_of(second), CONSENT_UNCHANGED, rows)
             else:
                 mode, rows = self.consent_of(number, sid, second)
@@ -403,7 +419,7 @@ class Overlay:
             return True
         start = self._dropping
         end = min(len(self._stale), start + slots)
-        table, terms = self.table, self.terms
+        table = self.table
         for number, sid in self._stale[start:end]:
             row = table.row(number, sid)
             if row is None:
@@ -422,7 +438,7 @@ class Overlay:
             else:
                 table.put(number, sid, 0, 1)
             if drop_second and sid != NUMBER:
-                terms.discard(number, sid)
+                self._drop_terms(number, sid)
         if end < len(self._stale):
             self._dropping = end
             return False
@@ -453,6 +469,7 @@ class Overlay:
         objects)."""
         self.table.clear()
         self.terms.clear()
+        self.schedules.clear()
         self.filter[:] = bytes(len(self.filter))
         self.senders.clear()
         self._facts = 0

@@ -63,6 +63,8 @@ class _DataFile:
         self._f = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._hash = hashlib.sha256()
         self.size = 0
+        #: Pairs written with a cap schedule (terms.bin, format version 3).
+        self.scheduled = 0
 
     def write_bitmap(self, bitmap: BitMap64) -> list[list[int]]:
         chunks: list[list[int]] = []
@@ -80,6 +82,11 @@ class _DataFile:
             return []
         offset = self.size
         parts = [terms.numbers, terms.until] + ([terms.caps] if any(terms.caps) else [])
+        if terms.schedules:
+            # Format version 3: the cap schedules, one row per step, after the caps.
+            rows = [(n, u, c) for n in sorted(terms.schedules) for u, c in terms.schedules[n]]
+            parts += [array(code, (r[k] for r in rows)) for k, code in enumerate("QqI")]
+            self.scheduled += len(terms.schedules)
         for part in parts:
             if sys.byteorder != "little":
                 part = array(part.typecode, part)
@@ -208,6 +215,8 @@ def _write_version(
     files[fmt.OPTOUTS] = optout_file.close()
     files[fmt.SENDERS] = sender_file.close()
     files[fmt.TERMS] = terms_file.close()
+    # Version 2 unless a cap schedule needs 3: readers of 2 load everything else.
+    format_version = fmt.FORMAT_VERSION if terms_file.scheduled else fmt.FORMAT_VERSION - 1
     dnd_file = _DataFile(tmp / fmt.DND)
     dnd_chunks = dnd_file.write_bitmap(dnd)
     files[fmt.DND] = dnd_file.close()
@@ -229,7 +238,7 @@ def _write_version(
     files.update(_granted_files(tmp, inputs[0]) if carried is None else carried)
     manifest: dict[str, object] = {
         "format": fmt.FORMAT_NAME,
-        "format_version": fmt.FORMAT_VERSION,
+        "format_version": format_version,
         "version": version,
         "created_at": fmt.utc_timestamp(created_at),
         "country_code": country_code,

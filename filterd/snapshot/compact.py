@@ -35,7 +35,6 @@ import csv
 import io
 import logging
 import shutil
-import sys
 import time
 from array import array
 from collections import Counter
@@ -70,10 +69,10 @@ from filterd.snapshot.errors import SnapshotCorrupt
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS, SenderTerms
 from filterd.snapshot.granted import GRANTED, GRANTED_CHANGES, append_change_rows
 from filterd.snapshot.inputs import Rejects
-from filterd.snapshot.load import _hash_files, _read_manifest
+from filterd.snapshot.load import _hash_files, _read_manifest, schedules_of, terms_record
 from filterd.snapshot.publish import DEFAULT_MAX_DROP
 from filterd.snapshot.signing import Verifier, verifier_for
-from filterd.snapshot.store import FOREVER
+from filterd.snapshot.store import FOREVER, NO_CAP, CapSchedule, simple_cap
 
 __all__ = [
     "VersionData", "compact_snapshot", "fold_changes", "read_changes",
@@ -91,8 +90,8 @@ class VersionData:
     manifest: dict[str, object]
     consents: dict[str, BitMap64] = field(default_factory=dict)
     optouts: dict[str, BitMap64] = field(default_factory=dict)
-    #: Per sender: number -> (until, cap), as the version's terms records hold them.
-    terms: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    #: Per sender: number -> (until, cap schedule), as the version's terms records hold them.
+    terms: dict[str, dict[int, tuple[int, CapSchedule]]] = field(default_factory=dict)
     global_optouts: BitMap64 = field(default_factory=BitMap64)
     dnd: BitMap64 = field(default_factory=BitMap64)
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -116,21 +115,21 @@ def _bitmap(data: bytes, chunks: object) -> BitMap64:
     return result
 
 
-def _terms(data: bytes, entry: object) -> dict[int, tuple[int, int]]:
+def _terms(data: bytes, entry: object) -> dict[int, tuple[int, CapSchedule]]:
+    """A sender's terms record: number -> (until, its cap schedule)."""
     if not entry:
         return {}
     offset, length, count = cast(list[int], entry)
-    numbers, until, caps = array("Q"), array("q"), array("I")
-    numbers.frombytes(data[offset : offset + 8 * count])
-    until.frombytes(data[offset + 8 * count : offset + 16 * count])
-    if length == 20 * count:
-        caps.frombytes(data[offset + 16 * count : offset + length])
-    else:
+    numbers, until, caps, rows = terms_record(data, offset, length, count)
+    schedules = schedules_of(numbers, caps, *rows)
+    if isinstance(schedules, str):
+        raise ValueError(schedules)
+    if not caps:
         caps = array("I", bytes(4 * count))
-    if sys.byteorder != "little":
-        for part in (numbers, until, caps):
-            part.byteswap()
-    return dict(zip(numbers, zip(until, caps, strict=True), strict=True))
+    return {
+        n: (u, schedules.get(n) or (((u, c),) if c else NO_CAP))
+        for n, u, c in zip(numbers, until, caps, strict=True)
+    }
 
 
 def read_version(root: Path, version: str, verifier: Verifier | None = None) -> VersionData:
@@ -177,7 +176,7 @@ def fold_changes(
 ) -> None:
     """Fold the overlay's facts into ``data`` (in place); the refused ``consent`` changes of
     ``changes`` (those the overlay applied) are added to the refused report."""
-    empty: dict[int, tuple[int, int]] = {}
+    empty: dict[int, tuple[int, CapSchedule]] = {}
     data.known.update(overlay.senders)
     for fact in overlay.facts():
         number, sender = fact.number, fact.sender
@@ -192,13 +191,13 @@ def fold_changes(
         plain = data.consents.setdefault(sender, BitMap64())
         terms = data.terms.get(sender, empty)
         if number in plain:
-            before: PairConsent = (FOREVER, True, terms.get(number, (FOREVER, 0))[1])
+            before: PairConsent = (FOREVER, True, terms.get(number, (FOREVER, NO_CAP))[1])
         elif number in terms:
-            until, cap = terms[number]
-            before = (until, True, cap)
+            until, schedule = terms[number]
+            before = (until, True, schedule)
         else:
-            before = (NO_ACCEPTED, False, 0)
-        until, any_row, cap = consent_with(before, fact.consent, fact.rows)
+            before = (NO_ACCEPTED, False, NO_CAP)
+        until, any_row, schedule = consent_with(before, fact.consent, fact.rows)
         plain.discard(number)
         if terms is not empty:
             terms.pop(number, None)
@@ -206,8 +205,8 @@ def fold_changes(
             continue
         if until == FOREVER:
             plain.add(number)
-        if until != FOREVER or cap:
-            data.terms.setdefault(sender, {})[number] = (until, cap)
+        if until != FOREVER or schedule:
+            data.terms.setdefault(sender, {})[number] = (until, schedule)
     accept = overlay.accept
     for ref, change in changes:
         if ref.offset < overlay.watermark.get(ref.partition, 0):
@@ -216,11 +215,19 @@ def fold_changes(
             data.refused[(change.sender, change.method)] += 1
 
 
-def _sender_terms(terms: Mapping[int, tuple[int, int]]) -> SenderTerms:
+def _sender_terms(terms: Mapping[int, tuple[int, CapSchedule]]) -> SenderTerms:
     numbers = array("Q", sorted(terms))
     until = array("q", (terms[n][0] for n in numbers))
-    caps = array("I", (terms[n][1] for n in numbers))
-    return SenderTerms(numbers, until, caps)
+    caps = array("I")
+    schedules: dict[int, CapSchedule] = {}
+    for n, u in zip(numbers, until, strict=True):
+        schedule = terms[n][1]
+        cap = simple_cap(schedule, u)
+        if cap < 0:
+            schedules[n] = schedule
+            cap = schedule[0][1]
+        caps.append(cap)
+    return SenderTerms(numbers, until, caps, schedules)
 
 
 def write_compacted(

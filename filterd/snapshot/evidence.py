@@ -25,10 +25,10 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import compress, repeat
-from operator import add, and_, eq, lshift, or_, rshift, sub
+from operator import add, and_, eq, lshift, ne, or_, rshift, sub
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +46,7 @@ from filterd.snapshot.inputs import (
     _rows,
     _slow_rows,
 )
-from filterd.snapshot.store import FOREVER, REFUSED_ONLY
+from filterd.snapshot.store import FOREVER, REFUSED_ONLY, CapSchedule, cap_schedule, simple_cap
 
 __all__ = [
     "DEFAULT_ACCEPT_METHODS",
@@ -136,6 +136,9 @@ class SenderTerms:
     """Epoch ms an accepted consent is valid up to (``q``), FOREVER or REFUSED_ONLY."""
     caps: array[int]
     """Smallest ``max_per_day`` of the accepted consents (``I``, 0: none)."""
+    schedules: dict[int, CapSchedule] = field(default_factory=dict)
+    """Number -> its cap schedule, for the few pairs whose cap changes with time (a capped
+    consent expires before the pair's last accepted one); the others' cap is ``caps``."""
 
 
 #: bytes.translate table: 0 <-> 1 (a row mask's complement).
@@ -270,21 +273,29 @@ class ConsentRows:
         bitmap; it keeps a terms entry only for its ``max_per_day``.
         """
         bitmaps = self.plain.finish()
-        sids, numbers, untils, caps = _sorted_entries(
+        sids, numbers, untils, caps, scheduled = _sorted_entries(
             self._sids, self._numbers, self._untils, self._caps
         )
         self._sids, self._numbers, self._untils = array("I"), array("Q"), array("q")
         self._caps = array("I")
+        by_sid: dict[int, dict[int, CapSchedule]] = {}
+        for key, schedule in scheduled.items():
+            by_sid.setdefault(key >> 64, {})[key & _MASK64] = schedule
         terms: dict[str, SenderTerms] = {}
         end = 0
         for sid, sender in enumerate(self._ids):
             start, end = end, bisect_left(sids, sid + 1, end)
-            out = SenderTerms(numbers[start:end], untils[start:end], caps[start:end])
+            schedules = by_sid.get(sid, {})
+            out = SenderTerms(numbers[start:end], untils[start:end], caps[start:end], schedules)
             plain = bitmaps.get(sender)
             if plain is not None:
-                # A number in the plain set has an accepted consent without expiry.
+                # A number in the plain set has an accepted consent without expiry: a cap
+                # of its expiring consents ends before the pair's validity does.
                 both = bytes(map(plain.__contains__, out.numbers))
                 for i in compress(range(len(both)), both):
+                    until, cap = out.until[i], out.caps[i]
+                    if cap and until != FOREVER and out.numbers[i] not in schedules:
+                        schedules[out.numbers[i]] = ((until, cap),)
                     out.until[i] = FOREVER
             forever = bytes(map(FOREVER.__eq__, out.until))
             if forever.count(1):
@@ -302,6 +313,7 @@ class ConsentRows:
                         array("Q", compress(out.numbers, keep)),
                         array("q", compress(out.until, keep)),
                         array("I", compress(out.caps, keep)),
+                        schedules,
                     )
             if out.numbers:
                 terms[sender] = out
@@ -339,16 +351,16 @@ def _parsed(
 
 def _sorted_entries(
     sids: array[int], numbers: array[int], untils: array[int], caps: array[int]
-) -> tuple[array[int], array[int], array[int], array[int]]:
+) -> tuple[array[int], array[int], array[int], array[int], dict[int, CapSchedule]]:
     """The terms entries sorted by (sender index, number), several rows of a pair merged.
 
     One sort of the entries packed into Python integers (built and taken apart
     with C-level ``map``), no Python step per entry. A merged entry has the
-    longest validity and the smallest stated cap.
-
-    Partial, for the frequency-cap rule (another issue): the contract applies the
-    smallest ``max_per_day`` of the pair's consents *valid at the message's time*;
-    this keeps the smallest over all its accepted consents, expired ones included.
+    longest validity and, as its cap, the one that stands while the pair is valid
+    (:func:`~filterd.snapshot.store.simple_cap`); where the cap changes with time
+    (a capped consent expires before the pair's last one) the smallest, and the
+    pair's :data:`~filterd.snapshot.store.CapSchedule` is in the returned dict,
+    keyed ``sender index << 64 | number``.
     """
     high = map(or_, map(lshift, sids, repeat(_SENDER_AT)), map(lshift, numbers, repeat(_NUMBER_AT)))
     low = map(or_, map(lshift, map(add, untils, repeat(1)), repeat(_UNTIL_AT)), caps)
@@ -360,21 +372,40 @@ def _sorted_entries(
     u_out = array("q", map(sub, until_plus_1, repeat(1)))
     c_out = array("I", map(and_, packed, repeat(_MASK32)))
     del packed
+    schedules: dict[int, CapSchedule] = {}
     # Entries of the same pair are neighbours, the longest validity last.
     repeats = list(compress(range(1, len(pairs)), map(eq, pairs[1:], pairs)))
     if not repeats:
-        return s_out, n_out, u_out, c_out
-    keep = bytearray(b"\x01") * len(pairs)
-    for i in repeats:  # ascending: c_out[i - 1] already holds its group's smallest cap
-        keep[i - 1] = 0
-        previous, cap = c_out[i - 1], c_out[i]
-        if previous and (not cap or previous < cap):
-            c_out[i] = previous
+        return s_out, n_out, u_out, c_out, schedules
+    # An entry is kept when the next one is another pair's: the last of its pair's entries.
+    keep = bytes(map(ne, pairs, pairs[1:])) + b"\x01"
+    # Only a pair with a capped entry before its last can need more than that last entry's
+    # cap: a few, found in C; each handled once, from its last entry.
+    lasts: set[int] = set()
+    for i in compress(repeats, map(c_out.__getitem__, map(sub, repeats, repeat(1)))):
+        while not keep[i]:
+            i += 1
+        lasts.add(i)
+    for last in sorted(lasts):
+        first = last
+        while first and pairs[first - 1] == pairs[last]:
+            first -= 1
+        caps_of = c_out[first : last + 1]
+        # Most often the consent valid longest states the smallest cap: that one stands.
+        if caps_of[-1] and caps_of[-1] == min(c for c in caps_of if c):
+            continue
+        schedule = cap_schedule(zip(u_out[first : last + 1], caps_of, strict=True))
+        cap = simple_cap(schedule, u_out[last])
+        if cap < 0:
+            schedules[pairs[last]] = schedule
+            cap = schedule[0][1]
+        c_out[last] = cap
     return (
         array("I", compress(s_out, keep)),
         array("Q", compress(n_out, keep)),
         array("q", compress(u_out, keep)),
         array("I", compress(c_out, keep)),
+        schedules,
     )
 
 

@@ -37,9 +37,11 @@ from pyroaring import BitMap64
 from filterd.snapshot.errors import SnapshotNotFound
 
 FORMAT_NAME = "filterd-consent-snapshot"
-FORMAT_VERSION = 2
-#: Versions this reader loads: 1 has no terms, no global opt-outs and no refused report.
-SUPPORTED_VERSIONS = (1, 2)
+#: The newest format version written: 3 where a terms record has cap schedules, else 2.
+FORMAT_VERSION = 3
+#: Versions this reader loads: 1 has no terms, no global opt-outs and no refused report;
+#: 2 no cap schedules in terms.bin.
+SUPPORTED_VERSIONS = (1, 2, 3)
 
 CURRENT = "current"
 #: Written by ``filterd snapshot rollback``: the older version the operator chose to go back to.

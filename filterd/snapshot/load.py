@@ -14,6 +14,7 @@ A snapshot either loads completely and passes every check, or raises
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import sys
 from array import array
@@ -33,6 +34,7 @@ from filterd.snapshot.signing import Verifier
 from filterd.snapshot.store import (
     _EMPTY,
     REFUSED_ONLY,
+    CapSchedule,
     ConsentSnapshot,
     ConsentTerms,
     Counts,
@@ -46,7 +48,9 @@ from filterd.snapshot.store import (
     terms_steps,
 )
 
-__all__ = ["load_snapshot", "load_snapshot_async", "verify_snapshot"]
+__all__ = [
+    "load_snapshot", "load_snapshot_async", "schedules_of", "terms_record", "verify_snapshot",
+]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------
@@ -256,12 +260,18 @@ _TERMS_STEP = 1 << 16  # numbers checked per loading step
 
 
 def _load_terms(
-    data: bytes, entry: object, what: str, problems: list[str], positions: dict[str, int]
+    data: bytes,
+    entry: object,
+    what: str,
+    problems: list[str],
+    positions: dict[str, int],
+    schedules_allowed: bool = True,
 ) -> Generator[None, None, tuple[ConsentTerms | None, int]]:
     """A sender's terms record (docs/snapshot-format.md "terms.bin"); (terms, consents).
 
     ``consents`` counts the numbers that are consents of their own (not also in
     the plain set). Returns (None, 0) when the sender has no terms or on a problem.
+    A record of format version 3 (``schedules_allowed``) may end with cap schedules.
     """
     name = fmt.TERMS
     if entry == [] or entry is None:
@@ -274,17 +284,15 @@ def _load_terms(
         problems.append(f"{name}: terms of {what} at {offset}+{length} do not tile the file")
         return None, 0
     positions[name] = offset + length
-    if count == 0 or length not in (16 * count, 20 * count):
+    rows = (length - 20 * count) // 20 if length > 20 * count else 0
+    if (
+        count == 0
+        or length not in (16 * count, 20 * count + 20 * rows)
+        or (rows and not schedules_allowed)
+    ):
         problems.append(f"{name}: terms of {what}: {length} bytes for {count} numbers")
         return None, 0
-    numbers, until, caps = array("Q"), array("q"), array("I")
-    numbers.frombytes(data[offset : offset + 8 * count])
-    until.frombytes(data[offset + 8 * count : offset + 16 * count])
-    if length == 20 * count:
-        caps.frombytes(data[offset + 16 * count : offset + length])
-    if sys.byteorder != "little":
-        for part in (numbers, until, caps):
-            part.byteswap()
+    numbers, until, caps, (s_numbers, s_until, s_caps) = terms_record(data, offset, length, count)
     # Sorted and distinct, checked in C a slice at a time (slices overlap by one).
     for a in range(0, count, _TERMS_STEP):
         piece = numbers[a : a + _TERMS_STEP + 1]
@@ -295,8 +303,59 @@ def _load_terms(
     if min(until) < REFUSED_ONLY:
         problems.append(f"{name}: terms of {what}: a validity below {REFUSED_ONLY}")
         return None, 0
-    terms = yield from terms_steps(numbers, until, caps)
+    schedules = schedules_of(numbers, caps, s_numbers, s_until, s_caps)
+    if isinstance(schedules, str):
+        problems.append(f"{name}: terms of {what}: {schedules}")
+        return None, 0
+    terms = yield from terms_steps(numbers, until, caps, schedules)
     return terms, len(terms.numbers)
+
+
+def terms_record(
+    data: bytes, offset: int, length: int, count: int
+) -> tuple[array[int], array[int], array[int], tuple[array[int], array[int], array[int]]]:
+    """The arrays of a terms record of ``length`` bytes (docs/snapshot-format.md
+    "terms.bin"): numbers, until, caps (empty when none is stated) and the cap schedules'
+    rows (numbers, until, caps)."""
+    rows = (length - 20 * count) // 20 if length > 20 * count else 0
+    capped = count if length >= 20 * count else 0
+    parts = [array(code) for code in "QqIQqI"]
+    at = offset
+    for part, n in zip(parts, (count, count, capped, rows, rows, rows), strict=True):
+        size = part.itemsize * n
+        part.frombytes(data[at : at + size])
+        at += size
+        if sys.byteorder != "little":
+            part.byteswap()
+    return parts[0], parts[1], parts[2], (parts[3], parts[4], parts[5])
+
+
+def schedules_of(
+    numbers: array[int],
+    caps: array[int],
+    s_numbers: array[int],
+    s_until: array[int],
+    s_caps: array[int],
+) -> dict[int, CapSchedule] | str:
+    """The cap schedules of a terms record's rows (few: checked one by one), or why they
+    are bad: per number, validities and caps strictly ascending, the first cap the entry's."""
+    schedules: dict[int, list[tuple[int, int]]] = {}
+    last = -1
+    for number, until, cap in zip(s_numbers, s_until, s_caps, strict=True):
+        if number < last:
+            return "cap schedules not sorted by number"
+        last = number
+        steps = schedules.setdefault(number, [])
+        if cap == 0 or until < 0:
+            return f"cap schedule of {number}: a step without a cap or a validity"
+        if steps and (until <= steps[-1][0] or cap <= steps[-1][1]):
+            return f"cap schedule of {number} not ascending"
+        steps.append((until, cap))
+    for number, steps in schedules.items():
+        i = bisect.bisect_left(numbers, number)
+        if i == len(numbers) or numbers[i] != number or not caps or caps[i] != steps[0][1]:
+            return f"cap schedule of {number} does not match its entry"
+    return {number: tuple(steps) for number, steps in schedules.items()}
 
 
 def _terms_count(entry: object) -> int:
@@ -345,7 +404,7 @@ def _load_steps(
             break
         terms, special = yield from _load_terms(
             contents.get(fmt.TERMS, b""), entry.get("terms"), f"sender {sender!r}", problems,
-            positions,
+            positions, manifest["format_version"] == 3,
         )  # fmt: skip
         if problems:
             break

@@ -15,7 +15,7 @@ import builtins
 import sys
 import time
 from array import array
-from collections.abc import Collection, Generator, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import compress
@@ -28,20 +28,25 @@ from filterd.snapshot import format as fmt
 
 __all__ = [
     "FOREVER",
+    "NO_CAP",
     "REFUSED_ONLY",
     "ROARING_CONTAINER_BYTES",
+    "CapSchedule",
     "ConsentSnapshot",
     "ConsentTerms",
     "Counts",
     "NumberSet",
     "SenderConsent",
     "SortedNumbers",
+    "cap_at",
+    "cap_schedule",
     "compact",
     "containers_of",
     "drive",
     "prefer_sorted",
     "release_steps",
     "run_sliced",
+    "simple_cap",
     "sorted_numbers_steps",
 ]
 
@@ -324,26 +329,79 @@ FOREVER: Final = (1 << 63) - 1
 REFUSED_ONLY: Final = -1
 
 
+#: A pair's ``max_per_day`` over time (docs/contract.md step 4: with several valid consents
+#: for a pair, the smallest applies): ``((until, cap), ...)``, ``until`` in epoch ms
+#: (:data:`FOREVER` for no expiry) and ``cap`` both strictly ascending. At a message's time
+#: t the first step with ``until`` > t gives the cap; none: 0 (none stated). It is the
+#: Pareto front of the pair's accepted consents that state one: a consent whose cap is not
+#: below that of one valid at least as long never decides, and is left out.
+CapSchedule: TypeAlias = tuple[tuple[int, int], ...]
+#: No accepted consent of the pair states a ``max_per_day``.
+NO_CAP: Final[CapSchedule] = ()
+
+
+def cap_schedule(consents: Iterable[tuple[int, int]]) -> CapSchedule:
+    """The :data:`CapSchedule` of accepted consents given as (until, cap), cap 0 for none.
+
+    Merging is the steps of the union: ``cap_schedule((*a, *b))``, idempotent.
+    """
+    out: list[tuple[int, int]] = []
+    best = 0
+    # Longest validity first; of equal ones the smallest cap first.
+    for until, cap in sorted(consents, key=_longest_first):
+        if cap > 0 and (not best or cap < best):
+            out.append((until, cap))
+            best = cap
+    out.reverse()
+    return tuple(out)
+
+
+def _longest_first(step: tuple[int, int]) -> tuple[int, int]:
+    return -step[0], step[1]
+
+
+def cap_at(schedule: CapSchedule, at_ms: int) -> int:
+    """The ``max_per_day`` at ``at_ms`` (0: none stated by a consent valid then)."""
+    for until, cap in schedule:
+        if until > at_ms:
+            return cap
+    return 0
+
+
+def simple_cap(schedule: CapSchedule, until: int) -> int:
+    """The one cap that stands for ``schedule`` while the pair is valid (``until``: its
+    latest accepted validity), 0 for none; -1 when the cap changes with time (a capped
+    consent expires before the pair's last one)."""
+    if not schedule:
+        return 0
+    if len(schedule) == 1 and schedule[0][0] == until:
+        return schedule[0][1]
+    return -1
+
+
 class ConsentTerms:
     """A sender's consents that are not plain: expiring, refused, or with a ``max_per_day``.
 
     Most consents are accepted, never expire and state no frequency: they are only
-    numbers in :attr:`SenderConsent.consents`. The others are here, in two tables
-    sized by their counts:
+    numbers in :attr:`SenderConsent.consents`. The others are here, in tables sized
+    by their counts:
 
     * ``numbers`` (a :class:`SortedNumbers`) and ``until`` at the same rank: the
       pairs with no accepted consent that never expires, and up to when one of
       their accepted consents is valid: ``until * scale`` epoch milliseconds, or
       ``refused`` when the pair only has consents of methods not accepted;
     * ``cap_numbers`` and ``caps``: the pairs whose accepted consents state a
-      ``max_per_day``, and the smallest one (for the frequency-cap rule).
+      ``max_per_day``, and the smallest one (for the frequency-cap rule);
+    * ``schedules``: the few pairs whose cap changes with time (:data:`CapSchedule`, a
+      capped consent that expires before another of the pair); the others'
+      cap is in ``caps`` for as long as the pair is valid.
 
     ``until`` holds 4-byte seconds (``scale`` 1000, ``refused`` 0) when every
     validity is a whole second, as exports nearly always have it, else 8-byte
     milliseconds (``scale`` 1, ``refused`` :data:`REFUSED_ONLY`).
     """
 
-    __slots__ = ("cap_numbers", "caps", "numbers", "refused", "scale", "until")
+    __slots__ = ("cap_numbers", "caps", "numbers", "refused", "scale", "schedules", "until")
 
     def __init__(
         self,
@@ -353,6 +411,7 @@ class ConsentTerms:
         caps: array[int],
         scale: int = 1,
         refused: int = REFUSED_ONLY,
+        schedules: dict[int, CapSchedule] | None = None,
     ) -> None:
         self.numbers = numbers
         self.until = until
@@ -360,21 +419,47 @@ class ConsentTerms:
         self.caps = caps
         self.scale = scale
         self.refused = refused
+        self.schedules: dict[int, CapSchedule] = {} if schedules is None else schedules
 
     @classmethod
-    def of(cls, numbers: array[int], until: array[int], caps: array[int]) -> ConsentTerms:
-        """From parallel arrays of sorted numbers, validities (ms) and caps (tools, tests)."""
-        return drive(terms_steps(numbers, until, caps))
+    def of(
+        cls,
+        numbers: array[int],
+        until: array[int],
+        caps: array[int],
+        schedules: dict[int, CapSchedule] | None = None,
+    ) -> ConsentTerms:
+        """From parallel arrays of sorted numbers, validities (ms) and caps, and the pairs
+        whose cap changes with time (tools, tests)."""
+        return drive(terms_steps(numbers, until, caps, schedules))
 
     def until_ms(self, rank: int) -> int:
         """``until`` of this rank in epoch ms, or :data:`REFUSED_ONLY`."""
         value = self.until[rank]
         return REFUSED_ONLY if value == self.refused else value * self.scale
 
-    def max_per_day(self, number: int) -> int:
-        """The pair's ``max_per_day`` (0: none stated, or no such pair here)."""
+    def max_per_day(self, number: int, at_ms: int) -> int:
+        """The pair's ``max_per_day`` at ``at_ms``: the smallest stated by its accepted
+        consents valid then (0: none stated, or no such pair here)."""
         i = self.cap_numbers.rank(number)
-        return self.caps[i] if i >= 0 else 0
+        if i < 0:
+            return 0
+        if self.schedules:
+            found = self.schedules.get(number)
+            if found is not None:
+                return cap_at(found, at_ms)
+        return self.caps[i]
+
+    def cap_schedule(self, number: int) -> CapSchedule:
+        """The pair's :data:`CapSchedule` (:data:`NO_CAP` for none stated)."""
+        i = self.cap_numbers.rank(number)
+        if i < 0:
+            return NO_CAP
+        found = self.schedules.get(number)
+        if found is not None:
+            return found
+        j = self.numbers.rank(number)
+        return ((self.until_ms(j) if j >= 0 else FOREVER, self.caps[i]),)
 
     @property
     def nbytes(self) -> int:
@@ -382,6 +467,7 @@ class ConsentTerms:
         return (
             self.numbers.nbytes + self.until.itemsize * len(self.until)
             + self.cap_numbers.nbytes + self.caps.itemsize * len(self.caps)
+            + sum(20 * len(s) for s in self.schedules.values())
         )  # fmt: skip
 
 
@@ -391,11 +477,14 @@ _MAX_SECONDS = (1 << 32) - 1
 
 
 def terms_steps(
-    numbers: array[int], until: array[int], caps: array[int]
+    numbers: array[int],
+    until: array[int],
+    caps: array[int],
+    schedules: dict[int, CapSchedule] | None = None,
 ) -> Generator[None, None, ConsentTerms]:
     """Index a sender's terms (sorted distinct ``numbers``; ``until`` in ms, FOREVER for a
-    pair in the plain set, REFUSED_ONLY; ``caps``, 0 for none, or empty); yields between
-    bounded pieces of work."""
+    pair in the plain set, REFUSED_ONLY; ``caps``, 0 for none, or empty; ``schedules`` of
+    the pairs whose cap changes with time); yields between bounded pieces of work."""
     n = len(numbers)
     timed: array[int] = array("Q")
     timed_until: array[int] = array("q")
@@ -432,7 +521,9 @@ def terms_steps(
         capped_values = array("H", capped_values)  # most stated frequencies are small
     timed_numbers = yield from sorted_numbers_steps(timed)
     cap_numbers = yield from sorted_numbers_steps(capped)
-    return ConsentTerms(timed_numbers, timed_until, cap_numbers, capped_values, scale, refused)
+    return ConsentTerms(
+        timed_numbers, timed_until, cap_numbers, capped_values, scale, refused, schedules
+    )
 
 
 class SenderConsent(NamedTuple):
@@ -531,12 +622,13 @@ class ConsentSnapshot:
             return entry.terms.until_ms(i)
         return None
 
-    def max_per_day(self, sender: str, number: int) -> int:
-        """The pair's ``max_per_day`` from its accepted consents (0: none stated)."""
+    def max_per_day(self, sender: str, number: int, at_ms: int) -> int:
+        """The pair's ``max_per_day`` at ``at_ms`` from its accepted consents valid then
+        (0: none stated)."""
         entry = self.senders.get(sender.strip())
         if entry is None or entry.terms is None:
             return 0
-        return entry.terms.max_per_day(number)
+        return entry.terms.max_per_day(number, at_ms)
 
     def opted_out(self, sender: str, number: int) -> bool:
         """Whether ``number`` opted out of ``sender``, or of every sender."""

@@ -29,6 +29,7 @@ from filterd.router import (
 from filterd.snapshot.evidence import DEFAULT_ACCEPT_METHODS
 from filterd.snapshot.store import (
     REFUSED_ONLY,
+    CapSchedule,
     ConsentSnapshot,
     ConsentTerms,
     Counts,
@@ -43,8 +44,16 @@ SENDERS = ["SHOP", "BANK", "NEW"]
 ACCEPT = DEFAULT_ACCEPT_METHODS
 TOPIC = "sms.consent-changes"
 
-#: A pair's snapshot state: none, plain consent, expiring before/after T, refused, capped.
-PAIR_STATES = ("none", "plain", "expired", "valid", "refused", "capped")
+#: A pair's snapshot state: none, plain consent, expiring before/after T, refused, capped,
+#: and a plain consent beside a capped one that expires just after T (a cap schedule).
+PAIR_STATES = ("none", "plain", "expired", "valid", "refused", "capped", "stepped")
+#: Times a pair's max_per_day is compared at: around T and the changes' expiries.
+CAP_TIMES = (T - 2000, T - 1000, T - 1, T, T + 999, T + 1000, T + 10**6)
+
+
+def caps_over_time(decider: Decider, sender: str, number: int) -> list[int]:
+    """The pair's max_per_day at each of :data:`CAP_TIMES`."""
+    return [decider.pair_max_per_day(sender, number, t) for t in CAP_TIMES]
 
 
 def build(
@@ -60,13 +69,17 @@ def build(
     for sender in SENDERS:
         plain: list[int] = []
         terms: dict[int, tuple[int, int]] = {}
+        schedules: dict[int, CapSchedule] = {}
         for number in NUMBERS:
             state = pairs.get((sender, number), "none")
-            if state in ("plain", "capped"):
+            if state in ("plain", "capped", "stepped"):
                 plain.append(number)
                 ref_consents.add((sender, number))
                 if state == "capped":
                     terms[number] = ((1 << 63) - 1, 7)
+                elif state == "stepped":
+                    terms[number] = ((1 << 63) - 1, 3)
+                    schedules[number] = ((T + 1000, 3),)
             elif state in ("expired", "valid"):
                 until = T - 1000 if state == "expired" else T + 1000
                 terms[number] = (until, 0)
@@ -83,6 +96,7 @@ def build(
                 array("Q", ordered),
                 array("q", [terms[n][0] for n in ordered]),
                 array("I", [terms[n][1] for n in ordered]),
+                schedules,
             )
             if terms
             else None
@@ -275,11 +289,39 @@ def test_max_per_day_with_changes() -> None:
         change("consent-revoke", NUMBERS[2]),
     ]
     decider = Decider(snap, Policy(), overlay=overlay_of(values))
-    assert Decider(snap, Policy()).pair_max_per_day("SHOP", NUMBERS[0]) == 7
-    assert decider.pair_max_per_day("SHOP", NUMBERS[0]) == 7  # the smallest stated
-    assert decider.pair_max_per_day("SHOP", NUMBERS[1]) == 4
-    assert decider.pair_max_per_day("SHOP", NUMBERS[2]) == 0
-    assert decider.pair_max_per_day("BANK", NUMBERS[3]) == 0
+    assert Decider(snap, Policy()).pair_max_per_day("SHOP", NUMBERS[0], T) == 7
+    assert decider.pair_max_per_day("SHOP", NUMBERS[0], T) == 7  # the smallest stated
+    assert decider.pair_max_per_day("SHOP", NUMBERS[1], T) == 4
+    assert decider.pair_max_per_day("SHOP", NUMBERS[2], T) == 0
+    assert decider.pair_max_per_day("BANK", NUMBERS[3], T) == 0
+
+
+def test_max_per_day_of_changes_is_the_smallest_of_the_consents_valid_then() -> None:
+    # The snapshot's pair: a plain consent and one capped at 3 that expires at T + 1000.
+    snap, _ = build({("SHOP", NUMBERS[0]): "stepped", ("SHOP", NUMBERS[1]): "capped"}, set(),
+                    set(), set())  # fmt: skip
+    assert caps_over_time(Decider(snap, Policy()), "SHOP", NUMBERS[0]) == [3] * 5 + [0, 0]
+    soon, later = "2026-09-21T14:13:20.500+00:00", "2026-09-21T14:13:22+00:00"
+    values = [
+        # A tighter cap until T + 500, a looser one to T + 2000: 2, then 3, then 4, then none.
+        change("consent", NUMBERS[0], method="explicit", expires_at=soon, max_per_day=2),
+        change("consent", NUMBERS[0], method="explicit", expires_at=later, max_per_day=4),
+        # Beside a cap of 7 that never expires, a cap of 5 that does.
+        change("consent", NUMBERS[1], method="explicit", expires_at=soon, max_per_day=5),
+    ]
+    overlay = overlay_of(values)
+    decider = Decider(snap, Policy(), overlay=overlay)
+    times = (T, T + 499, T + 500, T + 999, T + 1000, T + 1999, T + 2000)
+    assert [decider.pair_max_per_day("SHOP", NUMBERS[0], t) for t in times] == [2, 2, 3, 3, 4, 4, 0]
+    assert [decider.pair_max_per_day("SHOP", NUMBERS[1], t) for t in times] == [5, 5, 7, 7, 7, 7, 7]
+    # The step 4 lookup of a decided message reads the same, at the message's time.
+    decider.decide(ev("SHOP", NUMBERS[0]), T + 600)
+    assert decider.max_per_day(T + 600) == 3
+    # Only a schedule that is not one cap for the changes' validity takes a side entry.
+    assert list(overlay.schedules) == [(NUMBERS[0], overlay.interned.ids["SHOP"])]
+    overlay.apply(parse_change(change("consent-revoke", NUMBERS[0]), "86"), ChangeRef(TOPIC, 0, 9))
+    assert overlay.schedules == {}
+    assert decider.pair_max_per_day("SHOP", NUMBERS[0], T) == 0
 
 
 def test_rebase_drops_the_changes_below_the_watermark() -> None:
@@ -361,7 +403,7 @@ def test_facts_name_their_last_change_and_count_once() -> None:
     facts = {f.sender: f for f in overlay.facts()}
     assert facts[""][2:4] == (1, 1)  # global opt-out and dnd set
     assert facts["SHOP"].optout == 0
-    assert (facts["BANK"].consent, facts["BANK"].rows) == (1, (T + 5, True, 4))
+    assert (facts["BANK"].consent, facts["BANK"].rows) == (1, (T + 5, True, ((T + 5, 4),)))
     word = overlay.table.get(NUMBERS[0], overlay.interned.ids["SHOP"], 0)
     assert overlay.ref(word, 1) == big
     with pytest.raises(ValueError, match="out of the overlay's range"):

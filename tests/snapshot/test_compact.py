@@ -32,6 +32,7 @@ from tests.changes.test_overlay import (
     _optouts,
     _pairs,
     build,
+    caps_over_time,
     change,
     ev,
     filter_of,
@@ -42,11 +43,12 @@ from tests.support.stream import run_cli
 
 #: CSV row (method, expires_at, max_per_day) of each snapshot pair state of test_overlay.
 _ROWS = {
-    "plain": ("explicit", "", ""),
-    "expired": ("explicit", "2026-09-21T14:13:19+00:00", ""),
-    "valid": ("explicit", "2026-09-21T14:13:21+00:00", ""),
-    "refused": ("pre-ticked", "", ""),
-    "capped": ("explicit", "", "7"),
+    "plain": [("explicit", "", "")],
+    "expired": [("explicit", "2026-09-21T14:13:19+00:00", "")],
+    "valid": [("explicit", "2026-09-21T14:13:21+00:00", "")],
+    "refused": [("pre-ticked", "", "")],
+    "capped": [("explicit", "", "7")],
+    "stepped": [("explicit", "", ""), ("explicit", "2026-09-21T14:13:21+00:00", "3")],
 }
 
 
@@ -62,7 +64,11 @@ def build_on_disk(
     consents = write_csv(
         root.parent / "consents.csv",
         ["sender", "recipient", "method", "expires_at", "max_per_day"],
-        [(s, f"+{n}", *_ROWS[state]) for (s, n), state in sorted(pairs.items()) if state in _ROWS],
+        [
+            (s, f"+{n}", *row)
+            for (s, n), state in sorted(pairs.items())
+            for row in _ROWS.get(state, [])
+        ],
     )
     opted = [(s, f"+{n}") for s, n in sorted(optouts)] + [("*", f"+{n}") for n in global_optouts]
     optout_csv = write_csv(root.parent / "optouts.csv", ["sender", "recipient"], opted)
@@ -116,8 +122,8 @@ def _assert_same_decisions(
             expected = pending.decide(value, T)
             assert expected == rebuilt.decide(value, T), (sender, number)
             assert folded.decide(value, T) == expected, (sender, number)
-            cap = pending.pair_max_per_day(sender, number)
-            assert folded.pair_max_per_day(sender, number) == cap, (sender, number)
+            caps = caps_over_time(pending, sender, number)
+            assert caps_over_time(folded, sender, number) == caps, (sender, number)
 
 
 @settings(max_examples=150, deadline=None)
@@ -199,6 +205,14 @@ def test_max_per_day_is_folded_as_the_decision_reads_it(tmp_path: Path) -> None:
         change("consent", NUMBERS[2], method="explicit", max_per_day=2),
         change("consent-revoke", NUMBERS[2]),
         change("consent", NUMBERS[3], method="explicit", max_per_day=9),
+        # Beside the cap of 7, a cap of 2 until T + 1000: the folded pair has a schedule.
+        change(
+            "consent",
+            NUMBERS[3],
+            method="explicit",
+            max_per_day=2,
+            expires_at="2026-09-21T14:13:21+00:00",
+        ),
     ]
     version, overlay = compact(root, base, values)
     _, reference = build(pairs, set(), set(), set())
@@ -207,8 +221,11 @@ def test_max_per_day_is_folded_as_the_decision_reads_it(tmp_path: Path) -> None:
         reference.with_changes(list(values)),
     )  # fmt: skip
     folded = Decider(load_snapshot(root, version), Policy())
-    caps = [folded.pair_max_per_day("SHOP", n) for n in NUMBERS]
-    assert caps == [7, 4, 0, 7]
+    caps = [folded.pair_max_per_day("SHOP", n, T) for n in NUMBERS]
+    assert caps == [7, 4, 0, 2]
+    assert caps_over_time(folded, "SHOP", NUMBERS[3]) == [2, 2, 2, 2, 2, 7, 7]
+    manifest = load_snapshot(root, version).manifest
+    assert manifest["format_version"] == 3  # a cap schedule is in terms.bin
 
 
 def test_compact_without_a_broker_says_so_and_publishes_nothing(tmp_path: Path) -> None:
@@ -380,8 +397,8 @@ def test_a_partial_fold_with_the_rest_pending_decides_as_before(
             for number in [*NUMBERS, 8613899999999]:
                 value = ev(sender, number)
                 assert after.decide(value, T) == before.decide(value, T), (sender, number)
-                assert after.pair_max_per_day(sender, number) == before.pair_max_per_day(
-                    sender, number
+                assert caps_over_time(after, sender, number) == caps_over_time(
+                    before, sender, number
                 ), (sender, number)
 
     same()  # every stale fact still held: the new version holds what each says

@@ -27,14 +27,19 @@ HEADER = ["sender", "recipient", "method", "granted_at", "expires_at", "max_per_
 METHODS = ["explicit", "double-opt-in", "written", "default-registration", "pre-ticked", "x"]
 ACCEPT = ("explicit", "double-opt-in", "written")
 T0 = datetime(2026, 11, 11, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+
+
+Caps = dict[tuple[str, int], list[tuple[int, int]]]
 
 
 def _model(
     rows: list[tuple[str, ...]], accept: tuple[str, ...] = ACCEPT
-) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int], Counter[tuple[str, str]]]:
-    """(pair -> until ms, pair -> smallest max_per_day, refused rows) from the rows, plainly."""
+) -> tuple[dict[tuple[str, int], int], Caps, Counter[tuple[str, str]]]:
+    """(pair -> until ms, pair -> [(until ms, max_per_day)] of its accepted capped rows,
+    refused rows) from the rows, plainly."""
     until: dict[tuple[str, int], int] = {}
-    caps: dict[tuple[str, int], int] = {}
+    caps: Caps = {}
     refused: Counter[tuple[str, str]] = Counter()
     for sender, recipient, method, _granted, expires, cap in rows:
         pair = (sender.strip(), normalize(recipient.strip(), "86"))
@@ -48,8 +53,22 @@ def _model(
             valid = -(-(moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1))
         until[pair] = max(until.get(pair, REFUSED_ONLY), valid)
         if cap.strip():
-            caps[pair] = min(caps.get(pair, 1 << 40), int(cap))
+            caps.setdefault(pair, []).append((valid, int(cap)))
     return until, caps, refused
+
+
+def _cap_at(rows: list[tuple[int, int]], at_ms: int) -> int:
+    """The contract's cap: the smallest ``max_per_day`` of the consents valid at ``at_ms``."""
+    return min((cap for until, cap in rows if until > at_ms), default=0)
+
+
+def _probe_times(until: int, rows: list[tuple[int, int]]) -> set[int]:
+    """Times while the pair is valid: before every step, at each step's end and just before."""
+    times = {T0_MS - 10**12}
+    for end, _cap in rows:
+        if end != FOREVER:
+            times |= {end - 1, end}
+    return {t for t in times if t < until}
 
 
 def _random_rows(rng: random.Random, n: int) -> list[tuple[str, ...]]:
@@ -82,7 +101,9 @@ def _check(root: Path, rows: list[tuple[str, ...]], accept: tuple[str, ...] = AC
     assert snap.counts.consents == len(until)
     for (sender, number), expected in until.items():
         assert snap.consent_until(sender, number) == expected, (sender, number)
-        assert snap.max_per_day(sender, number) == caps.get((sender, number), 0)
+        capped = caps.get((sender, number), [])
+        for at in _probe_times(expected, capped):
+            assert snap.max_per_day(sender, number, at) == _cap_at(capped, at), (sender, number, at)
         assert snap.consented(sender, number) == (expected == FOREVER)
     assert snap.consent_until("a", 8613999999999) is None
     report = orjson.loads((root / snap.version / fmt.REFUSED_JSON).read_bytes())
@@ -250,11 +271,11 @@ def test_format_version_1_still_loads_and_an_unknown_one_is_refused(tmp_path: Pa
     assert snap.consented("a", 8613800000001)
     assert snap.counts.terms == 0
     manifest = orjson.loads((root / version / fmt.MANIFEST).read_bytes())
-    manifest["format_version"] = 3
+    manifest["format_version"] = 4
     (root / version / fmt.MANIFEST).write_bytes(fmt.dumps(manifest))
     problems = verify_snapshot(root)
     assert problems == [
-        "manifest.json: format_version 3 is not supported (this filterd reads 1, 2):"
+        "manifest.json: format_version 4 is not supported (this filterd reads 1, 2, 3):"
         " upgrade filterd to load it"
     ]
 
@@ -273,3 +294,98 @@ def test_terms_file_damage_is_refused(tmp_path: Path) -> None:
     manifest["files"][fmt.TERMS]["sha256"] = fmt.sha256_file(vdir / fmt.TERMS)[0]
     (vdir / fmt.MANIFEST).write_bytes(fmt.dumps(manifest))
     assert any("not sorted and distinct" in p for p in verify_snapshot(root))
+
+
+D1 = "2026-11-20T00:00:00+08:00"
+D1_MS = parse_expiry(D1)
+D2 = "2026-12-20T00:00:00+08:00"
+D2_MS = parse_expiry(D2)
+A, B, C, D = "+8613800000001", "+8613800000002", "+8613800000003", "+8613800000004"
+SCHEDULED_ROWS = [
+    # A: a capped consent that expires first, a looser one without expiry, an uncapped one.
+    ("s", A, "explicit", "", D1, "2"), ("s", A, "explicit", "", "", "5"),
+    ("s", A, "written", "", D2, ""), ("s", A, "explicit", "", D2, "9"),
+    # B: a plain consent and a capped one that expires: the cap ends before the consent.
+    ("s", B, "explicit", "", "", ""), ("s", B, "explicit", "", D1, "3"),
+    # C: the cap of the consent valid longest is the smallest: one cap while valid.
+    ("s", C, "explicit", "", D1, "4"), ("s", C, "explicit", "", D2, "1"),
+    # D: a refused consent's cap is no cap.
+    ("s", D, "explicit", "", D1, ""), ("s", D, "pre-ticked", "", D2, "1"),
+]  # fmt: skip
+
+
+def test_max_per_day_is_the_smallest_of_the_consents_valid_at_the_time(tmp_path: Path) -> None:
+    # docs/contract.md step 4: "with several valid consents for a pair, the smallest applies".
+    root = tmp_path / "snap"
+    version = build_snapshot(root, write_csv(tmp_path / "c.csv", HEADER, SCHEDULED_ROWS))
+    snap = load_snapshot(root)
+    a, b, c, d = (normalize(x, "86") for x in (A, B, C, D))
+    before, between, after = D1_MS - 1, D1_MS, D2_MS
+    assert [snap.max_per_day("s", a, t) for t in (before, between, after)] == [2, 5, 5]
+    assert [snap.max_per_day("s", b, t) for t in (before, between, after)] == [3, 0, 0]
+    assert [snap.max_per_day("s", c, t) for t in (before, between)] == [1, 1]
+    assert snap.max_per_day("s", d, before) == 0
+    # Only the pairs whose cap changes with time need a schedule, and format version 3.
+    terms = snap.senders["s"].terms
+    assert terms is not None
+    assert terms.schedules == {a: ((D1_MS, 2), (FOREVER, 5)), b: ((D1_MS, 3),)}
+    manifest = orjson.loads((root / version / fmt.MANIFEST).read_bytes())
+    assert manifest["format_version"] == 3
+    assert verify_snapshot(root) == []
+    # Without such a pair the version stays readable by format-2 readers.
+    plain = tmp_path / "plain"
+    version = build_snapshot(plain, write_csv(tmp_path / "p.csv", HEADER, SCHEDULED_ROWS[6:]))
+    assert orjson.loads((plain / version / fmt.MANIFEST).read_bytes())["format_version"] == 2
+    assert load_snapshot(plain).senders["s"].terms.schedules == {}  # type: ignore[union-attr]
+
+
+def _rewrite_terms(vdir: Path, data: bytes, format_version: int = 3) -> None:
+    (vdir / fmt.TERMS).write_bytes(data)
+    manifest = orjson.loads((vdir / fmt.MANIFEST).read_bytes())
+    manifest["files"][fmt.TERMS]["sha256"] = fmt.sha256_file(vdir / fmt.TERMS)[0]
+    manifest["files"][fmt.TERMS]["bytes"] = len(data)
+    manifest["format_version"] = format_version
+    (vdir / fmt.MANIFEST).write_bytes(fmt.dumps(manifest))
+    senders = (vdir / fmt.SENDERS).read_bytes().splitlines()
+    entries = [orjson.loads(line) for line in senders]
+    for entry in entries:
+        if entry["terms"]:
+            entry["terms"][1] = len(data) - entry["terms"][0]
+    (vdir / fmt.SENDERS).write_bytes(b"".join(fmt.dumps(e) + b"\n" for e in entries))
+    manifest["files"][fmt.SENDERS]["sha256"] = fmt.sha256_file(vdir / fmt.SENDERS)[0]
+    manifest["files"][fmt.SENDERS]["bytes"] = (vdir / fmt.SENDERS).stat().st_size
+    (vdir / fmt.MANIFEST).write_bytes(fmt.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("version-2", "bytes for 4 numbers"),
+        ("steps-swapped", "not ascending"),
+        ("first-cap", "does not match its entry"),
+        ("half-row", "bytes for 4 numbers"),
+    ],
+)
+def test_damaged_cap_schedules_are_refused(tmp_path: Path, damage: str, problem: str) -> None:
+    root = tmp_path / "snap"
+    version = build_snapshot(root, write_csv(tmp_path / "c.csv", HEADER, SCHEDULED_ROWS))
+    vdir = root / version
+    data = bytearray((vdir / fmt.TERMS).read_bytes())
+    count = 4  # one sender, four pairs
+    rows_at, rows = 20 * count, (len(data) - 20 * count) // 20
+    assert rows == 3  # a: two steps, b: one
+    until_at, cap_at = rows_at + 8 * rows, rows_at + 16 * rows
+    version_number = 3
+    if damage == "version-2":
+        version_number = 2
+    elif damage == "steps-swapped":  # a's two steps in the wrong order
+        data[until_at : until_at + 16] = (
+            data[until_at + 8 : until_at + 16] + data[until_at : until_at + 8]
+        )
+    elif damage == "first-cap":  # a's first step no longer the entry's cap
+        data[cap_at : cap_at + 4] = (1).to_bytes(4, "little")
+    else:
+        data += bytes(10)
+    _rewrite_terms(vdir, bytes(data), version_number)
+    problems = verify_snapshot(root)
+    assert any(problem in p for p in problems), problems

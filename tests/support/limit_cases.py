@@ -70,6 +70,12 @@ def generate(directory: Path, base_ms: int, seed: int, events: int = 1500) -> Li
             most = str(rng.randint(1, 3)) if rng.random() < 0.4 else ""
             expires = _iso(base_ms + rng.randrange(3 * DAY_MS)) if rng.random() < 0.2 else ""
             consents.append(f"{sender},{number},explicit,{expires},{most}")
+            if rng.random() < 0.3:
+                # A second consent of the pair, capped or not, that may expire mid-stream: the
+                # cap is the smallest of the consents valid at each message's time.
+                most = str(rng.randint(1, 3)) if rng.random() < 0.7 else ""
+                expires = _iso(base_ms + rng.randrange(3 * DAY_MS)) if rng.random() < 0.7 else ""
+                consents.append(f"{sender},{number},explicit,{expires},{most}")
     with gzip.open(directory / "consents.csv.gz", "wt", encoding="utf-8") as f:
         f.write("sender,recipient,method,expires_at,max_per_day\n")
         f.write("".join(r + "\n" for r in consents))
@@ -100,6 +106,37 @@ def generate(directory: Path, base_ms: int, seed: int, events: int = 1500) -> Li
             event["ts"] = -5
         elif kind < 0.95:
             event["ts"] = base_ms + 10 * DAY_MS  # far ahead of every read time: not usable
+        lines.append(orjson.dumps(event))
+    return LimitCase(directory, lines)
+
+
+def generate_stacked(directory: Path, base_ms: int, seed: int, events: int = 1200) -> LimitCase:
+    """A set for ``max_per_day`` alone: every consented pair has one to three accepted
+    consents, most stating a cap of 1-4 and expiring within the stream's three days, so the
+    smallest cap of the consents valid at a message's time changes as they expire. Marketing
+    messages with a ``ts``, in order."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    numbers = _numbers(rng)[:8]
+    consents = []
+    for sender in SENDERS:
+        for number in numbers:
+            for _ in range(rng.randint(1, 3)):
+                most = str(rng.randint(1, 4)) if rng.random() < 0.8 else ""
+                expires = _iso(base_ms + rng.randrange(3 * DAY_MS)) if rng.random() < 0.6 else ""
+                consents.append(f"{sender},{number},explicit,{expires},{most}")
+    with gzip.open(directory / "consents.csv.gz", "wt", encoding="utf-8") as f:
+        f.write("sender,recipient,method,expires_at,max_per_day\n")
+        f.write("".join(r + "\n" for r in consents))
+    for name in ("optouts", "dnd"):
+        with gzip.open(directory / f"{name}.csv.gz", "wt", encoding="utf-8") as f:
+            f.write("sender,recipient\n" if name == "optouts" else "recipient\n")
+    lines = []
+    t = base_ms
+    for i in range(events):
+        t += rng.randrange(6 * 60_000)
+        event = {"id": f"s{seed}-{i}", "sender": rng.choice(SENDERS),
+                 "recipient": rng.choice(numbers), "ts": t}  # fmt: skip
         lines.append(orjson.dumps(event))
     return LimitCase(directory, lines)
 

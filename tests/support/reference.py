@@ -243,14 +243,13 @@ class Message:
 
     @cached_property
     def max_per_day(self) -> int:
-        """The smallest ``max_per_day`` of the pair's accepted consents (0: none).
-
-        Known gap, listed in docs/contract.md "Status of this release": the contract takes
-        the smallest of the *valid* consents; the snapshot keeps one value per pair, the
-        smallest of every accepted consent, expired ones included, and so does this model.
-        """
+        """The smallest ``max_per_day`` of the pair's accepted consents valid at the
+        message's time (the time step 4 reads), 0: none."""
         rows = self.model.consent_caps.get((self.sender, self.number or 0), ())
-        return min((most for _expires, most in rows), default=0)
+        at_us = self.limit_ms * 1000
+        return min(
+            (most for expires, most in rows if expires is None or expires > at_us), default=0
+        )
 
     def counters(self) -> list[tuple[object, int]]:
         """The (counter, maximum) pairs this message counts in, of windows still open."""
@@ -465,6 +464,7 @@ def ref_change(value: bytes | None, country_code: str = COUNTRY_CODE) -> dict[st
             return None
         if cap is not None and str(cap).strip() and not _MAX_PER_DAY.fullmatch(str(cap).strip()):
             return None
+        change["max_per_day"] = int(str(cap).strip()) if cap is not None and str(cap).strip() else 0
     return change
 
 
@@ -586,6 +586,7 @@ class Reference:
         consents, optouts = set(self.consents), set(self.optouts)
         senders, dnd, global_optouts = set(self.senders), set(self.dnd), set(self.global_optouts)
         rows = {pair: list(r) for pair, r in self.consent_rows.items()}
+        caps = {pair: list(c) for pair, c in self.consent_caps.items()}
         for value in values:
             change = ref_change(value, self.country_code)
             if change is None:
@@ -605,9 +606,12 @@ class Reference:
             elif op == "consent-revoke":
                 consents.discard(pair)
                 rows.pop(pair, None)
+                caps.pop(pair, None)
             else:
                 senders.add(sender)
                 accepted = change["method"] is None or change["method"] in self.accept
+                if accepted and change["max_per_day"]:
+                    caps.setdefault(pair, []).append((change["expires"], change["max_per_day"]))
                 if accepted and change["expires"] is None:
                     consents.add(pair)
                 else:
@@ -615,8 +619,8 @@ class Reference:
         return replace(
             self, consents=frozenset(consents), optouts=frozenset(optouts),
             senders=frozenset(senders), dnd=frozenset(dnd),
-            global_optouts=frozenset(global_optouts), consent_rows=rows, counters={},
-            stream_time=[-1],
+            global_optouts=frozenset(global_optouts), consent_rows=rows, consent_caps=caps,
+            counters={}, stream_time=[-1],
         )  # fmt: skip
 
     def for_partition(self) -> Reference:

@@ -53,6 +53,33 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
+def _consent(
+    rng: random.Random,
+    base_ms: int,
+    sender: str,
+    number: str,
+    p_cap: float,
+    most: int,
+    p_expiry: float,
+) -> str:
+    """A consents row: explicit, capped at 1..``most`` with ``p_cap``, expiring within three
+    days of ``base_ms`` with ``p_expiry``."""
+    cap = str(rng.randint(1, most)) if rng.random() < p_cap else ""
+    expires = _iso(base_ms + rng.randrange(3 * DAY_MS)) if rng.random() < p_expiry else ""
+    return f"{sender},{number},explicit,{expires},{cap}"
+
+
+def _write_inputs(directory: Path, consents: list[str], optouts: list[str], dnd: list[str]) -> None:
+    """``consents/optouts/dnd.csv.gz`` of the rows."""
+    for name, header, rows in (
+        ("consents", "sender,recipient,method,expires_at,max_per_day", consents),
+        ("optouts", "sender,recipient", optouts),
+        ("dnd", "recipient", dnd),
+    ):
+        with gzip.open(directory / f"{name}.csv.gz", "wt", encoding="utf-8") as f:
+            f.write(header + "\n" + "".join(r + "\n" for r in rows))
+
+
 def generate(directory: Path, base_ms: int, seed: int, events: int = 1500) -> LimitCase:
     """Write ``consents/optouts/dnd.csv.gz`` into ``directory``; return the lines."""
     rng = random.Random(seed)
@@ -67,22 +94,12 @@ def generate(directory: Path, base_ms: int, seed: int, events: int = 1500) -> Li
                 optouts.append(f"{sender},{number}")
             if kind < 0.2:
                 continue  # no consent
-            most = str(rng.randint(1, 3)) if rng.random() < 0.4 else ""
-            expires = _iso(base_ms + rng.randrange(3 * DAY_MS)) if rng.random() < 0.2 else ""
-            consents.append(f"{sender},{number},explicit,{expires},{most}")
+            consents.append(_consent(rng, base_ms, sender, number, 0.4, 3, 0.2))
             if rng.random() < 0.3:
                 # A second consent of the pair, capped or not, that may expire mid-stream: the
                 # cap is the smallest of the consents valid at each message's time.
-                most = str(rng.randint(1, 3)) if rng.random() < 0.7 else ""
-                expires = _iso(base_ms + rng.randrange(3 * DAY_MS)) if rng.random() < 0.7 else ""
-                consents.append(f"{sender},{number},explicit,{expires},{most}")
-    with gzip.open(directory / "consents.csv.gz", "wt", encoding="utf-8") as f:
-        f.write("sender,recipient,method,expires_at,max_per_day\n")
-        f.write("".join(r + "\n" for r in consents))
-    with gzip.open(directory / "optouts.csv.gz", "wt", encoding="utf-8") as f:
-        f.write("sender,recipient\n" + "".join(r + "\n" for r in optouts))
-    with gzip.open(directory / "dnd.csv.gz", "wt", encoding="utf-8") as f:
-        f.write(f"recipient\n{numbers[0]}\n")
+                consents.append(_consent(rng, base_ms, sender, number, 0.7, 3, 0.7))
+    _write_inputs(directory, consents, optouts, [numbers[0]])
     lines = []
     t = base_ms
     for i in range(events):
@@ -122,15 +139,8 @@ def generate_stacked(directory: Path, base_ms: int, seed: int, events: int = 120
     for sender in SENDERS:
         for number in numbers:
             for _ in range(rng.randint(1, 3)):
-                most = str(rng.randint(1, 4)) if rng.random() < 0.8 else ""
-                expires = _iso(base_ms + rng.randrange(3 * DAY_MS)) if rng.random() < 0.6 else ""
-                consents.append(f"{sender},{number},explicit,{expires},{most}")
-    with gzip.open(directory / "consents.csv.gz", "wt", encoding="utf-8") as f:
-        f.write("sender,recipient,method,expires_at,max_per_day\n")
-        f.write("".join(r + "\n" for r in consents))
-    for name in ("optouts", "dnd"):
-        with gzip.open(directory / f"{name}.csv.gz", "wt", encoding="utf-8") as f:
-            f.write("sender,recipient\n" if name == "optouts" else "recipient\n")
+                consents.append(_consent(rng, base_ms, sender, number, 0.8, 4, 0.6))
+    _write_inputs(directory, consents, [], [])
     lines = []
     t = base_ms
     for i in range(events):

@@ -356,7 +356,7 @@ class PartitionLimits:
 
     __slots__ = (
         "_cur_group", "_cur_window", "_dirty", "_groups", "_memo", "_memo_offsets",
-        "_next_close", "_offset", "_sender_json", "_senders", "decided_would",
+        "_next_close", "_offset", "_sender_ids", "_sender_json", "_senders", "decided_would",
         "high", "late", "read_ms", "rules", "sender_limit", "stream_time", "tracking",
         "would_block",
     )  # fmt: skip
@@ -401,6 +401,7 @@ class PartitionLimits:
         # Senders of per-pair counters, interned, and per id its JSON and a comma (for
         # changelog keys). Id 0 is "" (per-recipient counters).
         self._senders = Interned(first=1)
+        self._sender_ids: dict[str, int] = self._senders.ids
         self._sender_json: list[bytes] = [b'"",']
         #: Interned senders beyond which :meth:`drop_closed` lets go of those no live counter
         #: names (monitored ``unknown-sender`` messages can bring any string).
@@ -497,10 +498,14 @@ class PartitionLimits:
             self._dirty = [group for group in self._dirty if not group.forget(next_offset)]
 
     def _sender_id(self, sender: str) -> int:
-        sid = self._senders.id(sender)
-        json = self._sender_json
-        if sid == len(json):
-            json.append(orjson.dumps(sender) + b",")
+        # The interned ids' dict read here, not Interned.id (table.py is not compiled: a
+        # call into it is an interpreted call per counted message).
+        sid = self._sender_ids.get(sender)
+        if sid is None:
+            sid = self._senders.id(sender)
+            json = self._sender_json
+            if sid == len(json):
+                json.append(orjson.dumps(sender) + b",")
         return sid
 
     def _group(self, slot: int, cls: int, window: int) -> _Group | None:
@@ -771,6 +776,7 @@ class PartitionLimits:
             group.dirty_senders = [new_id(sid) for sid in group.dirty_senders]
             group.templates.clear()
         self._senders = senders
+        self._sender_ids = senders.ids
         self._sender_json = json
         # Many live senders: keep them, and look again when they have doubled.
         self.sender_limit = max(self.sender_limit, 2 * len(json))

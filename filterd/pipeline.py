@@ -173,9 +173,7 @@ def decide_partition(
     prefix = source_prefix.encode()
     prefix_len = len(prefix)
     outcomes: list[Outcome] = []
-    apply = None
     if limits is not None:
-        apply = limits.apply_record
         limits.read_ms = read_ms
     would_block = out.would_block
     capped_senders = out.capped_senders
@@ -191,8 +189,8 @@ def decide_partition(
             at = read_ms
             out.unusable_times += 1
         outcome = decider.decide(value, at)
-        if apply is not None and limits is not None:
-            outcome = apply(decider, outcome, at, record.offset)
+        if limits is not None:
+            outcome = limits.apply_record(decider, outcome, at, record.offset)
             if outcome is FREQUENCY_CAP:
                 capped_senders[decider.sender] += 1
             if outcome.route != INVALID:

@@ -59,7 +59,7 @@ from filterd.router import (
     Decider,
     Outcome,
 )
-from filterd.table import Interned, PairTable
+from filterd.table import Interned, PairTable, encode_changes
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
@@ -291,7 +291,7 @@ class _Group:
 
     __slots__ = (
         "close", "dirty_counts", "dirty_numbers", "dirty_offsets", "dirty_senders", "head",
-        "key", "slot", "table", "tail", "templates", "window",
+        "key", "slot", "table", "tail", "window",
     )  # fmt: skip
 
     def __init__(self, key: int, slot: int, window: int, close: int, head: bytes) -> None:
@@ -305,8 +305,6 @@ class _Group:
         #: ``,<window>]``.
         self.head = head
         self.tail = b",%d]" % window
-        # sender id -> the changelog key with ``%d`` for the number.
-        self.templates: dict[int, bytes] = {}
         self.dirty_numbers: list[int] = []
         self.dirty_senders: list[int] = []
         self.dirty_counts: list[int] = []
@@ -337,18 +335,6 @@ class _Group:
             del self.dirty_senders[:done]
             del self.dirty_counts[:done]
         return not offsets
-
-    def template(self, sid: int, sender_json: bytes) -> bytes:
-        """The changelog key of the sender's counters, ``%d`` standing for the number."""
-        found = self.templates.get(sid)
-        if found is None:
-            found = b"%s%s%%d%s" % (
-                self.head.replace(b"%", b"%%"),
-                sender_json.replace(b"%", b"%%"),
-                self.tail,
-            )
-            self.templates[sid] = found
-        return found
 
 
 class PartitionLimits:
@@ -659,25 +645,13 @@ class PartitionLimits:
         out: list[tuple[bytes, bytes | None]] = []
         json = self._sender_json
         for group in self._dirty:
-            offsets = group.dirty_offsets
-            start = bisect.bisect_left(offsets, first_offset)
-            numbers = group.dirty_numbers
-            senders = group.dirty_senders
-            counts = group.dirty_counts
-            seen: set[int] = set()
-            # Latest first: a key's first entry met has its value now.
-            for i in range(len(offsets) - 1, start - 1, -1):
-                number = numbers[i]
-                sid = senders[i]
-                packed = number if sid == _NO_SENDER else number * 4_294_967_296 + sid
-                if packed in seen:
-                    continue
-                seen.add(packed)
-                n = counts[i]
-                out.append(
-                    (group.template(sid, json[sid]) % number,
-                     _COUNTS[n] if n < 256 else b"%d" % n)
-                )  # fmt: skip
+            # Latest first, each key once (its latest entry has its value now), in C: one
+            # call per group, not a formatted key per counter (filterd.table.encode_changes).
+            encode_changes(
+                group.dirty_numbers, group.dirty_senders, group.dirty_counts,
+                bisect.bisect_left(group.dirty_offsets, first_offset), group.head, json,
+                group.tail, _COUNTS, out,
+            )  # fmt: skip
         if self.stream_time >= 0:
             # Every batch: a batch that changed no counter may still move the stream time,
             # and a restore must close the same windows as the stream it continues.
@@ -774,7 +748,6 @@ class PartitionLimits:
                 table.put(number, new_id(sid), words[0])
             group.table = table
             group.dirty_senders = [new_id(sid) for sid in group.dirty_senders]
-            group.templates.clear()
         self._senders = senders
         self._sender_ids = senders.ids
         self._sender_json = json

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from filterd.limits import FUTURE_LIMIT_MS, PartitionLimits
-from filterd.records import encode_header, encode_headers, varint
+from filterd.records import RecordBatch, encode_header, encode_headers, varint
 from filterd.router import BLOCK, DELIVER, FREQUENCY_CAP, INVALID, OUTCOMES, Decider, Outcome
 
 HEADER_ROUTE: Final = "filterd-route"
@@ -252,15 +252,26 @@ def _append_changelog(
     They go with the outputs: in the same transaction in exactly-once mode, acknowledged
     before the offset commit in at-least-once mode.
     """
-    builder: Builder | None = None
     # The changelog keeps no time of its own: a counter's window is in its key.
     now_ms = time.time_ns() // 1_000_000
-    for key, value in limits.changelog(out.first_offset):
-        if builder is None or not builder.append(now_ms, key, value, b"", 0):
-            builder = new_builder()
-            out.batches.append((topic, partition, builder))
-            if not builder.append(now_ms, key, value, b"", 0):
-                raise ValueError(f"a counter record of {topic}/{partition} does not fit a batch")
+    records = limits.changelog(out.first_offset)
+    done = 0
+    while done < len(records):
+        builder = new_builder()
+        out.batches.append((topic, partition, builder))
+        if isinstance(builder, RecordBatch):
+            # filterd's own batch (the stream's): all the records that fit, in one call.
+            added = builder.extend(now_ms, records, done)
+        else:
+            added = done
+            while added < len(records):
+                key, value = records[added]
+                if not builder.append(now_ms, key, value, b"", 0):
+                    break
+                added += 1
+        if added == done:
+            raise ValueError(f"a counter record of {topic}/{partition} does not fit a batch")
+        done = added
 
 
 class Timestamps(Sequence[int]):

@@ -179,8 +179,11 @@ def decide_partition(
     capped_senders = out.capped_senders
     future = read_ms + FUTURE_LIMIT_MS
     for record in records:
+        # Each field read once: a record's attributes are generic lookups (aiokafka's class).
         value = record.value
         timestamp = record.timestamp
+        key = record.key
+        offset = record.offset
         # The record timestamp is the message's time (consent expiry, step 4), unless
         # it is negative or over a day ahead of the read time: then the read time. (A
         # topic with LogAppendTime gives the broker's append time here, always usable.)
@@ -190,15 +193,13 @@ def decide_partition(
             out.unusable_times += 1
         outcome = decider.decide(value, at)
         if limits is not None:
-            outcome = limits.apply_record(decider, outcome, at, record.offset)
+            outcome = limits.apply_record(decider, outcome, at, offset)
             if outcome is FREQUENCY_CAP:
                 capped_senders[decider.sender] += 1
-            if outcome.route != INVALID:
-                key = record.key
-                if key is None or key != b"%d" % decider.number:
-                    out.foreign_keys += 1
+            if outcome.route != INVALID and (key is None or key != b"%d" % decider.number):
+                out.foreign_keys += 1
         outcomes.append(outcome)
-        digits = str(record.offset).encode()
+        digits = str(offset).encode()
         # route, reason, snapshot (encoded once per version), then filterd-source.
         hdrs = b"".join(
             (encoded[outcome], _SOURCE_NAME, varint(prefix_len + len(digits)), prefix, digits)
@@ -221,15 +222,15 @@ def decide_partition(
                 would_block[would] += 1
         route = outcome.route
         builder = builders.get(route)
-        if builder is None or not builder.append(timestamp, record.key, value, hdrs, count):
+        if builder is None or not builder.append(timestamp, key, value, hdrs, count):
             # No builder yet for this route, or the current one is full.
             builder = new_builder()
             name, out_partition = targets[route]
             builders[route] = builder
             batches.append((name, out_partition, builder))
-            if not builder.append(timestamp, record.key, value, hdrs, count):
+            if not builder.append(timestamp, key, value, hdrs, count):
                 raise ValueError(
-                    f"record {source_prefix}{record.offset} does not fit an empty producer "
+                    f"record {source_prefix}{offset} does not fit an empty producer "
                     "batch: raise producer.max_batch_size above policy.max_event_bytes"
                 )
     out.counts.update(outcomes)

@@ -638,11 +638,171 @@ static PyTypeObject PairTableType = {
     .tp_as_sequence = &PairTable_as_sequence,
 };
 
+/* --- encode_changes: a batch's changelog records of one counter group -------------- */
+
+/* Decimal digits of v (v >= 0) written at the end of buf[0..20); returns the first. */
+static char *digits(unsigned long long v, char *end)
+{
+    char *p = end;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p;
+}
+
+static int list_arg(PyObject *obj, const char *what)
+{
+    if (!PyList_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+static int bytes_arg(PyObject *obj, const char *what)
+{
+    if (!PyBytes_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be bytes, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* encode_changes(numbers, senders, counts, start, head, sender_json, tail, small, out):
+ * the entries start.. of three parallel lists (a counter group's changes in offset order),
+ * latest first, each key (number, sender) once, appended to out as (key, value):
+ * key = head + sender_json[sender] + the number's digits + tail, value = the count's
+ * digits (small[count] when count < len(small)). filterd/limits.py has the same loop in
+ * Python (its fallback, and the reference of tests/test_limits_encode.py). */
+static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                Py_ssize_t nargs)
+{
+    if (check_nargs("encode_changes", nargs, 9, 9) < 0)
+        return NULL;
+    PyObject *numbers = args[0], *senders = args[1], *counts = args[2];
+    PyObject *head = args[4], *sender_json = args[5], *tail = args[6];
+    PyObject *small = args[7], *out = args[8];
+    long long start;
+    if (list_arg(numbers, "numbers") < 0 || list_arg(senders, "senders") < 0 ||
+        list_arg(counts, "counts") < 0 || as_long_long(args[3], "start", &start) < 0 ||
+        bytes_arg(head, "head") < 0 || list_arg(sender_json, "sender_json") < 0 ||
+        bytes_arg(tail, "tail") < 0 || list_arg(small, "small") < 0 ||
+        list_arg(out, "out") < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(numbers);
+    if (PyList_GET_SIZE(senders) != n || PyList_GET_SIZE(counts) != n) {
+        PyErr_SetString(PyExc_ValueError, "numbers, senders and counts differ in length");
+        return NULL;
+    }
+    if (start < 0)
+        start = 0;
+    if (start >= n)
+        Py_RETURN_NONE;
+    /* The keys met so far: open addressing over a power of two at least twice the entries. */
+    size_t cap = 16;
+    while (cap < 2 * (size_t)(n - start))
+        cap <<= 1;
+    uint64_t *seen_numbers = PyMem_Calloc(cap, sizeof(uint64_t));
+    uint32_t *seen_senders = PyMem_Malloc(cap * sizeof(uint32_t));
+    if (seen_numbers == NULL || seen_senders == NULL) {
+        PyMem_Free(seen_numbers);
+        PyMem_Free(seen_senders);
+        return PyErr_NoMemory();
+    }
+    const char *head_s = PyBytes_AS_STRING(head), *tail_s = PyBytes_AS_STRING(tail);
+    Py_ssize_t head_n = PyBytes_GET_SIZE(head), tail_n = PyBytes_GET_SIZE(tail);
+    Py_ssize_t small_n = PyList_GET_SIZE(small);
+    for (Py_ssize_t i = n - 1; i >= (Py_ssize_t)start; i--) {
+        uint64_t number;
+        uint32_t sender;
+        long long count;
+        if (to_number(PyList_GET_ITEM(numbers, i), &number) < 0 ||
+            to_sender(PyList_GET_ITEM(senders, i), &sender) < 0 ||
+            as_long_long(PyList_GET_ITEM(counts, i), "count", &count) < 0)
+            goto error;
+        size_t h = (size_t)mix(number, sender) & (cap - 1);
+        int met = 0;
+        while (seen_numbers[h] != 0) {
+            if (seen_numbers[h] == number && seen_senders[h] == sender) {
+                met = 1;
+                break;
+            }
+            h = (h + 1) & (cap - 1);
+        }
+        if (met)
+            continue;
+        seen_numbers[h] = number;
+        seen_senders[h] = sender;
+        if ((Py_ssize_t)sender >= PyList_GET_SIZE(sender_json)) {
+            PyErr_Format(PyExc_IndexError, "sender %u has no sender_json", (unsigned)sender);
+            goto error;
+        }
+        PyObject *json = PyList_GET_ITEM(sender_json, (Py_ssize_t)sender);
+        if (bytes_arg(json, "sender_json item") < 0)
+            goto error;
+        char buf[24];
+        char *end = buf + sizeof(buf);
+        char *first = digits(number, end);
+        Py_ssize_t json_n = PyBytes_GET_SIZE(json), digits_n = end - first;
+        PyObject *key = PyBytes_FromStringAndSize(NULL, head_n + json_n + digits_n + tail_n);
+        if (key == NULL)
+            goto error;
+        char *k = PyBytes_AS_STRING(key);
+        memcpy(k, head_s, (size_t)head_n);
+        k += head_n;
+        memcpy(k, PyBytes_AS_STRING(json), (size_t)json_n);
+        k += json_n;
+        memcpy(k, first, (size_t)digits_n);
+        k += digits_n;
+        memcpy(k, tail_s, (size_t)tail_n);
+        PyObject *value;
+        if (count >= 0 && count < small_n) {
+            value = Py_NewRef(PyList_GET_ITEM(small, (Py_ssize_t)count));
+        } else {
+            char *c = digits(count < 0 ? 0ULL - (unsigned long long)count
+                                       : (unsigned long long)count, end);
+            if (count < 0)
+                *--c = '-';
+            value = PyBytes_FromStringAndSize(c, end - c);
+        }
+        PyObject *pair = value == NULL ? NULL : PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(key);
+            Py_XDECREF(value);
+            goto error;
+        }
+        PyTuple_SET_ITEM(pair, 0, key);
+        PyTuple_SET_ITEM(pair, 1, value);
+        int failed = PyList_Append(out, pair);
+        Py_DECREF(pair);
+        if (failed < 0)
+            goto error;
+    }
+    PyMem_Free(seen_numbers);
+    PyMem_Free(seen_senders);
+    Py_RETURN_NONE;
+error:
+    PyMem_Free(seen_numbers);
+    PyMem_Free(seen_senders);
+    return NULL;
+}
+
+static PyMethodDef table_functions[] = {
+    {"encode_changes", (PyCFunction)(void (*)(void))encode_changes, METH_FASTCALL,
+     "encode_changes(numbers, senders, counts, start, head, sender_json, tail, small, out): "
+     "append (key, value) of each key of the entries start.., latest first, once"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef table_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "filterd._table",
     .m_doc = "PairTable: compact (number, sender) -> words hash table (see filterd/table.py)",
     .m_size = -1,
+    .m_methods = table_functions,
 };
 
 PyMODINIT_FUNC PyInit__table(void)

@@ -27,3 +27,15 @@ class PairTable:
     def words(self) -> int: ...
     @property
     def word_bytes(self) -> int: ...
+
+def encode_changes(
+    numbers: list[int],
+    senders: list[int],
+    counts: list[int],
+    start: int,
+    head: bytes,
+    sender_json: list[bytes],
+    tail: bytes,
+    small: list[bytes],
+    out: list[tuple[bytes, bytes | None]],
+) -> None: ...

@@ -31,11 +31,12 @@ no tombstone when a window closes: like Kafka Streams' windowed stores, the topi
 (:data:`filterd.topics.COUNTERS_RETENTION_MS`), so the broker deletes closed windows'
 counters by age, and a restore skips those it still finds.
 
-Partial (docs/limits.md "Status"): the batch step with limits on routes about 0.7
-of what it routes with them off (goal 0.85): most of what is left is the changelog,
-each record encoded and appended to its batch in Python. A pair's ``max_per_day`` is
-the snapshot's one value, the smallest of all its accepted consents, expired ones
-included.
+The changelog records of a batch are encoded one group at a time in C
+(:func:`filterd.table.encode_changes`) and go into filterd's producer batch in one call
+(:meth:`filterd.records.RecordBatch.extend`). Partial (docs/limits.md "Status"): the batch
+step with limits on routes about 0.8 of what it routes with them off (goal 0.85). A pair's
+``max_per_day`` is the snapshot's one value, the smallest of all its accepted consents,
+expired ones included.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from filterd.router import (
     Decider,
     Outcome,
 )
-from filterd.table import Interned, PairTable
+from filterd.table import Interned, PairTable, encode_changes
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
@@ -291,7 +292,7 @@ class _Group:
 
     __slots__ = (
         "close", "dirty_counts", "dirty_numbers", "dirty_offsets", "dirty_senders", "head",
-        "key", "slot", "table", "tail", "templates", "window",
+        "key", "slot", "table", "tail", "window",
     )  # fmt: skip
 
     def __init__(self, key: int, slot: int, window: int, close: int, head: bytes) -> None:
@@ -305,8 +306,6 @@ class _Group:
         #: ``,<window>]``.
         self.head = head
         self.tail = b",%d]" % window
-        # sender id -> the changelog key with ``%d`` for the number.
-        self.templates: dict[int, bytes] = {}
         self.dirty_numbers: list[int] = []
         self.dirty_senders: list[int] = []
         self.dirty_counts: list[int] = []
@@ -338,25 +337,13 @@ class _Group:
             del self.dirty_counts[:done]
         return not offsets
 
-    def template(self, sid: int, sender_json: bytes) -> bytes:
-        """The changelog key of the sender's counters, ``%d`` standing for the number."""
-        found = self.templates.get(sid)
-        if found is None:
-            found = b"%s%s%%d%s" % (
-                self.head.replace(b"%", b"%%"),
-                sender_json.replace(b"%", b"%%"),
-                self.tail,
-            )
-            self.templates[sid] = found
-        return found
-
 
 class PartitionLimits:
     """Step 4 and monitor mode, with the counters of one input partition."""
 
     __slots__ = (
         "_cur_group", "_cur_window", "_dirty", "_groups", "_memo", "_memo_offsets",
-        "_next_close", "_offset", "_sender_json", "_senders", "decided_would",
+        "_next_close", "_offset", "_sender_ids", "_sender_json", "_senders", "decided_would",
         "high", "late", "read_ms", "rules", "sender_limit", "stream_time", "tracking",
         "would_block",
     )  # fmt: skip
@@ -401,6 +388,7 @@ class PartitionLimits:
         # Senders of per-pair counters, interned, and per id its JSON and a comma (for
         # changelog keys). Id 0 is "" (per-recipient counters).
         self._senders = Interned(first=1)
+        self._sender_ids: dict[str, int] = self._senders.ids
         self._sender_json: list[bytes] = [b'"",']
         #: Interned senders beyond which :meth:`drop_closed` lets go of those no live counter
         #: names (monitored ``unknown-sender`` messages can bring any string).
@@ -497,10 +485,14 @@ class PartitionLimits:
             self._dirty = [group for group in self._dirty if not group.forget(next_offset)]
 
     def _sender_id(self, sender: str) -> int:
-        sid = self._senders.id(sender)
-        json = self._sender_json
-        if sid == len(json):
-            json.append(orjson.dumps(sender) + b",")
+        # The interned ids' dict read here, not Interned.id (table.py is not compiled: a
+        # call into it is an interpreted call per counted message).
+        sid = self._sender_ids.get(sender)
+        if sid is None:
+            sid = self._senders.id(sender)
+            json = self._sender_json
+            if sid == len(json):
+                json.append(orjson.dumps(sender) + b",")
         return sid
 
     def _group(self, slot: int, cls: int, window: int) -> _Group | None:
@@ -654,25 +646,13 @@ class PartitionLimits:
         out: list[tuple[bytes, bytes | None]] = []
         json = self._sender_json
         for group in self._dirty:
-            offsets = group.dirty_offsets
-            start = bisect.bisect_left(offsets, first_offset)
-            numbers = group.dirty_numbers
-            senders = group.dirty_senders
-            counts = group.dirty_counts
-            seen: set[int] = set()
-            # Latest first: a key's first entry met has its value now.
-            for i in range(len(offsets) - 1, start - 1, -1):
-                number = numbers[i]
-                sid = senders[i]
-                packed = number if sid == _NO_SENDER else number * 4_294_967_296 + sid
-                if packed in seen:
-                    continue
-                seen.add(packed)
-                n = counts[i]
-                out.append(
-                    (group.template(sid, json[sid]) % number,
-                     _COUNTS[n] if n < 256 else b"%d" % n)
-                )  # fmt: skip
+            # Latest first, each key once (its latest entry has its value now), in C: one
+            # call per group, not a formatted key per counter (filterd.table.encode_changes).
+            encode_changes(
+                group.dirty_numbers, group.dirty_senders, group.dirty_counts,
+                bisect.bisect_left(group.dirty_offsets, first_offset), group.head, json,
+                group.tail, _COUNTS, out,
+            )  # fmt: skip
         if self.stream_time >= 0:
             # Every batch: a batch that changed no counter may still move the stream time,
             # and a restore must close the same windows as the stream it continues.
@@ -769,8 +749,8 @@ class PartitionLimits:
                 table.put(number, new_id(sid), words[0])
             group.table = table
             group.dirty_senders = [new_id(sid) for sid in group.dirty_senders]
-            group.templates.clear()
         self._senders = senders
+        self._sender_ids = senders.ids
         self._sender_json = json
         # Many live senders: keep them, and look again when they have doubled.
         self.sender_limit = max(self.sender_limit, 2 * len(json))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from filterd.limits import FUTURE_LIMIT_MS, PartitionLimits
-from filterd.records import encode_header, encode_headers, varint
+from filterd.records import RecordBatch, encode_header, encode_headers, varint
 from filterd.router import BLOCK, DELIVER, FREQUENCY_CAP, INVALID, OUTCOMES, Decider, Outcome
 
 HEADER_ROUTE: Final = "filterd-route"
@@ -173,16 +173,17 @@ def decide_partition(
     prefix = source_prefix.encode()
     prefix_len = len(prefix)
     outcomes: list[Outcome] = []
-    apply = None
     if limits is not None:
-        apply = limits.apply_record
         limits.read_ms = read_ms
     would_block = out.would_block
     capped_senders = out.capped_senders
     future = read_ms + FUTURE_LIMIT_MS
     for record in records:
+        # Each field read once: a record's attributes are generic lookups (aiokafka's class).
         value = record.value
         timestamp = record.timestamp
+        key = record.key
+        offset = record.offset
         # The record timestamp is the message's time (consent expiry, step 4), unless
         # it is negative or over a day ahead of the read time: then the read time. (A
         # topic with LogAppendTime gives the broker's append time here, always usable.)
@@ -191,16 +192,14 @@ def decide_partition(
             at = read_ms
             out.unusable_times += 1
         outcome = decider.decide(value, at)
-        if apply is not None and limits is not None:
-            outcome = apply(decider, outcome, at, record.offset)
+        if limits is not None:
+            outcome = limits.apply_record(decider, outcome, at, offset)
             if outcome is FREQUENCY_CAP:
                 capped_senders[decider.sender] += 1
-            if outcome.route != INVALID:
-                key = record.key
-                if key is None or key != b"%d" % decider.number:
-                    out.foreign_keys += 1
+            if outcome.route != INVALID and (key is None or key != b"%d" % decider.number):
+                out.foreign_keys += 1
         outcomes.append(outcome)
-        digits = str(record.offset).encode()
+        digits = str(offset).encode()
         # route, reason, snapshot (encoded once per version), then filterd-source.
         hdrs = b"".join(
             (encoded[outcome], _SOURCE_NAME, varint(prefix_len + len(digits)), prefix, digits)
@@ -223,15 +222,15 @@ def decide_partition(
                 would_block[would] += 1
         route = outcome.route
         builder = builders.get(route)
-        if builder is None or not builder.append(timestamp, record.key, value, hdrs, count):
+        if builder is None or not builder.append(timestamp, key, value, hdrs, count):
             # No builder yet for this route, or the current one is full.
             builder = new_builder()
             name, out_partition = targets[route]
             builders[route] = builder
             batches.append((name, out_partition, builder))
-            if not builder.append(timestamp, record.key, value, hdrs, count):
+            if not builder.append(timestamp, key, value, hdrs, count):
                 raise ValueError(
-                    f"record {source_prefix}{record.offset} does not fit an empty producer "
+                    f"record {source_prefix}{offset} does not fit an empty producer "
                     "batch: raise producer.max_batch_size above policy.max_event_bytes"
                 )
     out.counts.update(outcomes)
@@ -254,15 +253,26 @@ def _append_changelog(
     They go with the outputs: in the same transaction in exactly-once mode, acknowledged
     before the offset commit in at-least-once mode.
     """
-    builder: Builder | None = None
     # The changelog keeps no time of its own: a counter's window is in its key.
     now_ms = time.time_ns() // 1_000_000
-    for key, value in limits.changelog(out.first_offset):
-        if builder is None or not builder.append(now_ms, key, value, b"", 0):
-            builder = new_builder()
-            out.batches.append((topic, partition, builder))
-            if not builder.append(now_ms, key, value, b"", 0):
-                raise ValueError(f"a counter record of {topic}/{partition} does not fit a batch")
+    records = limits.changelog(out.first_offset)
+    done = 0
+    while done < len(records):
+        builder = new_builder()
+        out.batches.append((topic, partition, builder))
+        if isinstance(builder, RecordBatch):
+            # filterd's own batch (the stream's): all the records that fit, in one call.
+            added = builder.extend(now_ms, records, done)
+        else:
+            added = done
+            while added < len(records):
+                key, value = records[added]
+                if not builder.append(now_ms, key, value, b"", 0):
+                    break
+                added += 1
+        if added == done:
+            raise ValueError(f"a counter record of {topic}/{partition} does not fit a batch")
+        done = added
 
 
 class Timestamps(Sequence[int]):

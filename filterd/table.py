@@ -31,7 +31,14 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["IMPLEMENTATION", "Interned", "PairTable", "PyPairTable"]
+__all__ = [
+    "IMPLEMENTATION",
+    "Interned",
+    "PairTable",
+    "PyPairTable",
+    "encode_changes",
+    "py_encode_changes",
+]
 
 _MAX_NUMBER: Final = (1 << 63) - 1
 _MAX_SENDER: Final = (1 << 32) - 1
@@ -178,10 +185,38 @@ class PyPairTable:
         return sys.getsizeof(rows) + len(rows) * per_row
 
 
+def py_encode_changes(
+    numbers: list[int], senders: list[int], counts: list[int], start: int, head: bytes,
+    sender_json: list[bytes], tail: bytes, small: list[bytes],
+    out: list[tuple[bytes, bytes | None]],
+) -> None:  # fmt: skip
+    """The pure-Python twin of ``filterd._table.encode_changes``: the changelog records of
+    the entries ``start..`` of a counter group's parallel change lists (offset order).
+
+    Latest first, each key ``(number, sender)`` once (counts only grow: its latest entry
+    has its value), appended to ``out`` as ``(key, value)``: the key is ``head``, then
+    ``sender_json[sender]``, the number's digits and ``tail``; the value is the count's
+    digits (``small[count]`` when it is below ``len(small)``).
+    """
+    seen: set[tuple[int, int]] = set()
+    for i in range(len(numbers) - 1, max(start, 0) - 1, -1):
+        number = numbers[i]
+        sender = senders[i]
+        if (number, sender) in seen:
+            continue
+        seen.add((number, sender))
+        count = counts[i]
+        out.append(
+            (b"%s%s%d%s" % (head, sender_json[sender], number, tail),
+             small[count] if 0 <= count < len(small) else b"%d" % count)
+        )  # fmt: skip
+
+
 try:
-    from filterd._table import PairTable
+    from filterd._table import PairTable, encode_changes
 except ImportError:  # not compiled (FILTERD__PURE_PYTHON=1): the same behaviour, bigger
     PairTable = PyPairTable  # type: ignore[assignment,misc]
+    encode_changes = py_encode_changes
     IMPLEMENTATION: str = "python"
 else:
     IMPLEMENTATION = "c"

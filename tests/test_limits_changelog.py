@@ -12,10 +12,12 @@ from filterd.cli import main
 from filterd.config import CapRule, PolicyConfig
 from filterd.limits import STREAM_TIME_KEY, LimitRules, PartitionLimits
 from filterd.pipeline import HeaderCache, OutputTopics, decide_partition
+from filterd.records import RecordBatch
 from filterd.router import Decider
 from filterd.snapshot import load_snapshot
 from tests.support.limit_cases import CAPS, QUIET_HOURS, TIMEZONES, generate
 from tests.test_pipeline import FakeBuilder, Rec
+from tests.test_records import read_batch
 
 BASE_MS = 1_794_398_400_000
 READ_MS = BASE_MS + 5 * 86_400_000  # after every record: all timestamps usable
@@ -143,6 +145,31 @@ def test_a_batch_decided_again_keeps_its_decisions_and_counts_once(tmp_path: Pat
     assert got == want
     assert sorted(retried.items()) == sorted(steady.items())
     assert "frequency-cap" in want.values()
+
+
+def test_the_changelog_in_filterds_batches_is_the_one_appended_record_by_record(
+    tmp_path: Path,
+) -> None:
+    """The stream's batches take the changelog in bulk (RecordBatch.extend), other builders
+    record by record: the same records, in the same order, over as many batches as fill."""
+    decider, rules, records = limits_case(tmp_path, 4, 400)
+    bulk, one_by_one = PartitionLimits(rules), PartitionLimits(rules)
+    bulk.tracking = one_by_one.tracking = True
+    filled = 0
+    for start in range(0, len(records), 100):
+        batch = records[start : start + 100]
+        _, _, want = decide(decider, one_by_one, batch)
+        out = decide_partition(
+            decider, HeaderCache("v"), "in", 0, batch, OUT, lambda: RecordBatch(600), bulk,
+            READ_MS,
+        )  # fmt: skip
+        changelog = [b for topic, _, b in out.batches if topic == "c"]
+        filled += len(changelog) - 1
+        got = [(key, value) for b in changelog for _, key, value, _ in read_batch(b._build())]
+        assert got == want
+        bulk.committed(out.next_offset)
+        one_by_one.committed(out.next_offset)
+    assert filled > 0  # small batches: a batch's changelog fills more than one
 
 
 def test_a_closed_window_drops_its_counters_without_a_tombstone_each() -> None:

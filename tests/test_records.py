@@ -174,3 +174,43 @@ def test_the_crc_is_the_hardware_one_when_installed() -> None:
     assert records._crc32c is google_crc32c.value
     data = random.Random(5).randbytes(100_000)
     assert records._crc32c(data) == crc(data)  # aiokafka's, pure Python
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [300, 4_000, 1 << 20])
+def test_extend_writes_the_bytes_of_one_append_per_record(seed: int, batch_size: int) -> None:
+    """The changelog's bulk append: the same batches, filled to the same record, as
+    appending each record in turn (also after other records, at another timestamp)."""
+    rnd = random.Random(seed)
+    records: list[tuple[bytes, bytes | None]] = [
+        (rnd.randbytes(rnd.choice([0, 5, 60, 9_000])), rnd.choice([None, b"", b"7", b"1234"]))
+        for _ in range(rnd.randrange(1, 400))
+    ]
+    head = rnd.choice([0, 1, 3])  # records already in the batch, appended one by one
+    ours, theirs = (
+        RecordBatch(batch_size, transactional=True),
+        RecordBatch(batch_size, transactional=True),
+    )
+    for batch in (ours, theirs):
+        for i in range(head):
+            assert batch.append(1_000 + i, b"k", b"v" * i, encode_header("h", b"x"), 1)
+    start = rnd.randrange(0, 3)
+    timestamp = rnd.choice([990, 1_000, 1_000_000])  # before, at and after the first record
+    stop = ours.extend(timestamp, records, start)
+    want = start
+    while want < len(records) and theirs.append(timestamp, *records[want], b"", 0):
+        want += 1
+    assert stop == want
+    assert ours.closed() == theirs.closed()
+    assert ours.record_count() == theirs.record_count()
+    assert ours.size() == theirs.size()
+    assert ours._build() == theirs._build()
+
+
+def test_extend_of_a_closed_batch_adds_nothing() -> None:
+    ours = RecordBatch(1 << 20)
+    assert ours.extend(5, [], 0) == 0
+    assert ours.record_count() == 0
+    ours.close()
+    assert ours.extend(5, [(b"k", b"1")], 0) == 0
+    assert ours.record_count() == 0

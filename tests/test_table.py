@@ -186,3 +186,66 @@ def test_a_scan_with_keys_added_sees_every_key_it_started_with(impl: type) -> No
     for n in range(100_000, 110_000):
         t.put(n, 0, 1)
     assert t.resizes > grown or impl is PyPairTable
+
+
+ENCODERS: list[tuple[str, Callable[..., None]]] = [("python", table.py_encode_changes)]
+if table.IMPLEMENTATION == "c":
+    from filterd._table import encode_changes as c_encode_changes
+
+    ENCODERS.append(("c", c_encode_changes))
+
+
+def encode_changes_model(
+    numbers: list[int], senders: list[int], counts: list[int], start: int, head: bytes,
+    sender_json: list[bytes], tail: bytes,
+) -> list[tuple[bytes, bytes]]:  # fmt: skip
+    """The changelog records as limits.py encoded them one by one before the bulk encoder:
+    latest first, a key's first entry met (its latest) wins, a template per sender."""
+    out = []
+    seen = set()
+    for i in range(len(numbers) - 1, start - 1, -1):
+        if (numbers[i], senders[i]) in seen:
+            continue
+        seen.add((numbers[i], senders[i]))
+        template = head.replace(b"%", b"%%") + sender_json[senders[i]].replace(b"%", b"%%")
+        out.append(((template + b"%d" + tail) % numbers[i], b"%d" % counts[i]))
+    return out
+
+
+@pytest.mark.parametrize("encode", [e for _, e in ENCODERS], ids=[n for n, _ in ENCODERS])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_encode_changes_agrees_with_the_per_record_encoder(
+    encode: Callable[..., None], seed: int
+) -> None:
+    rng = random.Random(seed)
+    small = [b"%d" % n for n in range(256)]
+    sender_json = [b'"",', b'"shop",', b'"100%\\"off",', b'"\xe5\xba\x97",']
+    head, tail = b'["pair/day/marketing",', b",20403]"
+    for _ in range(300):
+        size = rng.randrange(0, 60)
+        # Few keys, many repeats: a key's later entries must win; numbers up to 2**63-1.
+        keys = [(rng.choice([1, 9, 8613800000000, (1 << 63) - 1, rng.randrange(1, 1 << 63)]),
+                 rng.randrange(len(sender_json))) for _ in range(rng.randrange(1, 8))]  # fmt: skip
+        entries = [rng.choice(keys) for _ in range(size)]
+        numbers = [n for n, _ in entries]
+        senders = [s for _, s in entries]
+        counts = [rng.choice([1, 2, 255, 256, 70_000, (1 << 32) - 1]) for _ in entries]
+        start = rng.randrange(0, size + 2)
+        out: list[tuple[bytes, bytes | None]] = [(b"before", None)]
+        encode(numbers, senders, counts, start, head, sender_json, tail, small, out)
+        want = encode_changes_model(numbers, senders, counts, min(start, size), head,
+                                    sender_json, tail)  # fmt: skip
+        assert out == [(b"before", None), *want]
+
+
+@pytest.mark.parametrize("encode", [e for _, e in ENCODERS], ids=[n for n, _ in ENCODERS])
+def test_encode_changes_refuses_what_it_cannot_encode(encode: Callable[..., None]) -> None:
+    out: list[tuple[bytes, bytes | None]] = []
+    with pytest.raises(IndexError):  # a sender id without its JSON
+        encode([5], [3], [1], 0, b"[", [b'"",'], b"]", [], out)
+    assert out == []
+    if encode is not table.py_encode_changes:  # the C one checks its arguments
+        with pytest.raises(ValueError, match="differ in length"):
+            encode([5, 6], [0], [1], 0, b"[", [b'"",'], b"]", [], out)
+        with pytest.raises(TypeError):
+            encode((5,), [0], [1], 0, b"[", [b'"",'], b"]", [], out)

@@ -651,21 +651,12 @@ static char *digits(unsigned long long v, char *end)
     return p;
 }
 
-static int list_arg(PyObject *obj, const char *what)
+/* 0 when obj is of type (or a subclass), else -1 with a TypeError naming what. */
+static int typed_arg(PyObject *obj, PyTypeObject *type, const char *what)
 {
-    if (!PyList_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a list, not %.100s", what,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    return 0;
-}
-
-static int bytes_arg(PyObject *obj, const char *what)
-{
-    if (!PyBytes_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be bytes, not %.100s", what,
-                     Py_TYPE(obj)->tp_name);
+    if (!PyObject_TypeCheck(obj, type)) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s, not %.100s", what,
+                     type == &PyList_Type ? "a list" : type->tp_name, Py_TYPE(obj)->tp_name);
         return -1;
     }
     return 0;
@@ -686,11 +677,12 @@ static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *ar
     PyObject *head = args[4], *sender_json = args[5], *tail = args[6];
     PyObject *small = args[7], *out = args[8];
     long long start;
-    if (list_arg(numbers, "numbers") < 0 || list_arg(senders, "senders") < 0 ||
-        list_arg(counts, "counts") < 0 || as_long_long(args[3], "start", &start) < 0 ||
-        bytes_arg(head, "head") < 0 || list_arg(sender_json, "sender_json") < 0 ||
-        bytes_arg(tail, "tail") < 0 || list_arg(small, "small") < 0 ||
-        list_arg(out, "out") < 0)
+    PyTypeObject *list = &PyList_Type, *bytes = &PyBytes_Type;
+    if (typed_arg(numbers, list, "numbers") < 0 || typed_arg(senders, list, "senders") < 0 ||
+        typed_arg(counts, list, "counts") < 0 || as_long_long(args[3], "start", &start) < 0 ||
+        typed_arg(head, bytes, "head") < 0 || typed_arg(sender_json, list, "sender_json") < 0 ||
+        typed_arg(tail, bytes, "tail") < 0 || typed_arg(small, list, "small") < 0 ||
+        typed_arg(out, list, "out") < 0)
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(numbers);
     if (PyList_GET_SIZE(senders) != n || PyList_GET_SIZE(counts) != n) {
@@ -741,7 +733,7 @@ static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *ar
             goto error;
         }
         PyObject *json = PyList_GET_ITEM(sender_json, (Py_ssize_t)sender);
-        if (bytes_arg(json, "sender_json item") < 0)
+        if (typed_arg(json, &PyBytes_Type, "sender_json item") < 0)
             goto error;
         char buf[24];
         char *end = buf + sizeof(buf);

@@ -34,9 +34,9 @@ counters by age, and a restore skips those it still finds.
 The changelog records of a batch are encoded one group at a time in C
 (:func:`filterd.table.encode_changes`) and go into filterd's producer batch in one call
 (:meth:`filterd.records.RecordBatch.extend`). Partial (docs/limits.md "Status"): the batch
-step with limits on routes about 0.8 of what it routes with them off (goal 0.85). A pair's
-``max_per_day`` is the snapshot's one value, the smallest of all its accepted consents,
-expired ones included.
+step with limits on routes about 0.8 of what it routes with them off (goal 0.85); end to
+end it is not confirmed yet. A pair's ``max_per_day`` is read at the message's time: the
+smallest of its accepted consents valid then (:data:`filterd.snapshot.store.CapSchedule`).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ The password never appears in a message: only the user name and the mechanism.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from filterd.config import KafkaConfig
@@ -25,6 +26,10 @@ from filterd.errors import BrokerError, FilterdError
 
 #: Seconds one connection attempt may take (TCP, TLS, SASL and one ApiVersions round trip).
 CONNECT_TIMEOUT_S = 10.0
+
+#: Seconds to wait for the connection's socket to close once preflight is done with it (a TLS
+#: close is a round trip: close_notify out, the broker's back).
+CLOSE_TIMEOUT_S = 2.0
 
 
 #: OpenSSL's reasons when the other end does not speak TLS at all.
@@ -89,6 +94,9 @@ async def _connect(kafka: KafkaConfig, host: str, port: int) -> None:
 
     options = kafka.client_options()
     address = f"{host}:{port}"
+    # aiokafka calls on_close once a connection that had a socket is closed, by us or by its
+    # own failure handling, and close() returns the future its socket's end resolves.
+    closing: list[asyncio.Future[None]] = []
     try:
         conn = await create_conn(
             host,
@@ -100,7 +108,9 @@ async def _connect(kafka: KafkaConfig, host: str, port: int) -> None:
             sasl_mechanism=options.get("sasl_mechanism"),
             sasl_plain_username=options.get("sasl_plain_username"),
             sasl_plain_password=options.get("sasl_plain_password"),
+            on_close=lambda conn, _reason: closing.append(conn.close()),
         )
+        conn.close()
     except (SaslAuthenticationFailed, AuthenticationFailedError):
         raise AuthenticationFailed(
             f"authentication failed for user {kafka.sasl_username} ({kafka.sasl_mechanism}) "
@@ -119,7 +129,20 @@ async def _connect(kafka: KafkaConfig, host: str, port: int) -> None:
         raise _mismatch(kafka, address) from None
     except (ConnectionResetError, asyncio.IncompleteReadError, EOFError):
         raise _mismatch(kafka, address) from None
-    conn.close()
+    finally:
+        await _socket_closed(closing)
+
+
+async def _socket_closed(closing: list[asyncio.Future[None]]) -> None:
+    """Wait, a bounded time, until the connection's socket is closed.
+
+    ``close()`` only starts it: a TLS close waits for the broker's close_notify. Returning
+    before would leave the socket to whoever runs the event loop next, or to nobody if
+    start-up stops and the loop is closed (a ``ResourceWarning: unclosed transport``).
+    """
+    if closing:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(closing[0]), CLOSE_TIMEOUT_S)
 
 
 def _tls_error(kafka: KafkaConfig, host: str, port: int, exc: ssl.SSLError) -> TlsError:
@@ -130,11 +153,7 @@ def _tls_error(kafka: KafkaConfig, host: str, port: int, exc: ssl.SSLError) -> T
             f"TLS: the certificate of {address} is not trusted by {trusted} "
             f"({exc.verify_message or exc.reason})"
         )
-    if exc.reason in {
-        "WRONG_VERSION_NUMBER",
-        "UNEXPECTED_EOF_WHILE_READING",
-        "RECORD_LAYER_FAILURE",
-    }:
+    if exc.reason in NOT_TLS_REASONS:
         return TlsError(
             f"TLS: {address} does not speak TLS (security_protocol = {kafka.security_protocol}); "
             "check the port and the listener's protocol"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 import pytest
 
 from filterd.config import KafkaConfig, load_config
+from filterd.errors import FilterdError
 from filterd.preflight import (
     AuthenticationFailed,
     BrokerUnreachable,
@@ -77,3 +82,36 @@ async def test_nothing_listening_is_retriable(secure_kafka: SecureBroker) -> Non
         "broker unreachable at 127.0.0.1:1 (connection refused), 127.0.0.1:2 (connection refused)"
     )
     assert err.value.retriable is True
+
+
+def _sockets_to(port: int) -> int:
+    """This process's TCP sockets whose other end is ``port`` on loopback (Linux /proc)."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                ours.add(target[len("socket:[") : -1])
+    count = 0
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+        if remote_port == port and fields[9] in ours:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"sasl_password": "s3cr3t-but-wrong"}, {"security_protocol": "PLAINTEXT"}],
+    ids=["pass", "wrong-password", "plaintext-to-tls"],
+)
+async def test_the_socket_is_closed_on_return(
+    secure_kafka: SecureBroker, env: dict[str, str]
+) -> None:
+    # close() only starts a TLS close; returning before its end leaves the socket open to
+    # whoever runs the loop next (or to nobody: a ResourceWarning once the loop is closed).
+    port = int(secure_kafka.bootstrap.rsplit(":", 1)[1])
+    with contextlib.suppress(FilterdError):
+        await preflight(_kafka(secure_kafka, **env))
+    assert _sockets_to(port) == 0

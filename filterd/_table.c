@@ -662,26 +662,46 @@ static int typed_arg(PyObject *obj, PyTypeObject *type, const char *what)
     return 0;
 }
 
-/* encode_changes(numbers, senders, counts, start, head, sender_json, tail, small, out):
- * the entries start.. of three parallel lists (a counter group's changes in offset order),
- * latest first, each key (number, sender) once, appended to out as (key, value):
- * key = head + sender_json[sender] + the number's digits + tail, value = the count's
- * digits (small[count] when count < len(small)). filterd/limits.py has the same loop in
- * Python (its fallback, and the reference of tests/test_limits_encode.py). */
-static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *args,
-                                Py_ssize_t nargs)
+/* Kafka's zigzag varint of n >= 0 at p; returns the bytes written (at most 10). */
+static int put_varint(char *p, unsigned long long n)
 {
-    if (check_nargs("encode_changes", nargs, 9, 9) < 0)
+    unsigned long long z = n << 1;
+    int i = 0;
+    while (z >= 0x80) {
+        p[i++] = (char)((z & 0x7F) | 0x80);
+        z >>= 7;
+    }
+    p[i++] = (char)z;
+    return i;
+}
+
+/* The entries start.. of three parallel lists (a counter group's changes in offset order),
+ * latest first, each key (number, sender) once, appended to out: key = head +
+ * sender_json[sender] + the number's digits + tail, value = the count's digits.
+ *
+ * encode_changes(numbers, senders, counts, start, head, sender_json, tail, small, out)
+ * appends (key, value) (value: small[count] when count < len(small));
+ * encode_change_bodies(numbers, senders, counts, start, head, sender_json, tail, out)
+ * appends each record's body as a Kafka record v2 has it after its offset delta: key
+ * length, key, value length, value, no headers (filterd.records.record_body).
+ * filterd/table.py has the same loops in Python (their fallback, and the reference of
+ * tests/test_table.py). */
+static PyObject *changes(PyObject *const *args, Py_ssize_t nargs, int bodies)
+{
+    const char *name = bodies ? "encode_change_bodies" : "encode_changes";
+    Py_ssize_t want = bodies ? 8 : 9;
+    if (check_nargs(name, nargs, want, want) < 0)
         return NULL;
     PyObject *numbers = args[0], *senders = args[1], *counts = args[2];
     PyObject *head = args[4], *sender_json = args[5], *tail = args[6];
-    PyObject *small = args[7], *out = args[8];
+    PyObject *small = bodies ? NULL : args[7], *out = args[want - 1];
     long long start;
     PyTypeObject *list = &PyList_Type, *bytes = &PyBytes_Type;
     if (typed_arg(numbers, list, "numbers") < 0 || typed_arg(senders, list, "senders") < 0 ||
         typed_arg(counts, list, "counts") < 0 || as_long_long(args[3], "start", &start) < 0 ||
         typed_arg(head, bytes, "head") < 0 || typed_arg(sender_json, list, "sender_json") < 0 ||
-        typed_arg(tail, bytes, "tail") < 0 || typed_arg(small, list, "small") < 0 ||
+        typed_arg(tail, bytes, "tail") < 0 ||
+        (small != NULL && typed_arg(small, list, "small") < 0) ||
         typed_arg(out, list, "out") < 0)
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(numbers);
@@ -706,7 +726,7 @@ static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *ar
     }
     const char *head_s = PyBytes_AS_STRING(head), *tail_s = PyBytes_AS_STRING(tail);
     Py_ssize_t head_n = PyBytes_GET_SIZE(head), tail_n = PyBytes_GET_SIZE(tail);
-    Py_ssize_t small_n = PyList_GET_SIZE(small);
+    Py_ssize_t small_n = small == NULL ? 0 : PyList_GET_SIZE(small);
     for (Py_ssize_t i = n - 1; i >= (Py_ssize_t)start; i--) {
         uint64_t number;
         uint32_t sender;
@@ -735,14 +755,29 @@ static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *ar
         PyObject *json = PyList_GET_ITEM(sender_json, (Py_ssize_t)sender);
         if (typed_arg(json, &PyBytes_Type, "sender_json item") < 0)
             goto error;
-        char buf[24];
-        char *end = buf + sizeof(buf);
+        char buf[24], cbuf[24];
+        char *end = buf + sizeof(buf), *cend = cbuf + sizeof(cbuf);
         char *first = digits(number, end);
         Py_ssize_t json_n = PyBytes_GET_SIZE(json), digits_n = end - first;
-        PyObject *key = PyBytes_FromStringAndSize(NULL, head_n + json_n + digits_n + tail_n);
-        if (key == NULL)
+        Py_ssize_t key_n = head_n + json_n + digits_n + tail_n;
+        char *c = digits(count < 0 ? 0ULL - (unsigned long long)count : (unsigned long long)count,
+                         cend);
+        if (count < 0)
+            *--c = '-';
+        Py_ssize_t value_n = cend - c;
+        char lead[10], mid[10];
+        int lead_n = 0, mid_n = 0;
+        if (bodies) {
+            lead_n = put_varint(lead, (unsigned long long)key_n);
+            mid_n = put_varint(mid, (unsigned long long)value_n);
+        }
+        PyObject *item = PyBytes_FromStringAndSize(
+            NULL, bodies ? lead_n + key_n + mid_n + value_n + 1 : key_n);
+        if (item == NULL)
             goto error;
-        char *k = PyBytes_AS_STRING(key);
+        char *k = PyBytes_AS_STRING(item);
+        memcpy(k, lead, (size_t)lead_n);
+        k += lead_n;
         memcpy(k, head_s, (size_t)head_n);
         k += head_n;
         memcpy(k, PyBytes_AS_STRING(json), (size_t)json_n);
@@ -750,26 +785,28 @@ static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *ar
         memcpy(k, first, (size_t)digits_n);
         k += digits_n;
         memcpy(k, tail_s, (size_t)tail_n);
-        PyObject *value;
-        if (count >= 0 && count < small_n) {
-            value = Py_NewRef(PyList_GET_ITEM(small, (Py_ssize_t)count));
+        k += tail_n;
+        if (bodies) {
+            memcpy(k, mid, (size_t)mid_n);
+            k += mid_n;
+            memcpy(k, c, (size_t)value_n);
+            k[value_n] = 0; /* no headers */
         } else {
-            char *c = digits(count < 0 ? 0ULL - (unsigned long long)count
-                                       : (unsigned long long)count, end);
-            if (count < 0)
-                *--c = '-';
-            value = PyBytes_FromStringAndSize(c, end - c);
+            PyObject *value = count >= 0 && count < small_n
+                                  ? Py_NewRef(PyList_GET_ITEM(small, (Py_ssize_t)count))
+                                  : PyBytes_FromStringAndSize(c, value_n);
+            PyObject *pair = value == NULL ? NULL : PyTuple_New(2);
+            if (pair == NULL) {
+                Py_DECREF(item);
+                Py_XDECREF(value);
+                goto error;
+            }
+            PyTuple_SET_ITEM(pair, 0, item);
+            PyTuple_SET_ITEM(pair, 1, value);
+            item = pair;
         }
-        PyObject *pair = value == NULL ? NULL : PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(key);
-            Py_XDECREF(value);
-            goto error;
-        }
-        PyTuple_SET_ITEM(pair, 0, key);
-        PyTuple_SET_ITEM(pair, 1, value);
-        int failed = PyList_Append(out, pair);
-        Py_DECREF(pair);
+        int failed = PyList_Append(out, item);
+        Py_DECREF(item);
         if (failed < 0)
             goto error;
     }
@@ -782,10 +819,25 @@ error:
     return NULL;
 }
 
+static PyObject *encode_changes(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                Py_ssize_t nargs)
+{
+    return changes(args, nargs, 0);
+}
+
+static PyObject *encode_change_bodies(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                      Py_ssize_t nargs)
+{
+    return changes(args, nargs, 1);
+}
+
 static PyMethodDef table_functions[] = {
     {"encode_changes", (PyCFunction)(void (*)(void))encode_changes, METH_FASTCALL,
      "encode_changes(numbers, senders, counts, start, head, sender_json, tail, small, out): "
      "append (key, value) of each key of the entries start.., latest first, once"},
+    {"encode_change_bodies", (PyCFunction)(void (*)(void))encode_change_bodies, METH_FASTCALL,
+     "encode_change_bodies(numbers, senders, counts, start, head, sender_json, tail, out): "
+     "append the Kafka record body of each key of the entries start.., latest first, once"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,3 +39,13 @@ def encode_changes(
     small: list[bytes],
     out: list[tuple[bytes, bytes | None]],
 ) -> None: ...
+def encode_change_bodies(
+    numbers: list[int],
+    senders: list[int],
+    counts: list[int],
+    start: int,
+    head: bytes,
+    sender_json: list[bytes],
+    tail: bytes,
+    out: list[bytes],
+) -> None: ...

@@ -255,17 +255,27 @@ def _append_changelog(
     """
     # The changelog keeps no time of its own: a counter's window is in its key.
     now_ms = time.time_ns() // 1_000_000
-    records = limits.changelog(out.first_offset)
+    builder = new_builder()
+    # filterd's own batch (the stream's) takes the records' bodies, encoded in C, all that
+    # fit in one call; another builder takes (key, value) one at a time.
+    bodies: list[bytes] = []
+    records: list[tuple[bytes, bytes | None]] = []
+    if isinstance(builder, RecordBatch):
+        bodies = limits.changelog_bodies(out.first_offset)
+        total = len(bodies)
+    else:
+        records = limits.changelog(out.first_offset)
+        total = len(records)
     done = 0
-    while done < len(records):
-        builder = new_builder()
+    while done < total:
+        if done:
+            builder = new_builder()
         out.batches.append((topic, partition, builder))
         if isinstance(builder, RecordBatch):
-            # filterd's own batch (the stream's): all the records that fit, in one call.
-            added = builder.extend(now_ms, records, done)
+            added = builder.extend(now_ms, bodies, done)
         else:
             added = done
-            while added < len(records):
+            while added < total:
                 key, value = records[added]
                 if not builder.append(now_ms, key, value, b"", 0):
                     break

@@ -72,6 +72,7 @@ __all__ = [
     "RecordBatch",
     "encode_header",
     "encode_headers",
+    "record_body",
     "varint",
 ]
 
@@ -129,6 +130,14 @@ def varint(n: int) -> bytes:
     if 0 <= z < _SMALL_LIMIT:
         return _SMALL[z]
     return _encode(n)
+
+
+def record_body(key: bytes, value: bytes | None) -> bytes:
+    """A record without headers as it stands after its offset delta: key length, key,
+    value length, value, header count (:meth:`RecordBatch.extend` takes these)."""
+    if value is None:
+        return varint(len(key)) + key + NULL + _NO_HEADERS
+    return varint(len(key)) + key + varint(len(value)) + value + _NO_HEADERS
 
 
 def encode_header(key: str, value: bytes | None) -> bytes:
@@ -236,15 +245,14 @@ class RecordBatch:
             self._max_timestamp = timestamp
         return True
 
-    def extend(
-        self, timestamp: int, records: list[tuple[bytes, bytes | None]], start: int = 0
-    ) -> int:
-        """Add ``records[start:]``, (key, value) pairs without headers, all at ``timestamp``,
-        while they fit: the same bytes as :meth:`append` of each in turn. Returns the index
-        of the first record not added (``len(records)`` when all were); the batch is then
-        full (closed) or was closed.
+    def extend(self, timestamp: int, bodies: list[bytes], start: int = 0) -> int:
+        """Add ``bodies[start:]``, records without headers given by their bodies
+        (:func:`record_body`), all at ``timestamp``, while they fit: the same bytes as
+        :meth:`append` of each in turn. Returns the index of the first record not added
+        (``len(bodies)`` when all were); the batch is then full (closed) or was closed.
 
-        The step 4 changelog's records (a batch writes hundreds): one call, and each record's
+        The step 4 changelog's records (a batch writes hundreds), their bodies encoded in C
+        (:func:`filterd.table.encode_change_bodies`): one call, and each record's four
         pieces go to the batch as they are, joined once at :meth:`_build`.
         """
         if self._closed:
@@ -253,37 +261,25 @@ class RecordBatch:
         size = self._size
         count = self._count
         batch_size = self._batch_size
-        if count == 0 and start < len(records):
+        if count == 0 and start < len(bodies):
             self._first_timestamp = timestamp
             self._max_timestamp = timestamp
         # The attributes byte and the timestamp delta: the same for every record here.
         lead = _ATTRIBUTES_ZERO + varint(timestamp - self._first_timestamp)
         i = start
-        while i < len(records):
-            key, value = records[i]
+        while i < len(bodies):
+            body = bodies[i]
             offset = varint(count)
-            key_len = varint(len(key))
-            if value is None:
-                value_len = NULL
-                value = b""
-            else:
-                value_len = varint(len(value))
-            body = (
-                len(lead) + len(offset) + len(key_len) + len(key) + len(value_len) + len(value) + 1
-            )
-            length = varint(body)
-            grown = size + len(length) + body
+            record = len(lead) + len(offset) + len(body)
+            length = varint(record)
+            grown = size + len(length) + record
             if count and grown >= batch_size:
                 self._closed = True
                 break
             parts.append(length)
             parts.append(lead)
             parts.append(offset)
-            parts.append(key_len)
-            parts.append(key)
-            parts.append(value_len)
-            parts.append(value)
-            parts.append(_NO_HEADERS)
+            parts.append(body)
             size = grown
             count += 1
             i += 1

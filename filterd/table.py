@@ -36,7 +36,9 @@ __all__ = [
     "Interned",
     "PairTable",
     "PyPairTable",
+    "encode_change_bodies",
     "encode_changes",
+    "py_encode_change_bodies",
     "py_encode_changes",
 ]
 
@@ -212,11 +214,26 @@ def py_encode_changes(
         )  # fmt: skip
 
 
+def py_encode_change_bodies(
+    numbers: list[int], senders: list[int], counts: list[int], start: int, head: bytes,
+    sender_json: list[bytes], tail: bytes, out: list[bytes],
+) -> None:  # fmt: skip
+    """The pure-Python twin of ``filterd._table.encode_change_bodies``: the records of
+    :func:`py_encode_changes`, each as the body :meth:`filterd.records.RecordBatch.extend`
+    takes (:func:`filterd.records.record_body`)."""
+    from filterd.records import record_body
+
+    pairs: list[tuple[bytes, bytes | None]] = []
+    py_encode_changes(numbers, senders, counts, start, head, sender_json, tail, [], pairs)
+    out.extend(record_body(key, value) for key, value in pairs)
+
+
 try:
-    from filterd._table import PairTable, encode_changes
+    from filterd._table import PairTable, encode_change_bodies, encode_changes
 except ImportError:  # not compiled (FILTERD__PURE_PYTHON=1): the same behaviour, bigger
     PairTable = PyPairTable  # type: ignore[assignment,misc]
     encode_changes = py_encode_changes
+    encode_change_bodies = py_encode_change_bodies
     IMPLEMENTATION: str = "python"
 else:
     IMPLEMENTATION = "c"

@@ -150,8 +150,9 @@ def test_a_batch_decided_again_keeps_its_decisions_and_counts_once(tmp_path: Pat
 def test_the_changelog_in_filterds_batches_is_the_one_appended_record_by_record(
     tmp_path: Path,
 ) -> None:
-    """The stream's batches take the changelog in bulk (RecordBatch.extend), other builders
-    record by record: the same records, in the same order, over as many batches as fill."""
+    """The stream's batches take the changelog in bulk (record bodies encoded in C, then
+    RecordBatch.extend), other builders record by record: the same records, in the same
+    order, over as many batches as fill."""
     decider, rules, records = limits_case(tmp_path, 4, 400)
     bulk, one_by_one = PartitionLimits(rules), PartitionLimits(rules)
     bulk.tracking = one_by_one.tracking = True

@@ -20,7 +20,14 @@ from aiokafka.record.default_records import (
 )
 from aiokafka.record.util import encode_varint
 
-from filterd.records import CODECS, RecordBatch, encode_header, encode_headers, varint
+from filterd.records import (
+    CODECS,
+    RecordBatch,
+    encode_header,
+    encode_headers,
+    record_body,
+    varint,
+)
 
 try:
     from aiokafka.record._crecords.default_records import DefaultRecordBatchBuilder as CBuilder
@@ -196,7 +203,7 @@ def test_extend_writes_the_bytes_of_one_append_per_record(seed: int, batch_size:
             assert batch.append(1_000 + i, b"k", b"v" * i, encode_header("h", b"x"), 1)
     start = rnd.randrange(0, 3)
     timestamp = rnd.choice([990, 1_000, 1_000_000])  # before, at and after the first record
-    stop = ours.extend(timestamp, records, start)
+    stop = ours.extend(timestamp, [record_body(k, v) for k, v in records], start)
     want = start
     while want < len(records) and theirs.append(timestamp, *records[want], b"", 0):
         want += 1
@@ -212,5 +219,5 @@ def test_extend_of_a_closed_batch_adds_nothing() -> None:
     assert ours.extend(5, [], 0) == 0
     assert ours.record_count() == 0
     ours.close()
-    assert ours.extend(5, [(b"k", b"1")], 0) == 0
+    assert ours.extend(5, [record_body(b"k", b"1")], 0) == 0
     assert ours.record_count() == 0

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from filterd import table
+from filterd.records import record_body
 from filterd.table import Interned, PyPairTable
 
 Factory = Callable[[int, int], object]
@@ -188,11 +189,28 @@ def test_a_scan_with_keys_added_sees_every_key_it_started_with(impl: type) -> No
     assert t.resizes > grown or impl is PyPairTable
 
 
-ENCODERS: list[tuple[str, Callable[..., None]]] = [("python", table.py_encode_changes)]
+ENCODERS: list[tuple[str, Callable[..., None]]] = [
+    ("python", table.py_encode_changes),
+    ("python-bodies", table.py_encode_change_bodies),
+]
 if table.IMPLEMENTATION == "c":
+    from filterd._table import encode_change_bodies as c_encode_change_bodies
     from filterd._table import encode_changes as c_encode_changes
 
-    ENCODERS.append(("c", c_encode_changes))
+    ENCODERS += [("c", c_encode_changes), ("c-bodies", c_encode_change_bodies)]
+BODIES = (table.py_encode_change_bodies, getattr(table, "encode_change_bodies", None))
+
+
+def _encode(
+    encode: Callable[..., None], numbers: list[int], senders: list[int], counts: list[int],
+    start: int, head: bytes, sender_json: list[bytes], tail: bytes, small: list[bytes],
+    out: list[object],
+) -> None:  # fmt: skip
+    """Call either encoder: the bodies' one takes no ``small``."""
+    if encode in BODIES:
+        encode(numbers, senders, counts, start, head, sender_json, tail, out)
+    else:
+        encode(numbers, senders, counts, start, head, sender_json, tail, small, out)
 
 
 def encode_changes_model(
@@ -231,21 +249,27 @@ def test_encode_changes_agrees_with_the_per_record_encoder(
         senders = [s for _, s in entries]
         counts = [rng.choice([1, 2, 255, 256, 70_000, (1 << 32) - 1]) for _ in entries]
         start = rng.randrange(0, size + 2)
-        out: list[tuple[bytes, bytes | None]] = [(b"before", None)]
-        encode(numbers, senders, counts, start, head, sender_json, tail, small, out)
+        out: list[object] = [b"before"]
+        _encode(encode, numbers, senders, counts, start, head, sender_json, tail, small, out)
         want = encode_changes_model(numbers, senders, counts, min(start, size), head,
                                     sender_json, tail)  # fmt: skip
-        assert out == [(b"before", None), *want]
+        if encode in BODIES:  # each record as RecordBatch.extend takes it
+            assert out == [b"before", *[record_body(k, v) for k, v in want]]
+        else:
+            assert out == [b"before", *want]
 
 
 @pytest.mark.parametrize("encode", [e for _, e in ENCODERS], ids=[n for n, _ in ENCODERS])
 def test_encode_changes_refuses_what_it_cannot_encode(encode: Callable[..., None]) -> None:
-    out: list[tuple[bytes, bytes | None]] = []
+    out: list[object] = []
     with pytest.raises(IndexError):  # a sender id without its JSON
-        encode([5], [3], [1], 0, b"[", [b'"",'], b"]", [], out)
+        _encode(encode, [5], [3], [1], 0, b"[", [b'"",'], b"]", [], out)
     assert out == []
-    if encode is not table.py_encode_changes:  # the C one checks its arguments
+    if encode not in (table.py_encode_changes, table.py_encode_change_bodies):
+        # the C ones check their arguments
         with pytest.raises(ValueError, match="differ in length"):
-            encode([5, 6], [0], [1], 0, b"[", [b'"",'], b"]", [], out)
+            _encode(encode, [5, 6], [0], [1], 0, b"[", [b'"",'], b"]", [], out)
         with pytest.raises(TypeError):
-            encode((5,), [0], [1], 0, b"[", [b'"",'], b"]", [], out)
+            _encode(encode, (5,), [0], [1], 0, b"[", [b'"",'], b"]", [], out)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"takes (8 to 8|9 to 9) arguments"):
+            encode([5], [0], [1], 0, b"[", [b'"",'], b"]", [], out, out)

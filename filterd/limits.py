@@ -52,7 +52,6 @@ from typing import Final
 import orjson
 
 from filterd.config import PolicyConfig, quiet_hours_minutes
-from filterd.records import record_body
 from filterd.router import (
     BLOCK,
     EXEMPT_CATEGORY,
@@ -664,6 +663,10 @@ class PartitionLimits:
         """The records of :meth:`changelog`, in the same order, each as the body
         :meth:`filterd.records.RecordBatch.extend` takes: the stream's path, encoded in C
         straight to the bytes the producer batch holds."""
+        # Imported here: filterd.records loads the Kafka client, which the offline
+        # commands (replay) must not (tests/test_cli_imports.py); only the stream calls this.
+        from filterd.records import record_body
+
         out: list[bytes] = []
         json = self._sender_json
         for group in self._dirty:

@@ -35,7 +35,8 @@ The changelog records of a batch are encoded one group at a time in C, straight 
 record bodies filterd's producer batch holds (:func:`filterd.table.encode_change_bodies`),
 and go into the batch in one call (:meth:`filterd.records.RecordBatch.extend`). Measured
 (docs/limits.md "Status"): the batch step with limits on routes about 0.8 of what it routes
-with them off; end to end, where the goal of 0.85 applies, the ratio is closer to 1.
+with them off; end to end, where the goal of 0.85 applies, 0.73-0.87 on a noisy shared host
+(not met there). Counting in C is the next step, not taken.
 
 A pair's ``max_per_day`` is read at the message's time: the smallest of its accepted
 consents valid then (:data:`filterd.snapshot.store.CapSchedule`).

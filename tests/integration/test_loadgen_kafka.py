@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import time
 from pathlib import Path
 
 import orjson
@@ -65,21 +64,3 @@ async def test_paced_produce_sends_everything(
     assert stats.sent == 600
     records = await drain(kafka_bootstrap, topic, expected=600)
     assert sorted(r.value for r in records) == sorted(v for _, v in events)
-
-
-async def test_shifted_produce_stamps_records_at_send_time_plus_the_shift(
-    kafka_bootstrap: str, new_topic: NewTopicFactory, tmp_path: Path
-) -> None:
-    # The demo moves its burst out of the quiet hours this way (filterd.loadgen.bombing).
-    dataset = write_dataset(tmp_path, senders=5, recipients=1000, consents=2000, seed=4)
-    events = [(e.key, e.value) for e in iter_labelled_events(dataset, 300, seed=4, bad_rate=0)]
-    topic = await new_topic(partitions=2)
-    shift = -5 * 3_600_000
-
-    before = int(time.time() * 1000)
-    await produce_events(kafka_bootstrap, topic, events, rate=None, shift_ms=shift)
-    after = int(time.time() * 1000)
-
-    records = await drain(kafka_bootstrap, topic, expected=300)
-    assert len(records) == 300
-    assert all(before + shift <= r.timestamp <= after + shift for r in records)

@@ -38,7 +38,7 @@ from filterd.audit.optouts import FirstBlocks, honoured
 from filterd.audit.reader import KafkaParams, RangeReader
 from filterd.audit.timeutil import TimeRange
 from filterd.loadgen import iter_events, load_dataset, write_dataset
-from filterd.loadgen.bombing import DEMO_LIMITS, Bombing, bombing_events, day_time
+from filterd.loadgen.bombing import DEMO_LIMITS, Bombing, bombing_events
 from filterd.loadgen.evidence import evidence_events, write_evidence_inputs
 from filterd.loadgen.produce import produce_events
 
@@ -341,12 +341,10 @@ async def stream(
     wave: Wave | None = None,
     *,
     routed_before: int = 0,
-    shift_ms: int = 0,
 ) -> None:
     producing = asyncio.create_task(
         produce_events(bootstrap, TOPICS["input"], records, rate=rate,
-                       profile="double11" if rate else "flat", count=len(records),
-                       shift_ms=shift_ms)
+                       profile="double11" if rate else "flat", count=len(records))
     )  # fmt: skip
     sending = asyncio.create_task(wave.send(bootstrap)) if wave is not None else None
     total = len(records) + routed_before + (wave.follow_ups if wave is not None else 0)
@@ -418,22 +416,16 @@ def main() -> int:
                 "verification, bad input; 5% aimed at the consent evidence, promotions "
                 "sent as codes)")  # fmt: skip
             seed = int(time.time())
-            # The burst's time (step 4 reads the record's): now, unless now is inside the
-            # quiet hours in Shanghai; then the evening before, so that it shows the caps.
-            now_ms = int(time.time() * 1000)
-            burst_ms = day_time(now_ms)
-            if burst_ms != now_ms:
-                local = time.strftime("%H:%M", time.gmtime(burst_ms / 1000 + 8 * 3600))
-                say(f"it is night in Shanghai (quiet hours): the burst is stamped from "
-                    f"{local} local time, the latest evening before them")  # fmt: skip
-            bombing = bombing_events(load_dataset(dataset), now_ms=burst_ms, seed=seed)
+            bombing = bombing_events(
+                load_dataset(dataset), now_ms=int(time.time() * 1000), seed=seed
+            )
             say(f"SMS bombing: a shop's campaign ({CAMPAIGN}), an OTP flood at one number "
                 "(150 codes from 50 senders), marketing at 07:30 local time; quiet hours "
                 "22:00-08:00 and three cap rules")  # fmt: skip
             extra = args.events // 20
             regular = args.events - extra - len(bombing.events) - len(bombing.night)
             records = list(iter_events(load_dataset(dataset), regular, seed=seed))
-            records += evidence_events(dataset, extra, seed=seed, ts_ms=burst_ms)
+            records += evidence_events(dataset, extra, seed=seed, ts_ms=int(time.time() * 1000))
             records += bombing.events
             random.Random(seed).shuffle(records)
             wave = Wave(records, args.wave, seed) if args.wave else None
@@ -442,9 +434,8 @@ def main() -> int:
                     f"{len(wave.registry):,} registry opt-outs")  # fmt: skip
             asyncio.run(send_stamped(bootstrap, bombing.night, bombing.night_ms))
             asyncio.run(
-                stream(bootstrap, records, args.rate, wave, routed_before=len(bombing.night),
-                       shift_ms=burst_ms - now_ms)
-            )  # fmt: skip
+                stream(bootstrap, records, args.rate, wave, routed_before=len(bombing.night))
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)

@@ -86,19 +86,6 @@ def night_time(now_ms: int) -> int:
     return int(morning.timestamp() * 1000)
 
 
-def day_time(now_ms: int) -> int:
-    """A time for the demo's burst outside its quiet hours (22:00-08:00 Asia/Shanghai), not
-    after ``now_ms``: ``now_ms`` itself between 08:00 and 21:00 local, else 20:00 of the
-    latest evening before it (so that a burst of minutes stays before 22:00)."""
-    now = datetime.fromtimestamp(now_ms / 1000, _ZONE)
-    if 8 <= now.hour < 21:
-        return now_ms
-    evening = now.replace(hour=20, minute=0, second=0, microsecond=0)
-    if evening > now:
-        evening -= timedelta(days=1)
-    return int(evening.timestamp() * 1000)
-
-
 def _consenting(ds: Dataset, spec_index: int, count: int, rng: random.Random) -> list[int]:
     """``count`` distinct recipients (E.164) holding a consent to the sender, not opted out."""
     spec = ds.senders[spec_index]

@@ -175,7 +175,6 @@ async def produce_events(
     client_options: Mapping[str, object] | None = None,
     progress: bool = False,
     count: int | None = None,
-    shift_ms: int = 0,
 ) -> ProduceStats:
     """Send ``(key, value)`` records to ``topic`` and wait until all are acknowledged.
 
@@ -184,9 +183,7 @@ async def produce_events(
     ``double11``, which needs ``count`` or a sized ``events``).
     ``client_options`` are extra ``AIOKafkaProducer`` arguments (security,
     or overrides of :data:`PRODUCER_DEFAULTS`). ``progress`` writes one line
-    a second to stderr. ``shift_ms`` (not 0) stamps each record with its send time plus
-    that many ms, instead of leaving the time to the producer (the demo moves a burst out
-    of its quiet hours). Raises :class:`BrokerError` if the broker fails.
+    a second to stderr. Raises :class:`BrokerError` if the broker fails.
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
@@ -224,7 +221,6 @@ async def produce_events(
             batch = list(itertools.islice(events_iter, take))
             if not batch:
                 break
-            stamp = int(time.time() * 1000) + shift_ms if shift_ms else None
             for key, value in batch:
                 # Keyed: the Java client's partition, so one recipient keeps one
                 # partition whoever produces; unkeyed (bad events): round robin.
@@ -235,11 +231,11 @@ async def produce_events(
                 builder = builders.get(p)
                 if builder is None:
                     builder = builders[p] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=stamp) is None:
+                if builder.append(key=key, value=value, timestamp=None) is None:
                     # Full: ship it and start the next one with this record.
                     pending.append(await producer.send_batch(builder, topic, partition=p))
                     builder = builders[p] = producer.create_batch()
-                    if builder.append(key=key, value=value, timestamp=stamp) is None:
+                    if builder.append(key=key, value=value, timestamp=None) is None:
                         raise BrokerError(f"record of {len(value)} bytes exceeds max_batch_size")
                 nbytes += len(value) + (len(key) if key is not None else 0)
             sent += len(batch)

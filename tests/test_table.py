@@ -198,7 +198,7 @@ if table.IMPLEMENTATION == "c":
     from filterd._table import encode_changes as c_encode_changes
 
     ENCODERS += [("c", c_encode_changes), ("c-bodies", c_encode_change_bodies)]
-BODIES = (table.py_encode_change_bodies, getattr(table, "encode_change_bodies", None))
+BODIES = (table.py_encode_change_bodies, table.encode_change_bodies)
 
 
 def _encode(
